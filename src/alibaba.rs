@@ -1,0 +1,264 @@
+//! The Alibaba Cloud API client: one pooled HTTPS client that turns a Dds operation into a
+//! signed RPC-style request (`POST`, product `Dds`, version `2015-12-01`), sends it to the
+//! region's endpoint, and classifies the answer. It decides nothing about gRPC: `error.rs` does.
+
+pub mod endpoint;
+pub mod response;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+
+use crate::config::{AlibabaConfig, SignatureVersion};
+use crate::credentials::{CredentialsError, CredentialsProvider};
+use crate::signer::{self, param};
+pub use response::UpstreamError;
+
+/// Alibaba's product code of ApsaraDB for MongoDB.
+pub const PRODUCT: &str = "Dds";
+/// The Dds API version.
+pub const API_VERSION: &str = "2015-12-01";
+
+/// The Dds operations the gateway calls.
+pub mod action {
+    pub const UPGRADE_DB_INSTANCE_ENGINE_VERSION: &str = "UpgradeDBInstanceEngineVersion";
+    pub const DESCRIBE_DB_INSTANCE_ATTRIBUTE: &str = "DescribeDBInstanceAttribute";
+    pub const DESCRIBE_AVAILABLE_ENGINE_VERSION: &str = "DescribeAvailableEngineVersion";
+}
+
+/// The most of an answer body the gateway reads; Dds answers are a few kilobytes.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why a call produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Alibaba answered with an error `Code`.
+    #[error("alibaba cloud answered {}: {}", .0.http_status, .0.code)]
+    Upstream(UpstreamError),
+    /// The request was never sent (connection refused, DNS, TLS handshake): safe to retry.
+    #[error("alibaba cloud unreachable: {0}")]
+    Unreachable(String),
+    /// The request may have been sent but no answer came back (timeout, reset): the outcome
+    /// is unknown.
+    #[error("no answer from alibaba cloud: {0}")]
+    OutcomeUnknown(String),
+    /// An answer came back that the gateway cannot read.
+    #[error("unreadable answer from alibaba cloud (http {http_status})")]
+    Unreadable { http_status: u16 },
+    /// The gateway has no usable credential.
+    #[error("no credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The gateway cannot send what was asked (e.g. a signature version it does not speak).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A Dds API client. Cheap to share behind an `Arc`; the HTTP connection pool is inside.
+#[derive(Debug)]
+pub struct AlibabaClient {
+    http: reqwest::Client,
+    endpoint: Option<Url>,
+    credentials: Arc<dyn CredentialsProvider>,
+    signature_version: SignatureVersion,
+}
+
+impl AlibabaClient {
+    /// Builds the client. Fails only if the TLS stack cannot be set up.
+    pub fn new(
+        config: &AlibabaConfig,
+        credentials: Arc<dyn CredentialsProvider>,
+    ) -> Result<Self, reqwest::Error> {
+        // reqwest is built without a default crypto provider; ring is the one the crate uses.
+        // Installing fails harmlessly when it is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            // Redirects would send a signed request somewhere the endpoint table does not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dds-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            endpoint: config.endpoint.clone(),
+            credentials,
+            signature_version: config.signature_version,
+        })
+    }
+
+    /// The credentials provider the client signs with.
+    pub fn credentials(&self) -> &Arc<dyn CredentialsProvider> {
+        &self.credentials
+    }
+
+    /// The URL a region's requests go to: the configured endpoint, or the table's host.
+    /// Validation has already refused regions outside the table when no endpoint is configured.
+    pub fn endpoint(&self, region_id: &str) -> Option<Url> {
+        match &self.endpoint {
+            Some(url) => Some(url.clone()),
+            None => Url::parse(&format!("https://{}/", endpoint::host(region_id)?)).ok(),
+        }
+    }
+
+    /// `UpgradeDBInstanceEngineVersion`; returns Alibaba's `RequestId`.
+    pub async fn upgrade_db_instance_engine_version(
+        &self,
+        region_id: &str,
+        db_instance_id: &str,
+        engine_version: &str,
+        switch_mode: Option<&'static str>,
+    ) -> Result<String, CallError> {
+        let mut params = vec![
+            ("RegionId", region_id.to_string()),
+            ("DBInstanceId", db_instance_id.to_string()),
+            ("EngineVersion", engine_version.to_string()),
+        ];
+        if let Some(mode) = switch_mode {
+            params.push(("SwitchMode", mode.to_string()));
+        }
+        let body = self
+            .call(
+                action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+                region_id,
+                params,
+            )
+            .await?;
+        let parsed: response::RequestIdBody =
+            serde_json::from_slice(&body.bytes).map_err(|_| CallError::Unreadable {
+                http_status: body.http_status,
+            })?;
+        Ok(parsed.request_id)
+    }
+
+    /// Sends one signed RPC call and returns the body of a successful (2xx) answer.
+    #[tracing::instrument(skip(self, params), fields(product = PRODUCT, region_id = %region_id))]
+    pub async fn call(
+        &self,
+        action: &'static str,
+        region_id: &str,
+        params: Vec<(&'static str, String)>,
+    ) -> Result<Answer, CallError> {
+        if self.signature_version != SignatureVersion::V2 {
+            return Err(CallError::Unsupported(
+                "signature v3 is not implemented yet",
+            ));
+        }
+        let url = self
+            .endpoint(region_id)
+            .ok_or(CallError::Unsupported("region has no endpoint"))?;
+        let credential = self.credentials.credential().await?;
+
+        // Common parameters of signature V2; a fresh nonce and timestamp for every attempt.
+        let mut all: Vec<(&'static str, String)> = Vec::with_capacity(params.len() + 9);
+        all.push((param::ACTION, action.to_string()));
+        all.push((param::VERSION, API_VERSION.to_string()));
+        all.push((param::FORMAT, "JSON".to_string()));
+        all.push((param::ACCESS_KEY_ID, credential.access_key_id().to_string()));
+        all.push((
+            param::SIGNATURE_METHOD,
+            signer::SIGNATURE_METHOD.to_string(),
+        ));
+        all.push((
+            param::SIGNATURE_VERSION,
+            signer::SIGNATURE_VERSION.to_string(),
+        ));
+        all.push((param::SIGNATURE_NONCE, uuid::Uuid::new_v4().to_string()));
+        all.push((param::TIMESTAMP, signer::format_timestamp(now())));
+        if let Some(token) = credential.security_token() {
+            all.push((param::SECURITY_TOKEN, token.expose().to_string()));
+        }
+        all.extend(params);
+        let signed = signer::sign("POST", &all, credential.signing_key());
+
+        // Everything goes in the form body, none in the URL: URLs end up in proxy and error logs,
+        // and the body carries the security token and signature. Alibaba signs the union of
+        // query and body parameters, so both placements verify the same.
+        let mut body = signed.canonicalized_query_string;
+        body.push('&');
+        body.push_str(param::SIGNATURE);
+        body.push('=');
+        signer::percent_encode_into(&mut body, signed.signature.as_str());
+
+        let response = self
+            .http
+            .post(url)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
+            .body(body)
+            .send()
+            .await
+            .map_err(classify_send_error)?;
+        let http_status = response.status().as_u16();
+        let retry_after = response::parse_retry_after(
+            response
+                .headers()
+                .get("x-acs-retry-after")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let bytes = read_body(response).await?;
+        if (200..300).contains(&http_status) {
+            return Ok(Answer { http_status, bytes });
+        }
+        match response::parse_error(http_status, &bytes, retry_after) {
+            Some(err) => Err(CallError::Upstream(err)),
+            None if http_status >= 500 => Err(CallError::OutcomeUnknown(format!(
+                "http {http_status} without an alibaba error body"
+            ))),
+            None => Err(CallError::Unreadable { http_status }),
+        }
+    }
+}
+
+/// A successful answer's status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub http_status: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// The one place the gateway reads the wall clock for signing.
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] of an answer.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, CallError> {
+    let http_status = response.status().as_u16();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify_send_error)? {
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(CallError::Unreadable { http_status });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Sorts a reqwest failure into "never sent" and "outcome unknown". The URL is dropped from the
+/// error first: it is the endpoint only, but errors must never grow a place for secrets.
+fn classify_send_error(err: reqwest::Error) -> CallError {
+    let err = err.without_url();
+    let detail = error_chain(&err);
+    if err.is_connect() {
+        CallError::Unreachable(detail)
+    } else {
+        CallError::OutcomeUnknown(detail)
+    }
+}
+
+/// `error: cause: cause` for logs.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! `dds-gateway upgrade`: a command-line client of the gateway that sends one
+//! `UpgradeEngineVersion` call and prints the answer, or the gRPC error with its details.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+use tonic_types::StatusExt;
+
+use crate::pb;
+use crate::pb::engine_version_service_client::EngineVersionServiceClient;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct UpgradeArgs {
+    pub target: String,
+    pub instance: String,
+    pub version: String,
+    pub region: Option<String>,
+    pub token: Option<String>,
+    pub switch_mode: pb::SwitchMode,
+    pub request_id: Option<String>,
+    pub validate_only: bool,
+    pub timeout: Duration,
+}
+
+/// The outcome, ready to print: `Ok` on stdout, `Err` on stderr with a non-zero exit.
+#[derive(Debug)]
+pub enum Outcome {
+    Answered(String),
+    Failed(String),
+}
+
+/// Sends the call. Connection problems and gRPC errors both become [`Outcome::Failed`].
+pub async fn upgrade(args: UpgradeArgs) -> Outcome {
+    let endpoint = match Endpoint::from_shared(args.target.clone()) {
+        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(5)),
+        Err(err) => return Outcome::Failed(format!("invalid --target {:?}: {err}", args.target)),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(err) => return Outcome::Failed(format!("cannot connect to {}: {err}", args.target)),
+    };
+    let mut request = tonic::Request::new(pb::UpgradeEngineVersionRequest {
+        db_instance_id: args.instance,
+        engine_version: args.version,
+        region_id: args.region.unwrap_or_default(),
+        switch_mode: args.switch_mode as i32,
+        request_id: args.request_id.unwrap_or_default(),
+        validate_only: args.validate_only,
+    });
+    request.set_timeout(args.timeout);
+    if let Some(token) = args.token {
+        match MetadataValue::try_from(format!("Bearer {token}")) {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => {
+                return Outcome::Failed(
+                    "--token contains characters not allowed in a header".to_string(),
+                );
+            }
+        }
+    }
+    match EngineVersionServiceClient::new(channel)
+        .upgrade_engine_version(request)
+        .await
+    {
+        Ok(response) => Outcome::Answered(describe_response(&response.into_inner())),
+        Err(status) => Outcome::Failed(describe_status(&status)),
+    }
+}
+
+/// `key: value` lines of a response.
+pub fn describe_response(r: &pb::UpgradeEngineVersionResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "db_instance_id: {}", r.db_instance_id);
+    let _ = writeln!(out, "engine_version: {}", r.engine_version);
+    if !r.previous_engine_version.is_empty() {
+        let _ = writeln!(
+            out,
+            "previous_engine_version: {}",
+            r.previous_engine_version
+        );
+    }
+    let _ = writeln!(out, "validate_only: {}", r.validate_only);
+    if !r.alibaba_request_id.is_empty() {
+        let _ = writeln!(out, "alibaba_request_id: {}", r.alibaba_request_id);
+    }
+    out
+}
+
+/// A status with its code, message and standard details.
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut out = format!("error: {:?}: {}\n", status.code(), status.message());
+    let details = status.get_error_details();
+    if let Some(info) = details.error_info() {
+        let _ = writeln!(out, "  reason: {} (domain {})", info.reason, info.domain);
+        let mut metadata: Vec<_> = info.metadata.iter().collect();
+        metadata.sort();
+        for (key, value) in metadata {
+            let _ = writeln!(out, "  {key}: {value}");
+        }
+    }
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            let _ = writeln!(out, "  field {}: {}", v.field, v.description);
+        }
+    }
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        let _ = writeln!(out, "  retry after: {delay:?}");
+    }
+    out
+}

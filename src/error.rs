@@ -1,0 +1,417 @@
+//! The one place where a failure becomes a gRPC status. Every status carries
+//! `google.rpc.ErrorInfo` (domain `dds-gateway`); internal details never reach the caller.
+//! Alibaba errors are mapped on their `Code` (throttling comes back as HTTP 400), then status.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::alibaba::{CallError, UpstreamError};
+use crate::validation::ValidationError;
+
+/// `ErrorInfo.domain` of every error the gateway returns.
+pub const DOMAIN: &str = "dds-gateway";
+
+/// How long a caller should wait before retrying when Alibaba did not say.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A failed RPC, before it is turned into a [`Status`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The caller's deadline passed before the gateway had an answer.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+}
+
+/// How an Alibaba error `Code` maps to gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    code: Code,
+    reason: &'static str,
+    /// Whether Alibaba's `Message` may be passed to the caller. Never for credential and
+    /// signing errors: Alibaba echoes its string to sign there, which names our AccessKeyId.
+    show_message: bool,
+    retryable: bool,
+}
+
+const fn mapping(code: Code, reason: &'static str, show_message: bool, retryable: bool) -> Mapping {
+    Mapping {
+        code,
+        reason,
+        show_message,
+        retryable,
+    }
+}
+
+/// The contract's error table for upstream answers.
+fn map_upstream(code: &str, http_status: u16) -> Mapping {
+    // The gateway's own credentials or signing were rejected: our fault, never the caller's.
+    const CREDENTIAL_CODES: &[&str] = &[
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "SignatureNonceUsed",
+        "InvalidSignatureMethod",
+        "MissingSecurityToken",
+    ];
+    const CREDENTIAL_PREFIXES: &[&str] = &[
+        "InvalidAccessKeyId",
+        "InvalidTimeStamp",
+        "InvalidSecurityToken",
+    ];
+    if CREDENTIAL_CODES.contains(&code) || CREDENTIAL_PREFIXES.iter().any(|p| code.starts_with(p)) {
+        return mapping(Code::Internal, "GATEWAY_CREDENTIALS_REJECTED", false, false);
+    }
+    if code.starts_with("Throttling") || code == "Rejected.Throttling" {
+        return mapping(Code::ResourceExhausted, "UPSTREAM_THROTTLED", true, true);
+    }
+    // Requests the gateway built wrongly (unknown action, missing parameter): our bug.
+    if matches!(
+        code,
+        "InvalidApi.NotFound"
+            | "InvalidAction.NotFound"
+            | "MissingParameter"
+            | "UnsupportedHTTPMethod"
+            | "InvalidParameter.Format"
+    ) || code.starts_with("Missing")
+    {
+        return mapping(Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false);
+    }
+    if code.starts_with("Forbidden") || code.starts_with("Forbedden") {
+        return mapping(
+            Code::PermissionDenied,
+            "UPSTREAM_PERMISSION_DENIED",
+            true,
+            false,
+        );
+    }
+    if code.ends_with(".NotFound") {
+        return mapping(Code::NotFound, "INSTANCE_NOT_FOUND", true, false);
+    }
+    match code {
+        "EngineVersion.ERROR" => {
+            return mapping(
+                Code::FailedPrecondition,
+                "ENGINE_VERSION_NOT_LATER",
+                true,
+                false,
+            );
+        }
+        "IncorrectDBInstanceState" => {
+            return mapping(
+                Code::FailedPrecondition,
+                "INSTANCE_STATE_INCORRECT",
+                true,
+                false,
+            );
+        }
+        "IncorrectDBInstanceType"
+        | "IncorrectDBInstanceLockMode"
+        | "InsufficientBalance"
+        | "RealNameAuthenticationError" => {
+            return mapping(
+                Code::FailedPrecondition,
+                "UPSTREAM_FAILED_PRECONDITION",
+                true,
+                false,
+            );
+        }
+        "ServiceUnavailable" | "InternalError" | "System.Busy" | "Operation.Blocking" => {
+            return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", false, true);
+        }
+        _ => {}
+    }
+    if code.starts_with("InvalidParameter") || code.starts_with("Invalid") {
+        return mapping(
+            Code::InvalidArgument,
+            "UPSTREAM_INVALID_ARGUMENT",
+            true,
+            false,
+        );
+    }
+    if http_status >= 500 {
+        return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", false, true);
+    }
+    // An answer we have no row for: say what Alibaba said rather than guess a meaning.
+    mapping(Code::Unknown, "UPSTREAM_ERROR", true, false)
+}
+
+impl Error {
+    /// The gRPC code this error maps to (for logs and metrics).
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Call(CallError::Upstream(e)) => map_upstream(&e.code, e.http_status).code,
+            Self::Call(CallError::Unreachable(_) | CallError::OutcomeUnknown(_)) => {
+                Code::Unavailable
+            }
+            Self::Call(CallError::Credentials(_)) => Code::Unavailable,
+            Self::Call(CallError::Unreadable { .. } | CallError::Unsupported(_)) => Code::Internal,
+        }
+    }
+
+    /// The Alibaba error code, when there was an upstream answer.
+    pub fn alibaba_code(&self) -> Option<&str> {
+        match self {
+            Self::Call(CallError::Upstream(e)) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Invalid(invalid) => {
+                let mut details = ErrorDetails::new();
+                for v in &invalid.violations {
+                    details.add_bad_request_violation(v.field, v.description.clone());
+                }
+                let fields: Vec<&str> = invalid.violations.iter().map(|v| v.field).collect();
+                details.set_error_info(
+                    "INVALID_REQUEST",
+                    DOMAIN,
+                    [("fields".to_string(), fields.join(","))],
+                );
+                let message = invalid
+                    .violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid request: {message}"),
+                    details,
+                )
+            }
+            Error::DeadlineExceeded => status(
+                Code::DeadlineExceeded,
+                "the caller's deadline passed before Alibaba Cloud answered; the upgrade may or may not have started, retry with the same request_id",
+                "DEADLINE_EXCEEDED",
+                &[],
+                None,
+            ),
+            Error::Call(call) => call_status(call),
+        }
+    }
+}
+
+fn call_status(err: CallError) -> Status {
+    match err {
+        CallError::Upstream(upstream) => upstream_status(&upstream),
+        CallError::Unreachable(_) => status(
+            Code::Unavailable,
+            "Alibaba Cloud is unreachable; the request was not sent",
+            "UPSTREAM_UNREACHABLE",
+            &[],
+            Some(DEFAULT_RETRY_DELAY),
+        ),
+        CallError::OutcomeUnknown(_) => status(
+            Code::Unavailable,
+            "no answer from Alibaba Cloud; the upgrade may or may not have started, retry with the same request_id",
+            "UPSTREAM_OUTCOME_UNKNOWN",
+            &[],
+            Some(DEFAULT_RETRY_DELAY),
+        ),
+        CallError::Credentials(_) => status(
+            Code::Unavailable,
+            "the gateway has no usable Alibaba Cloud credentials; its operators have been told in its logs",
+            "CREDENTIALS_UNAVAILABLE",
+            &[],
+            Some(DEFAULT_RETRY_DELAY),
+        ),
+        CallError::Unreadable { http_status } => status(
+            Code::Internal,
+            "the gateway could not read Alibaba Cloud's answer",
+            "UPSTREAM_RESPONSE_UNREADABLE",
+            &[("httpStatus", http_status.to_string())],
+            None,
+        ),
+        CallError::Unsupported(what) => {
+            status(Code::Internal, what, "GATEWAY_UNSUPPORTED", &[], None)
+        }
+    }
+}
+
+fn upstream_status(e: &UpstreamError) -> Status {
+    let m = map_upstream(&e.code, e.http_status);
+    let mut metadata = vec![("alibabaCode", e.code.clone())];
+    if let Some(id) = &e.request_id {
+        metadata.push(("alibabaRequestId", id.clone()));
+    }
+    let request = e
+        .request_id
+        .as_deref()
+        .map(|id| format!(" (RequestId {id})"))
+        .unwrap_or_default();
+    let message = if m.show_message && !e.message.is_empty() {
+        format!("Alibaba Cloud answered {}: {}{request}", e.code, e.message)
+    } else if m.code == Code::Internal {
+        format!(
+            "Alibaba Cloud rejected the gateway's own credentials or request ({}){request}",
+            e.code
+        )
+    } else {
+        format!("Alibaba Cloud answered {}{request}", e.code)
+    };
+    let retry = m
+        .retryable
+        .then(|| e.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
+    status(m.code, &message, m.reason, &metadata, retry)
+}
+
+fn status(
+    code: Code,
+    message: &str,
+    reason: &str,
+    metadata: &[(&str, String)],
+    retry_after: Option<Duration>,
+) -> Status {
+    let mut details = match retry_after {
+        Some(delay) => ErrorDetails::with_retry_info(Some(delay)),
+        None => ErrorDetails::new(),
+    };
+    details.set_error_info(
+        reason,
+        DOMAIN,
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<std::collections::HashMap<_, _>>(),
+    );
+    Status::with_error_details(code, message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(code: &str, http_status: u16, message: &str) -> Status {
+        Error::Call(CallError::Upstream(UpstreamError {
+            http_status,
+            code: code.to_string(),
+            message: message.to_string(),
+            request_id: Some("REQ-1".to_string()),
+            host_id: None,
+            recommend: None,
+            retry_after: None,
+        }))
+        .into()
+    }
+
+    #[test]
+    fn maps_the_contract_table() {
+        let table: &[(&str, u16, Code)] = &[
+            ("Forbidden.RAM", 403, Code::PermissionDenied),
+            ("InvalidInstanceId.NotFound", 404, Code::NotFound),
+            ("InvalidDbInstanceId.NotFound", 404, Code::NotFound),
+            ("InvalidRegion.NotFound", 404, Code::NotFound),
+            ("EngineVersion.ERROR", 400, Code::FailedPrecondition),
+            ("IncorrectDBInstanceState", 400, Code::FailedPrecondition),
+            ("Throttling", 400, Code::ResourceExhausted),
+            ("Throttling.User", 400, Code::ResourceExhausted),
+            ("Throttling.Api", 403, Code::ResourceExhausted),
+            ("ServiceUnavailable", 503, Code::Unavailable),
+            ("InternalError", 500, Code::Unavailable),
+            ("SomethingNew", 502, Code::Unavailable),
+            ("SignatureDoesNotMatch", 400, Code::Internal),
+            ("InvalidAccessKeyId.NotFound", 404, Code::Internal),
+            ("InvalidAccessKeyId.Inactive", 400, Code::Internal),
+            ("InvalidTimeStamp.Expired", 400, Code::Internal),
+            ("SignatureNonceUsed", 400, Code::Internal),
+            ("InvalidSecurityToken.Expired", 400, Code::Internal),
+            ("InvalidApi.NotFound", 404, Code::Internal),
+            ("MissingParameter", 400, Code::Internal),
+            ("InvalidParameter", 400, Code::InvalidArgument),
+            ("SomethingNew", 400, Code::Unknown),
+        ];
+        for (code, http, expected) in table {
+            let status = upstream(code, *http, "m");
+            assert_eq!(status.code(), *expected, "{code} {http}");
+            let info = status
+                .get_details_error_info()
+                .expect("every error has ErrorInfo");
+            assert_eq!(info.domain, DOMAIN);
+            assert_eq!(info.metadata["alibabaCode"], *code);
+            assert_eq!(info.metadata["alibabaRequestId"], "REQ-1");
+            assert!(
+                info.reason
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{}",
+                info.reason
+            );
+        }
+    }
+
+    #[test]
+    fn credential_errors_never_echo_alibaba_messages() {
+        let echoed = "server string to sign is:POST&%2F&AccessKeyId%3Dtestid";
+        let status = upstream("SignatureDoesNotMatch", 400, echoed);
+        assert!(!status.message().contains("testid"), "{}", status.message());
+        assert!(status.message().contains("SignatureDoesNotMatch"));
+    }
+
+    #[test]
+    fn throttling_carries_retry_info_from_alibaba() {
+        let status: Status = Error::Call(CallError::Upstream(UpstreamError {
+            http_status: 400,
+            code: "Throttling.User".into(),
+            message: String::new(),
+            request_id: None,
+            host_id: None,
+            recommend: None,
+            retry_after: Some(Duration::from_millis(2500)),
+        }))
+        .into();
+        let retry = status.get_details_retry_info().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn validation_lists_every_field() {
+        let status: Status = Error::Invalid(ValidationError {
+            violations: vec![
+                crate::validation::FieldViolation {
+                    field: "db_instance_id",
+                    description: "bad".into(),
+                },
+                crate::validation::FieldViolation {
+                    field: "engine_version",
+                    description: "bad".into(),
+                },
+            ],
+        })
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 2);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "INVALID_REQUEST"
+        );
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable_with_retry_info() {
+        for err in [
+            CallError::Unreachable("refused".into()),
+            CallError::OutcomeUnknown("reset".into()),
+        ] {
+            let status: Status = Error::Call(err).into();
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(status.get_details_retry_info().is_some());
+            assert!(!status.message().contains("refused") && !status.message().contains("reset"));
+        }
+        let status: Status = Error::DeadlineExceeded.into();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let status: Status = Error::Call(CallError::Unreadable { http_status: 200 }).into();
+        assert_eq!(status.code(), Code::Internal);
+    }
+}

@@ -1,0 +1,37 @@
+//! dds-gateway: a gRPC gateway that upgrades the MongoDB engine version of ApsaraDB for MongoDB
+//! instances through signed Alibaba Cloud API calls, so that no caller holds an AccessKey.
+//!
+//! # Layout
+//! - [`pb`]: the generated protobuf API (`dds.gateway.v1`), never edited.
+//! - [`config`]: the TOML file, environment overrides and start-up checks.
+//! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
+//! - [`credentials`]: secret types and the credentials provider trait.
+//! - [`signer`]: Alibaba RPC signature V2, a pure function.
+//! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
+//! - [`error`]: the one mapping from failures to gRPC statuses.
+//! - [`service`]: the `EngineVersionService` implementation.
+//! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
+//! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
+//! - [`client`]: the `dds-gateway upgrade` command-line client.
+#![forbid(unsafe_code)]
+
+pub mod alibaba;
+pub mod client;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod sandbox;
+pub mod server;
+pub mod service;
+pub mod signer;
+pub mod validation;
+
+/// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("dds.gateway.v1");
+
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/dds_gateway_descriptor.bin"));
+}

@@ -1,0 +1,228 @@
+//! The `dds-gateway` command: parses the command line and calls the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use dds_gateway::client::{self, Outcome, UpgradeArgs};
+use dds_gateway::config::{Config, Overrides};
+use dds_gateway::credentials::{self, CredentialsProvider, StaticProvider};
+use dds_gateway::pb;
+use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::server;
+
+/// Exit code for a configuration or usage problem (sysexits `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+/// Exit code when the gateway cannot get going for another reason (`EX_UNAVAILABLE`).
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dds-gateway",
+    version,
+    about = "gRPC gateway for ApsaraDB for MongoDB engine upgrades"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = "DDS_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen), e.g. 127.0.0.1:50051.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve against a built-in loopback simulation of the Dds API (no cloud account needed).
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Ask a running gateway to upgrade an instance.
+    Upgrade {
+        /// The instance, e.g. dds-bp1234567890ab.
+        #[arg(long)]
+        instance: String,
+        /// The target engine version, e.g. 4.4.
+        #[arg(long)]
+        version: String,
+        /// The gateway's address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The instance's region (the gateway's default when absent).
+        #[arg(long)]
+        region: Option<String>,
+        /// Bearer token for the gateway.
+        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// When the new version takes effect.
+        #[arg(long, value_enum, default_value_t = SwitchModeArg::Unspecified)]
+        switch_mode: SwitchModeArg,
+        /// Idempotency key (a UUID): retries with the same key upgrade at most once.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Check everything, upgrade nothing.
+        #[arg(long)]
+        validate_only: bool,
+        /// How long to wait for the answer, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SwitchModeArg {
+    Unspecified,
+    Immediate,
+    MaintenanceWindow,
+}
+
+impl From<SwitchModeArg> for pb::SwitchMode {
+    fn from(mode: SwitchModeArg) -> Self {
+        match mode {
+            SwitchModeArg::Unspecified => Self::Unspecified,
+            SwitchModeArg::Immediate => Self::Immediate,
+            SwitchModeArg::MaintenanceWindow => Self::MaintenanceWindow,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // A multi-thread runtime: telemetry exporters need one, and the gateway serves many callers.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve {
+            config,
+            listen,
+            sandbox,
+        } => serve(config, listen, sandbox).await,
+        Command::Upgrade {
+            instance,
+            version,
+            target,
+            region,
+            token,
+            switch_mode,
+            request_id,
+            validate_only,
+            timeout,
+        } => {
+            let args = UpgradeArgs {
+                target,
+                instance,
+                version,
+                region,
+                token,
+                switch_mode: switch_mode.into(),
+                request_id,
+                validate_only,
+                timeout,
+            };
+            match client::upgrade(args).await {
+                Outcome::Answered(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Outcome::Failed(text) => {
+                    eprint!("{text}");
+                    if !text.ends_with('\n') {
+                        eprintln!();
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bool) -> ExitCode {
+    let env = |key: &str| std::env::var(key).ok();
+    let mut config = match Config::load(config_file.as_deref(), env, &Overrides { listen }) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("invalid configuration: {err}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+
+    // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
+    let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
+        let simulation = match Sandbox::start(SandboxConfig::default()).await {
+            Ok(simulation) => simulation,
+            Err(err) => {
+                eprintln!("cannot start the sandbox: {err}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        config.alibaba.endpoint = Some(simulation.endpoint());
+        tracing::warn!(
+            endpoint = %simulation.endpoint(),
+            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden"
+        );
+        (
+            Arc::new(StaticProvider::new(simulation.credential())),
+            Some(simulation),
+        )
+    } else {
+        match credentials::from_environment(env) {
+            Ok(provider) => (Arc::new(provider), None),
+            Err(err) => {
+                eprintln!(
+                    "no Alibaba Cloud credentials: {err} (or run with --sandbox to try the gateway without a cloud account)"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    };
+    tracing::info!(provider = credentials.name(), "credentials resolved");
+
+    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "cannot listen on {} (server.listen): {err}",
+                config.server.listen
+            );
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    match server::serve(config, credentials, listener, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(server::ServeError::Refused(reason)) => {
+            eprintln!("refusing to start: {reason}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! A loopback-only simulation of the Dds API (2015-12-01) for trying the gateway without a cloud
+//! account, and for the integration tests. It verifies signature V2 exactly as Alibaba Cloud
+//! does (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys),
+//! keeps a few demo instances (`Running` → `EngineVersionUpgrading` → `Running` on the new
+//! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
+//! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::alibaba::{API_VERSION, action};
+use crate::credentials::{Credential, Secret};
+use crate::signer::{self, SigningKey, param};
+
+/// The sandbox's AccessKey ID: obviously fake, accepted only by the sandbox.
+pub const ACCESS_KEY_ID: &str = "testid";
+/// The sandbox's AccessKey secret.
+pub const ACCESS_KEY_SECRET: &str = "testsecret";
+/// The sandbox's host name in `HostId`.
+const HOST_ID: &str = "mongodb.sandbox.local";
+/// Alibaba refuses timestamps further than this from its clock.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+/// Engine versions the simulated Dds offers, oldest first.
+const OFFERED_VERSIONS: &[&str] = &["3.4", "4.0", "4.2", "4.4", "5.0", "6.0", "7.0", "8.0"];
+
+/// A simulated instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub db_instance_id: String,
+    pub region_id: String,
+    pub status: String,
+    pub engine_version: String,
+}
+
+/// An answer the sandbox gives the next request instead of the real one (tests, demos).
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// An Alibaba error body with this HTTP status and `Code`, and `x-acs-retry-after` if given.
+    Error {
+        status: u16,
+        code: &'static str,
+        retry_after_ms: Option<u64>,
+    },
+    /// A raw body, e.g. something unreadable.
+    Body { status: u16, body: &'static str },
+    /// The normal answer, after a delay.
+    Delay(Duration),
+}
+
+/// A request the sandbox received, signature included or not.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// `Action`, or empty when the request had none.
+    pub action: String,
+    /// The request's parameters (query and form body), `Signature` included.
+    pub params: BTreeMap<String, String>,
+    /// The query string as sent (the gateway sends everything in the body).
+    pub raw_query: Option<String>,
+}
+
+/// Settings of a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How long an upgrade keeps an instance in `EngineVersionUpgrading`.
+    pub upgrade_duration: Duration,
+    /// The STS security token the sandbox's credential must carry, if any.
+    pub security_token: Option<String>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            upgrade_duration: Duration::from_secs(20),
+            security_token: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State_ {
+    config: SandboxConfig,
+    signing_key: SigningKey,
+    instances: BTreeMap<String, (Instance, Option<(String, Instant)>)>,
+    /// Nonces seen, with when they may be forgotten (after the timestamp window).
+    nonces: HashMap<String, SystemTime>,
+    faults: VecDeque<Fault>,
+    received: Vec<Received>,
+}
+
+type Shared = Arc<Mutex<State_>>;
+
+/// A running sandbox; stops when dropped.
+#[derive(Debug)]
+pub struct Sandbox {
+    addr: SocketAddr,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sandbox {
+    /// Starts a sandbox on an ephemeral loopback port.
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State_ {
+            config,
+            signing_key: SigningKey::new(ACCESS_KEY_SECRET),
+            instances: demo_instances()
+                .into_iter()
+                .map(|i| (i.db_instance_id.clone(), (i, None)))
+                .collect(),
+            nonces: HashMap::new(),
+            faults: VecDeque::new(),
+            received: Vec::new(),
+        }));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(error = %err, "sandbox stopped");
+            }
+        });
+        tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
+        Ok(Self { addr, state, task })
+    }
+
+    /// The endpoint URL to configure as `alibaba.endpoint`.
+    pub fn endpoint(&self) -> reqwest::Url {
+        // A loopback socket address always forms a valid URL.
+        reqwest::Url::parse(&format!("http://{}/", self.addr))
+            .unwrap_or_else(|_| unreachable!("loopback address is a valid URL"))
+    }
+
+    /// The credential the sandbox accepts.
+    pub fn credential(&self) -> Credential {
+        let token = lock(&self.state).config.security_token.clone();
+        Credential::new(
+            ACCESS_KEY_ID,
+            Secret::new(ACCESS_KEY_SECRET),
+            token.map(Secret::new),
+            None,
+            "sandbox",
+        )
+    }
+
+    /// Queues an answer for the next request.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.state).faults.push_back(fault);
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state).received.clone()
+    }
+
+    /// How many requests named `action`.
+    pub fn calls(&self, action: &str) -> usize {
+        lock(&self.state)
+            .received
+            .iter()
+            .filter(|r| r.action == action)
+            .count()
+    }
+
+    /// An instance as it is now.
+    pub fn instance(&self, id: &str) -> Option<Instance> {
+        let mut state = lock(&self.state);
+        settle(&mut state, id).cloned()
+    }
+}
+
+fn demo_instances() -> Vec<Instance> {
+    let instance = |id: &str, region: &str, status: &str, version: &str| Instance {
+        db_instance_id: id.to_string(),
+        region_id: region.to_string(),
+        status: status.to_string(),
+        engine_version: version.to_string(),
+    };
+    vec![
+        instance("dds-sandbox01", "cn-hangzhou", "Running", "4.2"),
+        instance("dds-sandbox02", "cn-hangzhou", "Running", "4.4"),
+        instance("dds-sandbox03", "cn-hangzhou", "Running", "5.0"),
+        instance("dds-sandboxsz", "cn-shenzhen", "Running", "6.0"),
+        instance("dds-sandboxbusy", "cn-hangzhou", "Rebooting", "4.4"),
+        instance("dds-sandboxforbidden", "cn-hangzhou", "Running", "4.4"),
+    ]
+}
+
+fn lock(state: &Shared) -> MutexGuard<'_, State_> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Applies a finished upgrade and returns the instance.
+fn settle<'a>(state: &'a mut State_, id: &str) -> Option<&'a Instance> {
+    let (instance, upgrade) = state.instances.get_mut(id)?;
+    if let Some((target, done_at)) = upgrade {
+        if Instant::now() >= *done_at {
+            instance.engine_version = std::mem::take(target);
+            instance.status = "Running".to_string();
+            *upgrade = None;
+        }
+    }
+    Some(instance)
+}
+
+/// An Alibaba-shaped error answer.
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let request_id = new_request_id();
+    let body = json!({
+        "RequestId": request_id,
+        "HostId": HOST_ID,
+        "Code": code,
+        "Message": message,
+        "Recommend": format!("https://api.alibabacloud.com/troubleshoot?q={code}&product=Dds&requestId={request_id}"),
+    });
+    json_response(status, &body)
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json;charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string().to_uppercase()
+}
+
+async fn handle(
+    State(state): State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let params = match collect_params(query.as_deref(), &headers, &body) {
+        Ok(params) => params,
+        Err(response) => return response,
+    };
+    let fault = {
+        let mut state = lock(&state);
+        state.received.push(Received {
+            method: method.to_string(),
+            action: params.get(param::ACTION).cloned().unwrap_or_default(),
+            params: params.clone(),
+            raw_query: query.clone(),
+        });
+        state.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::Error {
+            status,
+            code,
+            retry_after_ms,
+        }) => {
+            let mut response = error(status, code, "injected by the sandbox");
+            if let Some(ms) = retry_after_ms {
+                if let Ok(value) = ms.to_string().parse() {
+                    response.headers_mut().insert("x-acs-retry-after", value);
+                }
+            }
+            return response;
+        }
+        Some(Fault::Body { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, body).into_response();
+        }
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let mut state = lock(&state);
+    if let Err(response) = verify(&mut state, method.as_str(), &params) {
+        return response;
+    }
+    dispatch(&mut state, &params)
+}
+
+/// The union of query and form body parameters, as Alibaba signs them.
+fn collect_params(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<BTreeMap<String, String>, Response> {
+    let mut params = BTreeMap::new();
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = if is_form {
+        std::str::from_utf8(body)
+            .map_err(|_| error(400, "InvalidParameter", "The form body is not UTF-8."))?
+    } else {
+        ""
+    };
+    for pair in query.unwrap_or("").split('&').chain(body.split('&')) {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(name), Some(value)) =
+            (signer::percent_decode(name), signer::percent_decode(value))
+        else {
+            return Err(error(
+                400,
+                "InvalidParameter",
+                "A parameter is not correctly percent-encoded.",
+            ));
+        };
+        if params.insert(name.clone(), value).is_some() {
+            return Err(error(
+                400,
+                "InvalidParameter",
+                &format!("The parameter {name} appears more than once."),
+            ));
+        }
+    }
+    Ok(params)
+}
+
+/// Signature V2 verification, in Alibaba's order of checks.
+fn verify(
+    state: &mut State_,
+    method: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), Response> {
+    for name in [
+        param::ACTION,
+        param::VERSION,
+        param::ACCESS_KEY_ID,
+        param::SIGNATURE,
+        param::SIGNATURE_METHOD,
+        param::SIGNATURE_VERSION,
+        param::SIGNATURE_NONCE,
+        param::TIMESTAMP,
+    ] {
+        if params.get(name).is_none_or(String::is_empty) {
+            return Err(error(
+                400,
+                &format!("Missing{name}"),
+                &format!("{name} is mandatory for this action."),
+            ));
+        }
+    }
+    let get = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
+    if let Some(format) = params.get(param::FORMAT) {
+        if !format.eq_ignore_ascii_case("json") && !format.eq_ignore_ascii_case("xml") {
+            return Err(error(
+                400,
+                "InvalidParameter.Format",
+                "Specified parameter format is not valid.",
+            ));
+        }
+    }
+    if get(param::SIGNATURE_METHOD) != signer::SIGNATURE_METHOD {
+        return Err(error(
+            400,
+            "InvalidSignatureMethod",
+            "Specified signature method is not valid.",
+        ));
+    }
+    if get(param::SIGNATURE_VERSION) != signer::SIGNATURE_VERSION {
+        return Err(error(
+            400,
+            "InvalidSignatureVersion",
+            "Specified signature version is not valid.",
+        ));
+    }
+    let Some(timestamp) = signer::parse_timestamp(get(param::TIMESTAMP)) else {
+        return Err(error(
+            400,
+            "InvalidTimeStamp.Format",
+            "Specified time stamp or date value is not well formatted.",
+        ));
+    };
+    let now = SystemTime::now();
+    let skew = now
+        .duration_since(timestamp)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or_default();
+    if skew > MAX_CLOCK_SKEW {
+        return Err(error(
+            400,
+            "InvalidTimeStamp.Expired",
+            "Specified time stamp or date value is expired.",
+        ));
+    }
+    if get(param::ACCESS_KEY_ID) != ACCESS_KEY_ID {
+        return Err(error(
+            404,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        ));
+    }
+
+    let signed: Vec<(&str, &str)> = params
+        .iter()
+        .filter(|(name, _)| name.as_str() != param::SIGNATURE)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let expected = signer::sign(method, &signed, &state.signing_key);
+    if expected.signature.as_str() != get(param::SIGNATURE) {
+        // Alibaba echoes its string to sign, so a client can see where it differs.
+        return Err(error(
+            400,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{}",
+                expected.string_to_sign
+            ),
+        ));
+    }
+
+    match (
+        &state.config.security_token,
+        params.get(param::SECURITY_TOKEN),
+    ) {
+        (None, None) => {}
+        (Some(expected), Some(sent)) if expected == sent => {}
+        (Some(_), None) => {
+            return Err(error(
+                400,
+                "MissingSecurityToken",
+                "SecurityToken is mandatory for this action.",
+            ));
+        }
+        _ => {
+            return Err(error(
+                400,
+                "InvalidSecurityToken.MismatchWithAccessKey",
+                "Specified SecurityToken mismatch with the AccessKey.",
+            ));
+        }
+    }
+
+    state.nonces.retain(|_, forget_at| *forget_at > now);
+    let nonce = get(param::SIGNATURE_NONCE).to_string();
+    if state.nonces.contains_key(&nonce) {
+        return Err(error(
+            400,
+            "SignatureNonceUsed",
+            "Specified signature nonce was used already.",
+        ));
+    }
+    state.nonces.insert(nonce, now + 2 * MAX_CLOCK_SKEW);
+    Ok(())
+}
+
+fn dispatch(state: &mut State_, params: &BTreeMap<String, String>) -> Response {
+    let get = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
+    let action = get(param::ACTION);
+    if get(param::VERSION) != API_VERSION
+        || ![
+            action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+            action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
+            action::DESCRIBE_AVAILABLE_ENGINE_VERSION,
+        ]
+        .contains(&action)
+    {
+        return error(
+            404,
+            "InvalidApi.NotFound",
+            "Specified api is not found, please check your url and method.",
+        );
+    }
+    let id = get("DBInstanceId");
+    if id.is_empty() {
+        return error(
+            400,
+            "MissingDBInstanceId",
+            "DBInstanceId is mandatory for this action.",
+        );
+    }
+    let region = params.get("RegionId");
+    let known_region = |r: &str| state.instances.values().any(|(i, _)| i.region_id == r);
+    if let Some(region) = region {
+        if !known_region(region) {
+            return error(
+                404,
+                "InvalidRegion.NotFound",
+                "The RegionId provided does not exist in our records.",
+            );
+        }
+    }
+    let upgrade_duration = state.config.upgrade_duration;
+    let Some(instance) = settle(state, id)
+        .filter(|i| region.is_none_or(|r| *r == i.region_id))
+        .cloned()
+    else {
+        return error(
+            404,
+            "InvalidInstanceId.NotFound",
+            "The InstanceId provided does not exist in our records.",
+        );
+    };
+    if instance.db_instance_id == "dds-sandboxforbidden" {
+        return error(
+            403,
+            "Forbidden.RAM",
+            "User not authorized to operate on the specified resource, or this API doesn't support RAM.",
+        );
+    }
+    let later: Vec<&str> = OFFERED_VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| version_key(v) > version_key(&instance.engine_version))
+        .collect();
+
+    match action {
+        action::DESCRIBE_DB_INSTANCE_ATTRIBUTE => json_response(
+            200,
+            &json!({
+                "RequestId": new_request_id(),
+                "DBInstances": { "DBInstance": [ {
+                    "DBInstanceId": instance.db_instance_id,
+                    "DBInstanceStatus": instance.status,
+                    "EngineVersion": instance.engine_version,
+                    "Engine": "MongoDB",
+                    "DBInstanceType": "replicate",
+                    "RegionId": instance.region_id,
+                    "ZoneId": format!("{}-b", instance.region_id),
+                    "LockMode": "Unlock",
+                    "StorageEngine": "WiredTiger",
+                } ] }
+            }),
+        ),
+        action::DESCRIBE_AVAILABLE_ENGINE_VERSION => json_response(
+            200,
+            &json!({ "RequestId": new_request_id(), "EngineVersions": { "EngineVersion": later } }),
+        ),
+        _ => {
+            let target = get("EngineVersion");
+            if target.is_empty() {
+                return error(
+                    400,
+                    "MissingEngineVersion",
+                    "EngineVersion is mandatory for this action.",
+                );
+            }
+            if !OFFERED_VERSIONS.contains(&target) {
+                return error(
+                    400,
+                    "InvalidEngineVersion",
+                    "Specified parameter EngineVersion is not valid.",
+                );
+            }
+            if !matches!(
+                params.get("SwitchMode").map(String::as_str),
+                None | Some("0" | "1")
+            ) {
+                return error(
+                    400,
+                    "InvalidParameter",
+                    "Specified parameter SwitchMode is not valid.",
+                );
+            }
+            if instance.status != "Running" {
+                return error(
+                    400,
+                    "IncorrectDBInstanceState",
+                    "Current DB instance state does not support this operation.",
+                );
+            }
+            if !later.contains(&target) {
+                return error(
+                    400,
+                    "EngineVersion.ERROR",
+                    "Target engineVersion must be greater than the current one.",
+                );
+            }
+            // The maintenance window is not simulated: both switch modes start at once.
+            if let Some((instance, upgrade)) = state.instances.get_mut(id) {
+                instance.status = "EngineVersionUpgrading".to_string();
+                *upgrade = Some((target.to_string(), Instant::now() + upgrade_duration));
+            }
+            json_response(200, &json!({ "RequestId": new_request_id() }))
+        }
+    }
+}
+
+/// Orders `major.minor` versions numerically.
+fn version_key(v: &str) -> (u32, u32) {
+    let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
+    (major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
+}

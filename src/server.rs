@@ -1,0 +1,142 @@
+//! Builds and runs the tonic server: the engine version service, `grpc.health.v1`, server
+//! reflection (v1 and v1alpha), request size limits, and graceful shutdown (in-flight calls
+//! finish within a grace period; new connections and calls are refused).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::alibaba::AlibabaClient;
+use crate::config::Config;
+use crate::credentials::CredentialsProvider;
+use crate::pb::engine_version_service_server::EngineVersionServiceServer;
+use crate::service::EngineVersionService;
+use crate::validation::Validator;
+
+/// The fully qualified service name, as health checks and reflection know it.
+pub const SERVICE_NAME: &str = "dds.gateway.v1.EngineVersionService";
+
+/// Largest metadata (headers) block accepted from a caller.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Concurrent calls one connection may have open.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot read the listener's address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
+/// at most `server.shutdown_grace`.
+pub async fn serve(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    if !config.callers.is_empty() {
+        return Err(ServeError::Refused(
+            "[[callers]]: caller authentication is not implemented in this version; remove the section and listen on loopback".to_string(),
+        ));
+    }
+    if !local.ip().is_loopback() {
+        return Err(ServeError::Refused(format!(
+            "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+             an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+        )));
+    }
+    tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
+
+    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let service = EngineVersionService::new(
+        Validator::new(&config),
+        client,
+        config.server.request_timeout,
+    );
+    let engine_versions = EngineVersionServiceServer::new(service)
+        // Larger messages are refused with OUT_OF_RANGE... before they are decoded.
+        .max_decoding_message_size(config.server.max_request_bytes);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(engine_versions)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "dds-gateway listening");
+
+    tokio::select! {
+        result = &mut server => return result.map_err(ServeError::from),
+        () = shutdown => {}
+    }
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
+    health
+        .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.server.shutdown_grace, server).await {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(_) => {
+            tracing::warn!("grace period over with calls still in flight; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
