@@ -102,6 +102,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A multi-thread runtime: telemetry exporters need one, and the gateway serves many callers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
