@@ -417,7 +417,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_the_expectation() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             ("[server]\nlisten = \"nowhere\"", &[], "server.listen"),
             (
                 "[alibaba]\nsignature_version = \"v9\"",

@@ -9,6 +9,7 @@
 //! - [`signer`]: Alibaba RPC signature V2, a pure function.
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`error`]: the one mapping from failures to gRPC statuses.
+//! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
@@ -19,6 +20,7 @@ pub mod alibaba;
 pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod deadline;
 pub mod error;
 pub mod sandbox;
 pub mod server;

@@ -214,12 +214,12 @@ fn lock(state: &Shared) -> MutexGuard<'_, State_> {
 /// Applies a finished upgrade and returns the instance.
 fn settle<'a>(state: &'a mut State_, id: &str) -> Option<&'a Instance> {
     let (instance, upgrade) = state.instances.get_mut(id)?;
-    if let Some((target, done_at)) = upgrade {
-        if Instant::now() >= *done_at {
-            instance.engine_version = std::mem::take(target);
-            instance.status = "Running".to_string();
-            *upgrade = None;
-        }
+    if let Some((target, done_at)) = upgrade
+        && Instant::now() >= *done_at
+    {
+        instance.engine_version = std::mem::take(target);
+        instance.status = "Running".to_string();
+        *upgrade = None;
     }
     Some(instance)
 }
@@ -235,6 +235,11 @@ fn error(status: u16, code: &str, message: &str) -> Response {
         "Recommend": format!("https://api.alibabacloud.com/troubleshoot?q={code}&product=Dds&requestId={request_id}"),
     });
     json_response(status, &body)
+}
+
+/// [`error`], boxed for `Result`s (a response is large).
+fn reject(status: u16, code: &str, message: &str) -> Box<Response> {
+    Box::new(error(status, code, message))
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> Response {
@@ -260,7 +265,7 @@ async fn handle(
 ) -> Response {
     let params = match collect_params(query.as_deref(), &headers, &body) {
         Ok(params) => params,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let fault = {
         let mut state = lock(&state);
@@ -279,10 +284,10 @@ async fn handle(
             retry_after_ms,
         }) => {
             let mut response = error(status, code, "injected by the sandbox");
-            if let Some(ms) = retry_after_ms {
-                if let Ok(value) = ms.to_string().parse() {
-                    response.headers_mut().insert("x-acs-retry-after", value);
-                }
+            if let Some(ms) = retry_after_ms
+                && let Ok(value) = ms.to_string().parse()
+            {
+                response.headers_mut().insert("x-acs-retry-after", value);
             }
             return response;
         }
@@ -295,7 +300,7 @@ async fn handle(
     }
     let mut state = lock(&state);
     if let Err(response) = verify(&mut state, method.as_str(), &params) {
-        return response;
+        return *response;
     }
     dispatch(&mut state, &params)
 }
@@ -305,7 +310,7 @@ fn collect_params(
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<BTreeMap<String, String>, Response> {
+) -> Result<BTreeMap<String, String>, Box<Response>> {
     let mut params = BTreeMap::new();
     let is_form = headers
         .get(header::CONTENT_TYPE)
@@ -313,7 +318,7 @@ fn collect_params(
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let body = if is_form {
         std::str::from_utf8(body)
-            .map_err(|_| error(400, "InvalidParameter", "The form body is not UTF-8."))?
+            .map_err(|_| reject(400, "InvalidParameter", "The form body is not UTF-8."))?
     } else {
         ""
     };
@@ -325,14 +330,14 @@ fn collect_params(
         let (Some(name), Some(value)) =
             (signer::percent_decode(name), signer::percent_decode(value))
         else {
-            return Err(error(
+            return Err(reject(
                 400,
                 "InvalidParameter",
                 "A parameter is not correctly percent-encoded.",
             ));
         };
         if params.insert(name.clone(), value).is_some() {
-            return Err(error(
+            return Err(reject(
                 400,
                 "InvalidParameter",
                 &format!("The parameter {name} appears more than once."),
@@ -347,7 +352,7 @@ fn verify(
     state: &mut State_,
     method: &str,
     params: &BTreeMap<String, String>,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     for name in [
         param::ACTION,
         param::VERSION,
@@ -359,7 +364,7 @@ fn verify(
         param::TIMESTAMP,
     ] {
         if params.get(name).is_none_or(String::is_empty) {
-            return Err(error(
+            return Err(reject(
                 400,
                 &format!("Missing{name}"),
                 &format!("{name} is mandatory for this action."),
@@ -367,31 +372,32 @@ fn verify(
         }
     }
     let get = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
-    if let Some(format) = params.get(param::FORMAT) {
-        if !format.eq_ignore_ascii_case("json") && !format.eq_ignore_ascii_case("xml") {
-            return Err(error(
-                400,
-                "InvalidParameter.Format",
-                "Specified parameter format is not valid.",
-            ));
-        }
+    if let Some(format) = params.get(param::FORMAT)
+        && !format.eq_ignore_ascii_case("json")
+        && !format.eq_ignore_ascii_case("xml")
+    {
+        return Err(reject(
+            400,
+            "InvalidParameter.Format",
+            "Specified parameter format is not valid.",
+        ));
     }
     if get(param::SIGNATURE_METHOD) != signer::SIGNATURE_METHOD {
-        return Err(error(
+        return Err(reject(
             400,
             "InvalidSignatureMethod",
             "Specified signature method is not valid.",
         ));
     }
     if get(param::SIGNATURE_VERSION) != signer::SIGNATURE_VERSION {
-        return Err(error(
+        return Err(reject(
             400,
             "InvalidSignatureVersion",
             "Specified signature version is not valid.",
         ));
     }
     let Some(timestamp) = signer::parse_timestamp(get(param::TIMESTAMP)) else {
-        return Err(error(
+        return Err(reject(
             400,
             "InvalidTimeStamp.Format",
             "Specified time stamp or date value is not well formatted.",
@@ -403,14 +409,14 @@ fn verify(
         .or_else(|e| Ok::<_, ()>(e.duration()))
         .unwrap_or_default();
     if skew > MAX_CLOCK_SKEW {
-        return Err(error(
+        return Err(reject(
             400,
             "InvalidTimeStamp.Expired",
             "Specified time stamp or date value is expired.",
         ));
     }
     if get(param::ACCESS_KEY_ID) != ACCESS_KEY_ID {
-        return Err(error(
+        return Err(reject(
             404,
             "InvalidAccessKeyId.NotFound",
             "Specified access key is not found.",
@@ -425,7 +431,7 @@ fn verify(
     let expected = signer::sign(method, &signed, &state.signing_key);
     if expected.signature.as_str() != get(param::SIGNATURE) {
         // Alibaba echoes its string to sign, so a client can see where it differs.
-        return Err(error(
+        return Err(reject(
             400,
             "SignatureDoesNotMatch",
             &format!(
@@ -442,14 +448,14 @@ fn verify(
         (None, None) => {}
         (Some(expected), Some(sent)) if expected == sent => {}
         (Some(_), None) => {
-            return Err(error(
+            return Err(reject(
                 400,
                 "MissingSecurityToken",
                 "SecurityToken is mandatory for this action.",
             ));
         }
         _ => {
-            return Err(error(
+            return Err(reject(
                 400,
                 "InvalidSecurityToken.MismatchWithAccessKey",
                 "Specified SecurityToken mismatch with the AccessKey.",
@@ -460,7 +466,7 @@ fn verify(
     state.nonces.retain(|_, forget_at| *forget_at > now);
     let nonce = get(param::SIGNATURE_NONCE).to_string();
     if state.nonces.contains_key(&nonce) {
-        return Err(error(
+        return Err(reject(
             400,
             "SignatureNonceUsed",
             "Specified signature nonce was used already.",
@@ -497,14 +503,14 @@ fn dispatch(state: &mut State_, params: &BTreeMap<String, String>) -> Response {
     }
     let region = params.get("RegionId");
     let known_region = |r: &str| state.instances.values().any(|(i, _)| i.region_id == r);
-    if let Some(region) = region {
-        if !known_region(region) {
-            return error(
-                404,
-                "InvalidRegion.NotFound",
-                "The RegionId provided does not exist in our records.",
-            );
-        }
+    if let Some(region) = region
+        && !known_region(region)
+    {
+        return error(
+            404,
+            "InvalidRegion.NotFound",
+            "The RegionId provided does not exist in our records.",
+        );
     }
     let upgrade_duration = state.config.upgrade_duration;
     let Some(instance) = settle(state, id)

@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use crate::alibaba::AlibabaClient;
 use crate::config::Config;
 use crate::credentials::CredentialsProvider;
+use crate::deadline;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::service::EngineVersionService;
 use crate::validation::Validator;
@@ -68,7 +69,7 @@ pub async fn serve(
         config.server.request_timeout,
     );
     let engine_versions = EngineVersionServiceServer::new(service)
-        // Larger messages are refused with OUT_OF_RANGE... before they are decoded.
+        // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -89,6 +90,10 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
+        .layer(tower::util::MapRequestLayer::new(
+            deadline::record::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -5,17 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::alibaba::AlibabaClient;
+use crate::deadline;
 use crate::error::Error;
 use crate::pb;
 use crate::validation::{ValidUpgradeRequest, Validator};
-
-/// Time kept back from the caller's deadline so the handler answers DEADLINE_EXCEEDED itself:
-/// tonic's own `grpc-timeout` enforcement, which runs outside the handler, answers CANCELLED.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The gateway's gRPC service.
 #[derive(Debug, Clone)]
@@ -36,18 +32,6 @@ impl EngineVersionService {
             client,
             request_timeout,
         }
-    }
-
-    /// The instant by which this call must have answered: the caller's `grpc-timeout` less a
-    /// margin, bounded by the gateway's own request timeout.
-    fn deadline(&self, metadata: &MetadataMap) -> Instant {
-        let budget = match grpc_timeout(metadata) {
-            Some(timeout) => timeout
-                .saturating_sub(DEADLINE_MARGIN)
-                .min(self.request_timeout),
-            None => self.request_timeout,
-        };
-        Instant::now() + budget
     }
 
     async fn upgrade(
@@ -91,7 +75,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         &self,
         request: Request<pb::UpgradeEngineVersionRequest>,
     ) -> Result<Response<pb::UpgradeEngineVersionResponse>, Status> {
-        let deadline = self.deadline(request.metadata());
+        let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
         let message = request.into_inner();
         let (instance, version, region) = (
             message.db_instance_id.clone(),
@@ -134,48 +118,9 @@ fn short(value: &str) -> &str {
     }
 }
 
-/// Parses the `grpc-timeout` header: up to 8 digits and a unit (`H M S m u n`).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn timeout(value: &str) -> Option<Duration> {
-        let mut metadata = MetadataMap::new();
-        metadata.insert("grpc-timeout", value.parse().unwrap());
-        grpc_timeout(&metadata)
-    }
-
-    #[test]
-    fn parses_grpc_timeout_units() {
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(timeout("9n"), Some(Duration::from_nanos(9)));
-        assert_eq!(timeout("123456789S"), None);
-        assert_eq!(timeout("S"), None);
-        assert_eq!(timeout("5x"), None);
-        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
-    }
 
     #[test]
     fn short_cuts_on_a_char_boundary() {

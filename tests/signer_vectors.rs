@@ -1,5 +1,6 @@
 //! Signature V2 against Alibaba's published vectors (data files under `tests/data/signer/v2`),
 //! stage by stage, and the percent-encoder against an independent reference on random Unicode.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use std::path::{Path, PathBuf};
 

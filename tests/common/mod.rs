@@ -1,0 +1,145 @@
+//! Shared test harness: the gateway on an ephemeral loopback port in front of a sandbox (a real
+//! HTTP server that verifies signatures), plus a connected client.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dds_gateway::config::{Config, Overrides};
+use dds_gateway::credentials::{Credential, CredentialsProvider, StaticProvider};
+use dds_gateway::pb;
+use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
+use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::server::{self, ServeError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub struct Gateway {
+    pub sandbox: Sandbox,
+    pub addr: SocketAddr,
+    pub client: EngineVersionServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// Options for [`Gateway::start_with`].
+#[derive(Default)]
+pub struct Options {
+    pub config_toml: String,
+    pub sandbox: SandboxConfig,
+    /// Signs with this credential instead of the sandbox's own.
+    pub credential: Option<Credential>,
+    /// Sends upstream calls here instead of the sandbox.
+    pub endpoint: Option<String>,
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let sandbox = Sandbox::start(options.sandbox).await.unwrap();
+        let mut config = Config::from_toml(
+            &options.config_toml,
+            "test",
+            |_| None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        config.alibaba.endpoint = Some(match options.endpoint {
+            Some(url) => url.parse().unwrap(),
+            None => sandbox.endpoint(),
+        });
+        let credential = options.credential.unwrap_or_else(|| sandbox.credential());
+        Self::serve(config, Arc::new(StaticProvider::new(credential)), sandbox).await
+    }
+
+    /// Serves exactly `config` (no endpoint override) with `credentials`.
+    pub async fn serve(
+        config: Config,
+        credentials: Arc<dyn CredentialsProvider>,
+        sandbox: Sandbox,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(config, credentials, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = EngineVersionServiceClient::new(channel(addr).await);
+        Self {
+            sandbox,
+            addr,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn shutdown(&mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+
+    pub fn stop_signal(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn upgrade(
+        &self,
+        request: pb::UpgradeEngineVersionRequest,
+    ) -> Result<pb::UpgradeEngineVersionResponse, tonic::Status> {
+        self.client
+            .clone()
+            .upgrade_engine_version(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A client channel to the gateway; the server is already listening, so this connects at once.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub fn request(instance: &str, version: &str) -> pb::UpgradeEngineVersionRequest {
+    pb::UpgradeEngineVersionRequest {
+        db_instance_id: instance.to_string(),
+        engine_version: version.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Waits until `condition` holds, checking often, failing after five seconds.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

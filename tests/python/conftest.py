@@ -1,0 +1,140 @@
+"""Shared fixtures of the Python interoperability tests: the Rust binaries, a running sandboxed
+gateway and Python stubs generated from the gateway's proto with `grpc_tools.protoc`.
+
+The binaries are built by cargo beforehand (`cargo build --bin dds-gateway --example sign`); the
+tests never build anything themselves.
+"""
+
+import importlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROTO_ROOT = REPO_ROOT / "proto"
+GATEWAY_PROTO = "dds/gateway/v1/gateway.proto"
+
+# The gateway's log line once it accepts calls, e.g.
+# `... INFO dds_gateway::server: dds-gateway listening local=127.0.0.1:40289 version="0.1.0"`.
+# (An earlier WARN line also carries `local=`, so match the message too.)
+LISTENING = re.compile(r"dds-gateway listening local=(\S+)")
+STARTUP_DEADLINE_S = 20
+SHUTDOWN_DEADLINE_S = 15
+
+
+def _binary(env_var: str, default: str) -> Path:
+    path = Path(os.environ.get(env_var) or REPO_ROOT / default)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"{path} is missing: run `cargo build --bin dds-gateway --example sign` first "
+            f"(or point {env_var} at the binary)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sign_bin() -> Path:
+    """The `sign` example: JSON cases on stdin, the signer's stages on stdout."""
+    return _binary("DDS_GATEWAY_SIGN_BIN", "target/debug/examples/sign")
+
+
+@pytest.fixture(scope="session")
+def gateway_bin() -> Path:
+    return _binary("DDS_GATEWAY_BIN", "target/debug/dds-gateway")
+
+
+@pytest.fixture(scope="session")
+def gateway_pb(tmp_path_factory) -> types.SimpleNamespace:
+    """`gateway_pb2` and `gateway_pb2_grpc`, generated now from the repository's proto, so the
+    test exercises the proto as it is rather than checked-in stubs."""
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    well_known = Path(protoc.__file__).parent / "_proto"
+    rc = protoc.main([
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        GATEWAY_PROTO,
+    ])
+    assert rc == 0, f"protoc failed on {GATEWAY_PROTO} (exit {rc})"
+    sys.path.insert(0, str(out))
+    try:
+        return types.SimpleNamespace(
+            pb2=importlib.import_module("dds.gateway.v1.gateway_pb2"),
+            grpc=importlib.import_module("dds.gateway.v1.gateway_pb2_grpc"),
+        )
+    finally:
+        sys.path.remove(str(out))
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_bin):
+    """Runs `dds-gateway serve --sandbox` on an ephemeral loopback port; yields its address.
+
+    Teardown sends SIGTERM and requires a graceful exit with status 0.
+    """
+    proc = subprocess.Popen(
+        [str(gateway_bin), "serve", "--sandbox", "--listen", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "RUST_LOG": "info"},
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    log: list[str] = []
+    address: queue.Queue = queue.Queue()
+
+    # Reads stderr for the whole life of the process, so the pipe never fills and blocks the
+    # gateway; reports the listening address, or None at EOF (the process died first).
+    def drain():
+        for line in proc.stderr:
+            log.append(line)
+            if match := LISTENING.search(line):
+                address.put(match.group(1))
+        address.put(None)
+
+    reader = threading.Thread(target=drain, name="gateway-stderr", daemon=True)
+    reader.start()
+    try:
+        try:
+            local = address.get(timeout=STARTUP_DEADLINE_S)
+        except queue.Empty:
+            local = None
+        if local is None:
+            pytest.fail(
+                f"gateway did not report listening within {STARTUP_DEADLINE_S}s "
+                f"(exit status {proc.poll()}); stderr:\n{''.join(log)}",
+                pytrace=False,
+            )
+        yield local
+
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=SHUTDOWN_DEADLINE_S)
+        reader.join(timeout=5)
+        assert rc == 0, f"gateway exited with {rc} after SIGTERM; stderr:\n{''.join(log)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def channel(gateway):
+    with grpc.insecure_channel(gateway) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
