@@ -34,24 +34,59 @@ pub mod param {
 /// Upper-case hex digits, as the percent-encoding rules require.
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Whether a byte is left as-is by [`percent_encode`]: RFC 3986 unreserved `A-Za-z0-9-_.~`.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
-}
+/// Bytes left as-is by [`percent_encode`]: RFC 3986 unreserved `A-Za-z0-9-_.~`.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// Appends `s` percent-encoded the way Alibaba signs: UTF-8 bytes, only `A-Za-z0-9-_.~` left as
 /// they are, everything else `%XY` in upper-case hex (so space is `%20`, `*` is `%2A`, `~` stays).
 pub fn percent_encode_into(out: &mut String, s: &str) {
-    out.reserve(s.len());
-    for &b in s.as_bytes() {
-        if is_unreserved(b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len());
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if UNRESERVED[usize::from(b)] {
+            continue;
         }
+        // Copy the run of unreserved (ASCII) bytes at once. A non-empty run starts after a
+        // whole escaped character and ends before byte `i`, so both ends are char boundaries.
+        if run < i {
+            out.push_str(&s[run..i]);
+        }
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
+}
+
+/// Appends `percentEncode(s)` for an `s` that is already percent-encoded (a canonicalized query
+/// string): its only reserved characters are `%`, `=` and `&`, so the second pass of the string
+/// to sign is a substitution of those three. Equal to [`percent_encode_into`] on such input.
+fn percent_encode_encoded_into(out: &mut String, s: &str) {
+    out.reserve(s.len() + s.len() / 2);
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'%' => "%25",
+            b'=' => "%3D",
+            b'&' => "%26",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        out.push_str(escaped);
+        run = i + 1;
+    }
+    out.push_str(&s[run..]);
 }
 
 /// `percentEncode(s)`; see [`percent_encode_into`].
@@ -128,7 +163,25 @@ impl StringToSign {
             String::with_capacity(method.len() + 5 + canonicalized_query_string.len() * 5 / 4);
         s.push_str(method);
         s.push_str("&%2F&");
-        percent_encode_into(&mut s, canonicalized_query_string);
+        if canonicalized_query_string
+            .bytes()
+            .all(|b| UNRESERVED[usize::from(b)] || matches!(b, b'%' | b'=' | b'&'))
+        {
+            percent_encode_encoded_into(&mut s, canonicalized_query_string);
+        } else {
+            // Not produced by `canonicalized_query_string`; encode it in full.
+            percent_encode_into(&mut s, canonicalized_query_string);
+        }
+        Self(s)
+    }
+
+    /// For a query string this module canonicalized: only the three-character substitution.
+    fn from_canonicalized(method: &str, canonicalized_query_string: &str) -> Self {
+        let mut s =
+            String::with_capacity(method.len() + 5 + canonicalized_query_string.len() * 5 / 4);
+        s.push_str(method);
+        s.push_str("&%2F&");
+        percent_encode_encoded_into(&mut s, canonicalized_query_string);
         Self(s)
     }
 
@@ -243,7 +296,7 @@ where
     V: AsRef<str>,
 {
     let canonicalized_query_string = canonicalized_query_string(params);
-    let string_to_sign = StringToSign::new(method, &canonicalized_query_string);
+    let string_to_sign = StringToSign::from_canonicalized(method, &canonicalized_query_string);
     let signature = key.sign(&string_to_sign);
     SignedParams {
         canonicalized_query_string,
@@ -293,6 +346,15 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn second_pass_substitution_equals_full_encoding() {
+        let cqs = canonicalized_query_string(&[("a b", "c=d&e%f~*中"), ("Z", "")]);
+        let mut fast = String::new();
+        percent_encode_encoded_into(&mut fast, &cqs);
+        assert_eq!(fast, percent_encode(&cqs));
+        assert_eq!(StringToSign::new("GET", "a b").as_str(), "GET&%2F&a%20b");
     }
 
     #[test]
