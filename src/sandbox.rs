@@ -58,7 +58,7 @@ pub enum Fault {
 }
 
 /// A request the sandbox received, signature included or not.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Received {
     pub method: String,
     /// `Action`, or empty when the request had none.
@@ -69,13 +69,44 @@ pub struct Received {
     pub raw_query: Option<String>,
 }
 
+// `Signature` and `SecurityToken` values are credentials: `***` in Debug.
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let params: BTreeMap<&str, &str> = self
+            .params
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                param::SIGNATURE | param::SECURITY_TOKEN => (k.as_str(), "***"),
+                _ => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("Received")
+            .field("method", &self.method)
+            .field("action", &self.action)
+            .field("params", &params)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Settings of a sandbox.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SandboxConfig {
     /// How long an upgrade keeps an instance in `EngineVersionUpgrading`.
     pub upgrade_duration: Duration,
     /// The STS security token the sandbox's credential must carry, if any.
     pub security_token: Option<String>,
+}
+
+impl std::fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("upgrade_duration", &self.upgrade_duration)
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "***"),
+            )
+            .finish()
+    }
 }
 
 impl Default for SandboxConfig {
@@ -87,7 +118,6 @@ impl Default for SandboxConfig {
     }
 }
 
-#[derive(Debug)]
 struct State_ {
     config: SandboxConfig,
     signing_key: SigningKey,
@@ -101,11 +131,19 @@ struct State_ {
 type Shared = Arc<Mutex<State_>>;
 
 /// A running sandbox; stops when dropped.
-#[derive(Debug)]
 pub struct Sandbox {
     addr: SocketAddr,
     state: Shared,
     task: tokio::task::JoinHandle<()>,
+}
+
+// Only the address: the state holds received requests, with their signatures and tokens.
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Sandbox {
