@@ -137,11 +137,8 @@ async fn region_outside_the_endpoint_table_is_refused_without_network() {
     let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
-    let config =
-        dds_gateway::config::Config::from_toml("", "test", |_| None, &Default::default()).unwrap();
-    let credentials = std::sync::Arc::new(dds_gateway::credentials::StaticProvider::new(
-        sandbox.credential(),
-    ));
+    let config = common::default_config();
+    let credentials = common::credentials_of(&sandbox);
     let gw = Gateway::serve(config, credentials, sandbox).await;
     for region in ["xx-nowhere-1", "evil.example.com", "cn-hangzhou.attacker"] {
         let mut req = request("dds-sandbox01", "5.0");
@@ -369,12 +366,9 @@ async fn callers_deadline_is_answered_with_deadline_exceeded() {
     let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
-    let mut config =
-        dds_gateway::config::Config::from_toml("", "test", |_| None, &Default::default()).unwrap();
+    let mut config = common::default_config();
     config.alibaba.endpoint = Some(sandbox.endpoint());
-    let credentials = std::sync::Arc::new(dds_gateway::credentials::StaticProvider::new(
-        sandbox.credential(),
-    ));
+    let credentials = common::credentials_of(&sandbox);
     let client = dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, credentials).unwrap();
     let service = dds_gateway::service::EngineVersionService::new(
         dds_gateway::validation::Validator::new(&config),
@@ -513,11 +507,8 @@ async fn unauthenticated_gateway_refuses_a_non_loopback_listener() {
     let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
-    let config =
-        dds_gateway::config::Config::from_toml("", "test", |_| None, &Default::default()).unwrap();
-    let credentials = std::sync::Arc::new(dds_gateway::credentials::StaticProvider::new(
-        sandbox.credential(),
-    ));
+    let config = common::default_config();
+    let credentials = common::credentials_of(&sandbox);
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let err = dds_gateway::server::serve(config, credentials, listener, std::future::pending())
         .await

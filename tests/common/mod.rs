@@ -28,7 +28,6 @@ pub struct Gateway {
 /// Options for [`Gateway::start_with`].
 #[derive(Default)]
 pub struct Options {
-    pub config_toml: String,
     pub sandbox: SandboxConfig,
     /// Signs with this credential instead of the sandbox's own.
     pub credential: Option<Credential>,
@@ -43,13 +42,7 @@ impl Gateway {
 
     pub async fn start_with(options: Options) -> Self {
         let sandbox = Sandbox::start(options.sandbox).await.unwrap();
-        let mut config = Config::from_toml(
-            &options.config_toml,
-            "test",
-            |_| None,
-            &Overrides::default(),
-        )
-        .unwrap();
+        let mut config = default_config();
         config.alibaba.endpoint = Some(match options.endpoint {
             Some(url) => url.parse().unwrap(),
             None => sandbox.endpoint(),
@@ -112,6 +105,16 @@ impl Drop for Gateway {
             task.abort();
         }
     }
+}
+
+/// The configuration with every default (no endpoint: the endpoint table decides).
+pub fn default_config() -> Config {
+    Config::from_toml("", "test", |_| None, &Overrides::default()).unwrap()
+}
+
+/// A provider of the sandbox's own credential.
+pub fn credentials_of(sandbox: &Sandbox) -> Arc<dyn CredentialsProvider> {
+    Arc::new(StaticProvider::new(sandbox.credential()))
 }
 
 /// A client channel to the gateway; the server is already listening, so this connects at once.
