@@ -89,11 +89,6 @@ impl AlibabaClient {
         })
     }
 
-    /// The credentials provider the client signs with.
-    pub fn credentials(&self) -> &Arc<dyn CredentialsProvider> {
-        &self.credentials
-    }
-
     /// The URL a region's requests go to: the configured endpoint, or the table's host.
     /// Validation has already refused regions outside the table when no endpoint is configured.
     pub fn endpoint(&self, region_id: &str) -> Option<Url> {

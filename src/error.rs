@@ -141,20 +141,6 @@ fn map_upstream(code: &str, http_status: u16) -> Mapping {
 }
 
 impl Error {
-    /// The gRPC code this error maps to (for logs and metrics).
-    pub fn code(&self) -> Code {
-        match self {
-            Self::Invalid(_) => Code::InvalidArgument,
-            Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::Call(CallError::Upstream(e)) => map_upstream(&e.code, e.http_status).code,
-            Self::Call(CallError::Unreachable(_) | CallError::OutcomeUnknown(_)) => {
-                Code::Unavailable
-            }
-            Self::Call(CallError::Credentials(_)) => Code::Unavailable,
-            Self::Call(CallError::Unreadable { .. } | CallError::Unsupported(_)) => Code::Internal,
-        }
-    }
-
     /// The Alibaba error code, when there was an upstream answer.
     pub fn alibaba_code(&self) -> Option<&str> {
         match self {

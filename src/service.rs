@@ -94,17 +94,20 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                 Ok(Response::new(answer))
             }
             Err(err) => {
-                let code = err.code();
+                let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
+                let detail = err.to_string();
+                // The code logged is the one the caller gets: `error.rs` decides it, once.
+                let status = Status::from(err);
                 tracing::warn!(
                     db_instance_id = %short(&instance),
                     engine_version = %short(&version),
                     region_id = %short(&region),
-                    grpc_code = ?code,
-                    alibaba_code = err.alibaba_code().unwrap_or(""),
-                    error = %err,
+                    grpc_code = ?status.code(),
+                    alibaba_code = %alibaba_code,
+                    error = %detail,
                     "upgrade failed"
                 );
-                Err(err.into())
+                Err(status)
             }
         }
     }

@@ -159,29 +159,31 @@ pub struct StringToSign(String);
 impl StringToSign {
     /// Builds the string to sign for `method` (`GET`, `POST`) and a canonicalized query string.
     pub fn new(method: &str, canonicalized_query_string: &str) -> Self {
-        let mut s =
-            String::with_capacity(method.len() + 5 + canonicalized_query_string.len() * 5 / 4);
-        s.push_str(method);
-        s.push_str("&%2F&");
-        if canonicalized_query_string
+        let canonical = canonicalized_query_string
             .bytes()
-            .all(|b| UNRESERVED[usize::from(b)] || matches!(b, b'%' | b'=' | b'&'))
-        {
-            percent_encode_encoded_into(&mut s, canonicalized_query_string);
+            .all(|b| UNRESERVED[usize::from(b)] || matches!(b, b'%' | b'=' | b'&'));
+        if canonical {
+            Self::from_canonicalized(method, canonicalized_query_string)
         } else {
-            // Not produced by `canonicalized_query_string`; encode it in full.
-            percent_encode_into(&mut s, canonicalized_query_string);
+            // Not produced by `canonicalized_query_string`: encode it in full.
+            Self::build(method, canonicalized_query_string, percent_encode_into)
         }
-        Self(s)
     }
 
     /// For a query string this module canonicalized: only the three-character substitution.
     fn from_canonicalized(method: &str, canonicalized_query_string: &str) -> Self {
-        let mut s =
-            String::with_capacity(method.len() + 5 + canonicalized_query_string.len() * 5 / 4);
+        Self::build(
+            method,
+            canonicalized_query_string,
+            percent_encode_encoded_into,
+        )
+    }
+
+    fn build(method: &str, query: &str, encode: fn(&mut String, &str)) -> Self {
+        let mut s = String::with_capacity(method.len() + 5 + query.len() * 5 / 4);
         s.push_str(method);
         s.push_str("&%2F&");
-        percent_encode_encoded_into(&mut s, canonicalized_query_string);
+        encode(&mut s, query);
         Self(s)
     }
 

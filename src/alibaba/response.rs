@@ -1,13 +1,14 @@
-//! Alibaba Cloud API answers: the JSON success bodies of the Dds operations the gateway calls,
-//! and the error body (`Code`, `Message`, `RequestId`, `HostId`, `Recommend`) in JSON or XML.
+//! Alibaba Cloud API answers: the success body of `UpgradeDBInstanceEngineVersion`, and the
+//! error body (`Code`, `Message`, `RequestId`, `HostId`, `Recommend`) in JSON or XML.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// An error answer from the Alibaba Cloud API. `message` is Alibaba's text: it can echo the
-/// server's string to sign, so it is logged only for codes that cannot carry one (see `error.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error answer from the Alibaba Cloud API. `message` is Alibaba's text: for signature errors
+/// it echoes the server's string to sign (AccessKeyId, security token), so `Debug` leaves it out
+/// and `error.rs` passes it to callers only for codes that cannot carry one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamError {
     pub http_status: u16,
     pub code: String,
@@ -17,6 +18,18 @@ pub struct UpstreamError {
     pub recommend: Option<String>,
     /// From `x-acs-retry-after` (milliseconds), when Alibaba said when to retry.
     pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Debug for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamError")
+            .field("http_status", &self.http_status)
+            .field("code", &self.code)
+            .field("message", &format_args!("<{} bytes>", self.message.len()))
+            .field("request_id", &self.request_id)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `{"RequestId": ...}`: the answer of `UpgradeDBInstanceEngineVersion`.
@@ -107,33 +120,6 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// `DescribeDBInstanceAttribute`'s answer, reduced to what the gateway reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DescribeDbInstanceAttributeBody {
-    #[serde(rename = "RequestId")]
-    pub request_id: String,
-    #[serde(rename = "DBInstances")]
-    pub db_instances: DbInstances,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct DbInstances {
-    #[serde(rename = "DBInstance", default)]
-    pub db_instance: Vec<DbInstanceAttribute>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct DbInstanceAttribute {
-    #[serde(rename = "DBInstanceId")]
-    pub db_instance_id: String,
-    #[serde(rename = "DBInstanceStatus")]
-    pub db_instance_status: String,
-    #[serde(rename = "EngineVersion")]
-    pub engine_version: String,
-    #[serde(rename = "RegionId", default)]
-    pub region_id: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +155,14 @@ mod tests {
     }
 
     #[test]
+    fn debug_leaves_out_alibabas_message() {
+        let body = br#"{"Code":"SignatureDoesNotMatch","Message":"server string to sign is:POST&%2F&SecurityToken%3Dsecret-token"}"#;
+        let printed = format!("{:?}", parse_error(400, body, None).unwrap());
+        assert!(printed.contains("SignatureDoesNotMatch"), "{printed}");
+        assert!(!printed.contains("secret-token"), "{printed}");
+    }
+
+    #[test]
     fn unreadable_bodies_are_none() {
         for body in [
             &b""[..],
@@ -192,12 +186,5 @@ mod tests {
         assert_eq!(parse_retry_after(Some("-3")), None);
         assert_eq!(parse_retry_after(Some("soon")), None);
         assert_eq!(parse_retry_after(None), None);
-    }
-
-    #[test]
-    fn parses_describe_db_instance_attribute() {
-        let body = br#"{"RequestId":"A9","DBInstances":{"DBInstance":[{"DBInstanceId":"dds-bp1","DBInstanceStatus":"Running","EngineVersion":"4.4","RegionId":"cn-hangzhou","Engine":"MongoDB"}]}}"#;
-        let parsed: DescribeDbInstanceAttributeBody = serde_json::from_slice(body).unwrap();
-        assert_eq!(parsed.db_instances.db_instance[0].engine_version, "4.4");
     }
 }
