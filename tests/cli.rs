@@ -7,37 +7,35 @@ mod common;
 use common::Gateway;
 use tokio::process::Command;
 
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dds-gateway"));
-    command
+/// Runs the binary with only `PATH` and `env` set; returns its exit code, stdout and stderr.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    command
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_prints_the_answer_and_exits_zero() {
     let gw = Gateway::start().await;
     let target = format!("http://{}", gw.addr);
-    let out = binary()
-        .args([
-            "upgrade",
-            "--target",
-            &target,
-            "--instance",
-            "dds-sandbox01",
-            "--version",
-            "4.4",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "upgrade",
+        "--target",
+        &target,
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "4.4",
+    ];
+    let (code, stdout, stderr) = run(&args, &[]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert!(
         stdout.contains("engine_version: 4.4") && stdout.contains("alibaba_request_id: "),
         "{stdout}"
@@ -48,21 +46,17 @@ async fn upgrade_prints_the_answer_and_exits_zero() {
 async fn upgrade_prints_the_error_with_its_details_and_exits_non_zero() {
     let gw = Gateway::start().await;
     let target = format!("http://{}", gw.addr);
-    let out = binary()
-        .args([
-            "upgrade",
-            "--target",
-            &target,
-            "--instance",
-            "nope",
-            "--version",
-            "4.4",
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let args = [
+        "upgrade",
+        "--target",
+        &target,
+        "--instance",
+        "nope",
+        "--version",
+        "4.4",
+    ];
+    let (code, _, stderr) = run(&args, &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("InvalidArgument") && stderr.contains("field db_instance_id"),
         "{stderr}"
@@ -72,13 +66,8 @@ async fn upgrade_prints_the_error_with_its_details_and_exits_non_zero() {
 
 #[tokio::test]
 async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
-    let out = binary()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0"], &[]).await;
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
         stderr.contains("ALIBABA_CLOUD_ACCESS_KEY_ID") && stderr.contains("--sandbox"),
         "{stderr}"
@@ -87,27 +76,17 @@ async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
 
 #[tokio::test]
 async fn serve_with_a_bad_config_value_names_the_key() {
-    let out = binary()
-        .args(["serve", "--sandbox"])
-        .env("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v9")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let env = [("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v9")];
+    let (code, _, stderr) = run(&["serve", "--sandbox"], &env).await;
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("alibaba.signature_version"), "{stderr}");
 }
 
 #[tokio::test]
 async fn serve_refuses_signature_v3_until_it_is_implemented() {
-    let out = binary()
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
-        .env("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let env = [("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")];
+    let (code, _, stderr) = run(&["serve", "--sandbox", "--listen", "127.0.0.1:0"], &env).await;
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
         stderr.contains("alibaba.signature_version") && stderr.contains("not implemented"),
         "{stderr}"

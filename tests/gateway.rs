@@ -313,49 +313,49 @@ async fn unreachable_upstream_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_gateway_credentials_are_internal_and_never_echoed() {
-    let wrong_secret = Credential::new("testid", Secret::new("not-the-secret"), None, None, "test");
-    let gw = Gateway::start_with(Options {
-        credential: Some(wrong_secret),
-        ..Default::default()
-    })
-    .await;
-    let status = gw
-        .upgrade(request("dds-sandbox01", "5.0"))
-        .await
-        .unwrap_err();
-    assert_error(&status, Code::Internal, "GATEWAY_CREDENTIALS_REJECTED");
-    assert_eq!(
-        status.get_details_error_info().unwrap().metadata["alibabaCode"],
-        "SignatureDoesNotMatch"
-    );
-    // Alibaba's message echoes its string to sign (with the AccessKeyId); the caller never sees it.
-    assert!(
-        !status.message().contains("testid") && !status.message().contains("string to sign"),
-        "{}",
-        status.message()
-    );
-
-    let unknown_key = Credential::new(
-        "someone-else",
-        Secret::new("testsecret"),
-        None,
-        None,
-        "test",
-    );
-    let gw = Gateway::start_with(Options {
-        credential: Some(unknown_key),
-        ..Default::default()
-    })
-    .await;
-    let status = gw
-        .upgrade(request("dds-sandbox01", "5.0"))
-        .await
-        .unwrap_err();
-    assert_error(&status, Code::Internal, "GATEWAY_CREDENTIALS_REJECTED");
-    assert_eq!(
-        gw.sandbox.instance("dds-sandbox01").unwrap().status,
-        "Running"
-    );
+    let cases = [
+        (
+            Credential::new("testid", Secret::new("not-the-secret"), None, None, "test"),
+            "SignatureDoesNotMatch",
+        ),
+        (
+            Credential::new(
+                "someone-else",
+                Secret::new("testsecret"),
+                None,
+                None,
+                "test",
+            ),
+            "InvalidAccessKeyId.NotFound",
+        ),
+    ];
+    for (credential, alibaba_code) in cases {
+        let key_id = credential.access_key_id().to_string();
+        let gw = Gateway::start_with(Options {
+            credential: Some(credential),
+            ..Default::default()
+        })
+        .await;
+        let status = gw
+            .upgrade(request("dds-sandbox01", "5.0"))
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::Internal, "GATEWAY_CREDENTIALS_REJECTED");
+        assert_eq!(
+            status.get_details_error_info().unwrap().metadata["alibabaCode"],
+            alibaba_code
+        );
+        // Alibaba's message echoes its string to sign (with the AccessKeyId); the caller never sees it.
+        let message = status.message();
+        assert!(
+            !message.contains(&key_id) && !message.contains("string to sign"),
+            "{message}"
+        );
+        assert_eq!(
+            gw.sandbox.instance("dds-sandbox01").unwrap().status,
+            "Running"
+        );
+    }
 }
 
 /// tonic and grpcio clients enforce `grpc-timeout` locally too, so the handler is called directly
