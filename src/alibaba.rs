@@ -247,7 +247,7 @@ fn classify_send_error(err: reqwest::Error) -> CallError {
 }
 
 /// `error: cause: cause` for logs.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

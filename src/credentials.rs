@@ -1,6 +1,21 @@
 //! The gateway's own Alibaba Cloud credentials: secret-holding types that never print their
-//! secrets and are zeroized on drop, and the [`CredentialsProvider`] trait that every source of
-//! credentials (environment, static sandbox keys, and later STS, RAM roles, files) implements.
+//! secrets and are zeroized on drop, and the [`CredentialsProvider`] trait that every source
+//! implements: environment, OIDC role, profile files, RAM role ARN, ECS RAM role, credentials
+//! URI (see [`chain`]), and the sandbox's static keys.
+
+pub mod cache;
+pub mod chain;
+pub mod ecs;
+pub mod environment;
+mod http;
+pub mod profile;
+pub mod sts;
+pub mod uri;
+
+pub use chain::build;
+pub use environment::{
+    ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN, from_environment,
+};
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,13 +24,6 @@ use std::time::SystemTime;
 use zeroize::Zeroizing;
 
 use crate::signer::SigningKey;
-
-/// Environment variable of the AccessKey ID (official Alibaba Cloud chain).
-pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
-/// Environment variable of the AccessKey secret.
-pub const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
-/// Environment variable of the STS security token.
-pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
 
 /// A secret string: zeroized on drop, `***` in `Debug`, no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -113,6 +121,18 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// An AccessKey ID for logs: the first four and last four characters. IDs are not secrets, but
+/// need not be printed whole either.
+pub fn masked(access_key_id: &str) -> String {
+    let chars: Vec<char> = access_key_id.chars().collect();
+    if chars.len() <= 12 {
+        return "****".to_string();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}****{tail}")
+}
+
 /// Why no credential could be had. Messages name variables and sources, never values.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -136,6 +156,9 @@ pub trait CredentialsProvider: Send + Sync + fmt::Debug {
 
     /// The credential to sign the next request with.
     async fn credential(&self) -> Result<Credential, CredentialsError>;
+
+    /// Re-reads whatever the provider reads from files (SIGHUP); others have nothing to do.
+    async fn reload(&self) {}
 }
 
 /// A credential fixed at start-up (the sandbox's keys, or keys read once from the environment).
@@ -161,83 +184,9 @@ impl CredentialsProvider for StaticProvider {
     }
 }
 
-/// Reads `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and the optional
-/// `ALIBABA_CLOUD_SECURITY_TOKEN` once, through `lookup` (the process environment in `main`,
-/// a map in tests).
-pub fn from_environment(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<StaticProvider, CredentialsError> {
-    const PROVIDER: &str = "environment";
-    let non_empty = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-    match (
-        non_empty(ENV_ACCESS_KEY_ID),
-        non_empty(ENV_ACCESS_KEY_SECRET),
-    ) {
-        (Some(id), Some(secret)) => Ok(StaticProvider::new(Credential::new(
-            id.trim(),
-            Secret::new(secret.trim()),
-            non_empty(ENV_SECURITY_TOKEN).map(|t| Secret::new(t.trim())),
-            None,
-            PROVIDER,
-        ))),
-        (Some(_), None) => Err(CredentialsError::NotConfigured {
-            provider: PROVIDER,
-            reason: format!("{ENV_ACCESS_KEY_ID} is set but {ENV_ACCESS_KEY_SECRET} is not"),
-        }),
-        (None, Some(_)) => Err(CredentialsError::NotConfigured {
-            provider: PROVIDER,
-            reason: format!("{ENV_ACCESS_KEY_SECRET} is set but {ENV_ACCESS_KEY_ID} is not"),
-        }),
-        (None, None) => Err(CredentialsError::NotConfigured {
-            provider: PROVIDER,
-            reason: format!("set {ENV_ACCESS_KEY_ID} and {ENV_ACCESS_KEY_SECRET}"),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[tokio::test]
-    async fn reads_keys_and_token_from_the_environment() {
-        let provider = from_environment(lookup(&[
-            (ENV_ACCESS_KEY_ID, "testid"),
-            (ENV_ACCESS_KEY_SECRET, "testsecret"),
-            (ENV_SECURITY_TOKEN, "sts-token"),
-        ]))
-        .unwrap();
-        let credential = provider.credential().await.unwrap();
-        assert_eq!(credential.access_key_id(), "testid");
-        assert_eq!(credential.access_key_secret().expose(), "testsecret");
-        assert_eq!(credential.security_token().unwrap().expose(), "sts-token");
-        assert_eq!(provider.name(), "environment");
-    }
-
-    #[test]
-    fn missing_secret_is_named_without_values() {
-        let err = from_environment(lookup(&[(ENV_ACCESS_KEY_ID, "testid")])).unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains(ENV_ACCESS_KEY_SECRET), "{message}");
-        assert!(!message.contains("testid"), "{message}");
-        assert!(from_environment(lookup(&[])).is_err());
-        assert!(
-            from_environment(lookup(&[
-                (ENV_ACCESS_KEY_ID, " "),
-                (ENV_ACCESS_KEY_SECRET, "x")
-            ]))
-            .is_err()
-        );
-    }
 
     #[test]
     fn debug_prints_no_secret() {

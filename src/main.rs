@@ -11,7 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 use dds_gateway::client::{self, Outcome, UpgradeArgs};
 use dds_gateway::config::{Config, Overrides};
-use dds_gateway::credentials::{self, CredentialsProvider, StaticProvider};
+use dds_gateway::credentials::{
+    self, Credential, CredentialsError, CredentialsProvider, StaticProvider,
+};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
 use dds_gateway::server;
@@ -20,6 +22,7 @@ use dds_gateway::server;
 const EX_USAGE: u8 = 64;
 /// Exit code when the gateway cannot get going for another reason (`EX_UNAVAILABLE`).
 const EX_UNAVAILABLE: u8 = 69;
+const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +48,13 @@ enum Command {
         /// Serve against a built-in loopback simulation of the Dds API (no cloud account needed).
         #[arg(long)]
         sandbox: bool,
+    },
+    /// Resolve the gateway's Alibaba Cloud credentials as `serve` would and say which provider
+    /// answered (never the secret); exit non-zero with the reason when none does.
+    CheckCredentials {
+        /// TOML configuration file.
+        #[arg(long, env = "DDS_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Ask a running gateway to upgrade an instance.
     Upgrade {
@@ -125,6 +135,7 @@ async fn run(command: Command) -> ExitCode {
             listen,
             sandbox,
         } => serve(config, listen, sandbox).await,
+        Command::CheckCredentials { config } => check_credentials(config).await,
         Command::Upgrade {
             instance,
             version,
@@ -193,17 +204,17 @@ async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bo
             Some(simulation),
         )
     } else {
-        match credentials::from_environment(env) {
-            Ok(provider) => (Arc::new(provider), None),
+        match resolve_credentials(&config).await {
+            Ok((provider, _)) => (provider, None),
             Err(err) => {
                 eprintln!(
-                    "no Alibaba Cloud credentials: {err} (or run with --sandbox to try the gateway without a cloud account)"
+                    "no Alibaba Cloud credentials: {err} (see the README's credentials section, or run with --sandbox to try the gateway without a cloud account)"
                 );
                 return ExitCode::from(EX_USAGE);
             }
         }
     };
-    tracing::info!(provider = credentials.name(), "credentials resolved");
+    reload_on_hangup(Arc::clone(&credentials));
 
     let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
         Ok(listener) => listener,
@@ -226,4 +237,79 @@ async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bo
             ExitCode::from(EX_UNAVAILABLE)
         }
     }
+}
+
+/// Builds the configured provider and resolves one credential, logging which provider answered.
+async fn resolve_credentials(
+    config: &Config,
+) -> Result<(Arc<dyn CredentialsProvider>, Credential), CredentialsError> {
+    let env = |key: &str| std::env::var(key).ok();
+    let provider = credentials::build(&config.credentials, &env)?;
+    let credential = provider.credential().await?;
+    tracing::info!(
+        provider = credential.provider(),
+        access_key_id = %credentials::masked(credential.access_key_id()),
+        temporary = credential.security_token().is_some(),
+        expiration = ?credential.expiration().map(humantime::format_rfc3339_seconds),
+        "credentials resolved"
+    );
+    Ok((provider, credential))
+}
+
+async fn check_credentials(config_file: Option<PathBuf>) -> ExitCode {
+    let env = |key: &str| std::env::var(key).ok();
+    let config = match Config::load(config_file.as_deref(), env, &Overrides::default()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("invalid configuration: {err}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match resolve_credentials(&config).await {
+        Ok((_, credential)) => {
+            println!(
+                "credentials OK: provider {}, AccessKeyId {}{}",
+                credential.provider(),
+                credentials::masked(credential.access_key_id()),
+                credential
+                    .expiration()
+                    .map(|at| format!(
+                        ", temporary until {}",
+                        humantime::format_rfc3339_seconds(at)
+                    ))
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("no usable Alibaba Cloud credentials: {err}");
+            ExitCode::from(match err {
+                CredentialsError::NotConfigured { .. } => EX_CONFIG,
+                CredentialsError::Unavailable { .. } => EX_UNAVAILABLE,
+            })
+        }
+    }
+}
+
+/// Re-reads credential files on SIGHUP (they are also polled for changes).
+fn reload_on_hangup(provider: Arc<dyn CredentialsProvider>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP: re-reading credential files");
+                        provider.reload().await;
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; credential files are still polled")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = provider;
 }

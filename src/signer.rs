@@ -284,6 +284,20 @@ pub struct SignedParams {
     pub signature: Signature,
 }
 
+impl SignedParams {
+    /// The signed parameters as an `application/x-www-form-urlencoded` body, `Signature` last.
+    /// A body rather than a URL, because URLs end up in proxy and error logs.
+    pub fn form_body(&self) -> String {
+        let mut body = String::with_capacity(self.canonicalized_query_string.len() + 40);
+        body.push_str(&self.canonicalized_query_string);
+        body.push('&');
+        body.push_str(param::SIGNATURE);
+        body.push('=');
+        percent_encode_into(&mut body, self.signature.as_str());
+        body
+    }
+}
+
 // The canonicalized query string carries the AccessKeyId and any security token.
 impl fmt::Debug for SignedParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
