@@ -239,7 +239,11 @@ impl Config {
             request_timeout: duration("server.request_timeout", raw.server.request_timeout, 60)?,
             shutdown_grace: duration("server.shutdown_grace", raw.server.shutdown_grace, 30)?,
             max_in_flight,
-            tls: tls(raw.server.tls_cert, raw.server.tls_key, raw.server.client_ca)?,
+            tls: tls(
+                raw.server.tls_cert,
+                raw.server.tls_key,
+                raw.server.client_ca,
+            )?,
             reload_interval: duration("server.reload_interval", raw.server.reload_interval, 5)?,
         };
 
@@ -322,8 +326,14 @@ fn tls(
             "server.client_ca",
             "client certificates need TLS: set server.tls_cert and server.tls_key too",
         )),
-        (Some(_), None, None) => Err(invalid("server.tls_key", "set together with server.tls_cert")),
-        (None, Some(_), None) => Err(invalid("server.tls_cert", "set together with server.tls_key")),
+        (Some(_), None, None) => Err(invalid(
+            "server.tls_key",
+            "set together with server.tls_cert",
+        )),
+        (None, Some(_), None) => Err(invalid(
+            "server.tls_cert",
+            "set together with server.tls_key",
+        )),
     }
 }
 
@@ -339,7 +349,10 @@ fn check_callers(
         let key = |k: &str| format!("callers[{i}].{k}");
         let name = caller.name.trim();
         if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
-            return Err(invalid(&key("name"), "expected a non-empty name of at most 256 characters"));
+            return Err(invalid(
+                &key("name"),
+                "expected a non-empty name of at most 256 characters",
+            ));
         }
         if !names.insert(name) {
             return Err(invalid(&key("name"), format!("{name:?} names two callers")));
@@ -353,7 +366,10 @@ fn check_callers(
                     ));
                 }
                 if !tokens.insert(hash.to_ascii_lowercase()) {
-                    return Err(invalid(&key("token_sha256"), "the same token is given to two callers"));
+                    return Err(invalid(
+                        &key("token_sha256"),
+                        "the same token is given to two callers",
+                    ));
                 }
             }
             None if !client_certs => {
@@ -365,12 +381,21 @@ fn check_callers(
             None => {}
         }
         if let Some(bad) = caller.regions.iter().find(|r| {
-            r.is_empty() || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         }) {
-            return Err(invalid(&key("regions"), format!("expected region ids such as \"cn-hangzhou\", got {bad:?}")));
+            return Err(invalid(
+                &key("regions"),
+                format!("expected region ids such as \"cn-hangzhou\", got {bad:?}"),
+            ));
         }
         if caller.instances.iter().any(String::is_empty) {
-            return Err(invalid(&key("instances"), "expected patterns such as \"dds-bp1*\", got \"\""));
+            return Err(invalid(
+                &key("instances"),
+                "expected patterns such as \"dds-bp1*\", got \"\"",
+            ));
         }
         if let Some(bad) = caller
             .engine_versions
@@ -383,8 +408,14 @@ fn check_callers(
                 format!("{bad:?} is not one of alibaba.engine_versions"),
             ));
         }
-        if caller.rate_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-            return Err(invalid(&key("rate_per_second"), "expected a number of calls per second greater than zero"));
+        if caller
+            .rate_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return Err(invalid(
+                &key("rate_per_second"),
+                "expected a number of calls per second greater than zero",
+            ));
         }
         if caller.burst == Some(0) {
             return Err(invalid(&key("burst"), "expected at least 1"));

@@ -36,7 +36,10 @@ pub enum Error {
     Denied(#[from] Denied),
     /// The caller is over its rate.
     #[error("caller {caller:?} is over its rate limit")]
-    RateLimited { caller: String, retry_after: Duration },
+    RateLimited {
+        caller: String,
+        retry_after: Duration,
+    },
     /// The gateway has `server.max_in_flight` calls in flight already.
     #[error("too many calls in flight")]
     Overloaded,

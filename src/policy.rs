@@ -166,7 +166,12 @@ mod tests {
         Policy::new(&config.callers[0])
     }
 
-    fn valid(instance: &str, version: &str, region: &str, validate_only: bool) -> ValidUpgradeRequest {
+    fn valid(
+        instance: &str,
+        version: &str,
+        region: &str,
+        validate_only: bool,
+    ) -> ValidUpgradeRequest {
         let config = Config::from_toml("", "t", |_| None, &Overrides::default()).unwrap();
         Validator::new(&config)
             .validate(pb::UpgradeEngineVersionRequest {
@@ -191,16 +196,27 @@ mod tests {
     #[test]
     fn allows_only_what_every_rule_allows() {
         let p = policy(CALLER);
-        assert_eq!(p.check("billing", &valid("dds-bp1x", "5.0", "", false)), Ok(()));
+        assert_eq!(
+            p.check("billing", &valid("dds-bp1x", "5.0", "", false)),
+            Ok(())
+        );
         let rule = |r: ValidUpgradeRequest| p.check("billing", &r).unwrap_err().rule;
-        assert_eq!(rule(valid("dds-bp1x", "5.0", "cn-shenzhen", false)), Rule::Regions);
+        assert_eq!(
+            rule(valid("dds-bp1x", "5.0", "cn-shenzhen", false)),
+            Rule::Regions
+        );
         assert_eq!(rule(valid("dds-bp2x", "5.0", "", false)), Rule::Instances);
-        assert_eq!(rule(valid("dds-bp1x", "6.0", "", false)), Rule::EngineVersions);
+        assert_eq!(
+            rule(valid("dds-bp1x", "6.0", "", false)),
+            Rule::EngineVersions
+        );
     }
 
     #[test]
     fn absent_lists_deny_and_absent_versions_allow_all() {
-        let p = policy("[[callers]]\nname = \"x\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n");
+        let p = policy(
+            "[[callers]]\nname = \"x\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+        );
         let denied = p.check("x", &valid("dds-a", "5.0", "", false)).unwrap_err();
         assert_eq!(denied.rule, Rule::Regions);
         let p = policy(
@@ -212,7 +228,10 @@ mod tests {
     #[test]
     fn a_validate_only_caller_may_only_validate() {
         let p = policy(&format!("{CALLER}validate_only = true\n"));
-        assert_eq!(p.check("billing", &valid("dds-bp1x", "5.0", "", true)), Ok(()));
+        assert_eq!(
+            p.check("billing", &valid("dds-bp1x", "5.0", "", true)),
+            Ok(())
+        );
         let denied = p
             .check("billing", &valid("dds-bp1x", "5.0", "", false))
             .unwrap_err();

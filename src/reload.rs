@@ -27,7 +27,11 @@ pub fn spawn(
             let now = std::fs::read(&file).ok();
             if signalled || now != seen {
                 seen = now;
-                reload(&file, &callers, if signalled { "SIGHUP" } else { "file changed" });
+                reload(
+                    &file,
+                    &callers,
+                    if signalled { "SIGHUP" } else { "file changed" },
+                );
             }
         }
     })

@@ -119,7 +119,14 @@ pub async fn serve(
         builder = builder
             .tls_config(tls)
             .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
-        tracing::info!(client_certificates = config.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "TLS on");
+        tracing::info!(
+            client_certificates = config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
+            "TLS on"
+        );
     }
     let server = builder
         .tcp_nodelay(true)
