@@ -58,7 +58,9 @@ impl Caller {
 /// Why a call could not be tied to a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no credentials: send `authorization: Bearer <token>` metadata or a client certificate")]
+    #[error(
+        "no credentials: send `authorization: Bearer <token>` metadata or a client certificate"
+    )]
     Missing,
     #[error("the `authorization` metadata is not a single `Bearer <token>`")]
     Malformed,
@@ -282,7 +284,11 @@ mod tests {
     #[test]
     fn bearer_tokens_name_their_caller() {
         let callers = callers();
-        let who = |h: &[&str]| callers.authenticate(&headers(h), None).map(|c| c.name.clone());
+        let who = |h: &[&str]| {
+            callers
+                .authenticate(&headers(h), None)
+                .map(|c| c.name.clone())
+        };
         assert_eq!(who(&["Bearer token-a"]), Ok("a".to_string()));
         assert_eq!(who(&["bearer token-b"]), Ok("b".to_string()));
         assert_eq!(who(&[]), Err(AuthError::Missing));
@@ -299,7 +305,9 @@ mod tests {
     #[test]
     fn a_reload_keeps_each_callers_bucket() {
         let first = callers();
-        let a = first.authenticate(&headers(&["Bearer token-a"]), None).unwrap();
+        let a = first
+            .authenticate(&headers(&["Bearer token-a"]), None)
+            .unwrap();
         while a.take_call().is_ok() {}
         let second = Callers::new(
             &first
@@ -318,8 +326,13 @@ mod tests {
                 .collect::<Vec<_>>(),
             Some(&first),
         );
-        let a = second.authenticate(&headers(&["Bearer token-a"]), None).unwrap();
-        assert!(a.take_call().is_err(), "the emptied bucket survives the reload");
+        let a = second
+            .authenticate(&headers(&["Bearer token-a"]), None)
+            .unwrap();
+        assert!(
+            a.take_call().is_err(),
+            "the emptied bucket survives the reload"
+        );
     }
 
     #[test]

@@ -75,6 +75,15 @@ enum Command {
         /// How long to wait for the answer, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// For an https:// target: PEM file of the CA that signed the gateway's certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// For mTLS: PEM client certificate (with --key).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// For mTLS: PEM private key of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Print the `token_sha256` of a bearer token read from standard input (one line), to paste
     /// into a `[[callers]]` entry.
@@ -143,6 +152,9 @@ async fn run(command: Command) -> ExitCode {
             request_id,
             validate_only,
             timeout,
+            ca_cert,
+            cert,
+            key,
         } => {
             let args = UpgradeArgs {
                 target,
@@ -154,6 +166,8 @@ async fn run(command: Command) -> ExitCode {
                 request_id,
                 validate_only,
                 timeout,
+                ca_cert,
+                client_cert: cert.zip(key),
             };
             match client::upgrade(args).await {
                 Outcome::Answered(text) => {

@@ -8,14 +8,16 @@ use std::time::Duration;
 use crate::auth::{Callers, CallersHandle};
 use crate::config::{Config, Overrides};
 
-/// Watches `file` until the returned task is aborted.
+/// Watches `file` until the returned task is aborted. Call within the runtime.
 pub fn spawn(
     file: PathBuf,
     interval: Duration,
     callers: CallersHandle,
 ) -> tokio::task::JoinHandle<()> {
+    // Registered before returning: a SIGHUP that arrives before the task first runs must not
+    // meet the default action, which ends the process.
+    let mut hangup = hangup_signal();
     tokio::spawn(async move {
-        let mut hangup = hangup_signal();
         let mut seen = std::fs::read(&file).ok();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

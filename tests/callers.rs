@@ -791,3 +791,47 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     assert_eq!(callers.current().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upgrade_client_speaks_tls_and_mtls() {
+    use dds_gateway::client::{Outcome, UpgradeArgs, upgrade};
+    let (pki, issuer, server_keys) = Pki::new(true);
+    let callers = format!(
+        "{}\n[[callers]]\nname = \"cert-only\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+        callers_toml()
+    );
+    let gw = gateway(&server_keys, &callers).await;
+    let identity = leaf(
+        &issuer,
+        "cert-only",
+        &[],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    std::fs::write(pki.dir.join("client.pem"), &identity.cert).unwrap();
+    std::fs::write(pki.dir.join("client.key"), &identity.key).unwrap();
+    let args = |token: Option<&str>, mtls: bool| UpgradeArgs {
+        target: format!("https://localhost:{}", gw.addr.port()),
+        instance: "dds-sandbox02".into(),
+        version: "5.0".into(),
+        region: None,
+        token: token.map(str::to_string),
+        switch_mode: pb::SwitchMode::Unspecified,
+        request_id: None,
+        validate_only: true,
+        timeout: Duration::from_secs(10),
+        ca_cert: Some(pki.dir.join("ca.pem")),
+        client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
+    };
+    let Outcome::Answered(text) = upgrade(args(Some(BILLING_TOKEN), false)).await else {
+        panic!("the bearer token over TLS is accepted");
+    };
+    assert!(text.contains("validate_only: true"), "{text}");
+    let Outcome::Answered(_) = upgrade(args(None, true)).await else {
+        panic!("the client certificate is accepted");
+    };
+    let Outcome::Failed(text) = upgrade(args(None, false)).await else {
+        panic!("no credentials is refused");
+    };
+    assert!(text.contains("CALLER_CREDENTIALS_MISSING"), "{text}");
+    assert!(gw.sandbox.received().is_empty());
+}
