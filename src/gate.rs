@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -38,25 +39,45 @@ impl<S> Gate<S> {
         }
     }
 
-    /// The caller (if the gateway has any configured), or the refusal.
-    fn admit<B>(&self, request: &http::Request<B>) -> Result<Option<Arc<Caller>>, Error> {
+    /// The caller (if the gateway has any configured) and a place among the calls in flight,
+    /// or the refusal, logged and ready to send.
+    fn admit<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Result<(Option<Arc<Caller>>, OwnedSemaphorePermit), tonic::Status> {
+        let refuse = |err: Error| {
+            let caller = match &err {
+                Error::RateLimited { caller, .. } => caller.as_str(),
+                _ => "",
+            };
+            tracing::warn!(path = request.uri().path(), caller, refused = %err, "call refused at the gate");
+            tonic::Status::from(err)
+        };
         let callers = self.callers.current();
-        if callers.is_open() {
-            return Ok(None);
-        }
-        let peer_certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
-        let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
-        let caller = callers.authenticate(request.headers(), leaf.map(|c| c.as_ref()))?;
-        caller
-            .take_call()
-            .map_err(|retry_after| Error::RateLimited {
-                caller: caller.name().to_string(),
-                retry_after,
+        let caller = if callers.is_open() {
+            None
+        } else {
+            let peer_certs = request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs);
+            let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
+            let caller = callers
+                .authenticate(request.headers(), leaf.map(|c| c.as_ref()))
+                .map_err(|e| refuse(e.into()))?;
+            caller.take_call().map_err(|retry_after| {
+                refuse(Error::RateLimited {
+                    caller: caller.name().to_string(),
+                    retry_after,
+                })
             })?;
-        Ok(Some(caller))
+            Some(caller)
+        };
+        let permit = self
+            .in_flight
+            .try_enter()
+            .ok_or_else(|| refuse(Error::Overloaded))?;
+        Ok((caller, permit))
     }
 }
 
@@ -81,21 +102,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let admitted = self.admit(&request).and_then(|caller| {
-            let permit = self.in_flight.try_enter().ok_or(Error::Overloaded)?;
-            Ok((caller, permit))
-        });
-        let (caller, permit) = match admitted {
+        let (caller, permit) = match self.admit(&request) {
             Ok(admitted) => admitted,
-            Err(err) => {
-                let name = match &err {
-                    Error::RateLimited { caller, .. } => caller.as_str(),
-                    _ => "",
-                };
-                tracing::warn!(path = request.uri().path(), caller = name, refused = %err, "call refused at the gate");
-                let status = tonic::Status::from(err);
-                return Box::pin(std::future::ready(Ok(status.into_http())));
-            }
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
         if let Some(caller) = caller {
             request.extensions_mut().insert(Admitted(caller));
