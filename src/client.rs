@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 
 use crate::pb;
@@ -23,6 +23,10 @@ pub struct UpgradeArgs {
     pub request_id: Option<String>,
     pub validate_only: bool,
     pub timeout: Duration,
+    /// PEM CA that signed the gateway's certificate (for an `https://` target).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for mTLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The outcome, ready to print: `Ok` on stdout, `Err` on stderr with a non-zero exit.
@@ -37,6 +41,14 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
     let endpoint = match Endpoint::from_shared(args.target.clone()) {
         Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(5)),
         Err(err) => return Outcome::Failed(format!("invalid --target {:?}: {err}", args.target)),
+    };
+    let endpoint = match tls(&args) {
+        Ok(Some(tls)) => match endpoint.tls_config(tls) {
+            Ok(endpoint) => endpoint,
+            Err(err) => return Outcome::Failed(format!("TLS settings: {err}")),
+        },
+        Ok(None) => endpoint,
+        Err(problem) => return Outcome::Failed(problem),
     };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
@@ -70,6 +82,34 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
         Ok(response) => Outcome::Answered(describe_response(&response.into_inner())),
         Err(status) => Outcome::Failed(describe_status(&status)),
     }
+}
+
+/// TLS settings for an `https://` target: the CA to trust and, for mTLS, the client identity.
+fn tls(args: &UpgradeArgs) -> Result<Option<ClientTlsConfig>, String> {
+    if !args.target.starts_with("https://") {
+        if args.ca_cert.is_some() || args.client_cert.is_some() {
+            return Err("--ca-cert, --cert and --key need an https:// --target".to_string());
+        }
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    match &args.ca_cert {
+        Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
+        None => return Err(
+            "an https:// --target needs --ca-cert (the CA that signed the gateway's certificate)"
+                .to_string(),
+        ),
+    }
+    if let Some((cert, key)) = &args.client_cert {
+        tls = tls.identity(Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// `key: value` lines of a response.

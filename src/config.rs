@@ -18,6 +18,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// The default region when nothing says otherwise.
 pub const DEFAULT_REGION: &str = "cn-hangzhou";
 
+/// A caller's sustained calls per second when `rate_per_second` is not set.
+pub const DEFAULT_CALLER_RATE: f64 = 5.0;
+/// A caller's burst when `burst` is not set.
+pub const DEFAULT_CALLER_BURST: u32 = 10;
+
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "DDS_GATEWAY_";
 
@@ -59,6 +64,8 @@ pub struct Config {
     pub alibaba: AlibabaConfig,
     pub callers: Vec<CallerConfig>,
     pub credentials: CredentialsConfig,
+    /// The file this came from, re-read when the callers are reloaded.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +77,21 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight calls.
     pub shutdown_grace: Duration,
+    /// Calls served at once; more are shed with UNAVAILABLE at once, never queued.
+    pub max_in_flight: usize,
+    /// TLS for the listener: certificate chain and key (PEM); mTLS when `client_ca` is set.
+    pub tls: Option<TlsConfig>,
+    /// How often the config file is checked for changed `[[callers]]`.
+    pub reload_interval: Duration,
+}
+
+/// `server.tls_cert`, `server.tls_key`, `server.client_ca`: PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates signed by this CA identify callers by subject CN or SAN.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,18 +173,28 @@ pub struct CredentialsConfig {
     pub file_poll_interval: Duration,
 }
 
-/// A `[[callers]]` entry (authentication and policy arrive with the callers issue).
+/// A `[[callers]]` entry: who may call (a bearer token's SHA-256, or a client certificate naming
+/// `name`) and what it may do (deny by default; see [`crate::policy`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerConfig {
     pub name: String,
-    pub token_sha256: String,
+    /// Lowercase hex SHA-256 of the bearer token; absent for a caller known only by certificate.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
     #[serde(default)]
     pub regions: Vec<String>,
     #[serde(default)]
     pub instances: Vec<String>,
     #[serde(default)]
     pub engine_versions: Option<Vec<String>>,
+    /// The caller may only send `validate_only` requests.
+    #[serde(default)]
+    pub validate_only: bool,
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// The file as written: every key optional, so environment and defaults can fill in.
@@ -207,6 +239,11 @@ struct RawServer {
     max_request_bytes: Option<usize>,
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
+    max_in_flight: Option<usize>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    client_ca: Option<String>,
+    reload_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,7 +278,9 @@ impl Config {
             None => String::new(),
         };
         let origin = file.map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
-        Self::from_toml(&text, &origin, env, overrides)
+        let mut config = Self::from_toml(&text, &origin, env, overrides)?;
+        config.file = file.map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// Like [`Config::load`] with the file's text given.
@@ -277,11 +316,25 @@ impl Config {
                 "expected a size between 1024 and 4194304 bytes",
             ));
         }
+        let max_in_flight = raw.server.max_in_flight.unwrap_or(64);
+        if !(1..=100_000).contains(&max_in_flight) {
+            return Err(invalid(
+                "server.max_in_flight",
+                "expected a number of calls between 1 and 100000",
+            ));
+        }
         let server = ServerConfig {
             listen,
             max_request_bytes,
             request_timeout: duration("server.request_timeout", raw.server.request_timeout, 60)?,
             shutdown_grace: duration("server.shutdown_grace", raw.server.shutdown_grace, 30)?,
+            max_in_flight,
+            tls: tls(
+                raw.server.tls_cert,
+                raw.server.tls_key,
+                raw.server.client_ca,
+            )?,
+            reload_interval: duration("server.reload_interval", raw.server.reload_interval, 5)?,
         };
 
         let endpoint = raw
@@ -333,11 +386,14 @@ impl Config {
             connect_timeout: duration("alibaba.connect_timeout", raw.alibaba.connect_timeout, 5)?,
             read_timeout: duration("alibaba.read_timeout", raw.alibaba.read_timeout, 10)?,
         };
+        let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        check_callers(&raw.callers, &alibaba.engine_versions, client_certs)?;
         Ok(Self {
             server,
             alibaba,
             callers: raw.callers,
             credentials: check_credentials(raw.credentials)?,
+            file: None,
         })
     }
 }
@@ -396,6 +452,123 @@ fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigErr
         refresh_ahead: duration("credentials.refresh_ahead", raw.refresh_ahead, 300)?,
         file_poll_interval: duration("credentials.file_poll_interval", raw.file_poll_interval, 5)?,
     })
+}
+
+// ---- [[callers]] and TLS (issue 5) ----
+
+fn tls(
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    let path = |v: Option<String>| v.filter(|v| !v.trim().is_empty()).map(PathBuf::from);
+    match (path(cert), path(key), path(client_ca)) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), client_ca) => Ok(Some(TlsConfig {
+            cert,
+            key,
+            client_ca,
+        })),
+        (_, _, Some(_)) => Err(invalid(
+            "server.client_ca",
+            "client certificates need TLS: set server.tls_cert and server.tls_key too",
+        )),
+        (Some(_), None, None) => Err(invalid(
+            "server.tls_key",
+            "set together with server.tls_cert",
+        )),
+        (None, Some(_), None) => Err(invalid(
+            "server.tls_cert",
+            "set together with server.tls_key",
+        )),
+    }
+}
+
+/// Each caller is well-formed, distinct, and has a way to authenticate.
+fn check_callers(
+    callers: &[CallerConfig],
+    engine_versions: &[String],
+    client_certs: bool,
+) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    let mut tokens = std::collections::HashSet::new();
+    for (i, caller) in callers.iter().enumerate() {
+        let key = |k: &str| format!("callers[{i}].{k}");
+        let name = caller.name.trim();
+        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                &key("name"),
+                "expected a non-empty name of at most 256 characters",
+            ));
+        }
+        if !names.insert(name) {
+            return Err(invalid(&key("name"), format!("{name:?} names two callers")));
+        }
+        match &caller.token_sha256 {
+            Some(hash) => {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        &key("token_sha256"),
+                        "expected 64 hex digits, as printed by `dds-gateway hash-token`",
+                    ));
+                }
+                if !tokens.insert(hash.to_ascii_lowercase()) {
+                    return Err(invalid(
+                        &key("token_sha256"),
+                        "the same token is given to two callers",
+                    ));
+                }
+            }
+            None if !client_certs => {
+                return Err(invalid(
+                    &key("token_sha256"),
+                    "required unless callers authenticate with client certificates (server.client_ca)",
+                ));
+            }
+            None => {}
+        }
+        if let Some(bad) = caller.regions.iter().find(|r| {
+            r.is_empty()
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        }) {
+            return Err(invalid(
+                &key("regions"),
+                format!("expected region ids such as \"cn-hangzhou\", got {bad:?}"),
+            ));
+        }
+        if caller.instances.iter().any(String::is_empty) {
+            return Err(invalid(
+                &key("instances"),
+                "expected patterns such as \"dds-bp1*\", got \"\"",
+            ));
+        }
+        if let Some(bad) = caller
+            .engine_versions
+            .iter()
+            .flatten()
+            .find(|v| !engine_versions.contains(v))
+        {
+            return Err(invalid(
+                &key("engine_versions"),
+                format!("{bad:?} is not one of alibaba.engine_versions"),
+            ));
+        }
+        if caller
+            .rate_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return Err(invalid(
+                &key("rate_per_second"),
+                "expected a number of calls per second greater than zero",
+            ));
+        }
+        if caller.burst == Some(0) {
+            return Err(invalid(&key("burst"), "expected at least 1"));
+        }
+    }
+    Ok(())
 }
 
 /// `major.minor` with digits only, e.g. `4.4`.
@@ -457,6 +630,14 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>) {
     set(&mut raw.server.listen, "SERVER_LISTEN");
     set(&mut raw.server.request_timeout, "SERVER_REQUEST_TIMEOUT");
     set(&mut raw.server.shutdown_grace, "SERVER_SHUTDOWN_GRACE");
+    set(&mut raw.server.tls_cert, "SERVER_TLS_CERT");
+    set(&mut raw.server.tls_key, "SERVER_TLS_KEY");
+    set(&mut raw.server.client_ca, "SERVER_CLIENT_CA");
+    set(&mut raw.server.reload_interval, "SERVER_RELOAD_INTERVAL");
+    if let Some(v) = var("SERVER_MAX_IN_FLIGHT") {
+        // An unparsable number becomes 0, which the range check reports with the key's name.
+        raw.server.max_in_flight = Some(v.trim().parse().unwrap_or(0));
+    }
     set(&mut raw.alibaba.region_id, "ALIBABA_REGION_ID");
     set(&mut raw.alibaba.endpoint, "ALIBABA_ENDPOINT");
     set(
@@ -551,7 +732,7 @@ mod tests {
             signature_version = "v3"
             [[callers]]
             name = "billing-service"
-            token_sha256 = "00"
+            token_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
             regions = ["cn-hangzhou"]
             instances = ["dds-bp1*"]
             engine_versions = ["4.4", "5.0"]
@@ -623,6 +804,42 @@ mod tests {
             ),
             ("[alibaba]\nregoin_id = \"cn-hangzhou\"", &[], "regoin_id"),
             ("[server]\nlisten = 5", &[], "line 2"),
+            (
+                "[[callers]]\nname = \"a\"\ntoken_sha256 = \"00\"",
+                &[],
+                "callers[0].token_sha256",
+            ),
+            ("[[callers]]\nname = \"a\"", &[], "callers[0].token_sha256"),
+            (
+                concat!(
+                    "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+                    "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ca7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+                ),
+                &[],
+                "callers[1].name",
+            ),
+            (
+                "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nengine_versions = [\"9.9\"]",
+                &[],
+                "callers[0].engine_versions",
+            ),
+            (
+                "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nburst = 0",
+                &[],
+                "callers[0].burst",
+            ),
+            (
+                "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nrate = 1",
+                &[],
+                "rate",
+            ),
+            ("[server]\nclient_ca = \"ca.pem\"", &[], "server.client_ca"),
+            ("[server]\ntls_cert = \"c.pem\"", &[], "server.tls_key"),
+            (
+                "",
+                &[("DDS_GATEWAY_SERVER_MAX_IN_FLIGHT", "0")],
+                "server.max_in_flight",
+            ),
         ];
         for (text, env, expected) in cases {
             let message = load(text, env).unwrap_err().to_string();

@@ -8,6 +8,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::alibaba::{CallError, UpstreamError};
+use crate::auth::AuthError;
+use crate::policy::Denied;
 use crate::validation::ValidationError;
 
 /// `ErrorInfo.domain` of every error the gateway returns.
@@ -26,6 +28,21 @@ pub enum Error {
     /// The caller's deadline passed before the gateway had an answer.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// No caller could be identified from the call's credentials.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// The caller's policy does not allow the request.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The caller is over its rate.
+    #[error("caller {caller:?} is over its rate limit")]
+    RateLimited {
+        caller: String,
+        retry_after: Duration,
+    },
+    /// The gateway has `server.max_in_flight` calls in flight already.
+    #[error("too many calls in flight")]
+    Overloaded,
 }
 
 /// How an Alibaba error `Code` maps to gRPC.
@@ -184,8 +201,62 @@ impl From<Error> for Status {
                 None,
             ),
             Error::Call(call) => call_status(call),
+            Error::Unauthenticated(err) => status(
+                Code::Unauthenticated,
+                &err.to_string(),
+                err.reason(),
+                &[],
+                None,
+            ),
+            Error::Denied(denied) => status(
+                Code::PermissionDenied,
+                &denied.to_string(),
+                "CALLER_NOT_PERMITTED",
+                &[
+                    ("caller", denied.caller.clone()),
+                    ("rule", denied.rule.key().to_string()),
+                ],
+                None,
+            ),
+            Error::RateLimited {
+                caller,
+                retry_after,
+            } => status(
+                Code::ResourceExhausted,
+                &format!("caller {caller:?} is over its rate limit; retry after {retry_after:?}"),
+                "CALLER_RATE_LIMITED",
+                &[("caller", caller)],
+                Some(retry_after),
+            ),
+            Error::Overloaded => status(
+                Code::Unavailable,
+                "the gateway is at its limit of calls in flight; retry shortly",
+                "GATEWAY_OVERLOADED",
+                &[],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
         }
     }
+}
+
+/// Gives a status that tonic or the transport made (an oversized or undecodable message, an
+/// unknown method) the `ErrorInfo` every error carries; a status that has one is returned as is.
+pub fn with_error_info(original: Status) -> Status {
+    if original.get_details_error_info().is_some() {
+        return original;
+    }
+    let reason = match original.code() {
+        Code::OutOfRange => "REQUEST_TOO_LARGE",
+        // tonic's answer to a message it cannot decode (gRPC specifies INTERNAL for it).
+        Code::Internal => "MALFORMED_REQUEST",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::ResourceExhausted => "REQUEST_TOO_LARGE",
+        Code::Cancelled => "CANCELLED",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        _ => "TRANSPORT_ERROR",
+    };
+    status(original.code(), original.message(), reason, &[], None)
 }
 
 fn call_status(err: CallError) -> Status {

@@ -8,6 +8,12 @@
 //! - [`credentials`]: secret types and the credentials provider trait.
 //! - [`signer`]: Alibaba RPC signature V2, a pure function.
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
+//! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
+//! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
+//! - [`limits`]: per-caller token buckets and the global in-flight limit.
+//! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
+//! - [`reload`]: reloading `[[callers]]` on SIGHUP or file change.
+//! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: the one mapping from failures to gRPC statuses.
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
@@ -17,15 +23,21 @@
 #![forbid(unsafe_code)]
 
 pub mod alibaba;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod deadline;
 pub mod error;
+pub mod gate;
+pub mod limits;
+pub mod policy;
+pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod tls;
 pub mod validation;
 
 /// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.

@@ -85,6 +85,22 @@ enum Command {
         /// How long to wait for the answer, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// For an https:// target: PEM file of the CA that signed the gateway's certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// For mTLS: PEM client certificate (with --key).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// For mTLS: PEM private key of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Print the `token_sha256` of a bearer token read from standard input (one line), to paste
+    /// into a `[[callers]]` entry.
+    HashToken {
+        /// Make a new random token instead: prints the token (give it to the caller), then its hash.
+        #[arg(long)]
+        generate: bool,
     },
 }
 
@@ -136,6 +152,7 @@ async fn run(command: Command) -> ExitCode {
             sandbox,
         } => serve(config, listen, sandbox).await,
         Command::CheckCredentials { config } => check_credentials(config).await,
+        Command::HashToken { generate } => hash_token(generate),
         Command::Upgrade {
             instance,
             version,
@@ -146,6 +163,9 @@ async fn run(command: Command) -> ExitCode {
             request_id,
             validate_only,
             timeout,
+            ca_cert,
+            cert,
+            key,
         } => {
             let args = UpgradeArgs {
                 target,
@@ -157,6 +177,8 @@ async fn run(command: Command) -> ExitCode {
                 request_id,
                 validate_only,
                 timeout,
+                ca_cert,
+                client_cert: cert.zip(key),
             };
             match client::upgrade(args).await {
                 Outcome::Answered(text) => {
@@ -173,6 +195,29 @@ async fn run(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+/// The token is read from stdin, never the command line, so it stays out of shell history and `ps`.
+fn hash_token(generate: bool) -> ExitCode {
+    use dds_gateway::auth;
+    if generate {
+        let token = auth::generate_token();
+        println!("token:        {token}");
+        println!("token_sha256: {}", auth::hash_token(&token));
+        return ExitCode::SUCCESS;
+    }
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the token from standard input: {err}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let token = line.trim_end_matches(['\r', '\n']);
+    if token.is_empty() || token.trim() != token {
+        eprintln!("expected the token on standard input (one line, no surrounding spaces)");
+        return ExitCode::from(EX_USAGE);
+    }
+    println!("{}", auth::hash_token(token));
+    ExitCode::SUCCESS
 }
 
 async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bool) -> ExitCode {

@@ -10,9 +10,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::alibaba::AlibabaClient;
+use crate::auth::{Callers, CallersHandle};
 use crate::config::Config;
 use crate::credentials::CredentialsProvider;
 use crate::deadline;
+use crate::gate::{self, Gate};
+use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::service::EngineVersionService;
 use crate::validation::Validator;
@@ -49,24 +52,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    if !config.callers.is_empty() {
-        return Err(ServeError::Refused(
-            "[[callers]]: caller authentication is not implemented in this version; remove the section and listen on loopback".to_string(),
-        ));
-    }
     if config.alibaba.signature_version != crate::config::SignatureVersion::V2 {
         return Err(ServeError::Refused(
             "alibaba.signature_version: \"v3\" is not implemented in this version; use \"v2\""
                 .to_string(),
         ));
     }
-    if !local.ip().is_loopback() {
-        return Err(ServeError::Refused(format!(
-            "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
-             an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
-        )));
+    // ---- callers, limits, TLS (issue 5) ----
+    if config.callers.is_empty() {
+        if !local.ip().is_loopback() {
+            return Err(ServeError::Refused(format!(
+                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+            )));
+        }
+        tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
+    } else {
+        tracing::info!(callers = config.callers.len(), "caller authentication on");
     }
-    tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
+    let callers = CallersHandle::new(Callers::new(&config.callers, None));
+    let in_flight = InFlight::new(config.server.max_in_flight);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()
+        .map_err(ServeError::Refused)?;
+    let _reloader = config.file.clone().map(|file| {
+        AbortOnDrop(crate::reload::spawn(
+            file,
+            config.server.reload_interval,
+            callers.clone(),
+        ))
+    });
+    // ---- end issue 5 ----
 
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
     let service = EngineVersionService::new(
@@ -77,6 +97,8 @@ pub async fn serve(
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
+    // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let engine_versions = Gate::new(engine_versions, callers, in_flight);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -92,13 +114,31 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
+        tracing::info!(
+            client_certificates = config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
+            "TLS on"
+        );
+    }
+    let server = builder
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
         .layer(tower::util::MapRequestLayer::new(
             deadline::record::<tonic::body::Body>,
+        ))
+        // Every error carries ErrorInfo, also those tonic answers itself.
+        .layer(tower::util::MapResponseLayer::new(
+            gate::error_info::<tonic::body::Body>,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -125,6 +165,16 @@ pub async fn serve(
             tracing::warn!("grace period over with calls still in flight; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// Stops a background task when the server stops.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::alibaba::AlibabaClient;
+use crate::auth::Caller;
 use crate::deadline;
 use crate::error::Error;
 use crate::pb;
@@ -38,8 +39,13 @@ impl EngineVersionService {
         &self,
         request: pb::UpgradeEngineVersionRequest,
         deadline: Instant,
+        caller: Option<&Caller>,
     ) -> Result<pb::UpgradeEngineVersionResponse, Error> {
         let request = self.validator.validate(request)?;
+        // The gate admitted the caller; its policy decides before anything reaches Alibaba.
+        if let Some(caller) = caller {
+            caller.policy().check(caller.name(), &request)?;
+        }
         if request.validate_only() {
             return Ok(response(&request, String::new()));
         }
@@ -76,15 +82,21 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::UpgradeEngineVersionRequest>,
     ) -> Result<Response<pb::UpgradeEngineVersionResponse>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
+        let caller = request
+            .extensions()
+            .get::<crate::gate::Admitted>()
+            .map(|a| std::sync::Arc::clone(&a.0));
+        let caller_name = caller.as_ref().map_or("", |c| c.name()).to_string();
         let message = request.into_inner();
         let (instance, version, region) = (
             message.db_instance_id.clone(),
             message.engine_version.clone(),
             message.region_id.clone(),
         );
-        match self.upgrade(message, deadline).await {
+        match self.upgrade(message, deadline, caller.as_deref()).await {
             Ok(answer) => {
                 tracing::info!(
+                    caller = %caller_name,
                     db_instance_id = %answer.db_instance_id,
                     engine_version = %answer.engine_version,
                     validate_only = answer.validate_only,
@@ -99,6 +111,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                 // The code logged is the one the caller gets: `error.rs` decides it, once.
                 let status = Status::from(err);
                 tracing::warn!(
+                    caller = %caller_name,
                     db_instance_id = %short(&instance),
                     engine_version = %short(&version),
                     region_id = %short(&region),

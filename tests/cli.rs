@@ -92,3 +92,154 @@ async fn serve_refuses_signature_v3_until_it_is_implemented() {
         "{stderr}"
     );
 }
+
+// ---- callers (issue 5) ----
+
+#[tokio::test]
+async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+        .arg("hash-token")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"abc\n")
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+
+    let (code, stdout, _) = run(&["hash-token", "--generate"], &[]).await;
+    assert_eq!(code, Some(0));
+    let value = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(str::trim)
+            .unwrap()
+            .to_string()
+    };
+    let token = value("token:");
+    assert_eq!(
+        value("token_sha256:"),
+        dds_gateway::auth::hash_token(&token)
+    );
+}
+
+/// A gateway binary in a child process, serving the sandbox with a config file.
+struct Child {
+    process: tokio::process::Child,
+    addr: String,
+}
+
+impl Child {
+    async fn serve(config: &std::path::Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut process = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .args(["serve", "--sandbox", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(process.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the gateway says where it listens");
+            if line.contains("dds-gateway listening") {
+                let at = line.find("local=").unwrap() + "local=".len();
+                break line[at..].split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { process, addr }
+    }
+
+    async fn validate(&self, token: &str) -> (Option<i32>, String, String) {
+        let target = format!("http://{}", self.addr);
+        let args = [
+            "upgrade",
+            "--target",
+            &target,
+            "--instance",
+            "dds-sandbox01",
+            "--version",
+            "5.0",
+            "--validate-only",
+            "--token",
+            token,
+        ];
+        run(&args, &[]).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
+    let dir = std::env::temp_dir().join(format!("dds-gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    let caller = |token: &str| {
+        format!(
+            "[server]\nreload_interval = \"1h\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
+            dds_gateway::auth::hash_token(token)
+        )
+    };
+    std::fs::write(&file, caller("first-token")).unwrap();
+    let mut gateway = Child::serve(&file).await;
+
+    let (code, stdout, stderr) = gateway.validate("first-token").await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    let (code, _, stderr) = gateway.validate("second-token").await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+
+    // With a one-hour poll, only the signal can make the new file count.
+    std::fs::write(&file, caller("second-token")).unwrap();
+    let pid = gateway.process.id().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut signalled = false;
+    loop {
+        if !signalled {
+            let status = Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success());
+            signalled = true;
+        }
+        if gateway.validate("second-token").await.0 == Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (code, _, stderr) = gateway.validate("first-token").await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        gateway.process.try_wait().unwrap().is_none(),
+        "SIGHUP reloads, it does not stop the gateway"
+    );
+    gateway.process.start_kill().unwrap();
+    let _ = gateway.process.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,8 @@ use dds_gateway::sandbox::{Fault, SandboxConfig};
 
 const TOKEN: &str = "CANARY-security-token-5f1e";
 const WRONG_SECRET: &str = "CANARY-wrong-secret-9b2c";
+const BEARER: &str = "CANARY-bearer-token-77aa";
+const WRONG_BEARER: &str = "CANARY-wrong-bearer-31cd";
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -105,6 +107,40 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         "{:?}",
         rejected.upgrade(request("dds-sandbox01", "5.0")).await
     ));
+    // Bearer tokens of callers, right and wrong, stay out of logs and answers too.
+    let callers_gateway = {
+        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+            .await
+            .unwrap();
+        let toml = format!(
+            "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"c\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+            sandbox.endpoint(),
+            dds_gateway::auth::hash_token(BEARER)
+        );
+        let config = dds_gateway::config::Config::from_toml(
+            &toml,
+            "t",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap();
+        let credentials = common::credentials_of(&sandbox);
+        Gateway::serve(config, credentials, sandbox).await
+    };
+    for token in [BEARER, WRONG_BEARER] {
+        let mut call = tonic::Request::new(request("dds-sandbox01", "5.0"));
+        call.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        answers.push(format!(
+            "{:?}",
+            callers_gateway
+                .client
+                .clone()
+                .upgrade_engine_version(call)
+                .await
+        ));
+    }
+    assert_eq!(callers_gateway.sandbox.received().len(), 1);
     answers.push(format!(
         "{:?} {:?} {:?}",
         gw.sandbox.credential(),
@@ -140,7 +176,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         "logging was captured"
     );
     let everything = format!("{logs}\n{}", answers.join("\n"));
-    for secret in ["testsecret", WRONG_SECRET, TOKEN]
+    for secret in ["testsecret", WRONG_SECRET, TOKEN, BEARER, WRONG_BEARER]
         .iter()
         .map(|s| s.to_string())
         .chain(signatures)

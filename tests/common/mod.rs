@@ -63,7 +63,12 @@ impl Gateway {
         let task = tokio::spawn(server::serve(config, credentials, listener, async {
             let _ = stopped.await;
         }));
-        let client = EngineVersionServiceClient::new(channel(addr).await);
+        // Lazy: a gateway serving TLS cannot be reached over this plaintext channel.
+        let client = EngineVersionServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy(),
+        );
         Self {
             sandbox,
             addr,

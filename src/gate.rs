@@ -1,0 +1,144 @@
+//! The gate in front of the engine version service, before any message is decoded:
+//! authenticate the caller, take from its rate, and take a place among the calls in flight (or
+//! shed the call at once). The admitted caller rides in the request's extensions to the service,
+//! which checks its policy. Also: the layer that gives tonic's own error answers an `ErrorInfo`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::auth::{Caller, CallersHandle};
+use crate::error::{self, Error};
+use crate::limits::InFlight;
+
+/// The caller a call was admitted for, as a request extension (absent on an open gateway).
+#[derive(Debug, Clone)]
+pub struct Admitted(pub Arc<Caller>);
+
+/// Wraps one gRPC service with the gate.
+#[derive(Debug, Clone)]
+pub struct Gate<S> {
+    inner: S,
+    callers: CallersHandle,
+    in_flight: InFlight,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, callers: CallersHandle, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            callers,
+            in_flight,
+        }
+    }
+
+    /// The caller (if the gateway has any configured) and a place among the calls in flight,
+    /// or the refusal, logged and ready to send.
+    fn admit<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Result<(Option<Arc<Caller>>, OwnedSemaphorePermit), tonic::Status> {
+        let refuse = |err: Error| {
+            let caller = match &err {
+                Error::RateLimited { caller, .. } => caller.as_str(),
+                _ => "",
+            };
+            tracing::warn!(path = request.uri().path(), caller, refused = %err, "call refused at the gate");
+            tonic::Status::from(err)
+        };
+        let callers = self.callers.current();
+        let caller = if callers.is_open() {
+            None
+        } else {
+            let peer_certs = request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs);
+            let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
+            let caller = callers
+                .authenticate(request.headers(), leaf.map(|c| c.as_ref()))
+                .map_err(|e| refuse(e.into()))?;
+            caller.take_call().map_err(|retry_after| {
+                refuse(Error::RateLimited {
+                    caller: caller.name().to_string(),
+                    retry_after,
+                })
+            })?;
+            Some(caller)
+        };
+        let permit = self
+            .in_flight
+            .try_enter()
+            .ok_or_else(|| refuse(Error::Overloaded))?;
+        Ok((caller, permit))
+    }
+}
+
+impl<S: NamedService> NamedService for Gate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<http::Request<Body>> for Gate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let (caller, permit) = match self.admit(&request) {
+            Ok(admitted) => admitted,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(Admitted(caller));
+        }
+        // The clone that was made ready is the one called; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+/// Adds `ErrorInfo` to an error answered in the response headers (a "trailers-only" answer)
+/// that has none: tonic's own refusals of oversized or undecodable messages, unknown methods.
+pub fn error_info<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let failed = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() != b"0");
+    if !failed || headers.contains_key("grpc-status-details-bin") {
+        return response;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return response;
+    };
+    let status = error::with_error_info(status);
+    let headers = response.headers_mut();
+    headers.remove("grpc-status");
+    headers.remove("grpc-message");
+    if status.add_header(headers).is_err() {
+        tracing::warn!("could not add ErrorInfo to a transport error");
+    }
+    response
+}

@@ -1,0 +1,122 @@
+//! Overload protection: a token bucket per authenticated caller (keyed by who the caller is,
+//! never by its peer address) and a global limit on calls in flight that sheds the excess at
+//! once instead of queueing it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// A caller's rate: `rate_per_second` tokens refill continuously up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// A token bucket. Pure: the time is passed in, so tests need no clock.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(rate.burst),
+            updated: now,
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / rate.per_second;
+            // Round up to whole milliseconds so a retry after the hint finds a token.
+            Err(Duration::from_millis((wait * 1000.0).ceil() as u64))
+        }
+    }
+}
+
+/// A bucket shared between the callers tables before and after a reload, so that reloading the
+/// configuration does not hand every caller a fresh burst.
+#[derive(Debug, Clone)]
+pub struct SharedBucket(Arc<Mutex<TokenBucket>>);
+
+impl SharedBucket {
+    pub fn new(rate: Rate) -> Self {
+        Self(Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))))
+    }
+
+    pub fn take(&self, rate: Rate) -> Result<(), Duration> {
+        // A panic while holding this lock cannot leave the bucket half-updated in a harmful way.
+        let mut bucket = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        bucket.take(rate, Instant::now())
+    }
+}
+
+/// The global in-flight limit: a call either gets a permit now or is shed.
+#[derive(Debug, Clone)]
+pub struct InFlight(Arc<Semaphore>);
+
+impl InFlight {
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max)))
+    }
+
+    /// A permit held for the call's lifetime, or `None` when the gateway is full.
+    pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_refills_at_the_rate() {
+        let rate = Rate {
+            per_second: 2.0,
+            burst: 3,
+        };
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(rate, start);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(rate, start), Ok(()));
+        }
+        assert_eq!(bucket.take(rate, start), Err(Duration::from_millis(500)));
+        // A quarter second later, half a token has come back.
+        let later = start + Duration::from_millis(250);
+        assert_eq!(bucket.take(rate, later), Err(Duration::from_millis(250)));
+        assert_eq!(
+            bucket.take(rate, start + Duration::from_millis(500)),
+            Ok(())
+        );
+        // Never more than the burst, however long the caller was quiet.
+        let much_later = start + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(rate, much_later), Ok(()));
+        }
+        assert!(bucket.take(rate, much_later).is_err());
+    }
+
+    #[test]
+    fn in_flight_sheds_beyond_the_limit_and_frees_on_drop() {
+        let limit = InFlight::new(2);
+        let a = limit.try_enter().unwrap();
+        let _b = limit.try_enter().unwrap();
+        assert!(limit.try_enter().is_none());
+        drop(a);
+        assert!(limit.try_enter().is_some());
+    }
+}

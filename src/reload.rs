@@ -1,0 +1,95 @@
+//! Reloads `[[callers]]` from the config file on SIGHUP or when the file's content changes,
+//! without dropping calls: the new table is built aside and swapped in whole; calls in flight
+//! keep the table they started with. A file that does not load keeps the current callers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::{Callers, CallersHandle};
+use crate::config::{Config, Overrides};
+
+/// Watches `file` until the returned task is aborted. Call within the runtime.
+pub fn spawn(
+    file: PathBuf,
+    interval: Duration,
+    callers: CallersHandle,
+) -> tokio::task::JoinHandle<()> {
+    // Registered before returning: a SIGHUP that arrives before the task first runs must not
+    // meet the default action, which ends the process.
+    let mut hangup = hangup_signal();
+    tokio::spawn(async move {
+        let mut seen = std::fs::read(&file).ok();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let signalled = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = next_hangup(&mut hangup) => true,
+            };
+            let now = std::fs::read(&file).ok();
+            if signalled || now != seen {
+                seen = now;
+                reload(
+                    &file,
+                    &callers,
+                    if signalled { "SIGHUP" } else { "file changed" },
+                );
+            }
+        }
+    })
+}
+
+/// Loads the file and swaps in its callers, or says in the log why not.
+pub fn reload(file: &std::path::Path, callers: &CallersHandle, trigger: &str) {
+    let env = |key: &str| std::env::var(key).ok();
+    let config = match Config::load(Some(file), env, &Overrides::default()) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(%trigger, error = %err, "config reload failed; keeping the current callers");
+            return;
+        }
+    };
+    let current = callers.current();
+    if config.callers.is_empty() && !current.is_open() {
+        tracing::error!(
+            %trigger,
+            "config reload: the new file has no [[callers]], which would open the gateway to anyone; keeping the current callers (restart to serve without authentication)"
+        );
+        return;
+    }
+    callers.replace(Callers::new(&config.callers, Some(&current)));
+    tracing::info!(%trigger, callers = config.callers.len(), "callers reloaded");
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; callers reload on file change only");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(hangup: &mut Hangup) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}

@@ -1,0 +1,30 @@
+//! TLS for the listener (rustls): the server's certificate and key, and for mTLS the CA that
+//! signs client certificates. Client certificates are optional at the handshake, so token
+//! callers need none; one that is presented must verify, and then names its caller.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::config::TlsConfig;
+
+/// A TLS handshake that takes longer than this is abandoned, so idle connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tonic TLS settings, or what is wrong with the files (naming the key).
+pub fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, String> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+    };
+    let cert = read("server.tls_cert", &tls.cert)?;
+    let key = read("server.tls_key", &tls.key)?;
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .timeout(HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &tls.client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read("server.client_ca", ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
+}
