@@ -9,6 +9,10 @@
 //! - [`signer`]: Alibaba RPC signature V2, a pure function.
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`error`]: the one mapping from failures to gRPC statuses.
+//! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
+//! - [`preflight`]: checks of the instance before an upgrade.
+//! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
+//! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
@@ -22,10 +26,14 @@ pub mod config;
 pub mod credentials;
 pub mod deadline;
 pub mod error;
+pub mod idempotency;
+pub mod preflight;
 pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod status;
+pub mod upgrade;
 pub mod validation;
 
 /// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.
