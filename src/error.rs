@@ -386,7 +386,7 @@ fn call_status(err: CallError) -> Status {
         ),
         CallError::OutcomeUnknown(_) => status(
             Code::Unavailable,
-            "no answer from Alibaba Cloud; the upgrade may or may not have started, retry with the same request_id",
+            "no definite answer from Alibaba Cloud (no answer, or a server error without a body); retry with the same request_id",
             "UPSTREAM_OUTCOME_UNKNOWN",
             &[],
             Some(DEFAULT_RETRY_DELAY),
