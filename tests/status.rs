@@ -34,7 +34,8 @@ fn watch(instance: &str, target: &str) -> pb::WatchUpgradeRequest {
 fn fast_upgrades() -> Options {
     Options {
         sandbox: SandboxConfig {
-            upgrade_duration: Duration::from_millis(400),
+            // Long enough that the watch, started right after the upgrade call, sees it under way.
+            upgrade_duration: Duration::from_secs(1),
             ..Default::default()
         },
         configure: Some(|config| config.watch.poll_interval = Duration::from_millis(20)),
