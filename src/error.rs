@@ -163,7 +163,11 @@ impl Error {
     /// The Alibaba error code, when there was an upstream answer.
     pub fn alibaba_code(&self) -> Option<&str> {
         match self {
-            Self::Call(CallError::Upstream(e)) => Some(&e.code),
+            Self::Call(CallError::Upstream(e))
+            | Self::OutcomeUnknown {
+                cause: CallError::Upstream(e),
+                ..
+            } => Some(&e.code),
             _ => None,
         }
     }

@@ -513,7 +513,7 @@ mod tests {
             },
             pb::UpgradeEngineVersionRequest {
                 switch_mode: pb::SwitchMode::MaintenanceWindow as i32,
-                ..base.clone()
+                ..base
             },
         ] {
             assert_ne!(of(different), same);
