@@ -128,7 +128,10 @@ def test_reflection_serves_the_proto(channel):
     ours = [f for f in files if f.package == "dds.gateway.v1"]
     assert ours, [f.name for f in files]
     services = {s.name: s for f in ours for s in f.service}
-    assert [m.name for m in services["EngineVersionService"].method] == ["UpgradeEngineVersion"]
+    methods = {m.name: m for m in services["EngineVersionService"].method}
+    assert list(methods) == ["UpgradeEngineVersion", "GetEngineVersion", "WatchUpgrade"]
+    assert methods["WatchUpgrade"].server_streaming and not methods["WatchUpgrade"].client_streaming
+    assert not methods["UpgradeEngineVersion"].server_streaming
 
 
 def test_get_engine_version(stub, gateway_pb):
