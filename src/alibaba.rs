@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod response;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use crate::config::{AlibabaConfig, SignatureVersion};
 use crate::credentials::{CredentialsError, CredentialsProvider};
 use crate::signer::{self, param};
-pub use response::UpstreamError;
+pub use response::{AvailableEngineVersions, InstanceAttribute, UpstreamError};
 
 /// Alibaba's product code of ApsaraDB for MongoDB.
 pub const PRODUCT: &str = "Dds";
@@ -126,6 +127,44 @@ impl AlibabaClient {
                 http_status: body.http_status,
             })?;
         Ok(parsed.request_id)
+    }
+
+    /// `DescribeDBInstanceAttribute`; `Ok(None)` when the answer lists no such instance.
+    pub async fn describe_db_instance_attribute(
+        &self,
+        region_id: &str,
+        db_instance_id: &str,
+    ) -> Result<Option<InstanceAttribute>, CallError> {
+        let params = vec![
+            ("RegionId", region_id.to_string()),
+            ("DBInstanceId", db_instance_id.to_string()),
+        ];
+        let body = self
+            .call(action::DESCRIBE_DB_INSTANCE_ATTRIBUTE, region_id, params)
+            .await?;
+        response::parse_instance_attribute(&body.bytes, db_instance_id).map_err(|()| {
+            CallError::Unreadable {
+                http_status: body.http_status,
+            }
+        })
+    }
+
+    /// `DescribeAvailableEngineVersion`: the versions the instance can be upgraded to.
+    pub async fn describe_available_engine_version(
+        &self,
+        region_id: &str,
+        db_instance_id: &str,
+    ) -> Result<AvailableEngineVersions, CallError> {
+        let params = vec![
+            ("RegionId", region_id.to_string()),
+            ("DBInstanceId", db_instance_id.to_string()),
+        ];
+        let body = self
+            .call(action::DESCRIBE_AVAILABLE_ENGINE_VERSION, region_id, params)
+            .await?;
+        response::parse_available_engine_versions(&body.bytes).map_err(|()| CallError::Unreadable {
+            http_status: body.http_status,
+        })
     }
 
     /// Sends one signed RPC call and returns the body of a successful (2xx) answer.

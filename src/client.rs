@@ -1,5 +1,6 @@
-//! `dds-gateway upgrade`: a command-line client of the gateway that sends one
-//! `UpgradeEngineVersion` call and prints the answer, or the gRPC error with its details.
+//! `dds-gateway upgrade`, `status` and `watch`: a command-line client of the gateway that sends
+//! one `UpgradeEngineVersion`, `GetEngineVersion` or `WatchUpgrade` call and prints the answer
+//! (for a watch, each message as it arrives), or the gRPC error with its details.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -34,6 +35,110 @@ pub struct UpgradeArgs {
 pub enum Outcome {
     Answered(String),
     Failed(String),
+}
+
+/// Where and how to reach the gateway for `status` and `watch`.
+#[derive(Debug, Clone)]
+pub struct StatusArgs {
+    pub target: String,
+    pub instance: String,
+    pub region: Option<String>,
+    pub token: Option<String>,
+    /// For `watch`: the target version; ignored by `status`.
+    pub version: String,
+    pub timeout: Duration,
+}
+
+/// Connects to `target` and builds a request with the timeout and bearer token.
+async fn prepare<T>(
+    target: &str,
+    token: Option<String>,
+    timeout: Duration,
+    message: T,
+) -> Result<
+    (
+        EngineVersionServiceClient<tonic::transport::Channel>,
+        tonic::Request<T>,
+    ),
+    String,
+> {
+    let endpoint = Endpoint::from_shared(target.to_string())
+        .map_err(|err| format!("invalid --target {target:?}: {err}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|err| format!("cannot connect to {target}: {err}"))?;
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    if let Some(token) = token {
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "--token contains characters not allowed in a header".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok((EngineVersionServiceClient::new(channel), request))
+}
+
+/// `GetEngineVersion`.
+pub async fn status(args: StatusArgs) -> Outcome {
+    let message = pb::GetEngineVersionRequest {
+        db_instance_id: args.instance,
+        region_id: args.region.unwrap_or_default(),
+    };
+    let (mut client, request) = match prepare(&args.target, args.token, args.timeout, message).await
+    {
+        Ok(prepared) => prepared,
+        Err(problem) => return Outcome::Failed(problem),
+    };
+    match client.get_engine_version(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            let mut out = String::new();
+            let _ = writeln!(out, "db_instance_id: {}", r.db_instance_id);
+            let _ = writeln!(out, "region_id: {}", r.region_id);
+            let _ = writeln!(out, "status: {}", r.status);
+            let _ = writeln!(out, "engine_version: {}", r.engine_version);
+            let _ = writeln!(
+                out,
+                "available_engine_versions: {}",
+                r.available_engine_versions.join(", ")
+            );
+            Outcome::Answered(out)
+        }
+        Err(status) => Outcome::Failed(describe_status(&status)),
+    }
+}
+
+/// `WatchUpgrade`: `print` gets one line per state change as it arrives.
+pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
+    let message = pb::WatchUpgradeRequest {
+        db_instance_id: args.instance,
+        engine_version: args.version,
+        region_id: args.region.unwrap_or_default(),
+    };
+    let (mut client, request) = match prepare(&args.target, args.token, args.timeout, message).await
+    {
+        Ok(prepared) => prepared,
+        Err(problem) => return Outcome::Failed(problem),
+    };
+    let mut stream = match client.watch_upgrade(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Outcome::Failed(describe_status(&status)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => print(&format!(
+                "{} {} engine_version {} (target {}){}\n",
+                m.db_instance_id,
+                m.status,
+                m.engine_version,
+                m.target_engine_version,
+                if m.done { ": done" } else { "" }
+            )),
+            Ok(None) => return Outcome::Answered(String::new()),
+            Err(status) => return Outcome::Failed(describe_status(&status)),
+        }
+    }
 }
 
 /// Sends the call. Connection problems and gRPC errors both become [`Outcome::Failed`].

@@ -62,10 +62,28 @@ pub enum SignatureVersion {
 pub struct Config {
     pub server: ServerConfig,
     pub alibaba: AlibabaConfig,
+    pub idempotency: IdempotencyConfig,
+    pub watch: WatchConfig,
     pub callers: Vec<CallerConfig>,
     pub credentials: CredentialsConfig,
     /// The file this came from, re-read when the callers are reloaded.
     pub file: Option<PathBuf>,
+}
+
+/// `[idempotency]`: how long `request_id` keys are kept, and how many at most.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    pub retention: Duration,
+    pub max_keys: usize,
+}
+
+/// `[watch]`: `WatchUpgrade` polling.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// How often a watch reads the instance.
+    pub poll_interval: Duration,
+    /// Upper bound on one watch, whatever deadline the caller sets.
+    pub max_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +123,10 @@ pub struct AlibabaConfig {
     pub engine_versions: Vec<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Check the instance (`Describe*`) before upgrading and for `validate_only`.
+    pub preflight: bool,
+    /// Retries of Alibaba calls (`max_attempts`, `retry_base_delay`, `retry_max_delay`).
+    pub retry: crate::alibaba::retry::RetryPolicy,
 }
 
 /// Which source of Alibaba Cloud credentials the gateway uses (`credentials.provider`).
@@ -206,6 +228,10 @@ struct RawConfig {
     #[serde(default)]
     alibaba: RawAlibaba,
     #[serde(default)]
+    idempotency: RawIdempotency,
+    #[serde(default)]
+    watch: RawWatch,
+    #[serde(default)]
     callers: Vec<CallerConfig>,
     #[serde(default)]
     credentials: RawCredentials,
@@ -234,6 +260,20 @@ struct RawCredentials {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    retention: Option<String>,
+    max_keys: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    poll_interval: Option<String>,
+    max_duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
     max_request_bytes: Option<usize>,
@@ -255,6 +295,10 @@ struct RawAlibaba {
     engine_versions: Option<Vec<String>>,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
+    preflight: Option<bool>,
+    max_attempts: Option<u32>,
+    retry_base_delay: Option<String>,
+    retry_max_delay: Option<String>,
 }
 
 /// Values from the command line, which win over file and environment.
@@ -294,7 +338,7 @@ impl Config {
             path: origin.to_string(),
             message: e.message().to_string() + &span_hint(text, e.span()),
         })?;
-        apply_env(&mut raw, &env);
+        apply_env(&mut raw, &env)?;
         if let Some(listen) = &overrides.listen {
             raw.server.listen = Some(listen.clone());
         }
@@ -385,12 +429,47 @@ impl Config {
             engine_versions,
             connect_timeout: duration("alibaba.connect_timeout", raw.alibaba.connect_timeout, 5)?,
             read_timeout: duration("alibaba.read_timeout", raw.alibaba.read_timeout, 10)?,
+            preflight: raw.alibaba.preflight.unwrap_or(true),
+            retry: retry_policy(
+                raw.alibaba.max_attempts,
+                raw.alibaba.retry_base_delay,
+                raw.alibaba.retry_max_delay,
+            )?,
+        };
+        let max_keys = raw.idempotency.max_keys.unwrap_or(100_000);
+        if !(1..=100_000_000).contains(&max_keys) {
+            return Err(invalid(
+                "idempotency.max_keys",
+                "expected a number of keys between 1 and 100000000",
+            ));
+        }
+        let idempotency = IdempotencyConfig {
+            retention: duration_or(
+                "idempotency.retention",
+                raw.idempotency.retention,
+                Duration::from_secs(24 * 3600),
+            )?,
+            max_keys,
+        };
+        let watch = WatchConfig {
+            poll_interval: duration_or(
+                "watch.poll_interval",
+                raw.watch.poll_interval,
+                Duration::from_secs(5),
+            )?,
+            max_duration: duration_or(
+                "watch.max_duration",
+                raw.watch.max_duration,
+                Duration::from_secs(3600),
+            )?,
         };
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         check_callers(&raw.callers, &alibaba.engine_versions, client_certs)?;
         Ok(Self {
             server,
             alibaba,
+            idempotency,
+            watch,
             callers: raw.callers,
             credentials: check_credentials(raw.credentials)?,
             file: None,
@@ -602,9 +681,37 @@ fn parse_endpoint(value: &str) -> Result<reqwest::Url, ConfigError> {
     Ok(url)
 }
 
+fn retry_policy(
+    max_attempts: Option<u32>,
+    base_delay: Option<String>,
+    max_delay: Option<String>,
+) -> Result<crate::alibaba::retry::RetryPolicy, ConfigError> {
+    let defaults = crate::alibaba::retry::RetryPolicy::default();
+    let max_attempts = max_attempts.unwrap_or(defaults.max_attempts);
+    if !(1..=10).contains(&max_attempts) {
+        return Err(invalid(
+            "alibaba.max_attempts",
+            "expected a number of attempts between 1 (never retry) and 10",
+        ));
+    }
+    Ok(crate::alibaba::retry::RetryPolicy {
+        max_attempts,
+        base_delay: duration_or("alibaba.retry_base_delay", base_delay, defaults.base_delay)?,
+        max_delay: duration_or("alibaba.retry_max_delay", max_delay, defaults.max_delay)?,
+    })
+}
+
 fn duration(key: &str, value: Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
+    duration_or(key, value, Duration::from_secs(default_secs))
+}
+
+fn duration_or(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
-        return Ok(Duration::from_secs(default_secs));
+        return Ok(default);
     };
     let parsed = humantime::parse_duration(value.trim()).map_err(|_| {
         invalid(
@@ -620,7 +727,10 @@ fn duration(key: &str, value: Option<String>, default_secs: u64) -> Result<Durat
 
 /// Environment variables override file values: `DDS_GATEWAY_SERVER_LISTEN`,
 /// `DDS_GATEWAY_ALIBABA_REGION_ID`, ...; lists are comma-separated.
-fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>) {
+fn apply_env(
+    raw: &mut RawConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
     let var = |key: &str| env(&format!("{ENV_PREFIX}{key}")).filter(|v| !v.is_empty());
     let set = |slot: &mut Option<String>, key: &str| {
         if let Some(v) = var(key) {
@@ -681,6 +791,35 @@ fn apply_env(raw: &mut RawConfig, env: &impl Fn(&str) -> Option<String>) {
                 .collect(),
         );
     }
+    set(
+        &mut raw.alibaba.retry_base_delay,
+        "ALIBABA_RETRY_BASE_DELAY",
+    );
+    set(&mut raw.alibaba.retry_max_delay, "ALIBABA_RETRY_MAX_DELAY");
+    set(&mut raw.idempotency.retention, "IDEMPOTENCY_RETENTION");
+    set(&mut raw.watch.poll_interval, "WATCH_POLL_INTERVAL");
+    set(&mut raw.watch.max_duration, "WATCH_MAX_DURATION");
+    if let Some(v) = var("ALIBABA_MAX_ATTEMPTS") {
+        raw.alibaba.max_attempts = Some(v.trim().parse().unwrap_or(0));
+    }
+    if let Some(v) = var("IDEMPOTENCY_MAX_KEYS") {
+        raw.idempotency.max_keys = Some(v.trim().parse().unwrap_or(0));
+    }
+    if let Some(v) = var("ALIBABA_PREFLIGHT") {
+        raw.alibaba.preflight = Some(match v.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(invalid(
+                    "alibaba.preflight",
+                    format!(
+                        "expected true or false in {ENV_PREFIX}ALIBABA_PREFLIGHT, got {other:?}"
+                    ),
+                ));
+            }
+        });
+    }
+    Ok(())
 }
 
 /// ` (line N)` for a TOML error span, so the message points into the file.
@@ -844,6 +983,73 @@ mod tests {
         for (text, env, expected) in cases {
             let message = load(text, env).unwrap_err().to_string();
             assert!(message.contains(expected), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn reads_the_safe_upgrade_keys_from_file_and_environment() {
+        let config = load("", &[]).unwrap();
+        assert!(config.alibaba.preflight);
+        assert_eq!(config.alibaba.retry.max_attempts, 3);
+        assert_eq!(config.idempotency.retention, Duration::from_secs(86400));
+        assert_eq!(config.watch.poll_interval, Duration::from_secs(5));
+        let config = load(
+            r#"
+            [alibaba]
+            preflight = false
+            max_attempts = 5
+            retry_base_delay = "50ms"
+            retry_max_delay = "2s"
+            [idempotency]
+            retention = "1h"
+            max_keys = 10
+            [watch]
+            poll_interval = "1s"
+            max_duration = "10m"
+            "#,
+            &[
+                ("DDS_GATEWAY_ALIBABA_PREFLIGHT", "true"),
+                ("DDS_GATEWAY_IDEMPOTENCY_RETENTION", "2h"),
+                ("DDS_GATEWAY_ALIBABA_MAX_ATTEMPTS", "1"),
+            ],
+        )
+        .unwrap();
+        assert!(config.alibaba.preflight);
+        assert_eq!(config.alibaba.retry.max_attempts, 1);
+        assert_eq!(config.alibaba.retry.base_delay, Duration::from_millis(50));
+        assert_eq!(config.alibaba.retry.max_delay, Duration::from_secs(2));
+        assert_eq!(config.idempotency.retention, Duration::from_secs(7200));
+        assert_eq!(config.idempotency.max_keys, 10);
+        assert_eq!(config.watch.max_duration, Duration::from_secs(600));
+        for (text, env, key) in [
+            (
+                "[alibaba]\nmax_attempts = 0",
+                &[][..],
+                "alibaba.max_attempts",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_ALIBABA_PREFLIGHT", "maybe")][..],
+                "alibaba.preflight",
+            ),
+            (
+                "[idempotency]\nretention = \"forever\"",
+                &[][..],
+                "idempotency.retention",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS", "many")][..],
+                "idempotency.max_keys",
+            ),
+            (
+                "[watch]\npoll_interval = \"0s\"",
+                &[][..],
+                "watch.poll_interval",
+            ),
+        ] {
+            let message = load(text, env).unwrap_err().to_string();
+            assert!(message.contains(key), "{text:?}: {message}");
         }
     }
 

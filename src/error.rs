@@ -7,9 +7,11 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::alibaba::{CallError, UpstreamError};
+use crate::alibaba::{CallError, InstanceAttribute, UpstreamError};
 use crate::auth::AuthError;
+use crate::idempotency::StoreError;
 use crate::policy::Denied;
+use crate::preflight::PreflightFailure;
 use crate::validation::ValidationError;
 
 /// `ErrorInfo.domain` of every error the gateway returns.
@@ -43,6 +45,23 @@ pub enum Error {
     /// The gateway has `server.max_in_flight` calls in flight already.
     #[error("too many calls in flight")]
     Overloaded,
+    /// The instance cannot be upgraded to the target now (preflight).
+    #[error(transparent)]
+    Preflight(#[from] PreflightFailure),
+    /// The `request_id` was used before for a different request.
+    #[error("request_id already used for a different request")]
+    RequestIdReused,
+    /// An upgrade call may or may not have been applied, and the instance did not show it.
+    #[error("upgrade outcome unknown ({cause}); instance seen: {observed:?}")]
+    OutcomeUnknown {
+        cause: CallError,
+        observed: Option<InstanceAttribute>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
+    #[error("watch deadline exceeded")]
+    WatchDeadlineExceeded,
 }
 
 /// How an Alibaba error `Code` maps to gRPC.
@@ -161,7 +180,11 @@ impl Error {
     /// The Alibaba error code, when there was an upstream answer.
     pub fn alibaba_code(&self) -> Option<&str> {
         match self {
-            Self::Call(CallError::Upstream(e)) => Some(&e.code),
+            Self::Call(CallError::Upstream(e))
+            | Self::OutcomeUnknown {
+                cause: CallError::Upstream(e),
+                ..
+            } => Some(&e.code),
             _ => None,
         }
     }
@@ -196,6 +219,13 @@ impl From<Error> for Status {
             Error::DeadlineExceeded => status(
                 Code::DeadlineExceeded,
                 "the caller's deadline passed before Alibaba Cloud answered; the upgrade may or may not have started, retry with the same request_id",
+                "DEADLINE_EXCEEDED",
+                &[],
+                None,
+            ),
+            Error::WatchDeadlineExceeded => status(
+                Code::DeadlineExceeded,
+                "the watch reached its deadline (the caller's, or watch.max_duration) before the instance ran the target version; watch again to follow it further",
                 "DEADLINE_EXCEEDED",
                 &[],
                 None,
@@ -235,6 +265,41 @@ impl From<Error> for Status {
                 &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),
+            Error::Preflight(failure) => preflight_status(&failure),
+            Error::RequestIdReused => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(
+                    "request_id",
+                    "was already used for a different request; use a new UUID for a new request",
+                );
+                details.set_error_info(
+                    "REQUEST_ID_REUSED",
+                    DOMAIN,
+                    [("fields".to_string(), "request_id".to_string())],
+                );
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    "request_id was already used for a different request (another instance, target, region or switch mode)",
+                    details,
+                )
+            }
+            Error::OutcomeUnknown { cause, observed } => {
+                outcome_unknown_status(&cause, observed.as_ref())
+            }
+            Error::Store(StoreError::Full(keys)) => status(
+                Code::ResourceExhausted,
+                "the gateway holds too many idempotency keys to take another; retry later",
+                "IDEMPOTENCY_STORE_FULL",
+                &[("keys", keys.to_string())],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
+            Error::Store(StoreError::Unavailable(_)) => status(
+                Code::Unavailable,
+                "the gateway cannot reach its idempotency store; nothing was sent to Alibaba Cloud",
+                "IDEMPOTENCY_STORE_UNAVAILABLE",
+                &[],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
         }
     }
 }
@@ -259,6 +324,131 @@ pub fn with_error_info(original: Status) -> Status {
     status(original.code(), original.message(), reason, &[], None)
 }
 
+/// Preflight failures: FAILED_PRECONDITION (NOT_FOUND for a missing instance) with the state
+/// and version the gateway saw, in the message, ErrorInfo metadata and a `PreconditionFailure`.
+fn preflight_status(failure: &PreflightFailure) -> Status {
+    let (attribute, target) = match failure {
+        PreflightFailure::NotFound {
+            db_instance_id,
+            region_id,
+            request_id,
+        } => {
+            let mut metadata = vec![
+                ("dbInstanceId", db_instance_id.clone()),
+                ("regionId", region_id.clone()),
+            ];
+            if !request_id.is_empty() {
+                metadata.push(("alibabaRequestId", request_id.clone()));
+            }
+            return status(
+                Code::NotFound,
+                &format!("instance {db_instance_id} does not exist in region {region_id}"),
+                "INSTANCE_NOT_FOUND",
+                &metadata,
+                None,
+            );
+        }
+        PreflightFailure::NotRunning { attribute } => (attribute, None),
+        PreflightFailure::NotLater { attribute, target }
+        | PreflightFailure::NotOffered {
+            attribute, target, ..
+        } => (attribute, Some(target)),
+    };
+    let seen = format!(
+        "instance {} is {} on engine version {}",
+        attribute.db_instance_id, attribute.status, attribute.engine_version
+    );
+    let (reason, kind, message) = match (failure, target) {
+        (PreflightFailure::NotOffered { offered, .. }, Some(target)) => (
+            "ENGINE_VERSION_NOT_OFFERED",
+            "ENGINE_VERSION",
+            format!(
+                "{seen}; Alibaba Cloud does not offer it {target} (offered: {})",
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            ),
+        ),
+        (_, Some(target)) => (
+            "ENGINE_VERSION_NOT_LATER",
+            "ENGINE_VERSION",
+            format!("{seen}; the target {target} is not later"),
+        ),
+        (_, None) => (
+            "INSTANCE_STATE_INCORRECT",
+            "INSTANCE_STATE",
+            format!("{seen}; an upgrade needs it Running"),
+        ),
+    };
+    let mut metadata = vec![
+        ("dbInstanceId", attribute.db_instance_id.clone()),
+        ("instanceStatus", attribute.status.clone()),
+        ("engineVersion", attribute.engine_version.clone()),
+        ("alibabaRequestId", attribute.request_id.clone()),
+    ];
+    if let Some(target) = target {
+        metadata.push(("targetEngineVersion", target.clone()));
+    }
+    if let PreflightFailure::NotOffered { offered, .. } = failure {
+        metadata.push(("availableEngineVersions", offered.join(",")));
+    }
+    let mut details = ErrorDetails::with_precondition_failure_violation(
+        kind,
+        format!("dbinstance/{}", attribute.db_instance_id),
+        message.clone(),
+    );
+    details.set_error_info(
+        reason,
+        DOMAIN,
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<std::collections::HashMap<_, _>>(),
+    );
+    Status::with_error_details(Code::FailedPrecondition, message, details)
+}
+
+/// An upgrade call whose outcome is unknown, after the gateway looked at the instance and did
+/// not see the upgrade: UNAVAILABLE, safe to retry with the same `request_id`.
+fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute>) -> Status {
+    let mut metadata = Vec::new();
+    if let CallError::Upstream(e) = cause {
+        metadata.push(("alibabaCode", e.code.clone()));
+        if let Some(id) = &e.request_id {
+            metadata.push(("alibabaRequestId", id.clone()));
+        }
+    }
+    let seen = match observed {
+        Some(a) => {
+            metadata.push(("instanceStatus", a.status.clone()));
+            metadata.push(("engineVersion", a.engine_version.clone()));
+            format!(
+                "the instance is {} on engine version {}, so the upgrade has not started",
+                a.status, a.engine_version
+            )
+        }
+        None => "the gateway could not look at the instance either".to_string(),
+    };
+    status(
+        Code::Unavailable,
+        &format!(
+            "no definite answer from Alibaba Cloud to the upgrade; {seen}; retry with the same request_id"
+        ),
+        "UPSTREAM_OUTCOME_UNKNOWN",
+        &metadata,
+        Some(cause_retry_delay(cause)),
+    )
+}
+
+fn cause_retry_delay(cause: &CallError) -> Duration {
+    match cause {
+        CallError::Upstream(e) => e.retry_after.unwrap_or(DEFAULT_RETRY_DELAY),
+        _ => DEFAULT_RETRY_DELAY,
+    }
+}
+
 fn call_status(err: CallError) -> Status {
     match err {
         CallError::Upstream(upstream) => upstream_status(&upstream),
@@ -271,7 +461,7 @@ fn call_status(err: CallError) -> Status {
         ),
         CallError::OutcomeUnknown(_) => status(
             Code::Unavailable,
-            "no answer from Alibaba Cloud; the upgrade may or may not have started, retry with the same request_id",
+            "no definite answer from Alibaba Cloud (no answer, or a server error without a body); retry with the same request_id",
             "UPSTREAM_OUTCOME_UNKNOWN",
             &[],
             Some(DEFAULT_RETRY_DELAY),

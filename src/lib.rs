@@ -15,6 +15,10 @@
 //! - [`reload`]: reloading `[[callers]]` on SIGHUP or file change.
 //! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: the one mapping from failures to gRPC statuses.
+//! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
+//! - [`preflight`]: checks of the instance before an upgrade.
+//! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
+//! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
@@ -30,14 +34,18 @@ pub mod credentials;
 pub mod deadline;
 pub mod error;
 pub mod gate;
+pub mod idempotency;
 pub mod limits;
 pub mod policy;
+pub mod preflight;
 pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod status;
 pub mod tls;
+pub mod upgrade;
 pub mod validation;
 
 /// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.

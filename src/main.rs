@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use dds_gateway::client::{self, Outcome, UpgradeArgs};
+use dds_gateway::client::{self, Outcome, StatusArgs, UpgradeArgs};
 use dds_gateway::config::{Config, Overrides};
 use dds_gateway::credentials::{
     self, Credential, CredentialsError, CredentialsProvider, StaticProvider,
@@ -102,6 +102,45 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Show an instance's engine version, state and available upgrade targets.
+    Status {
+        /// The instance, e.g. dds-bp1234567890ab.
+        #[arg(long)]
+        instance: String,
+        /// The gateway's address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The instance's region (the gateway's default when absent).
+        #[arg(long)]
+        region: Option<String>,
+        /// Bearer token for the gateway.
+        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How long to wait for the answer, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Follow an upgrade: print each state change until the instance runs the target version.
+    Watch {
+        /// The instance, e.g. dds-bp1234567890ab.
+        #[arg(long)]
+        instance: String,
+        /// The target engine version of the upgrade, e.g. 4.4.
+        #[arg(long)]
+        version: String,
+        /// The gateway's address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The instance's region (the gateway's default when absent).
+        #[arg(long)]
+        region: Option<String>,
+        /// Bearer token for the gateway.
+        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How long to follow at most, e.g. 30m (the gateway also bounds it: watch.max_duration).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -180,19 +219,59 @@ async fn run(command: Command) -> ExitCode {
                 ca_cert,
                 client_cert: cert.zip(key),
             };
-            match client::upgrade(args).await {
-                Outcome::Answered(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Outcome::Failed(text) => {
-                    eprint!("{text}");
-                    if !text.ends_with('\n') {
-                        eprintln!();
-                    }
-                    ExitCode::FAILURE
-                }
+            report(client::upgrade(args).await)
+        }
+        Command::Status {
+            instance,
+            target,
+            region,
+            token,
+            timeout,
+        } => {
+            let args = StatusArgs {
+                target,
+                instance,
+                region,
+                token,
+                version: String::new(),
+                timeout,
+            };
+            report(client::status(args).await)
+        }
+        Command::Watch {
+            instance,
+            version,
+            target,
+            region,
+            token,
+            timeout,
+        } => {
+            let args = StatusArgs {
+                target,
+                instance,
+                region,
+                token,
+                version,
+                timeout,
+            };
+            report(client::watch(args, |line| print!("{line}")).await)
+        }
+    }
+}
+
+/// Prints an outcome (answers on stdout, failures on stderr) and picks the exit code.
+fn report(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Answered(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Outcome::Failed(text) => {
+            eprint!("{text}");
+            if !text.ends_with('\n') {
+                eprintln!();
             }
+            ExitCode::FAILURE
         }
     }
 }

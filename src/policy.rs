@@ -3,7 +3,7 @@
 //! before any call to Alibaba Cloud; a denial names the rule, never another caller's rules.
 
 use crate::config::CallerConfig;
-use crate::validation::ValidUpgradeRequest;
+use crate::validation::{InstanceRef, ValidUpgradeRequest};
 
 /// The rule that refused a request, as it appears in `ErrorInfo.metadata["rule"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,28 +72,59 @@ impl Policy {
                 "upgrade (it may only send validate_only requests)".to_string(),
             );
         }
-        if !self.regions.iter().any(|r| r == request.region_id()) {
-            return deny(
-                Rule::Regions,
-                format!("use region {:?}", request.region_id()),
-            );
-        }
-        if !self
-            .instances
-            .iter()
-            .any(|pattern| glob_match(pattern, request.db_instance_id()))
-        {
-            return deny(
-                Rule::Instances,
-                format!("upgrade instance {:?}", request.db_instance_id()),
-            );
-        }
+        self.check_place(
+            caller,
+            request.region_id(),
+            request.db_instance_id(),
+            "upgrade",
+        )?;
         if let Some(versions) = &self.engine_versions
             && !versions.iter().any(|v| v == request.engine_version())
         {
             return deny(
                 Rule::EngineVersions,
                 format!("upgrade to engine version {:?}", request.engine_version()),
+            );
+        }
+        Ok(())
+    }
+
+    /// For reads (`GetEngineVersion`, `WatchUpgrade`): a caller may look at the instances it may
+    /// upgrade, in the regions it may use, and no others.
+    pub fn check_read(&self, caller: &str, instance: &InstanceRef) -> Result<(), Denied> {
+        self.check_place(
+            caller,
+            &instance.region_id,
+            &instance.db_instance_id,
+            "read",
+        )
+    }
+
+    fn check_place(
+        &self,
+        caller: &str,
+        region_id: &str,
+        db_instance_id: &str,
+        verb: &str,
+    ) -> Result<(), Denied> {
+        let deny = |rule, what: String| {
+            Err(Denied {
+                caller: caller.to_string(),
+                rule,
+                what,
+            })
+        };
+        if !self.regions.iter().any(|r| r == region_id) {
+            return deny(Rule::Regions, format!("use region {region_id:?}"));
+        }
+        if !self
+            .instances
+            .iter()
+            .any(|pattern| glob_match(pattern, db_instance_id))
+        {
+            return deny(
+                Rule::Instances,
+                format!("{verb} instance {db_instance_id:?}"),
             );
         }
         Ok(())

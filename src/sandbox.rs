@@ -3,7 +3,9 @@
 //! does (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys),
 //! keeps a few demo instances (`Running` → `EngineVersionUpgrading` → `Running` on the new
 //! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
-//! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes.
+//! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes. Faults can be queued
+//! (for any request or one action): error answers with `x-acs-retry-after`, raw bodies, delays,
+//! dropped connections, and any of those after acting on the request.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -45,6 +47,12 @@ pub struct Instance {
 /// An answer the sandbox gives the next request instead of the real one (tests, demos).
 #[derive(Debug, Clone)]
 pub enum Fault {
+    /// Closes the connection (with a TCP reset) after reading the request, without answering
+    /// and without acting on it.
+    Drop,
+    /// Acts on the request (verifies and applies it, e.g. starts the upgrade), then answers with
+    /// the inner fault instead of the real answer: Alibaba did it, the client never heard.
+    AfterActing(Box<Fault>),
     /// An Alibaba error body with this HTTP status and `Code`, and `x-acs-retry-after` if given.
     Error {
         status: u16,
@@ -124,8 +132,11 @@ struct State_ {
     instances: BTreeMap<String, (Instance, Option<(String, Instant)>)>,
     /// Nonces seen, with when they may be forgotten (after the timestamp window).
     nonces: HashMap<String, SystemTime>,
-    faults: VecDeque<Fault>,
+    /// Queued faults, each for one action or (`None`) any.
+    faults: VecDeque<(Option<&'static str>, Fault)>,
     received: Vec<Received>,
+    /// Instance ids of the upgrades started, in order.
+    started: Vec<String>,
 }
 
 type Shared = Arc<Mutex<State_>>;
@@ -167,10 +178,13 @@ impl Sandbox {
             nonces: HashMap::new(),
             faults: VecDeque::new(),
             received: Vec::new(),
+            started: Vec::new(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
-            .with_state(Arc::clone(&state));
+            .with_state(Arc::clone(&state))
+            .into_make_service_with_connect_info::<connection::Connection>();
+        let listener = connection::SeverableListener::new(listener);
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(error = %err, "sandbox stopped");
@@ -201,7 +215,12 @@ impl Sandbox {
 
     /// Queues an answer for the next request.
     pub fn push_fault(&self, fault: Fault) {
-        lock(&self.state).faults.push_back(fault);
+        lock(&self.state).faults.push_back((None, fault));
+    }
+
+    /// Queues an answer for the next request that names `action`; others pass it by.
+    pub fn push_fault_on(&self, action: &'static str, fault: Fault) {
+        lock(&self.state).faults.push_back((Some(action), fault));
     }
 
     /// Every request received so far.
@@ -215,6 +234,15 @@ impl Sandbox {
             .received
             .iter()
             .filter(|r| r.action == action)
+            .count()
+    }
+
+    /// How many upgrades of `id` the sandbox started (acted on, whatever the client heard).
+    pub fn upgrades_started(&self, id: &str) -> usize {
+        lock(&self.state)
+            .started
+            .iter()
+            .filter(|s| *s == id)
             .count()
     }
 
@@ -296,6 +324,7 @@ fn new_request_id() -> String {
 
 async fn handle(
     State(state): State<Shared>,
+    axum::extract::ConnectInfo(connection): axum::extract::ConnectInfo<connection::Connection>,
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -305,42 +334,77 @@ async fn handle(
         Ok(params) => params,
         Err(response) => return *response,
     };
+    let action = params.get(param::ACTION).cloned().unwrap_or_default();
     let fault = {
         let mut state = lock(&state);
         state.received.push(Received {
             method: method.to_string(),
-            action: params.get(param::ACTION).cloned().unwrap_or_default(),
+            action: action.clone(),
             params: params.clone(),
             raw_query: query.clone(),
         });
-        state.faults.pop_front()
+        let position = state
+            .faults
+            .iter()
+            .position(|(only, _)| only.is_none_or(|a| a == action));
+        position
+            .and_then(|i| state.faults.remove(i))
+            .map(|(_, f)| f)
     };
     match fault {
-        Some(Fault::Error {
+        Some(Fault::AfterActing(inner)) => {
+            let answer = act(&state, method.as_str(), &params);
+            inject(*inner, &connection).await.unwrap_or(answer)
+        }
+        Some(fault) => match inject(fault, &connection).await {
+            Some(response) => response,
+            None => act(&state, method.as_str(), &params),
+        },
+        None => act(&state, method.as_str(), &params),
+    }
+}
+
+/// Verifies the signature and answers the request, changing the simulated instances.
+fn act(state: &Shared, method: &str, params: &BTreeMap<String, String>) -> Response {
+    let mut state = lock(state);
+    if let Err(response) = verify(&mut state, method, params) {
+        return *response;
+    }
+    dispatch(&mut state, params)
+}
+
+/// The answer a fault gives instead of the real one; `None` to answer normally (after a delay).
+async fn inject(fault: Fault, connection: &connection::Connection) -> Option<Response> {
+    match fault {
+        Fault::Error {
             status,
             code,
             retry_after_ms,
-        }) => {
+        } => {
             let mut response = error(status, code, "injected by the sandbox");
             if let Some(ms) = retry_after_ms
                 && let Ok(value) = ms.to_string().parse()
             {
                 response.headers_mut().insert("x-acs-retry-after", value);
             }
-            return response;
+            Some(response)
         }
-        Some(Fault::Body { status, body }) => {
+        Fault::Body { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, body).into_response();
+            Some((status, body).into_response())
         }
-        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        None => {}
+        Fault::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            None
+        }
+        Fault::Drop => {
+            // The response below is never written: the connection fails on the first write.
+            connection.sever();
+            Some(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        // Nested `AfterActing`: the request was acted on already.
+        Fault::AfterActing(inner) => Box::pin(inject(*inner, connection)).await,
     }
-    let mut state = lock(&state);
-    if let Err(response) = verify(&mut state, method.as_str(), &params) {
-        return *response;
-    }
-    dispatch(&mut state, &params)
 }
 
 /// The union of query and form body parameters, as Alibaba signs them.
@@ -641,6 +705,7 @@ fn dispatch(state: &mut State_, params: &BTreeMap<String, String>) -> Response {
                 instance.status = "EngineVersionUpgrading".to_string();
                 *upgrade = Some((target.to_string(), Instant::now() + upgrade_duration));
             }
+            state.started.push(id.to_string());
             json_response(200, &json!({ "RequestId": new_request_id() }))
         }
     }
@@ -650,4 +715,126 @@ fn dispatch(state: &mut State_, params: &BTreeMap<String, String>) -> Response {
 fn version_key(v: &str) -> (u32, u32) {
     let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
     (major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
+}
+
+/// Connections the sandbox can cut on purpose (`Fault::Drop`): each accepted socket carries a
+/// flag; once a handler sets it, the next read or write fails and the socket closes with a reset.
+mod connection {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub(super) struct SeverableListener(TcpListener);
+
+    impl SeverableListener {
+        pub(super) fn new(listener: TcpListener) -> Self {
+            Self(listener)
+        }
+    }
+
+    impl axum::serve::Listener for SeverableListener {
+        type Io = Severable;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                match self.0.accept().await {
+                    Ok((stream, addr)) => {
+                        let severed = Arc::new(AtomicBool::new(false));
+                        return (Severable { stream, severed }, addr);
+                    }
+                    // E.g. out of file descriptors: wait a little rather than spin.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sandbox cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<Self::Addr> {
+            self.0.local_addr()
+        }
+    }
+
+    /// A handler's handle on its connection.
+    #[derive(Clone)]
+    pub(super) struct Connection(Arc<AtomicBool>);
+
+    impl Connection {
+        pub(super) fn sever(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, SeverableListener>>
+        for Connection
+    {
+        fn connect_info(stream: axum::serve::IncomingStream<'_, SeverableListener>) -> Self {
+            Self(Arc::clone(&stream.io().severed))
+        }
+    }
+
+    pub(super) struct Severable {
+        stream: TcpStream,
+        severed: Arc<AtomicBool>,
+    }
+
+    impl Severable {
+        fn cut(&self) -> Option<io::Error> {
+            if !self.severed.load(Ordering::SeqCst) {
+                return None;
+            }
+            // Closing with a zero linger sends a reset rather than an orderly end.
+            let _ = self.stream.set_zero_linger();
+            Some(io::Error::from(io::ErrorKind::ConnectionReset))
+        }
+    }
+
+    impl AsyncRead for Severable {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.cut() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Pin::new(&mut self.stream).poll_read(cx, buf),
+            }
+        }
+    }
+
+    impl AsyncWrite for Severable {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.cut() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Pin::new(&mut self.stream).poll_write(cx, buf),
+            }
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.cut() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Pin::new(&mut self.stream).poll_flush(cx),
+            }
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.cut() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Pin::new(&mut self.stream).poll_shutdown(cx),
+            }
+        }
+    }
 }

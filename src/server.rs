@@ -18,7 +18,6 @@ use crate::gate::{self, Gate};
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::service::EngineVersionService;
-use crate::validation::Validator;
 
 /// The fully qualified service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "dds.gateway.v1.EngineVersionService";
@@ -89,11 +88,7 @@ pub async fn serve(
     // ---- end issue 5 ----
 
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    let service = EngineVersionService::new(
-        Validator::new(&config),
-        client,
-        config.server.request_timeout,
-    );
+    let service = EngineVersionService::from_config(&config, client, None);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);

@@ -1,5 +1,7 @@
-//! The `dds.gateway.v1.EngineVersionService` implementation: validate, then call Alibaba Cloud
-//! within the caller's deadline, and answer with the result or the mapped error.
+//! The `dds.gateway.v1.EngineVersionService` implementation: validate, then carry out the
+//! upgrade (idempotency, preflight, upgrade, reconcile: [`upgrade`](crate::upgrade)) or read the
+//! instance's status ([`status`](crate::status)) within the caller's deadline, and answer with
+//! the result or the mapped error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,30 +11,90 @@ use tonic::{Request, Response, Status};
 
 use crate::alibaba::AlibabaClient;
 use crate::auth::Caller;
+use crate::config::Config;
 use crate::deadline;
 use crate::error::Error;
+use crate::idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 use crate::pb;
-use crate::validation::{ValidUpgradeRequest, Validator};
+use crate::status::{StatusReader, WatchStream};
+use crate::upgrade::{Outcome, UpgradeSettings, Upgrader};
+use crate::validation::Validator;
+
+/// Response metadata set when the gateway saw the upgrade under way instead of getting Alibaba's
+/// answer, so `alibaba_request_id` is empty: `dds-gateway-upgrade: reconciled`.
+pub const RECONCILED_HEADER: &str = "dds-gateway-upgrade";
+/// Response metadata set when the answer is a replay of an earlier call with the same
+/// `request_id`: `dds-gateway-idempotent-replay: true`.
+pub const REPLAYED_HEADER: &str = "dds-gateway-idempotent-replay";
+
+/// The idempotency scope of calls without an authenticated caller (loopback, no `[[callers]]`).
+const ANONYMOUS_CALLER: &str = "";
 
 /// The gateway's gRPC service.
 #[derive(Debug, Clone)]
 pub struct EngineVersionService {
     validator: Validator,
-    client: Arc<AlibabaClient>,
+    upgrader: Upgrader,
+    status: StatusReader,
     request_timeout: Duration,
+    watch_limit: Duration,
 }
 
 impl EngineVersionService {
+    /// A service with the default settings of every configuration key not given here.
     pub fn new(
         validator: Validator,
         client: Arc<AlibabaClient>,
         request_timeout: Duration,
     ) -> Self {
+        let mut config = crate::config::Config::from_toml(
+            "",
+            "defaults",
+            |_| None,
+            &crate::config::Overrides::default(),
+        )
+        .unwrap_or_else(|_| unreachable!("the defaults are a valid configuration"));
+        config.server.request_timeout = request_timeout;
+        Self::with_validator(validator, &config, client, None)
+    }
+
+    /// The service `config` describes; `store` replaces the in-memory idempotency store.
+    pub fn from_config(
+        config: &Config,
+        client: Arc<AlibabaClient>,
+        store: Option<Arc<dyn IdempotencyStore>>,
+    ) -> Self {
+        Self::with_validator(Validator::new(config), config, client, store)
+    }
+
+    fn with_validator(
+        validator: Validator,
+        config: &Config,
+        client: Arc<AlibabaClient>,
+        store: Option<Arc<dyn IdempotencyStore>>,
+    ) -> Self {
+        let store = store.unwrap_or_else(|| {
+            Arc::new(MemoryStore::new(
+                config.idempotency.retention,
+                config.idempotency.max_keys,
+            ))
+        });
+        let settings = UpgradeSettings {
+            preflight: config.alibaba.preflight,
+            retry: config.alibaba.retry,
+        };
         Self {
             validator,
-            client,
-            request_timeout,
+            upgrader: Upgrader::new(Arc::clone(&client), settings, Idempotency::new(store)),
+            status: StatusReader::new(client, config.alibaba.retry, config.watch.poll_interval),
+            request_timeout: config.server.request_timeout,
+            watch_limit: config.watch.max_duration,
         }
+    }
+
+    /// Status reads, for tests and metrics (e.g. how many watches are running).
+    pub fn status_reader(&self) -> &StatusReader {
+        &self.status
     }
 
     async fn upgrade(
@@ -40,38 +102,14 @@ impl EngineVersionService {
         request: pb::UpgradeEngineVersionRequest,
         deadline: Instant,
         caller: Option<&Caller>,
-    ) -> Result<pb::UpgradeEngineVersionResponse, Error> {
+    ) -> Result<Outcome, Error> {
         let request = self.validator.validate(request)?;
         // The gate admitted the caller; its policy decides before anything reaches Alibaba.
         if let Some(caller) = caller {
             caller.policy().check(caller.name(), &request)?;
         }
-        if request.validate_only() {
-            return Ok(response(&request, String::new()));
-        }
-        let call = self.client.upgrade_db_instance_engine_version(
-            request.region_id(),
-            request.db_instance_id(),
-            request.engine_version(),
-            request.switch_mode().map(|m| m.as_param()),
-        );
-        let alibaba_request_id = tokio::time::timeout_at(deadline, call)
-            .await
-            .map_err(|_| Error::DeadlineExceeded)??;
-        Ok(response(&request, alibaba_request_id))
-    }
-}
-
-fn response(
-    request: &ValidUpgradeRequest,
-    alibaba_request_id: String,
-) -> pb::UpgradeEngineVersionResponse {
-    pb::UpgradeEngineVersionResponse {
-        alibaba_request_id,
-        db_instance_id: request.db_instance_id().to_string(),
-        engine_version: request.engine_version().to_string(),
-        previous_engine_version: String::new(),
-        validate_only: request.validate_only(),
+        let scope = caller.map_or(ANONYMOUS_CALLER, Caller::name);
+        self.upgrader.run(request, scope, deadline).await
     }
 }
 
@@ -82,10 +120,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::UpgradeEngineVersionRequest>,
     ) -> Result<Response<pb::UpgradeEngineVersionResponse>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
-        let caller = request
-            .extensions()
-            .get::<crate::gate::Admitted>()
-            .map(|a| std::sync::Arc::clone(&a.0));
+        let caller = admitted(&request);
         let caller_name = caller.as_ref().map_or("", |c| c.name()).to_string();
         let message = request.into_inner();
         let (instance, version, region) = (
@@ -94,16 +129,33 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             message.region_id.clone(),
         );
         match self.upgrade(message, deadline, caller.as_deref()).await {
-            Ok(answer) => {
+            Ok(Outcome { accepted, replayed }) => {
+                let answer = accepted.response;
                 tracing::info!(
                     caller = %caller_name,
                     db_instance_id = %answer.db_instance_id,
                     engine_version = %answer.engine_version,
+                    previous_engine_version = %answer.previous_engine_version,
                     validate_only = answer.validate_only,
                     alibaba_request_id = %answer.alibaba_request_id,
+                    reconciled = accepted.reconciled,
+                    replayed,
                     "upgrade accepted"
                 );
-                Ok(Response::new(answer))
+                let mut response = Response::new(answer);
+                if accepted.reconciled {
+                    response.metadata_mut().insert(
+                        RECONCILED_HEADER,
+                        tonic::metadata::MetadataValue::from_static("reconciled"),
+                    );
+                }
+                if replayed {
+                    response.metadata_mut().insert(
+                        REPLAYED_HEADER,
+                        tonic::metadata::MetadataValue::from_static("true"),
+                    );
+                }
+                Ok(response)
             }
             Err(err) => {
                 let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
@@ -124,6 +176,86 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             }
         }
     }
+
+    async fn get_engine_version(
+        &self,
+        request: Request<pb::GetEngineVersionRequest>,
+    ) -> Result<Response<pb::GetEngineVersionResponse>, Status> {
+        let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
+        let caller = admitted(&request);
+        let message = request.into_inner();
+        let instance = self
+            .validator
+            .validate_instance(&message.db_instance_id, &message.region_id, None)
+            .map_err(|e| Status::from(Error::from(e)))?;
+        authorise_read(caller.as_deref(), &instance)?;
+        match self.status.get(&instance, deadline).await {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(err) => Err(logged("get engine version", &message.db_instance_id, err)),
+        }
+    }
+
+    type WatchUpgradeStream = WatchStream;
+
+    async fn watch_upgrade(
+        &self,
+        request: Request<pb::WatchUpgradeRequest>,
+    ) -> Result<Response<Self::WatchUpgradeStream>, Status> {
+        let deadline = deadline::effective(request.extensions().get(), self.watch_limit);
+        let caller = admitted(&request);
+        let message = request.into_inner();
+        let instance = self
+            .validator
+            .validate_instance(
+                &message.db_instance_id,
+                &message.region_id,
+                Some(&message.engine_version),
+            )
+            .map_err(|e| Status::from(Error::from(e)))?;
+        authorise_read(caller.as_deref(), &instance)?;
+        Ok(Response::new(self.status.watch(
+            instance,
+            message.engine_version,
+            deadline,
+        )))
+    }
+}
+
+/// The caller the gate admitted, if callers are configured.
+fn admitted<T>(request: &Request<T>) -> Option<std::sync::Arc<Caller>> {
+    request
+        .extensions()
+        .get::<crate::gate::Admitted>()
+        .map(|a| std::sync::Arc::clone(&a.0))
+}
+
+/// A caller's policy also bounds what it may read.
+fn authorise_read(
+    caller: Option<&Caller>,
+    instance: &crate::validation::InstanceRef,
+) -> Result<(), Status> {
+    match caller {
+        Some(caller) => caller
+            .policy()
+            .check_read(caller.name(), instance)
+            .map_err(|denied| Status::from(Error::from(denied))),
+        None => Ok(()),
+    }
+}
+
+/// Logs a failed status read with the code the caller gets, and returns that status.
+fn logged(what: &str, db_instance_id: &str, err: Error) -> Status {
+    let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
+    let detail = err.to_string();
+    let status = Status::from(err);
+    tracing::warn!(
+        db_instance_id = %short(db_instance_id),
+        grpc_code = ?status.code(),
+        alibaba_code = %alibaba_code,
+        error = %detail,
+        "{what} failed"
+    );
+    status
 }
 
 /// A caller-supplied value cut for a log line.

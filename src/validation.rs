@@ -167,6 +167,63 @@ impl Validator {
     }
 }
 
+/// An instance a status request names: a valid id and its region (the default when empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRef {
+    pub db_instance_id: String,
+    pub region_id: String,
+}
+
+impl Validator {
+    /// Validates the instance of `GetEngineVersion` and `WatchUpgrade`, and for the latter the
+    /// target version (`Some`, then required and one of the configured versions).
+    pub fn validate_instance(
+        &self,
+        db_instance_id: &str,
+        region_id: &str,
+        engine_version: Option<&str>,
+    ) -> Result<InstanceRef, ValidationError> {
+        let mut violations = Vec::new();
+        if let Err(description) = check_instance_id(db_instance_id) {
+            violations.push(FieldViolation {
+                field: "db_instance_id",
+                description,
+            });
+        }
+        if let Some(version) = engine_version
+            && !self.engine_versions.iter().any(|v| v == version)
+        {
+            violations.push(FieldViolation {
+                field: "engine_version",
+                description: format!(
+                    "is required and must be one of {}, got {}",
+                    self.engine_versions.join(", "),
+                    quoted(version)
+                ),
+            });
+        }
+        if !region_id.is_empty()
+            && let Err(description) = endpoint::check_region(region_id, self.explicit_endpoint)
+        {
+            violations.push(FieldViolation {
+                field: "region_id",
+                description,
+            });
+        }
+        if !violations.is_empty() {
+            return Err(ValidationError { violations });
+        }
+        Ok(InstanceRef {
+            db_instance_id: db_instance_id.to_string(),
+            region_id: if region_id.is_empty() {
+                self.default_region.clone()
+            } else {
+                region_id.to_string()
+            },
+        })
+    }
+}
+
 /// `dds-` followed by lowercase ASCII letters and digits, at most 64 characters in all.
 fn check_instance_id(id: &str) -> Result<(), String> {
     if id.is_empty() {

@@ -202,7 +202,11 @@ async fn each_policy_rule_denies_by_name_and_never_reveals_other_callers() {
         assert!(!text.contains(other), "{text}");
         assert!(!text.contains("dds-sandbox0*"), "{text}");
     }
-    // A validate-only caller may validate what its other rules allow.
+    assert!(
+        gw.sandbox.received().is_empty(),
+        "denied calls never reach Alibaba"
+    );
+    // A validate-only caller may validate what its other rules allow (preflight reads only).
     let ok = call(
         &gw.client,
         with_token(
@@ -216,7 +220,7 @@ async fn each_policy_rule_denies_by_name_and_never_reveals_other_callers() {
     .await
     .unwrap();
     assert!(ok.validate_only && ok.alibaba_request_id.is_empty());
-    assert!(gw.sandbox.received().is_empty());
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -265,7 +269,8 @@ async fn a_caller_over_its_rate_is_resource_exhausted_and_others_are_not() {
 async fn overload_is_shed_at_once_and_calls_in_flight_finish() {
     let gw = gateway("max_in_flight = 2", &callers_toml()).await;
     for _ in 0..2 {
-        gw.sandbox.push_fault(Fault::Delay(Duration::from_secs(3)));
+        gw.sandbox
+            .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3)));
     }
     let in_flight: Vec<_> = ["dds-sandbox01", "dds-sandbox02"]
         .into_iter()
@@ -835,5 +840,5 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
         panic!("no credentials is refused");
     };
     assert!(text.contains("CALLER_CREDENTIALS_MISSING"), "{text}");
-    assert!(gw.sandbox.received().is_empty());
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0, "validate-only never upgrades");
 }

@@ -243,3 +243,56 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
     let _ = gateway.process.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_watch_print_the_instance_and_its_changes() {
+    let gw = Gateway::start_with(common::Options {
+        sandbox: dds_gateway::sandbox::SandboxConfig {
+            upgrade_duration: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        configure: Some(|config| {
+            config.watch.poll_interval = std::time::Duration::from_millis(20);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let target = format!("http://{}", gw.addr);
+    let (code, stdout, stderr) = run(
+        &["status", "--target", &target, "--instance", "dds-sandbox01"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("status: Running")
+            && stdout.contains("engine_version: 4.2")
+            && stdout.contains("available_engine_versions: 4.4, 5.0"),
+        "{stdout}"
+    );
+
+    gw.upgrade(common::request("dds-sandbox01", "4.4"))
+        .await
+        .unwrap();
+    let args = [
+        "watch",
+        "--target",
+        &target,
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "4.4",
+    ];
+    let (code, stdout, stderr) = run(&args, &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"dds-sandbox01 Running engine_version 4.4 (target 4.4): done"),
+        "{stdout}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("dds-sandbox01 ")),
+        "{stdout}"
+    );
+}

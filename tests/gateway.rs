@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Gateway, Options, request, wait_until};
-use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::alibaba::action::{
+    DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
+};
 use dds_gateway::credentials::{Credential, Secret};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Fault, SandboxConfig};
@@ -33,10 +35,20 @@ async fn upgrade_is_signed_sent_once_and_answered_with_the_request_id() {
 
     assert_eq!(answer.db_instance_id, "dds-sandbox01");
     assert_eq!(answer.engine_version, "4.4");
+    assert_eq!(answer.previous_engine_version, "4.2", "from the preflight");
     assert!(!answer.validate_only);
     let received = gw.sandbox.received();
-    assert_eq!(received.len(), 1);
-    let sent = &received[0];
+    let actions: Vec<&str> = received.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "DescribeDBInstanceAttribute",
+            "DescribeAvailableEngineVersion",
+            UPGRADE
+        ],
+        "preflight, then one upgrade"
+    );
+    let sent = &received[2];
     assert_eq!(sent.method, "POST");
     assert_eq!(sent.raw_query, None, "nothing travels in the URL");
     assert_eq!(sent.action, UPGRADE);
@@ -71,6 +83,19 @@ async fn unspecified_switch_mode_sends_nothing_and_each_attempt_gets_a_fresh_non
     gw.upgrade(request("dds-sandbox01", "5.0")).await.unwrap();
     gw.upgrade(request("dds-sandbox02", "5.0")).await.unwrap();
     let received = gw.sandbox.received();
+    let nonces: std::collections::HashSet<&str> = received
+        .iter()
+        .map(|r| r.params["SignatureNonce"].as_str())
+        .collect();
+    assert_eq!(
+        nonces.len(),
+        received.len(),
+        "every request has its own nonce"
+    );
+    let received: Vec<_> = received
+        .into_iter()
+        .filter(|r| r.action == UPGRADE)
+        .collect();
     assert!(!received[0].params.contains_key("SwitchMode"));
     assert_ne!(
         received[0].params["SignatureNonce"],
@@ -164,9 +189,15 @@ async fn validate_only_upgrades_nothing() {
     );
 }
 
+/// Without preflight, so the upgrade call itself meets each error (`tests/safe_upgrades.rs`
+/// covers the preflight's own answers).
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_business_errors_map_to_precise_codes() {
-    let gw = Gateway::start().await;
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.preflight = false),
+        ..Default::default()
+    })
+    .await;
     let cases = [
         (
             "dds-nope1",
@@ -223,12 +254,20 @@ async fn upstream_business_errors_map_to_precise_codes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn throttling_is_resource_exhausted_with_alibabas_retry_delay() {
-    let gw = Gateway::start().await;
-    gw.sandbox.push_fault(Fault::Error {
-        status: 400,
-        code: "Throttling.User",
-        retry_after_ms: Some(1500),
-    });
+    // One attempt: the throttled answer reaches the caller (retries: `tests/safe_upgrades.rs`).
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.retry.max_attempts = 1),
+        ..Default::default()
+    })
+    .await;
+    gw.sandbox.push_fault_on(
+        UPGRADE,
+        Fault::Error {
+            status: 400,
+            code: "Throttling.User",
+            retry_after_ms: Some(1500),
+        },
+    );
     let status = gw
         .upgrade(request("dds-sandbox01", "5.0"))
         .await
@@ -241,8 +280,14 @@ async fn throttling_is_resource_exhausted_with_alibabas_retry_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+/// On a read (the preflight's describe), where no outcome needs reconciling; one attempt, so the
+/// fault reaches the caller. Upgrade calls meeting these: `tests/safe_upgrades.rs`.
 async fn upstream_outages_are_unavailable_and_unreadable_answers_internal() {
-    let gw = Gateway::start().await;
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.retry.max_attempts = 1),
+        ..Default::default()
+    })
+    .await;
     let cases = [
         (
             Fault::Error {
@@ -279,7 +324,7 @@ async fn upstream_outages_are_unavailable_and_unreadable_answers_internal() {
         ),
     ];
     for (fault, code, reason) in cases {
-        gw.sandbox.push_fault(fault);
+        gw.sandbox.push_fault_on(DESCRIBE, fault);
         let status = gw
             .upgrade(request("dds-sandbox01", "5.0"))
             .await
@@ -289,6 +334,7 @@ async fn upstream_outages_are_unavailable_and_unreadable_answers_internal() {
             assert!(status.get_details_retry_info().is_some());
         }
     }
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

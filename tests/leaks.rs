@@ -140,7 +140,12 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
                 .await
         ));
     }
-    assert_eq!(callers_gateway.sandbox.received().len(), 1);
+    assert_eq!(
+        callers_gateway
+            .sandbox
+            .calls("UpgradeDBInstanceEngineVersion"),
+        1
+    );
     answers.push(format!(
         "{:?} {:?} {:?}",
         gw.sandbox.credential(),

@@ -1,5 +1,6 @@
-//! Alibaba Cloud API answers: the success body of `UpgradeDBInstanceEngineVersion`, and the
-//! error body (`Code`, `Message`, `RequestId`, `HostId`, `Recommend`) in JSON or XML.
+//! Alibaba Cloud API answers: the success bodies of `UpgradeDBInstanceEngineVersion`,
+//! `DescribeDBInstanceAttribute` and `DescribeAvailableEngineVersion`, and the error body
+//! (`Code`, `Message`, `RequestId`, `HostId`, `Recommend`) in JSON or XML.
 
 use std::time::Duration;
 
@@ -37,6 +38,115 @@ impl std::fmt::Debug for UpstreamError {
 pub struct RequestIdBody {
     #[serde(rename = "RequestId")]
     pub request_id: String,
+}
+
+/// What `DescribeDBInstanceAttribute` says about one instance (the fields the gateway uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceAttribute {
+    pub db_instance_id: String,
+    /// `DBInstanceStatus`, e.g. `Running`, `EngineVersionUpgrading`.
+    pub status: String,
+    /// The major engine version, e.g. `4.4`.
+    pub engine_version: String,
+    /// The instance's region; empty when the answer did not say.
+    pub region_id: String,
+    /// The `RequestId` of the describe call.
+    pub request_id: String,
+}
+
+#[derive(Deserialize)]
+struct AttributeBody {
+    #[serde(rename = "RequestId", default)]
+    request_id: String,
+    #[serde(rename = "DBInstances")]
+    instances: AttributeInstances,
+}
+
+#[derive(Deserialize)]
+struct AttributeInstances {
+    #[serde(rename = "DBInstance", default)]
+    instance: Vec<AttributeInstance>,
+}
+
+#[derive(Deserialize)]
+struct AttributeInstance {
+    #[serde(rename = "DBInstanceId")]
+    db_instance_id: String,
+    #[serde(rename = "DBInstanceStatus")]
+    status: String,
+    #[serde(rename = "EngineVersion")]
+    engine_version: String,
+    #[serde(rename = "RegionId", default)]
+    region_id: String,
+}
+
+/// Parses a `DescribeDBInstanceAttribute` answer. `Ok(None)` when it lists no instance with
+/// that id; `Err(())` when the body is not the documented shape.
+#[allow(clippy::result_unit_err)]
+pub fn parse_instance_attribute(
+    body: &[u8],
+    db_instance_id: &str,
+) -> Result<Option<InstanceAttribute>, ()> {
+    let parsed: AttributeBody = serde_json::from_slice(body).map_err(|_| ())?;
+    Ok(parsed
+        .instances
+        .instance
+        .into_iter()
+        .find(|i| i.db_instance_id == db_instance_id)
+        .map(|i| InstanceAttribute {
+            db_instance_id: i.db_instance_id,
+            status: i.status,
+            engine_version: i.engine_version,
+            region_id: i.region_id,
+            request_id: parsed.request_id.clone(),
+        }))
+}
+
+/// What `DescribeAvailableEngineVersion` offers an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvailableEngineVersions {
+    /// The versions the instance can be upgraded to; empty when it runs the latest.
+    pub versions: Vec<String>,
+    pub request_id: String,
+}
+
+/// Parses a `DescribeAvailableEngineVersion` answer. Alibaba documents an empty string when the
+/// instance runs the latest version, so `EngineVersions` may be `""`, absent, an object with a
+/// list, or an object with one string; all of those are read. `Err(())` for anything else.
+#[allow(clippy::result_unit_err)]
+pub fn parse_available_engine_versions(body: &[u8]) -> Result<AvailableEngineVersions, ()> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| ())?;
+    let object = value.as_object().ok_or(())?;
+    let request_id = object
+        .get("RequestId")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let strings = |v: &serde_json::Value| -> Result<Vec<String>, ()> {
+        match v {
+            serde_json::Value::Null => Ok(Vec::new()),
+            serde_json::Value::String(s) if s.is_empty() => Ok(Vec::new()),
+            serde_json::Value::String(s) => Ok(vec![s.clone()]),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).ok_or(()))
+                .collect(),
+            _ => Err(()),
+        }
+    };
+    let versions = match object.get("EngineVersions") {
+        None => Vec::new(),
+        Some(serde_json::Value::Object(inner)) => strings(
+            inner
+                .get("EngineVersion")
+                .unwrap_or(&serde_json::Value::Null),
+        )?,
+        Some(other) => strings(other)?,
+    };
+    Ok(AvailableEngineVersions {
+        versions,
+        request_id,
+    })
 }
 
 /// The error body's fields; darabonba also reads lower-case variants, so do we.
@@ -173,6 +283,70 @@ mod tests {
             &[0xff, 0xfe],
         ] {
             assert!(parse_error(502, body, None).is_none(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_instance_attribute() {
+        let body = br#"{"RequestId":"A935","DBInstances":{"DBInstance":[{"DBInstanceId":"dds-bp1","DBInstanceStatus":"Running","EngineVersion":"4.4","Engine":"MongoDB","RegionId":"cn-hangzhou","ReplicaSets":{"ReplicaSet":[]}}]}}"#;
+        let attribute = parse_instance_attribute(body, "dds-bp1").unwrap().unwrap();
+        assert_eq!(
+            attribute,
+            InstanceAttribute {
+                db_instance_id: "dds-bp1".into(),
+                status: "Running".into(),
+                engine_version: "4.4".into(),
+                region_id: "cn-hangzhou".into(),
+                request_id: "A935".into(),
+            }
+        );
+        assert_eq!(parse_instance_attribute(body, "dds-other").unwrap(), None);
+        let empty = br#"{"RequestId":"x","DBInstances":{"DBInstance":[]}}"#;
+        assert_eq!(parse_instance_attribute(empty, "dds-bp1").unwrap(), None);
+        for bad in [
+            &b"{}"[..],
+            b"not json",
+            br#"{"DBInstances":{"DBInstance":[{"DBInstanceId":"dds-bp1"}]}}"#,
+        ] {
+            assert!(parse_instance_attribute(bad, "dds-bp1").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_every_documented_form_of_available_versions() {
+        let cases: &[(&[u8], &[&str])] = &[
+            (
+                br#"{"RequestId":"52","EngineVersions":{"EngineVersion":["4.0","4.4"]}}"#,
+                &["4.0", "4.4"],
+            ),
+            (
+                br#"{"RequestId":"52","EngineVersions":{"EngineVersion":"5.0"}}"#,
+                &["5.0"],
+            ),
+            (br#"{"RequestId":"52","EngineVersions":""}"#, &[]),
+            (
+                br#"{"RequestId":"52","EngineVersions":{"EngineVersion":[]}}"#,
+                &[],
+            ),
+            (br#"{"RequestId":"52"}"#, &[]),
+        ];
+        for (body, expected) in cases {
+            let parsed = parse_available_engine_versions(body).unwrap();
+            assert_eq!(
+                parsed.versions,
+                *expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(parsed.request_id, "52");
+        }
+        for bad in [
+            &b"[]"[..],
+            b"{",
+            br#"{"EngineVersions":{"EngineVersion":[4]}}"#,
+            br#"{"EngineVersions":7}"#,
+        ] {
+            assert!(parse_available_engine_versions(bad).is_err(), "{bad:?}");
         }
     }
 

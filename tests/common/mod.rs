@@ -33,6 +33,8 @@ pub struct Options {
     pub credential: Option<Credential>,
     /// Sends upstream calls here instead of the sandbox.
     pub endpoint: Option<String>,
+    /// Changes the configuration before the gateway starts (preflight, retries, watch...).
+    pub configure: Option<fn(&mut Config)>,
 }
 
 impl Gateway {
@@ -47,6 +49,9 @@ impl Gateway {
             Some(url) => url.parse().unwrap(),
             None => sandbox.endpoint(),
         });
+        if let Some(configure) = options.configure {
+            configure(&mut config);
+        }
         let credential = options.credential.unwrap_or_else(|| sandbox.credential());
         Self::serve(config, Arc::new(StaticProvider::new(credential)), sandbox).await
     }

@@ -128,4 +128,24 @@ def test_reflection_serves_the_proto(channel):
     ours = [f for f in files if f.package == "dds.gateway.v1"]
     assert ours, [f.name for f in files]
     services = {s.name: s for f in ours for s in f.service}
-    assert [m.name for m in services["EngineVersionService"].method] == ["UpgradeEngineVersion"]
+    methods = {m.name: m for m in services["EngineVersionService"].method}
+    assert list(methods) == ["UpgradeEngineVersion", "GetEngineVersion", "WatchUpgrade"]
+    assert methods["WatchUpgrade"].server_streaming and not methods["WatchUpgrade"].client_streaming
+    assert not methods["UpgradeEngineVersion"].server_streaming
+
+
+def test_get_engine_version(stub, gateway_pb):
+    resp = stub.GetEngineVersion(gateway_pb.pb2.GetEngineVersionRequest(db_instance_id="dds-sandbox01"), timeout=10)
+    assert (resp.status, resp.engine_version, resp.region_id) == ("Running", "4.2", "cn-hangzhou")
+    assert list(resp.available_engine_versions)[:2] == ["4.4", "5.0"]
+
+
+def test_watch_upgrade_streams_until_the_deadline(stub, gateway_pb):
+    # Nothing upgrades dds-sandbox03 to 8.0: one message with its state, then the deadline.
+    req = gateway_pb.pb2.WatchUpgradeRequest(db_instance_id="dds-sandbox03", engine_version="8.0")
+    messages = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for message in stub.WatchUpgrade(req, timeout=1.5):
+            messages.append(message)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [(m.status, m.engine_version, m.done) for m in messages] == [("Running", "5.0", False)]

@@ -1,0 +1,336 @@
+//! Retries of Alibaba Cloud calls that cannot double-apply. Each attempt is a fresh call of
+//! [`AlibabaClient::call`](super::AlibabaClient::call), so it is signed anew (new
+//! `SignatureNonce` and `Timestamp`). Delays are exponential with full jitter, or exactly what
+//! Alibaba asked for in `x-acs-retry-after`, and no retry starts that could not finish before
+//! the caller's deadline.
+//!
+//! What may be retried depends on what the call does ([`Effect`]): a read is retried on any
+//! transient failure; `UpgradeDBInstanceEngineVersion`, which has no client token, only when
+//! Alibaba surely did not act on it (throttled, or the connection was refused before the request
+//! was sent). Anything else about an upgrade is for the caller of [`retry`] to reconcile.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::CallError;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 means never retry.
+    pub max_attempts: u32,
+    /// The backoff ceiling of the first retry; it doubles for each later one.
+    pub base_delay: Duration,
+    /// The largest backoff ceiling (an `x-acs-retry-after` is honoured even when longer).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The full-jitter backoff before retry number `retry` (1 for the first retry): a uniform
+    /// draw from `[0, min(max_delay, base_delay * 2^(retry-1))]`, `random` being the draw.
+    pub fn backoff(&self, retry: u32, random: u64) -> Duration {
+        let exponent = retry.saturating_sub(1).min(31);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_delay);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(random % ceiling_ms.saturating_add(1))
+    }
+}
+
+/// What a call does, which decides what may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Reads (`Describe*`): retried on any transient failure.
+    Read,
+    /// Changes something and carries no client token: retried only when Alibaba surely did not
+    /// act on the failed attempt.
+    Change,
+}
+
+/// Alibaba's throttling codes (`Throttling`, `Throttling.User`, `Throttling.Api`, ...).
+pub fn is_throttling(code: &str) -> bool {
+    code.starts_with("Throttling") || code == "Rejected.Throttling"
+}
+
+/// Whether Alibaba surely did not act on a request that failed this way: it was throttled
+/// (refused at Alibaba's front door), or the connection failed before the request was sent.
+pub fn surely_not_applied(err: &CallError) -> bool {
+    match err {
+        CallError::Unreachable(_) => true,
+        CallError::Upstream(e) => is_throttling(&e.code),
+        _ => false,
+    }
+}
+
+/// Whether a read that failed this way is worth trying again.
+fn transient(err: &CallError) -> bool {
+    match err {
+        CallError::Unreachable(_) | CallError::OutcomeUnknown(_) => true,
+        CallError::Upstream(e) => {
+            is_throttling(&e.code)
+                || e.http_status >= 500
+                || matches!(
+                    e.code.as_str(),
+                    "ServiceUnavailable" | "InternalError" | "System.Busy"
+                )
+        }
+        CallError::Unreadable { http_status } => *http_status >= 500,
+        CallError::Credentials(_) | CallError::Unsupported(_) => false,
+    }
+}
+
+fn may_retry(effect: Effect, err: &CallError) -> bool {
+    match effect {
+        Effect::Read => transient(err),
+        Effect::Change => surely_not_applied(err),
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails in a way [`Effect`] says not to retry, has been tried
+/// `policy.max_attempts` times, or the next delay would end after `deadline`; then returns the
+/// last failure.
+pub async fn retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    effect: Effect,
+    deadline: Instant,
+    action: &'static str,
+    mut attempt: F,
+) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CallError>>,
+{
+    let mut attempts = 1;
+    loop {
+        let err = match attempt().await {
+            Ok(answer) => return Ok(answer),
+            Err(err) => err,
+        };
+        if attempts >= policy.max_attempts || !may_retry(effect, &err) {
+            return Err(err);
+        }
+        let delay = match &err {
+            CallError::Upstream(e) if e.retry_after.is_some() => e.retry_after.unwrap_or_default(),
+            _ => policy.backoff(attempts, random()),
+        };
+        if Instant::now() + delay >= deadline {
+            tracing::info!(
+                action,
+                attempts,
+                delay_ms = delay.as_millis() as u64,
+                "not retrying: the caller's deadline would pass first"
+            );
+            return Err(err);
+        }
+        tracing::info!(
+            action,
+            attempt = attempts,
+            delay_ms = delay.as_millis() as u64,
+            error = %err,
+            "retrying alibaba cloud call"
+        );
+        tokio::time::sleep(delay).await;
+        attempts += 1;
+    }
+}
+
+/// A uniformly random number for jitter (not for anything secret): the random bits of a v4 UUID.
+fn random() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alibaba::UpstreamError;
+    use std::sync::Mutex;
+
+    fn upstream(code: &str, http_status: u16, retry_after: Option<Duration>) -> CallError {
+        CallError::Upstream(UpstreamError {
+            http_status,
+            code: code.to_string(),
+            message: String::new(),
+            request_id: None,
+            host_id: None,
+            recommend: None,
+            retry_after,
+        })
+    }
+
+    /// Runs `retry` over scripted failures (then success), returning the result and the instants
+    /// of each attempt relative to the start.
+    async fn run(
+        policy: RetryPolicy,
+        effect: Effect,
+        deadline: Duration,
+        failures: Vec<CallError>,
+    ) -> (Result<&'static str, CallError>, Vec<Duration>) {
+        let start = Instant::now();
+        let script = Mutex::new(failures.into_iter());
+        let seen = Mutex::new(Vec::new());
+        let result = retry(&policy, effect, start + deadline, "Test", || {
+            seen.lock().unwrap().push(start.elapsed());
+            let next = script.lock().unwrap().next();
+            async move { next.map_or(Ok("ok"), Err) }
+        })
+        .await;
+        (result, seen.into_inner().unwrap())
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        for (retry, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            assert_eq!(
+                policy.backoff(retry, ceiling),
+                Duration::from_millis(ceiling),
+                "{retry}"
+            );
+            assert_eq!(
+                policy.backoff(retry, ceiling + 1),
+                Duration::ZERO,
+                "{retry}"
+            );
+            assert_eq!(policy.backoff(retry, 0), Duration::ZERO);
+            for r in [1, 7, 12345, u64::MAX] {
+                assert!(policy.backoff(retry, r) <= Duration::from_millis(ceiling));
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_retry_transient_failures_and_honour_retry_after() {
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Read,
+            Duration::from_secs(60),
+            vec![
+                upstream("Throttling.User", 400, Some(Duration::from_millis(1500))),
+                CallError::OutcomeUnknown("reset".into()),
+            ],
+        )
+        .await;
+        assert_eq!(result.unwrap(), "ok");
+        assert_eq!(at.len(), 3);
+        assert_eq!(
+            at[1],
+            Duration::from_millis(1500),
+            "x-acs-retry-after, exactly"
+        );
+        assert!(
+            at[2] - at[1] <= Duration::from_millis(400),
+            "jittered backoff"
+        );
+
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Read,
+            Duration::from_secs(60),
+            vec![
+                upstream("ServiceUnavailable", 503, None),
+                upstream("InternalError", 500, None),
+            ],
+        )
+        .await;
+        assert_eq!((result.unwrap(), at.len()), ("ok", 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_retry_only_when_alibaba_surely_did_not_act() {
+        for failure in [
+            upstream("Throttling", 400, Some(Duration::from_millis(10))),
+            CallError::Unreachable("refused".into()),
+        ] {
+            let (result, at) = run(
+                RetryPolicy::default(),
+                Effect::Change,
+                Duration::from_secs(60),
+                vec![failure],
+            )
+            .await;
+            assert_eq!((result.unwrap(), at.len()), ("ok", 2));
+        }
+        for failure in [
+            CallError::OutcomeUnknown("timeout after sending".into()),
+            upstream("ServiceUnavailable", 503, None),
+            upstream("InternalError", 500, None),
+            CallError::Unreadable { http_status: 200 },
+            upstream("IncorrectDBInstanceState", 400, None),
+        ] {
+            let (result, at) = run(
+                RetryPolicy::default(),
+                Effect::Change,
+                Duration::from_secs(60),
+                vec![failure],
+            )
+            .await;
+            assert!(result.is_err());
+            assert_eq!(at.len(), 1, "never sent twice on a guess");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_max_attempts_and_before_the_deadline() {
+        let throttled = || upstream("Throttling", 400, Some(Duration::from_secs(2)));
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Change,
+            Duration::from_secs(60),
+            vec![throttled(), throttled(), throttled(), throttled()],
+        )
+        .await;
+        assert!(matches!(result, Err(CallError::Upstream(ref e)) if e.code == "Throttling"));
+        assert_eq!(at.len(), 3, "max_attempts");
+
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Change,
+            Duration::from_secs(3),
+            vec![throttled(), throttled(), throttled()],
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(
+            at,
+            [Duration::ZERO, Duration::from_secs(2)],
+            "a third try would end after the deadline"
+        );
+
+        let (result, at) = run(
+            RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            Effect::Read,
+            Duration::from_secs(60),
+            vec![CallError::Unreachable("refused".into())],
+        )
+        .await;
+        assert_eq!((result.is_err(), at.len()), (true, 1));
+    }
+}

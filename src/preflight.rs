@@ -1,0 +1,173 @@
+//! Checks before an irreversible upgrade, through Alibaba's own view of the instance:
+//! `DescribeDBInstanceAttribute` (it exists in the request's region, is `Running`, and runs a
+//! version lower than the target) and `DescribeAvailableEngineVersion` (the target is offered).
+//! A failure says what the instance's state and version are, so the caller knows what to wait
+//! for or fix. Reads are retried on transient failures (they change nothing).
+
+use tokio::time::Instant;
+
+use crate::alibaba::retry::{self, Effect, RetryPolicy};
+use crate::alibaba::{AlibabaClient, InstanceAttribute, action};
+use crate::error::Error;
+
+/// The state an instance must be in to be upgraded.
+pub const RUNNING: &str = "Running";
+/// The state of an instance whose engine upgrade is under way.
+pub const UPGRADING: &str = "EngineVersionUpgrading";
+
+/// Why an instance cannot be upgraded to the target now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightFailure {
+    #[error("instance {db_instance_id} does not exist in region {region_id}")]
+    NotFound {
+        db_instance_id: String,
+        region_id: String,
+        /// The `RequestId` of the describe call that did not find it.
+        request_id: String,
+    },
+    #[error("instance {} is {}, not Running", .attribute.db_instance_id, .attribute.status)]
+    NotRunning { attribute: InstanceAttribute },
+    #[error("instance {} runs {}, not earlier than {target}", .attribute.db_instance_id, .attribute.engine_version)]
+    NotLater {
+        attribute: InstanceAttribute,
+        target: String,
+    },
+    #[error("Alibaba Cloud does not offer {target} to instance {}", .attribute.db_instance_id)]
+    NotOffered {
+        attribute: InstanceAttribute,
+        target: String,
+        offered: Vec<String>,
+        offered_request_id: String,
+    },
+}
+
+/// `DescribeDBInstanceAttribute`, retried as a read; an instance that is absent, or present in
+/// another region than the one asked for, is [`PreflightFailure::NotFound`].
+pub async fn describe(
+    client: &AlibabaClient,
+    policy: &RetryPolicy,
+    region_id: &str,
+    db_instance_id: &str,
+    deadline: Instant,
+) -> Result<InstanceAttribute, Error> {
+    let found = retry::retry(
+        policy,
+        Effect::Read,
+        deadline,
+        action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
+        || client.describe_db_instance_attribute(region_id, db_instance_id),
+    )
+    .await?;
+    match found {
+        Some(attribute) if attribute.region_id.is_empty() || attribute.region_id == region_id => {
+            Ok(attribute)
+        }
+        other => Err(PreflightFailure::NotFound {
+            db_instance_id: db_instance_id.to_string(),
+            region_id: region_id.to_string(),
+            request_id: other.map(|a| a.request_id).unwrap_or_default(),
+        }
+        .into()),
+    }
+}
+
+/// The versions Alibaba offers the instance (`DescribeAvailableEngineVersion`), retried as a read.
+pub async fn offered_versions(
+    client: &AlibabaClient,
+    policy: &RetryPolicy,
+    region_id: &str,
+    db_instance_id: &str,
+    deadline: Instant,
+) -> Result<crate::alibaba::AvailableEngineVersions, Error> {
+    Ok(retry::retry(
+        policy,
+        Effect::Read,
+        deadline,
+        action::DESCRIBE_AVAILABLE_ENGINE_VERSION,
+        || client.describe_available_engine_version(region_id, db_instance_id),
+    )
+    .await?)
+}
+
+/// Checks that `attribute`'s instance can be upgraded to `target`: `Running`, on an earlier
+/// version, and offered the target by `DescribeAvailableEngineVersion`.
+pub async fn check(
+    client: &AlibabaClient,
+    policy: &RetryPolicy,
+    attribute: &InstanceAttribute,
+    region_id: &str,
+    target: &str,
+    deadline: Instant,
+) -> Result<(), Error> {
+    if attribute.status != RUNNING {
+        return Err(PreflightFailure::NotRunning {
+            attribute: attribute.clone(),
+        }
+        .into());
+    }
+    if version_key(&attribute.engine_version) >= version_key(target) {
+        return Err(PreflightFailure::NotLater {
+            attribute: attribute.clone(),
+            target: target.to_string(),
+        }
+        .into());
+    }
+    let offered = offered_versions(
+        client,
+        policy,
+        region_id,
+        &attribute.db_instance_id,
+        deadline,
+    )
+    .await?;
+    if !offered.versions.iter().any(|v| v == target) {
+        return Err(PreflightFailure::NotOffered {
+            attribute: attribute.clone(),
+            target: target.to_string(),
+            offered: offered.versions,
+            offered_request_id: offered.request_id,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether an instance shows that an upgrade to `target` was applied: it is upgrading, or
+/// already runs the target.
+pub fn shows_upgrade(attribute: &InstanceAttribute, target: &str) -> bool {
+    attribute.status == UPGRADING || attribute.engine_version == target
+}
+
+/// Orders `major.minor` versions numerically (`4.10` after `4.9`); unparsable parts count 0.
+pub fn version_key(version: &str) -> (u32, u32) {
+    let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
+    (major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_order_numerically() {
+        assert!(version_key("4.10") > version_key("4.9"));
+        assert!(version_key("10.0") > version_key("8.0"));
+        assert!(version_key("4.4") < version_key("5.0"));
+        assert_eq!(version_key("5"), (5, 0));
+    }
+
+    #[test]
+    fn an_upgrade_shows_as_upgrading_or_on_the_target() {
+        let attribute = |status: &str, version: &str| InstanceAttribute {
+            db_instance_id: "dds-a".into(),
+            status: status.into(),
+            engine_version: version.into(),
+            region_id: String::new(),
+            request_id: String::new(),
+        };
+        assert!(shows_upgrade(&attribute(UPGRADING, "4.2"), "4.4"));
+        assert!(shows_upgrade(&attribute(RUNNING, "4.4"), "4.4"));
+        assert!(!shows_upgrade(&attribute(RUNNING, "4.2"), "4.4"));
+        assert!(!shows_upgrade(&attribute("Rebooting", "4.2"), "4.4"));
+    }
+}

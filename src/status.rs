@@ -1,0 +1,165 @@
+//! Upgrade status for callers: `GetEngineVersion` (the instance's version, state and offered
+//! targets) and `WatchUpgrade` (a stream of state changes until the instance is `Running` on the
+//! target, the caller's deadline passes, or the caller goes away). Both read through
+//! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::alibaba::AlibabaClient;
+use crate::alibaba::retry::RetryPolicy;
+use crate::error::Error;
+use crate::pb;
+use crate::preflight;
+use crate::validation::InstanceRef;
+
+/// The stream `WatchUpgrade` answers with.
+pub type WatchStream = ReceiverStream<Result<pb::WatchUpgradeResponse, Status>>;
+
+/// Reads instance status for callers.
+#[derive(Debug, Clone)]
+pub struct StatusReader {
+    client: Arc<AlibabaClient>,
+    retry: RetryPolicy,
+    poll_interval: Duration,
+    watches: Arc<AtomicUsize>,
+}
+
+impl StatusReader {
+    pub fn new(client: Arc<AlibabaClient>, retry: RetryPolicy, poll_interval: Duration) -> Self {
+        Self {
+            client,
+            retry,
+            poll_interval,
+            watches: Arc::default(),
+        }
+    }
+
+    /// Watches running now (each holds a task that polls Alibaba).
+    pub fn active_watches(&self) -> usize {
+        self.watches.load(Ordering::Relaxed)
+    }
+
+    /// `GetEngineVersion`.
+    pub async fn get(
+        &self,
+        instance: &InstanceRef,
+        deadline: Instant,
+    ) -> Result<pb::GetEngineVersionResponse, Error> {
+        let read = async {
+            let attribute = preflight::describe(
+                &self.client,
+                &self.retry,
+                &instance.region_id,
+                &instance.db_instance_id,
+                deadline,
+            )
+            .await?;
+            let offered = preflight::offered_versions(
+                &self.client,
+                &self.retry,
+                &instance.region_id,
+                &instance.db_instance_id,
+                deadline,
+            )
+            .await?;
+            Ok(pb::GetEngineVersionResponse {
+                db_instance_id: attribute.db_instance_id,
+                region_id: instance.region_id.clone(),
+                engine_version: attribute.engine_version,
+                status: attribute.status,
+                available_engine_versions: offered.versions,
+            })
+        };
+        tokio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| Error::DeadlineExceeded)?
+    }
+
+    /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
+    /// It stops when the instance is `Running` on `target` (last message `done`), at `deadline`
+    /// (ending the stream with DEADLINE_EXCEEDED), on a failed read (ending it with that error),
+    /// or as soon as the caller drops the stream.
+    pub fn watch(&self, instance: InstanceRef, target: String, deadline: Instant) -> WatchStream {
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        this.watches.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _count = WatchCount(Arc::clone(&this.watches));
+            tokio::select! {
+                () = this.poll(&tx, &instance, &target, deadline) => {}
+                () = tx.closed() => {
+                    tracing::debug!(db_instance_id = %instance.db_instance_id, "watch ended: the caller went away");
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    async fn poll(
+        &self,
+        tx: &mpsc::Sender<Result<pb::WatchUpgradeResponse, Status>>,
+        instance: &InstanceRef,
+        target: &str,
+        deadline: Instant,
+    ) {
+        let mut last: Option<(String, String)> = None;
+        loop {
+            let read = preflight::describe(
+                &self.client,
+                &self.retry,
+                &instance.region_id,
+                &instance.db_instance_id,
+                deadline,
+            );
+            let attribute = match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(attribute)) => attribute,
+                Ok(Err(err)) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+                Err(_) => break,
+            };
+            let done = attribute.status == preflight::RUNNING && attribute.engine_version == target;
+            let seen = (attribute.status.clone(), attribute.engine_version.clone());
+            if last.as_ref() != Some(&seen) {
+                let message = pb::WatchUpgradeResponse {
+                    db_instance_id: attribute.db_instance_id,
+                    status: attribute.status,
+                    engine_version: attribute.engine_version,
+                    target_engine_version: target.to_string(),
+                    done,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                last = Some(seen);
+            }
+            if done {
+                return;
+            }
+            let next = Instant::now() + self.poll_interval;
+            if next >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+        }
+        let _ = tx.send(Err(Error::WatchDeadlineExceeded.into())).await;
+    }
+}
+
+/// Decrements the watch count when a watch task ends, however it ends.
+struct WatchCount(Arc<AtomicUsize>);
+
+impl Drop for WatchCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,358 @@
+//! One intended upgrade, carried out at most once: idempotency ▸ preflight ▸ upgrade ▸
+//! reconcile.
+//!
+//! The work runs in its own task, so a caller that goes away (or whose deadline passes) never
+//! cuts an upgrade call in half: the task finishes, and records the true outcome under the
+//! request's key for the caller's retry. It never *starts* an upgrade after the caller's deadline.
+//!
+//! `UpgradeDBInstanceEngineVersion` is retried only when Alibaba surely did not act on it (see
+//! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
+//! unreadable success), the gateway looks at the instance instead of sending again: upgrading or
+//! already on the target means accepted (RequestId unknown); anything else is UNAVAILABLE with
+//! what it saw, and the key is marked unresolved so that a retry looks again first.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::alibaba::retry::{self, Effect, RetryPolicy};
+use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
+use crate::error::Error;
+use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Settlement};
+use crate::pb;
+use crate::preflight;
+use crate::validation::ValidUpgradeRequest;
+
+/// An accepted upgrade (or a passed validation), as first answered.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub response: pb::UpgradeEngineVersionResponse,
+    /// The gateway did not get Alibaba's answer but saw the upgrade under way, so the
+    /// `RequestId` is unknown.
+    pub reconciled: bool,
+}
+
+/// An answer and where it came from.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub accepted: Accepted,
+    /// Replayed from the idempotency store: this call did nothing upstream.
+    pub replayed: bool,
+}
+
+/// How upgrades are carried out.
+#[derive(Debug, Clone)]
+pub struct UpgradeSettings {
+    /// Check the instance before upgrading (and for `validate_only`).
+    pub preflight: bool,
+    pub retry: RetryPolicy,
+}
+
+/// Carries out upgrades for the service.
+#[derive(Debug, Clone)]
+pub struct Upgrader {
+    client: Arc<AlibabaClient>,
+    settings: UpgradeSettings,
+    idempotency: Idempotency,
+}
+
+impl Upgrader {
+    pub fn new(
+        client: Arc<AlibabaClient>,
+        settings: UpgradeSettings,
+        idempotency: Idempotency,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            idempotency,
+        }
+    }
+
+    /// Validates or upgrades as `request` asks, within `deadline`. `caller` scopes the request's
+    /// idempotency key.
+    pub async fn run(
+        &self,
+        request: ValidUpgradeRequest,
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        let fresh = |accepted| Outcome {
+            accepted,
+            replayed: false,
+        };
+        if request.validate_only() {
+            // Nothing changes, so there is nothing to deduplicate.
+            return self.validate(&request, deadline).await.map(fresh);
+        }
+        let Some(request_id) = request.request_id() else {
+            return self.spawn(request, deadline, None).await.map(fresh);
+        };
+        let fingerprint = Fingerprint::of(&request);
+        let claim = self
+            .idempotency
+            .claim(Key::new(caller, request_id), &fingerprint);
+        match tokio::time::timeout_at(deadline, claim)
+            .await
+            .map_err(|_| Error::DeadlineExceeded)??
+        {
+            Claimed::Replay(accepted) => Ok(Outcome {
+                accepted,
+                replayed: true,
+            }),
+            Claimed::Conflict => Err(Error::RequestIdReused),
+            Claimed::Owner(lease) => self.spawn(request, deadline, Some(lease)).await.map(fresh),
+        }
+    }
+
+    /// `validate_only`: the preflight result is the answer.
+    async fn validate(
+        &self,
+        request: &ValidUpgradeRequest,
+        deadline: Instant,
+    ) -> Result<Accepted, Error> {
+        let previous = if self.settings.preflight {
+            let checked = async {
+                let attribute = self.describe(request, deadline).await?;
+                self.check(request, &attribute, deadline).await?;
+                Ok::<_, Error>(attribute.engine_version)
+            };
+            tokio::time::timeout_at(deadline, checked)
+                .await
+                .map_err(|_| Error::DeadlineExceeded)??
+        } else {
+            String::new()
+        };
+        Ok(accepted(request, String::new(), previous, false))
+    }
+
+    /// Runs the upgrade in its own task and waits for it until `deadline`.
+    async fn spawn(
+        &self,
+        request: ValidUpgradeRequest,
+        deadline: Instant,
+        lease: Option<crate::idempotency::Lease>,
+    ) -> Result<Accepted, Error> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let look_first = lease
+                .as_ref()
+                .is_some_and(crate::idempotency::Lease::previous_unresolved);
+            let result = this.upgrade(&request, deadline, look_first).await;
+            if let Some(lease) = lease {
+                lease.settle(match &result {
+                    Ok(accepted) => Settlement::Accepted(accepted.clone()),
+                    Err(Error::OutcomeUnknown { .. }) => Settlement::Unresolved,
+                    Err(_) => Settlement::NotApplied,
+                });
+            }
+            let _ = answer.send(result);
+        });
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(result)) => result,
+            // The task ended without answering (a panic): its lease settled as unresolved.
+            Ok(Err(_)) => Err(Error::OutcomeUnknown {
+                cause: CallError::OutcomeUnknown("the upgrade task ended unexpectedly".into()),
+                observed: None,
+            }),
+            Err(_) => Err(Error::DeadlineExceeded),
+        }
+    }
+
+    /// Preflight, upgrade, reconcile. `look_first`: an earlier attempt with this key left the
+    /// outcome unknown, so an upgrade already under way is this request's.
+    async fn upgrade(
+        &self,
+        request: &ValidUpgradeRequest,
+        deadline: Instant,
+        look_first: bool,
+    ) -> Result<Accepted, Error> {
+        let target = request.engine_version();
+        let before = async {
+            let attribute = if self.settings.preflight || look_first {
+                Some(self.describe(request, deadline).await?)
+            } else {
+                None
+            };
+            if look_first
+                && let Some(attribute) = &attribute
+                && preflight::shows_upgrade(attribute, target)
+            {
+                tracing::info!(
+                    db_instance_id = request.db_instance_id(),
+                    status = %attribute.status,
+                    engine_version = %attribute.engine_version,
+                    "an earlier attempt with this request_id upgraded the instance; not sending again"
+                );
+                return Ok(Err(accepted(request, String::new(), String::new(), true)));
+            }
+            if self.settings.preflight
+                && let Some(attribute) = &attribute
+            {
+                self.check(request, attribute, deadline).await?;
+            }
+            Ok::<_, Error>(Ok(attribute.map(|a| a.engine_version).unwrap_or_default()))
+        };
+        let previous = match tokio::time::timeout_at(deadline, before)
+            .await
+            .map_err(|_| Error::DeadlineExceeded)??
+        {
+            Ok(previous) => previous,
+            Err(already) => return Ok(already),
+        };
+
+        let client = &self.client;
+        let sent = retry::retry(
+            &self.settings.retry,
+            Effect::Change,
+            deadline,
+            action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+            || {
+                client.upgrade_db_instance_engine_version(
+                    request.region_id(),
+                    request.db_instance_id(),
+                    target,
+                    request.switch_mode().map(|m| m.as_param()),
+                )
+            },
+        )
+        .await;
+        match sent {
+            Ok(alibaba_request_id) => Ok(accepted(request, alibaba_request_id, previous, false)),
+            Err(err) if outcome_unknown(&err) => {
+                self.reconcile(request, err, previous, deadline).await
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// After an upgrade call with an unknown outcome: looks at the instance, never sends again.
+    async fn reconcile(
+        &self,
+        request: &ValidUpgradeRequest,
+        cause: CallError,
+        previous: String,
+        deadline: Instant,
+    ) -> Result<Accepted, Error> {
+        tracing::warn!(
+            db_instance_id = request.db_instance_id(),
+            error = %cause,
+            "upgrade outcome unknown; looking at the instance"
+        );
+        // One look even when the caller's deadline has passed: the key's record depends on it.
+        let observed: Option<InstanceAttribute> = retry::retry(
+            &self.settings.retry,
+            Effect::Read,
+            deadline,
+            action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
+            || {
+                self.client
+                    .describe_db_instance_attribute(request.region_id(), request.db_instance_id())
+            },
+        )
+        .await
+        .ok()
+        .flatten();
+        match observed {
+            Some(attribute) if preflight::shows_upgrade(&attribute, request.engine_version()) => {
+                Ok(accepted(request, String::new(), previous, true))
+            }
+            observed => Err(Error::OutcomeUnknown { cause, observed }),
+        }
+    }
+
+    async fn describe(
+        &self,
+        request: &ValidUpgradeRequest,
+        deadline: Instant,
+    ) -> Result<InstanceAttribute, Error> {
+        preflight::describe(
+            &self.client,
+            &self.settings.retry,
+            request.region_id(),
+            request.db_instance_id(),
+            deadline,
+        )
+        .await
+    }
+
+    async fn check(
+        &self,
+        request: &ValidUpgradeRequest,
+        attribute: &InstanceAttribute,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        preflight::check(
+            &self.client,
+            &self.settings.retry,
+            attribute,
+            request.region_id(),
+            request.engine_version(),
+            deadline,
+        )
+        .await
+    }
+}
+
+/// Whether Alibaba may have acted on an upgrade call that failed this way: no answer, a server
+/// error, or a success the gateway could not read.
+fn outcome_unknown(err: &CallError) -> bool {
+    match err {
+        CallError::OutcomeUnknown(_) => true,
+        CallError::Upstream(e) => e.http_status >= 500,
+        CallError::Unreadable { http_status } => {
+            (200..300).contains(http_status) || *http_status >= 500
+        }
+        CallError::Unreachable(_) | CallError::Credentials(_) | CallError::Unsupported(_) => false,
+    }
+}
+
+fn accepted(
+    request: &ValidUpgradeRequest,
+    alibaba_request_id: String,
+    previous_engine_version: String,
+    reconciled: bool,
+) -> Accepted {
+    Accepted {
+        response: pb::UpgradeEngineVersionResponse {
+            alibaba_request_id,
+            db_instance_id: request.db_instance_id().to_string(),
+            engine_version: request.engine_version().to_string(),
+            previous_engine_version,
+            validate_only: request.validate_only(),
+        },
+        reconciled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_alibaba_may_have_acted_on_count_as_unknown() {
+        let upstream = |code: &str, http_status| {
+            CallError::Upstream(crate::alibaba::UpstreamError {
+                http_status,
+                code: code.into(),
+                message: String::new(),
+                request_id: None,
+                host_id: None,
+                recommend: None,
+                retry_after: None,
+            })
+        };
+        assert!(outcome_unknown(&CallError::OutcomeUnknown("reset".into())));
+        assert!(outcome_unknown(&upstream("ServiceUnavailable", 503)));
+        assert!(outcome_unknown(&upstream("InternalError", 500)));
+        assert!(outcome_unknown(&CallError::Unreadable { http_status: 200 }));
+        assert!(outcome_unknown(&CallError::Unreadable { http_status: 502 }));
+        assert!(!outcome_unknown(&CallError::Unreadable {
+            http_status: 400
+        }));
+        assert!(!outcome_unknown(&upstream("Throttling", 400)));
+        assert!(!outcome_unknown(&upstream("IncorrectDBInstanceState", 400)));
+        assert!(!outcome_unknown(&CallError::Unreachable("refused".into())));
+    }
+}

@@ -1,0 +1,469 @@
+//! Safe upgrades end to end, against the sandbox over loopback: idempotency by `request_id`
+//! (sequential and concurrent duplicates, reuse for another request), preflight answers, and the
+//! fault cases (throttling with `x-acs-retry-after`, dropped connections, 5xx, malformed bodies,
+//! timeouts after sending), each checked for the caller's code and for how many upgrades the
+//! upstream started: never more than one per intended upgrade.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Gateway, Options, request};
+use dds_gateway::alibaba::action::{
+    DESCRIBE_AVAILABLE_ENGINE_VERSION as AVAILABLE, DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE,
+    UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
+};
+use dds_gateway::pb;
+use dds_gateway::sandbox::Fault;
+use dds_gateway::service::{RECONCILED_HEADER, REPLAYED_HEADER};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
+
+fn keyed(instance: &str, version: &str, key: &str) -> pb::UpgradeEngineVersionRequest {
+    pb::UpgradeEngineVersionRequest {
+        request_id: key.to_string(),
+        ..request(instance, version)
+    }
+}
+
+fn new_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The answer with its response metadata.
+async fn call(
+    gw: &Gateway,
+    req: pb::UpgradeEngineVersionRequest,
+) -> Result<tonic::Response<pb::UpgradeEngineVersionResponse>, tonic::Status> {
+    gw.client.clone().upgrade_engine_version(req).await
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo")
+        .reason
+}
+
+fn metadata(status: &tonic::Status, key: &str) -> String {
+    status
+        .get_details_error_info()
+        .unwrap()
+        .metadata
+        .get(key)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn throttled(ms: u64) -> Fault {
+    Fault::Error {
+        status: 400,
+        code: "Throttling.User",
+        retry_after_ms: Some(ms),
+    }
+}
+
+// ---- idempotency ------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_request_id_replays_the_first_answer_without_calling_again() {
+    let gw = Gateway::start().await;
+    let key = new_key();
+    let first = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert!(first.metadata().get(REPLAYED_HEADER).is_none());
+    let calls_after_first = gw.sandbox.received().len();
+
+    let again = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(again.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+    assert_eq!(
+        again.get_ref(),
+        first.get_ref(),
+        "the first answer, exactly"
+    );
+    assert_eq!(
+        gw.sandbox.received().len(),
+        calls_after_first,
+        "nothing upstream"
+    );
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_duplicates_wait_for_the_first_and_upgrade_once() {
+    let gw = Gateway::start().await;
+    // The upgrade call hangs a while, so every duplicate arrives while the first is in flight.
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_millis(400)));
+    let key = new_key();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = gw.client.clone();
+            let req = keyed(INSTANCE, "5.0", &key);
+            tokio::spawn(async move { client.upgrade_engine_version(req).await })
+        })
+        .collect();
+    let mut request_ids = std::collections::HashSet::new();
+    let mut replays = 0;
+    for answer in calls {
+        let answer = answer.await.unwrap().unwrap();
+        replays += usize::from(answer.metadata().get(REPLAYED_HEADER).is_some());
+        request_ids.insert(answer.into_inner().alibaba_request_id);
+    }
+    assert_eq!(request_ids.len(), 1, "one answer for all: {request_ids:?}");
+    assert!(!request_ids.iter().next().unwrap().is_empty());
+    assert_eq!(replays, 7);
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_reused_for_another_request_is_refused() {
+    let gw = Gateway::start().await;
+    let key = new_key();
+    call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    for other in [
+        keyed(INSTANCE, "5.0", &key),
+        keyed("dds-sandbox02", "5.0", &key),
+        pb::UpgradeEngineVersionRequest {
+            switch_mode: pb::SwitchMode::MaintenanceWindow as i32,
+            ..keyed(INSTANCE, "4.4", &key)
+        },
+    ] {
+        let status = call(&gw, other).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(reason(&status), "REQUEST_ID_REUSED");
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "request_id");
+    }
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_that_upgraded_nothing_is_not_the_keys_answer() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.retry.max_attempts = 1),
+        ..Default::default()
+    })
+    .await;
+    gw.sandbox.push_fault_on(UPGRADE, throttled(10));
+    let key = new_key();
+    let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // The retry with the same key does the upgrade.
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert!(answer.metadata().get(REPLAYED_HEADER).is_none());
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+// ---- preflight --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_refuses_with_the_state_and_version_it_saw() {
+    let gw = Gateway::start().await;
+    let cases = [
+        (
+            "dds-sandboxbusy",
+            "5.0",
+            "INSTANCE_STATE_INCORRECT",
+            "Rebooting",
+            "4.4",
+        ),
+        (
+            "dds-sandbox03",
+            "4.4",
+            "ENGINE_VERSION_NOT_LATER",
+            "Running",
+            "5.0",
+        ),
+        (
+            "dds-sandbox03",
+            "5.0",
+            "ENGINE_VERSION_NOT_LATER",
+            "Running",
+            "5.0",
+        ),
+    ];
+    for (instance, target, expected, state, version) in cases {
+        for validate_only in [false, true] {
+            let req = pb::UpgradeEngineVersionRequest {
+                validate_only,
+                ..request(instance, target)
+            };
+            let status = call(&gw, req).await.unwrap_err();
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert_eq!(reason(&status), expected);
+            assert!(
+                status.message().contains(state) && status.message().contains(version),
+                "{}",
+                status.message()
+            );
+            assert_eq!(metadata(&status, "instanceStatus"), state);
+            assert_eq!(metadata(&status, "engineVersion"), version);
+            assert!(!metadata(&status, "alibabaRequestId").is_empty());
+            let failure = status.get_details_precondition_failure().unwrap();
+            assert_eq!(
+                failure.violations[0].subject,
+                format!("dbinstance/{instance}")
+            );
+        }
+    }
+    assert_eq!(
+        gw.sandbox.calls(UPGRADE),
+        0,
+        "never sent after a failed preflight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_refuses_a_target_alibaba_does_not_offer() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(
+        AVAILABLE,
+        Fault::Body {
+            status: 200,
+            body: r#"{"RequestId":"R-AV","EngineVersions":{"EngineVersion":["4.4"]}}"#,
+        },
+    );
+    let status = call(&gw, request(INSTANCE, "5.0")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "ENGINE_VERSION_NOT_OFFERED");
+    assert_eq!(metadata(&status, "availableEngineVersions"), "4.4");
+    assert!(
+        status.message().contains("offered: 4.4"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_only_answers_the_preflight_and_upgrades_nothing() {
+    let gw = Gateway::start().await;
+    let req = pb::UpgradeEngineVersionRequest {
+        validate_only: true,
+        ..request(INSTANCE, "4.4")
+    };
+    let answer = call(&gw, req).await.unwrap().into_inner();
+    assert!(answer.validate_only);
+    assert_eq!(answer.previous_engine_version, "4.2");
+    assert_eq!(answer.alibaba_request_id, "");
+    assert_eq!(gw.sandbox.calls(DESCRIBE), 1);
+    assert_eq!(gw.sandbox.calls(AVAILABLE), 1);
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_can_be_switched_off() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.preflight = false),
+        ..Default::default()
+    })
+    .await;
+    let answer = call(&gw, request(INSTANCE, "4.4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.previous_engine_version, "", "not looked up");
+    let actions: Vec<String> = gw
+        .sandbox
+        .received()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(actions, [UPGRADE]);
+}
+
+// ---- retries and unknown outcomes -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttled_upgrades_are_retried_after_alibabas_delay_each_freshly_signed() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(UPGRADE, throttled(30));
+    gw.sandbox.push_fault_on(UPGRADE, throttled(30));
+    let answer = call(&gw, request(INSTANCE, "4.4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.alibaba_request_id.is_empty());
+    let upgrades: Vec<_> = gw
+        .sandbox
+        .received()
+        .into_iter()
+        .filter(|r| r.action == UPGRADE)
+        .collect();
+    assert_eq!(upgrades.len(), 3);
+    let nonces: std::collections::HashSet<_> = upgrades
+        .iter()
+        .map(|r| r.params["SignatureNonce"].clone())
+        .collect();
+    assert_eq!(nonces.len(), 3, "a new nonce for every attempt");
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_delay_beyond_the_callers_deadline_is_not_waited_for() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(UPGRADE, throttled(120_000));
+    let mut req = tonic::Request::new(request(INSTANCE, "4.4"));
+    req.set_timeout(Duration::from_secs(20));
+    let status = gw
+        .client
+        .clone()
+        .upgrade_engine_version(req)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.get_details_retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+}
+
+/// Every way an upgrade call can end without a definite answer, with Alibaba having acted on it
+/// or not. Acted: the gateway sees the upgrade and answers success with an unknown RequestId.
+/// Not acted: UNAVAILABLE with what it saw. Either way exactly one upgrade call.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_outcomes_are_reconciled_by_looking_never_by_sending_again() {
+    let unknown = || {
+        vec![
+            Fault::Drop,
+            Fault::Error {
+                status: 503,
+                code: "ServiceUnavailable",
+                retry_after_ms: None,
+            },
+            Fault::Error {
+                status: 500,
+                code: "InternalError",
+                retry_after_ms: None,
+            },
+            Fault::Body {
+                status: 502,
+                body: "<html>bad gateway</html>",
+            },
+            Fault::Body {
+                status: 200,
+                body: "{\"RequestId\": ",
+            },
+            // Longer than the gateway's read timeout (set below): a timeout after sending.
+            Fault::Delay(Duration::from_secs(3)),
+        ]
+    };
+    let configure: fn(&mut dds_gateway::config::Config) =
+        |config| config.alibaba.read_timeout = Duration::from_millis(300);
+    for (i, fault) in unknown().into_iter().enumerate() {
+        for acted in [false, true] {
+            let gw = Gateway::start_with(Options {
+                configure: Some(configure),
+                ..Default::default()
+            })
+            .await;
+            let injected = if acted {
+                Fault::AfterActing(Box::new(fault.clone()))
+            } else {
+                fault.clone()
+            };
+            gw.sandbox.push_fault_on(UPGRADE, injected);
+            let key = new_key();
+            let result = call(&gw, keyed(INSTANCE, "4.4", &key)).await;
+            let case = format!("case {i} {fault:?}, acted {acted}");
+            assert_eq!(gw.sandbox.calls(UPGRADE), 1, "{case}");
+            if acted {
+                let answer = result.unwrap_or_else(|s| panic!("{case}: {s:?}"));
+                assert_eq!(
+                    answer.metadata().get(RECONCILED_HEADER).unwrap(),
+                    "reconciled",
+                    "{case}"
+                );
+                let answer = answer.into_inner();
+                assert_eq!(answer.alibaba_request_id, "", "{case}: unknown");
+                assert_eq!(answer.previous_engine_version, "4.2", "{case}");
+                assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1, "{case}");
+            } else {
+                let status = result.unwrap_err();
+                assert_eq!(status.code(), Code::Unavailable, "{case}: {status:?}");
+                assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN", "{case}");
+                assert_eq!(metadata(&status, "instanceStatus"), "Running", "{case}");
+                assert_eq!(metadata(&status, "engineVersion"), "4.2", "{case}");
+                assert!(status.message().contains("same request_id"), "{case}");
+                assert!(status.get_details_retry_info().is_some(), "{case}");
+                assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 0, "{case}");
+                // The caller retries with the same key, as told: now it goes through, once.
+                let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+                assert!(!answer.get_ref().alibaba_request_id.is_empty(), "{case}");
+                assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1, "{case}");
+            }
+        }
+    }
+}
+
+/// The upgrade landed but neither its answer nor the gateway's look came back. The caller's
+/// retry with the same key looks first, sees the upgrade, and does not send a second one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_an_unresolved_outcome_looks_before_sending() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.retry.max_attempts = 1),
+        ..Default::default()
+    })
+    .await;
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::AfterActing(Box::new(Fault::Drop)));
+    // The preflight's describe passes; the reconcile's describe fails.
+    gw.sandbox
+        .push_fault_on(DESCRIBE, Fault::Delay(Duration::ZERO));
+    gw.sandbox.push_fault_on(
+        DESCRIBE,
+        Fault::Error {
+            status: 503,
+            code: "ServiceUnavailable",
+            retry_after_ms: None,
+        },
+    );
+    let key = new_key();
+    let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN");
+    assert!(
+        status.message().contains("could not look"),
+        "{}",
+        status.message()
+    );
+
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(
+        answer.metadata().get(RECONCILED_HEADER).unwrap(),
+        "reconciled"
+    );
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1, "never a second upgrade call");
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+    // And from now on that is the key's answer.
+    let replay = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(replay.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_retried_through_transient_faults() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(DESCRIBE, Fault::Drop);
+    gw.sandbox.push_fault_on(
+        AVAILABLE,
+        Fault::Error {
+            status: 503,
+            code: "ServiceUnavailable",
+            retry_after_ms: None,
+        },
+    );
+    let answer = call(&gw, request(INSTANCE, "4.4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.previous_engine_version, "4.2");
+    assert_eq!(gw.sandbox.calls(DESCRIBE), 2);
+    assert_eq!(gw.sandbox.calls(AVAILABLE), 2);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}

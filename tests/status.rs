@@ -1,0 +1,199 @@
+//! `GetEngineVersion` and `WatchUpgrade` end to end against the sandbox: what an instance runs
+//! and is offered, and a stream of state changes that ends when the instance runs the target,
+//! at the deadline, or when the caller goes away.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Gateway, Options, request, wait_until};
+use dds_gateway::pb;
+use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
+use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn get(instance: &str, region: &str) -> pb::GetEngineVersionRequest {
+    pb::GetEngineVersionRequest {
+        db_instance_id: instance.into(),
+        region_id: region.into(),
+    }
+}
+
+fn watch(instance: &str, target: &str) -> pb::WatchUpgradeRequest {
+    pb::WatchUpgradeRequest {
+        db_instance_id: instance.into(),
+        engine_version: target.into(),
+        region_id: String::new(),
+    }
+}
+
+fn fast_upgrades() -> Options {
+    Options {
+        sandbox: SandboxConfig {
+            // Long enough that the watch, started right after the upgrade call, sees it under way.
+            upgrade_duration: Duration::from_secs(1),
+            ..Default::default()
+        },
+        configure: Some(|config| config.watch.poll_interval = Duration::from_millis(20)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_engine_version_reports_version_state_and_targets() {
+    let gw = Gateway::start().await;
+    let mut client = gw.client.clone();
+    let answer = client
+        .get_engine_version(get("dds-sandbox01", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            answer.engine_version.as_str(),
+            answer.status.as_str(),
+            answer.region_id.as_str()
+        ),
+        ("4.2", "Running", "cn-hangzhou")
+    );
+    assert_eq!(
+        answer.available_engine_versions,
+        ["4.4", "5.0", "6.0", "7.0", "8.0"]
+    );
+    let answer = client
+        .get_engine_version(get("dds-sandboxsz", "cn-shenzhen"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.engine_version, "6.0");
+    let answer = client
+        .get_engine_version(get("dds-sandboxbusy", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, "Rebooting");
+
+    let status = client
+        .get_engine_version(get("dds-nope1", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .get_engine_version(get("DDS!", "Mars 1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["db_instance_id", "region_id"]);
+    assert_eq!(gw.sandbox.calls("UpgradeDBInstanceEngineVersion"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reports_each_change_until_running_on_the_target() {
+    let gw = Gateway::start_with(fast_upgrades()).await;
+    let mut client = gw.client.clone();
+    client
+        .upgrade_engine_version(request("dds-sandbox01", "4.4"))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch_upgrade(watch("dds-sandbox01", "4.4"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(message) = stream.next().await {
+        let message = message.unwrap();
+        assert_eq!(message.target_engine_version, "4.4");
+        seen.push((message.status, message.engine_version, message.done));
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last, &("Running".to_string(), "4.4".to_string(), true));
+    assert!(seen[..seen.len() - 1].iter().all(|(_, _, done)| !done));
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "only changes are reported: {seen:?}");
+    }
+    // Right after the upgrade call the instance is upgrading; the watch saw that first.
+    assert_eq!(seen[0].0, "EngineVersionUpgrading", "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_ends_with_deadline_exceeded_and_validates_its_request() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| {
+            config.watch.poll_interval = Duration::from_millis(20);
+            config.watch.max_duration = Duration::from_millis(300);
+        }),
+        ..Default::default()
+    })
+    .await;
+    let mut client = gw.client.clone();
+    // Nothing upgrades dds-sandbox02, so the watch runs into its limit.
+    let mut stream = client
+        .watch_upgrade(watch("dds-sandbox02", "8.0"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!((first.status.as_str(), first.done), ("Running", false));
+    let end = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+    assert_eq!(
+        end.get_details_error_info().unwrap().reason,
+        "DEADLINE_EXCEEDED"
+    );
+    assert!(stream.next().await.is_none());
+
+    let status = client
+        .watch_upgrade(watch("dds-sandbox02", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut stream = client
+        .watch_upgrade(watch("dds-nope1", "8.0"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+/// The service is driven directly so the test can see its watch tasks end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_stops_polling_when_the_caller_goes_away() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    config.watch.poll_interval = Duration::from_millis(10);
+    let client =
+        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
+            .unwrap();
+    let service =
+        dds_gateway::service::EngineVersionService::from_config(&config, Arc::new(client), None);
+    let mut stream = service
+        .watch_upgrade(tonic::Request::new(watch("dds-sandbox02", "8.0")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().is_ok());
+    assert_eq!(service.status_reader().active_watches(), 1);
+    drop(stream);
+    let status = service.status_reader().clone();
+    wait_until("the watch task ends", || status.active_watches() == 0).await;
+    let polls = sandbox.calls("DescribeDBInstanceAttribute");
+    // Polling every 10 ms, a live watch would add several reads in this time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sandbox.calls("DescribeDBInstanceAttribute"), polls);
+}
