@@ -1,0 +1,771 @@
+//! The credential provider chain against real loopback servers: a fake STS that verifies
+//! `AssumeRole` signatures and checks OIDC tokens, a fake ECS metadata service (IMDSv2 and v1),
+//! and a credentials URI. Each provider resolves; temporary credentials refresh before expiry,
+//! once under concurrency, and survive a failed refresh; file credentials rotate on change and
+//! on reload (SIGHUP); `check-credentials` says which provider answered.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use dds_gateway::config::{Config, Overrides};
+use dds_gateway::credentials::{self, CredentialsProvider};
+use dds_gateway::signer::{self, SigningKey};
+use serde_json::json;
+
+/// The base AccessKey the fake STS trusts for `AssumeRole`.
+const BASE_ID: &str = "testid";
+const BASE_SECRET: &str = "testsecret";
+const ROLE_ARN: &str = "acs:ram::1234567890:role/dds-gateway";
+const OIDC_PROVIDER_ARN: &str = "acs:ram::1234567890:oidc-provider/ack-rrsa";
+const IMDS_TOKEN: &str = "imds-session-token-canary";
+const ROLE_NAME: &str = "GatewayEcsRole";
+
+/// What the fake cloud was asked and how it should answer.
+#[derive(Default)]
+struct FakeState {
+    /// `Action`s received by STS, in order.
+    sts_actions: Vec<String>,
+    /// OIDC tokens received by `AssumeRoleWithOIDC`.
+    oidc_tokens: Vec<String>,
+    /// Answers to fail with (`Code`), before answering normally again.
+    sts_failures: usize,
+    /// Lifetime of issued credentials.
+    lifetime: Option<Duration>,
+    issued: usize,
+    /// IMDS: refuse session tokens (an IMDSv1-only metadata service).
+    imds_v1_only: bool,
+    imds_token_seen: Vec<Option<String>>,
+    uri_calls: usize,
+}
+
+#[derive(Clone)]
+struct Fake {
+    addr: std::net::SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl Fake {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let app = axum::Router::new()
+            .route("/", axum::routing::post(sts))
+            .route("/latest/api/token", axum::routing::put(imds_token))
+            .route(
+                "/latest/meta-data/ram/security-credentials/",
+                axum::routing::get(imds_roles),
+            )
+            .route(
+                "/latest/meta-data/ram/security-credentials/{role}",
+                axum::routing::get(imds_credentials),
+            )
+            .route("/creds", axum::routing::get(uri_credentials))
+            .with_state(Arc::clone(&state));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+}
+
+/// The AccessKeyId of the `n`th credential the fake issues.
+fn issued(n: usize) -> String {
+    format!("STS.FakeIssuedKey{n:04}")
+}
+
+/// Issues the next temporary credential.
+fn issue(state: &mut FakeState) -> serde_json::Value {
+    state.issued += 1;
+    let lifetime = state.lifetime.unwrap_or(Duration::from_secs(3600));
+    json!({
+        "AccessKeyId": issued(state.issued),
+        "AccessKeySecret": format!("issued-secret-canary-{}", state.issued),
+        "SecurityToken": format!("issued-token-canary-{}", state.issued),
+        "Expiration": signer::format_timestamp(SystemTime::now() + lifetime),
+    })
+}
+
+fn alibaba_error(status: u16, code: &str, message: &str) -> Response {
+    let body = json!({"RequestId": "FAKE-REQUEST", "Code": code, "Message": message});
+    (StatusCode::from_u16(status).unwrap(), body.to_string()).into_response()
+}
+
+async fn sts(State(state): State<Arc<Mutex<FakeState>>>, body: Bytes) -> Response {
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let mut state = state.lock().unwrap();
+    state.sts_actions.push(get("Action"));
+    if state.sts_failures > 0 {
+        state.sts_failures -= 1;
+        // Like Alibaba, the message echoes what was signed: it must never reach a log.
+        return alibaba_error(
+            403,
+            "NoPermission",
+            &format!(
+                "You are not authorized. stringToSign: {}",
+                get("SecurityToken")
+            ),
+        );
+    }
+    if get("Version") != "2015-04-01" || get("RoleArn") != ROLE_ARN {
+        return alibaba_error(400, "InvalidParameter", "Version or RoleArn");
+    }
+    match get("Action").as_str() {
+        "AssumeRole" => {
+            if get("AccessKeyId") != BASE_ID {
+                return alibaba_error(404, "InvalidAccessKeyId.NotFound", "not found");
+            }
+            let signed: Vec<(&str, &str)> = params
+                .iter()
+                .filter(|(k, _)| k.as_str() != "Signature")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let expected = signer::sign("POST", &signed, &SigningKey::new(BASE_SECRET));
+            if expected.signature.as_str() != get("Signature") {
+                return alibaba_error(400, "SignatureDoesNotMatch", "mismatch");
+            }
+            if get("RoleSessionName").is_empty() || get("DurationSeconds") != "3600" {
+                return alibaba_error(400, "InvalidParameter", "session");
+            }
+        }
+        "AssumeRoleWithOIDC" => {
+            if params.contains_key("Signature") || params.contains_key("AccessKeyId") {
+                return alibaba_error(400, "InvalidParameter", "OIDC is anonymous");
+            }
+            if get("OIDCProviderArn") != OIDC_PROVIDER_ARN {
+                return alibaba_error(400, "InvalidParameter.OIDCProviderArn", "provider");
+            }
+            let token = get("OIDCToken");
+            state.oidc_tokens.push(token);
+        }
+        _ => return alibaba_error(400, "InvalidAction.NotFound", "action"),
+    }
+    let credentials = issue(&mut state);
+    (
+        StatusCode::OK,
+        json!({"RequestId": "FAKE", "Credentials": credentials}).to_string(),
+    )
+        .into_response()
+}
+
+async fn imds_token(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) -> Response {
+    let state = state.lock().unwrap();
+    if state.imds_v1_only {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if headers
+        .get("x-aliyun-ecs-metadata-token-ttl-seconds")
+        .is_none()
+    {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    IMDS_TOKEN.into_response()
+}
+
+/// IMDSv2 calls must carry the session token; IMDSv1 calls carry none.
+fn imds_check(state: &mut FakeState, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get("x-aliyun-ecs-metadata-token")
+        .map(|v| v.to_str().unwrap().to_string());
+    state.imds_token_seen.push(token.clone());
+    match (state.imds_v1_only, token.as_deref()) {
+        (true, None) => Ok(()),
+        (false, Some(IMDS_TOKEN)) => Ok(()),
+        _ => Err(StatusCode::UNAUTHORIZED.into_response()),
+    }
+}
+
+async fn imds_roles(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) -> Response {
+    let mut state = state.lock().unwrap();
+    if let Err(response) = imds_check(&mut state, &headers) {
+        return response;
+    }
+    ROLE_NAME.into_response()
+}
+
+async fn imds_credentials(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    UrlPath(role): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    if let Err(response) = imds_check(&mut state, &headers) {
+        return response;
+    }
+    if role != ROLE_NAME {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut body = issue(&mut state);
+    body["Code"] = json!("Success");
+    body["LastUpdated"] = json!("2026-11-26T00:00:00Z");
+    body.to_string().into_response()
+}
+
+async fn uri_credentials(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    state.uri_calls += 1;
+    if method != Method::GET || query.as_deref() != Some("token=uri-canary") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut body = issue(&mut state);
+    body["Code"] = json!("Success");
+    body.to_string().into_response()
+}
+
+/// A scratch directory for credential files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "dds-gateway-credentials-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        // Write then rename, as a secret mount or a careful operator does.
+        let staged = self.0.join(format!(".{}.tmp", name.replace('/', "_")));
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        path
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Builds the provider of a `[credentials]` section with only `env` as the environment.
+fn provider(credentials_toml: &str, env: &[(&str, &str)]) -> Arc<dyn CredentialsProvider> {
+    try_provider(credentials_toml, env).unwrap()
+}
+
+fn try_provider(
+    credentials_toml: &str,
+    env: &[(&str, &str)],
+) -> Result<Arc<dyn CredentialsProvider>, credentials::CredentialsError> {
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let toml = format!("[credentials]\n{credentials_toml}\n");
+    let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
+    credentials::build(&config.credentials, &|k: &str| env.get(k).cloned())
+}
+
+/// Waits (bounded) until the provider hands out a credential with this AccessKeyId.
+async fn wait_for_key(provider: &dyn CredentialsProvider, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if provider.credential().await.unwrap().access_key_id() == id {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw AccessKeyId {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_environment_comes_first_in_the_default_chain() {
+    let scratch = Scratch::new("env-first");
+    scratch.write(
+        ".alibabacloud/credentials.ini",
+        "[default]\ntype = access_key\naccess_key_id = fromfile\naccess_key_secret = s\n",
+    );
+    let home = scratch.path().to_str().unwrap();
+    let env = [
+        ("HOME", home),
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "fromenv"),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "s"),
+        ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+    ];
+    let chain = provider("", &env);
+    assert_eq!(chain.credential().await.unwrap().access_key_id(), "fromenv");
+    assert_eq!(chain.name(), "environment");
+
+    // Without the variables the chain goes on to the credentials file under HOME.
+    let chain = provider("", &env[..1]);
+    assert_eq!(
+        chain.credential().await.unwrap().access_key_id(),
+        "fromfile"
+    );
+    assert_eq!(chain.name(), "profile");
+}
+
+#[tokio::test]
+async fn when_nothing_answers_the_error_names_every_provider_and_no_secret() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("nothing");
+    let home = scratch.path().to_str().unwrap();
+    // Only an ID (no secret) in the environment; the metadata service has no role.
+    let env = [
+        ("HOME", home),
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "lonely-id-canary"),
+    ];
+    let chain = provider(&format!("imds_endpoint = \"{}nowhere/\"", fake.url()), &env);
+    let err = chain.credential().await.unwrap_err().to_string();
+    for named in [
+        "environment",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        "cli_profile",
+        "profile",
+        "ecs_ram_role",
+    ] {
+        assert!(err.contains(named), "{named} missing from: {err}");
+    }
+    assert!(!err.contains("lonely-id-canary"), "{err}");
+}
+
+#[tokio::test]
+async fn oidc_role_rereads_the_token_file_and_refreshes_before_expiry() {
+    let fake = Fake::start().await;
+    // Issued credentials live 32 s; with the 30 s safety margin they are refreshed at once.
+    fake.state().lifetime = Some(Duration::from_secs(32));
+    let scratch = Scratch::new("oidc");
+    let token_file = scratch.write("token", "oidc-token-one-canary\n");
+    let env = [
+        ("ALIBABA_CLOUD_ROLE_ARN", ROLE_ARN),
+        ("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN),
+        (
+            "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            token_file.to_str().unwrap(),
+        ),
+        ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+    ];
+    let chain = provider(&format!("sts_endpoint = \"{}\"", fake.url()), &env);
+    let first = chain.credential().await.unwrap();
+    assert_eq!(first.access_key_id(), issued(1));
+    assert!(first.security_token().is_some());
+    assert_eq!(chain.name(), "oidc_role_arn");
+    assert_eq!(fake.state().oidc_tokens, ["oidc-token-one-canary"]);
+
+    // The kubelet rotates the token; the background refresh reads the new one.
+    scratch.write("token", "oidc-token-two-canary\n");
+    let state = Arc::clone(&fake.state);
+    common::wait_until("a refresh with the new token", || {
+        state
+            .lock()
+            .unwrap()
+            .oidc_tokens
+            .iter()
+            .any(|t| t == "oidc-token-two-canary")
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while chain.credential().await.unwrap().access_key_id() == issued(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refreshed credential is served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_assume_the_role_once() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("concurrent");
+    let token_file = scratch.write("token", "oidc-token-canary");
+    let oidc = provider(
+        &format!(
+            "provider = \"oidc_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\noidc_provider_arn = \"{OIDC_PROVIDER_ARN}\"\noidc_token_file = \"{}\"\nsts_endpoint = \"{}\"",
+            token_file.display(),
+            fake.url()
+        ),
+        &[],
+    );
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let oidc = Arc::clone(&oidc);
+            tokio::spawn(async move { oidc.credential().await.unwrap() })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().access_key_id(), issued(1));
+    }
+    assert_eq!(fake.state().sts_actions, ["AssumeRoleWithOIDC"]);
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_serving_the_cached_credential() {
+    let fake = Fake::start().await;
+    fake.state().lifetime = Some(Duration::from_secs(36));
+    let scratch = Scratch::new("failed-refresh");
+    let token_file = scratch.write("token", "oidc-token-canary");
+    let oidc = provider(
+        &format!(
+            "provider = \"oidc_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\noidc_provider_arn = \"{OIDC_PROVIDER_ARN}\"\noidc_token_file = \"{}\"\nsts_endpoint = \"{}\"\nrefresh_ahead = \"15m\"",
+            token_file.display(),
+            fake.url()
+        ),
+        &[],
+    );
+    assert_eq!(oidc.credential().await.unwrap().access_key_id(), issued(1));
+    // STS now refuses; the refresh half-way through the ~6 s of validity fails...
+    fake.state().sts_failures = 1;
+    let state = Arc::clone(&fake.state);
+    common::wait_until("a refresh attempt", || {
+        state.lock().unwrap().sts_actions.len() == 2
+    })
+    .await;
+    // ...and calls keep the cached credential, without asking STS themselves.
+    assert_eq!(oidc.credential().await.unwrap().access_key_id(), issued(1));
+    assert_eq!(fake.state().sts_actions.len(), 2);
+}
+
+#[tokio::test]
+async fn ram_role_arn_profile_signs_assume_role_with_the_base_key() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("ram-role");
+    let file = scratch.write(
+        "credentials.ini",
+        &format!(
+            "[default]\ntype = access_key\naccess_key_id = other\naccess_key_secret = other\n\n\
+             [deploy]\ntype = ram_role_arn   # assumed with the key below\naccess_key_id = {BASE_ID}\n\
+             access_key_secret = {BASE_SECRET}\nrole_arn = {ROLE_ARN}\nrole_session_name = gw\n"
+        ),
+    );
+    let chosen = provider(
+        &format!(
+            "provider = \"profile\"\ncredentials_file = \"{}\"\nprofile = \"deploy\"\nsts_endpoint = \"{}\"",
+            file.display(),
+            fake.url()
+        ),
+        &[],
+    );
+    let credential = chosen.credential().await.unwrap();
+    assert_eq!(credential.access_key_id(), issued(1));
+    // The credential names what made it; the provider names where it was configured.
+    assert_eq!(credential.provider(), "ram_role_arn");
+    assert_eq!(chosen.name(), "profile");
+    assert_eq!(fake.state().sts_actions, ["AssumeRole"]);
+}
+
+#[tokio::test]
+async fn explicit_ram_role_arn_assumes_the_role_with_the_rest_of_the_chain() {
+    let fake = Fake::start().await;
+    let env = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", BASE_ID),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", BASE_SECRET),
+    ];
+    let role = provider(
+        &format!(
+            "provider = \"ram_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\nsts_endpoint = \"{}\"",
+            fake.url()
+        ),
+        &env,
+    );
+    let credential = role.credential().await.unwrap();
+    assert_eq!(credential.access_key_id(), issued(1));
+    assert_eq!(credential.provider(), "ram_role_arn");
+
+    // A role ARN is required, and said so before anything is called.
+    let err = try_provider("provider = \"ram_role_arn\"", &env).unwrap_err();
+    assert!(err.to_string().contains("credentials.role_arn"), "{err}");
+}
+
+#[tokio::test]
+async fn sts_refusals_name_the_code_but_never_echo_the_message() {
+    let fake = Fake::start().await;
+    fake.state().sts_failures = 1;
+    let env = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", BASE_ID),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", BASE_SECRET),
+        ("ALIBABA_CLOUD_SECURITY_TOKEN", "base-token-canary"),
+    ];
+    let role = provider(
+        &format!(
+            "provider = \"ram_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\nsts_endpoint = \"{}\"",
+            fake.url()
+        ),
+        &env,
+    );
+    let err = role.credential().await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("NoPermission") && text.contains("FAKE-REQUEST"),
+        "{text}"
+    );
+    assert!(!text.contains("base-token-canary"), "{text}");
+    assert!(!text.contains(BASE_SECRET), "{text}");
+}
+
+#[tokio::test]
+async fn cli_profile_chainable_ram_role_arn() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("cli");
+    scratch.write(
+        ".aliyun/config.json",
+        &json!({
+            "current": "Chained",
+            "profiles": [
+                {"name": "Base", "mode": "AK", "access_key_id": BASE_ID, "access_key_secret": BASE_SECRET},
+                {"name": "Chained", "mode": "ChainableRamRoleArn", "source_profile": "Base",
+                 "ram_role_arn": ROLE_ARN, "ram_session_name": "gw", "expired_seconds": 3600}
+            ]
+        })
+        .to_string(),
+    );
+    let home = scratch.path().to_str().unwrap();
+    let chain = provider(
+        &format!("sts_endpoint = \"{}\"", fake.url()),
+        &[
+            ("HOME", home),
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(chain.credential().await.unwrap().access_key_id(), issued(1));
+    assert_eq!(chain.name(), "cli_profile");
+    assert_eq!(fake.state().sts_actions, ["AssumeRole"]);
+}
+
+#[tokio::test]
+async fn ecs_ram_role_uses_imdsv2_tokens_and_falls_back_to_v1_only_when_allowed() {
+    let fake = Fake::start().await;
+    let ecs = provider(
+        &format!(
+            "provider = \"ecs_ram_role\"\nimds_endpoint = \"{}\"",
+            fake.url()
+        ),
+        &[],
+    );
+    let credential = ecs.credential().await.unwrap();
+    assert_eq!(credential.access_key_id(), issued(1));
+    assert_eq!(credential.provider(), "ecs_ram_role");
+    // Role discovery and credentials, both with the session token.
+    assert_eq!(
+        fake.state().imds_token_seen,
+        [Some(IMDS_TOKEN.to_string()), Some(IMDS_TOKEN.to_string())]
+    );
+
+    // A metadata service that refuses session tokens: IMDSv1...
+    fake.state().imds_v1_only = true;
+    let v1 = provider(
+        &format!(
+            "provider = \"ecs_ram_role\"\nimds_endpoint = \"{}\"\necs_role_name = \"{ROLE_NAME}\"",
+            fake.url()
+        ),
+        &[],
+    );
+    assert_eq!(v1.credential().await.unwrap().access_key_id(), issued(2));
+    // ...unless IMDSv1 is disabled.
+    let hardened = provider(
+        &format!(
+            "provider = \"ecs_ram_role\"\nimds_endpoint = \"{}\"\nimdsv1_disabled = true",
+            fake.url()
+        ),
+        &[],
+    );
+    let err = hardened.credential().await.unwrap_err().to_string();
+    assert!(err.contains("IMDSv1 is disabled"), "{err}");
+    assert!(!err.contains(IMDS_TOKEN), "{err}");
+}
+
+#[tokio::test]
+async fn credentials_uri_answers_and_its_token_stays_out_of_errors() {
+    let fake = Fake::start().await;
+    let uri = format!("{}creds?token=uri-canary", fake.url());
+    let from_uri = provider(
+        "",
+        &[
+            ("ALIBABA_CLOUD_CREDENTIALS_URI", uri.as_str()),
+            ("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true"),
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(
+        from_uri.credential().await.unwrap().access_key_id(),
+        issued(1)
+    );
+    assert_eq!(from_uri.name(), "credentials_uri");
+
+    let wrong = format!("{}creds?token=wrong-canary", fake.url());
+    let refused = provider(
+        &format!("provider = \"credentials_uri\"\ncredentials_uri = \"{wrong}\""),
+        &[],
+    );
+    let err = refused.credential().await.unwrap_err();
+    let text = format!("{err} {err:?} {refused:?}");
+    assert!(text.contains("401"), "{text}");
+    assert!(!text.contains("wrong-canary"), "{text}");
+}
+
+#[tokio::test]
+async fn a_changed_credentials_file_is_picked_up_without_restart() {
+    let scratch = Scratch::new("rotation");
+    let ini = |id: &str| {
+        format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = s-{id}\n")
+    };
+    let file = scratch.write("credentials.ini", &ini("first-key"));
+    let polled = provider(
+        &format!(
+            "provider = \"profile\"\ncredentials_file = \"{}\"\nfile_poll_interval = \"20ms\"",
+            file.display()
+        ),
+        &[],
+    );
+    let held = polled.credential().await.unwrap();
+    assert_eq!(held.access_key_id(), "first-key");
+    scratch.write("credentials.ini", &ini("second-key"));
+    wait_for_key(polled.as_ref(), "second-key").await;
+    // What a call in flight already holds is untouched.
+    assert_eq!(held.access_key_id(), "first-key");
+    assert_eq!(held.access_key_secret().expose(), "s-first-key");
+
+    // A broken file keeps the last good credentials.
+    scratch.write("credentials.ini", "[default]\ntype = access_key\n");
+    polled.reload().await;
+    assert_eq!(
+        polled.credential().await.unwrap().access_key_id(),
+        "second-key"
+    );
+}
+
+#[tokio::test]
+async fn reload_reads_the_file_at_once() {
+    let scratch = Scratch::new("sighup");
+    let ini = |id: &str| {
+        format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = s\n")
+    };
+    let file = scratch.write("credentials.ini", &ini("before-hup"));
+    // Polling every hour: only the reload (what SIGHUP triggers) can pick the change up.
+    let chain = provider(
+        &format!(
+            "credentials_file = \"{}\"\nfile_poll_interval = \"1h\"",
+            file.display()
+        ),
+        &[
+            ("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true"),
+            ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(
+        chain.credential().await.unwrap().access_key_id(),
+        "before-hup"
+    );
+    scratch.write("credentials.ini", &ini("after-hup"));
+    assert_eq!(
+        chain.credential().await.unwrap().access_key_id(),
+        "before-hup"
+    );
+    chain.reload().await;
+    assert_eq!(
+        chain.credential().await.unwrap().access_key_id(),
+        "after-hup"
+    );
+}
+
+/// Runs the binary with only `PATH` and `env`; returns the exit code, stdout and stderr.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn check_credentials_says_which_provider_answered_and_why_none_did() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("check");
+    let token_file = scratch.write("token", "oidc-token-canary");
+    let env = [
+        ("ALIBABA_CLOUD_ROLE_ARN", ROLE_ARN),
+        ("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN),
+        (
+            "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            token_file.to_str().unwrap(),
+        ),
+        ("DDS_GATEWAY_CREDENTIALS_STS_ENDPOINT", &fake.url()),
+        ("RUST_LOG", "trace"),
+    ];
+    let (code, stdout, stderr) = run(&["check-credentials"], &env).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("provider oidc_role_arn") && stdout.contains("STS.****0001"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("temporary until"), "{stdout}");
+    for canary in [
+        "oidc-token-canary",
+        "issued-secret-canary",
+        "issued-token-canary",
+    ] {
+        assert!(
+            !stdout.contains(canary) && !stderr.contains(canary),
+            "{canary} leaked"
+        );
+    }
+
+    let (code, _, stderr) = run(
+        &["check-credentials"],
+        &[("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")],
+    )
+    .await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("no usable Alibaba Cloud credentials")
+            && stderr.contains("ALIBABA_CLOUD_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+
+    // An explicitly chosen provider that cannot reach its source: unavailable (69).
+    let (code, _, stderr) = run(
+        &["check-credentials"],
+        &[
+            ("DDS_GATEWAY_CREDENTIALS_PROVIDER", "ecs_ram_role"),
+            (
+                "DDS_GATEWAY_CREDENTIALS_IMDS_ENDPOINT",
+                &format!("{}gone/", fake.url()),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("ecs_ram_role") && stderr.contains("404"),
+        "{stderr}"
+    );
+}
