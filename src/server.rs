@@ -54,12 +54,6 @@ pub async fn serve(
             "[[callers]]: caller authentication is not implemented in this version; remove the section and listen on loopback".to_string(),
         ));
     }
-    if config.alibaba.signature_version != crate::config::SignatureVersion::V2 {
-        return Err(ServeError::Refused(
-            "alibaba.signature_version: \"v3\" is not implemented in this version; use \"v2\""
-                .to_string(),
-        ));
-    }
     if !local.ip().is_loopback() {
         return Err(ServeError::Refused(format!(
             "server.listen: {local} is not a loopback address and no [[callers]] are configured; \

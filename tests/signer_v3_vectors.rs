@@ -122,7 +122,13 @@ struct Generated {
 
 impl Generated {
     fn sign(&self, headers: &[(String, String)]) -> v3::SignedRequest {
-        self.sign_with(&self.method, &self.query, headers, &self.payload, &self.secret)
+        self.sign_with(
+            &self.method,
+            &self.query,
+            headers,
+            &self.payload,
+            &self.secret,
+        )
     }
 
     fn sign_with(
@@ -161,18 +167,24 @@ fn generated() -> impl Strategy<Value = Generated> {
         prop_oneof![Just("POST"), Just("GET"), Just("")],
         proptest::collection::btree_map("[A-Za-z][A-Za-z0-9]{0,10}", any::<String>(), 0..6),
         proptest::collection::btree_map(signed_name, value, 1..6),
-        proptest::collection::btree_map("(user-agent|accept|x-ac|x-acsx|content-length)", value, 0..3),
+        proptest::collection::btree_map(
+            "(user-agent|accept|x-ac|x-acsx|content-length)",
+            value,
+            0..3,
+        ),
         "[0-9a-f]{64}",
         "[ -~]{0,80}",
     )
-        .prop_map(|(method, query, signed, unsigned, payload, secret)| Generated {
-            method: method.to_string(),
-            query: query.into_iter().collect(),
-            signed: signed.into_iter().collect(),
-            unsigned: unsigned.into_iter().collect(),
-            payload,
-            secret,
-        })
+        .prop_map(
+            |(method, query, signed, unsigned, payload, secret)| Generated {
+                method: method.to_string(),
+                query: query.into_iter().collect(),
+                signed: signed.into_iter().collect(),
+                unsigned: unsigned.into_iter().collect(),
+                payload,
+                secret,
+            },
+        )
 }
 
 /// `s` with its ASCII letters' case flipped where `mask` has a bit set.

@@ -306,11 +306,7 @@ impl fmt::Debug for Signature {
 pub struct Authorization(String);
 
 impl Authorization {
-    pub fn new(
-        access_key_id: &str,
-        signed_headers: &SignedHeaders,
-        signature: &Signature,
-    ) -> Self {
+    pub fn new(access_key_id: &str, signed_headers: &SignedHeaders, signature: &Signature) -> Self {
         Self(format!(
             "{ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={}",
             signature.as_str()
@@ -477,7 +473,10 @@ mod tests {
     use super::*;
 
     /// The official documented example (V3-A): RunInstances, POST, empty body.
-    fn official() -> (Vec<(&'static str, &'static str)>, Vec<(&'static str, &'static str)>) {
+    fn official() -> (
+        Vec<(&'static str, &'static str)>,
+        Vec<(&'static str, &'static str)>,
+    ) {
         (
             vec![
                 (
@@ -558,7 +557,9 @@ mod tests {
             "content-type;host;x-acs-test"
         );
         assert_eq!(
-            CanonicalHeaders::new::<&str, &str>(&[]).signed_headers().as_str(),
+            CanonicalHeaders::new::<&str, &str>(&[])
+                .signed_headers()
+                .as_str(),
             ""
         );
     }
