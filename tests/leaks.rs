@@ -9,6 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{Gateway, Options, request};
+use dds_gateway::config::SignatureVersion;
 use dds_gateway::credentials::{Credential, Secret};
 use dds_gateway::sandbox::{Fault, SandboxConfig};
 
@@ -112,6 +113,60 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         gw.sandbox.received()
     ));
 
+    // Signature V3: the token and signature travel in headers instead.
+    let v3_sandbox = || SandboxConfig {
+        security_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let v3 = Gateway::start_with(Options {
+        sandbox: v3_sandbox(),
+        signature_version: Some(SignatureVersion::V3),
+        ..Default::default()
+    })
+    .await;
+    answers.push(format!(
+        "{:?}",
+        v3.upgrade(request("dds-sandbox01", "5.0")).await
+    ));
+    let v3_rejected = Gateway::start_with(Options {
+        sandbox: v3_sandbox(),
+        credential: Some(Credential::new(
+            "testid",
+            Secret::new(WRONG_SECRET),
+            Some(Secret::new(TOKEN)),
+            None,
+            "test",
+        )),
+        signature_version: Some(SignatureVersion::V3),
+        ..Default::default()
+    })
+    .await;
+    answers.push(format!(
+        "{:?}",
+        v3_rejected.upgrade(request("dds-sandbox01", "5.0")).await
+    ));
+    let v3_received: Vec<_> = v3
+        .sandbox
+        .received()
+        .into_iter()
+        .chain(v3_rejected.sandbox.received())
+        .collect();
+    answers.push(format!("{v3_received:?}"));
+    assert_eq!(v3_received.len(), 2);
+    assert!(
+        v3_received
+            .iter()
+            .all(|r| r.headers.get("x-acs-security-token").map(String::as_str) == Some(TOKEN))
+    );
+    let v3_signatures: Vec<String> = v3_received
+        .iter()
+        .map(|r| {
+            dds_gateway::signer::v3::ParsedAuthorization::parse(&r.headers["authorization"])
+                .unwrap()
+                .signature
+        })
+        .collect();
+
     let mut signatures: Vec<String> = gw
         .sandbox
         .received()
@@ -133,6 +188,8 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
             .iter()
             .map(|s| dds_gateway::signer::percent_encode(s)),
     );
+
+    signatures.extend(v3_signatures);
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dds_gateway::config::{Config, Overrides};
+use dds_gateway::config::{Config, Overrides, SignatureVersion};
 use dds_gateway::credentials::{Credential, CredentialsProvider, StaticProvider};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
@@ -33,6 +33,8 @@ pub struct Options {
     pub credential: Option<Credential>,
     /// Sends upstream calls here instead of the sandbox.
     pub endpoint: Option<String>,
+    /// `alibaba.signature_version`; the default's (V2) when `None`.
+    pub signature_version: Option<SignatureVersion>,
 }
 
 impl Gateway {
@@ -47,6 +49,9 @@ impl Gateway {
             Some(url) => url.parse().unwrap(),
             None => sandbox.endpoint(),
         });
+        if let Some(version) = options.signature_version {
+            config.alibaba.signature_version = version;
+        }
         let credential = options.credential.unwrap_or_else(|| sandbox.credential());
         Self::serve(config, Arc::new(StaticProvider::new(credential)), sandbox).await
     }
