@@ -16,7 +16,6 @@
 //! ```
 
 use std::fmt;
-use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -461,10 +460,13 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Lower-case hex, as V3 wants its hashes and signatures.
 fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
