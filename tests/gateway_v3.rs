@@ -233,3 +233,26 @@ async fn rejected_v3_credentials_are_internal_and_never_echoed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_cannot_be_a_header_value_is_refused_before_sending() {
+    let credential = Credential::new(
+        "testid",
+        Secret::new("testsecret"),
+        Some(Secret::new("line\nbreak-token")),
+        None,
+        "test",
+    );
+    let gw = start(SandboxConfig::default(), Some(credential)).await;
+    let status = gw
+        .upgrade(request("dds-sandbox01", "5.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "GATEWAY_UNSUPPORTED"
+    );
+    assert!(!status.message().contains("break-token"), "{status:?}");
+    assert!(gw.sandbox.received().is_empty(), "nothing was sent");
+}
