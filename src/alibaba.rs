@@ -144,7 +144,8 @@ impl AlibabaClient {
         // Signed afresh for every attempt: a new nonce and the current time.
         let request = match self.signature_version {
             SignatureVersion::V2 => sign_v2(&self.http, url, action, &credential, params, now()),
-            SignatureVersion::V3 => sign_v3(&self.http, url, action, &credential, &params, now())?,
+            SignatureVersion::V3 => sign_v3(&self.http, url, action, &credential, &params, now())
+                .map_err(CallError::Unsupported)?,
         };
         let response = request.send().await.map_err(classify_send_error)?;
         let http_status = response.status().as_u16();
@@ -222,6 +223,9 @@ fn sign_v2(
         .body(body)
 }
 
+/// Why a V3 request cannot be built: a credential part with bytes HTTP headers cannot carry.
+const NOT_A_HEADER: &str = "a credential cannot be sent in an HTTP header";
+
 /// Signature V3, laid out as the official SDK sends RPC calls: the business parameters in the
 /// query string (they hold no secret), an empty body, and action, version, date, a fresh nonce,
 /// the body hash and any security token in signed `x-acs-*` headers, then `Authorization`.
@@ -232,7 +236,7 @@ fn sign_v3(
     credential: &Credential,
     params: &[(&'static str, String)],
     time: SystemTime,
-) -> Result<reqwest::RequestBuilder, CallError> {
+) -> Result<reqwest::RequestBuilder, &'static str> {
     let query = v3::canonical_query_string(params);
     url.set_query(Some(&query).filter(|q| !q.is_empty()).map(String::as_str));
     // The host is signed, so send exactly the value that was signed rather than leave it to
@@ -240,7 +244,7 @@ fn sign_v3(
     let host = match (url.host_str(), url.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_string(),
-        (None, _) => return Err(CallError::Unsupported("endpoint has no host")),
+        (None, _) => return Err("endpoint has no host"),
     };
     let date = signer::format_timestamp(time);
     let nonce = uuid::Uuid::new_v4().simple().to_string();
@@ -270,14 +274,13 @@ fn sign_v3(
 
     let mut map = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
-        let mut value = HeaderValue::from_str(value)
-            .map_err(|_| CallError::Unsupported("a credential cannot be sent in an HTTP header"))?;
+        let mut value = HeaderValue::from_str(value).map_err(|_| NOT_A_HEADER)?;
         // Never indexed by HTTP/2 header compression, and `Sensitive` in Debug.
         value.set_sensitive(name == v3::header::SECURITY_TOKEN);
         map.insert(HeaderName::from_static(name), value);
     }
-    let mut authorization = HeaderValue::from_str(signed.authorization.as_str())
-        .map_err(|_| CallError::Unsupported("a credential cannot be sent in an HTTP header"))?;
+    let mut authorization =
+        HeaderValue::from_str(signed.authorization.as_str()).map_err(|_| NOT_A_HEADER)?;
     authorization.set_sensitive(true);
     map.insert(AUTHORIZATION, authorization);
     Ok(http.post(url).headers(map))

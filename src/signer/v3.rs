@@ -475,10 +475,9 @@ mod tests {
     use super::*;
 
     /// The official documented example (V3-A): RunInstances, POST, empty body.
-    fn official() -> (
-        Vec<(&'static str, &'static str)>,
-        Vec<(&'static str, &'static str)>,
-    ) {
+    type Pairs = Vec<(&'static str, &'static str)>;
+
+    fn official() -> (Pairs, Pairs) {
         (
             vec![
                 (
