@@ -6,7 +6,7 @@
 //! - [`config`]: the TOML file, environment overrides and start-up checks.
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
 //! - [`credentials`]: secret types and the credentials provider trait.
-//! - [`signer`]: Alibaba RPC signature V2, a pure function.
+//! - [`signer`]: Alibaba RPC signatures V2 and V3 ([`signer::v3`]), pure functions.
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`error`]: the one mapping from failures to gRPC statuses.
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
