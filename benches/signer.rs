@@ -1,10 +1,11 @@
-//! Signing cost: one `UpgradeDBInstanceEngineVersion` request end to end (canonicalize, string to
-//! sign, HMAC-SHA1, Base64) with a credential's pre-keyed HMAC state, and percent-encoding.
+//! Signing cost: one `UpgradeDBInstanceEngineVersion` request end to end with a credential's
+//! pre-keyed HMAC state, in signature V2 (canonicalize, string to sign, HMAC-SHA1, Base64) and V3
+//! (canonical request, SHA-256, HMAC-SHA256, hex, Authorization), and percent-encoding.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dds_gateway::signer::{self, SigningKey, StringToSign};
+use dds_gateway::signer::{self, SigningKey, StringToSign, v3};
 
 /// The parameters the gateway signs for an upgrade, STS token included.
 fn upgrade_params() -> Vec<(&'static str, String)> {
@@ -26,6 +27,22 @@ fn upgrade_params() -> Vec<(&'static str, String)> {
         ("EngineVersion", "5.0".into()),
         ("SwitchMode", "0".into()),
     ]
+}
+
+type Pairs<'a> = [(&'a str, &'a str)];
+
+/// The V3 request the gateway signs for an upgrade: parameters in the query, empty body.
+fn v3_request<'a>(
+    query: &'a Pairs<'a>,
+    headers: &'a Pairs<'a>,
+) -> v3::Request<'a, (&'a str, &'a str), (&'a str, &'a str)> {
+    v3::Request {
+        method: "POST",
+        canonical_uri: "/",
+        query,
+        headers,
+        hashed_payload: v3::EMPTY_PAYLOAD_SHA256,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -56,6 +73,44 @@ fn bench(c: &mut Criterion) {
     c.bench_function("signing key from secret", |b| {
         b.iter(|| SigningKey::new(black_box("testsecret")))
     });
+
+    // V3: business parameters in the query, the rest in headers, as the gateway sends it.
+    let query = [
+        ("RegionId", "cn-hangzhou"),
+        ("DBInstanceId", "dds-bp1234567890abcd"),
+        ("EngineVersion", "5.0"),
+        ("SwitchMode", "0"),
+    ];
+    let token = "CAIS+token/with=special*chars~".repeat(8);
+    let mut headers = vec![
+        ("host", "mongodb.aliyuncs.com"),
+        ("x-acs-action", "UpgradeDBInstanceEngineVersion"),
+        ("x-acs-version", "2015-12-01"),
+        ("x-acs-date", "2026-11-26T12:46:24Z"),
+        ("x-acs-signature-nonce", "3156853299f313e23d1673dc12e1703d"),
+        ("x-acs-content-sha256", v3::EMPTY_PAYLOAD_SHA256),
+    ];
+    let key_v3 = v3::SigningKey::new("testsecret");
+    c.bench_function("sign UpgradeDBInstanceEngineVersion (v3, no token)", |b| {
+        b.iter(|| {
+            v3::sign(
+                black_box(&v3_request(&query, &headers)),
+                "LTAIexample",
+                &key_v3,
+            )
+        })
+    });
+    headers.push(("x-acs-security-token", &token));
+    c.bench_function("sign UpgradeDBInstanceEngineVersion (v3, pre-keyed)", |b| {
+        b.iter(|| {
+            v3::sign(
+                black_box(&v3_request(&query, &headers)),
+                "STS.NUgYrLnoC37mZZCNnAbez2ZVQ",
+                &key_v3,
+            )
+        })
+    });
+
     let text = "CAIS+token/with=special*chars~ 中文 2026-11-26T12:46:24Z";
     c.bench_function("percent_encode 60 bytes", |b| {
         b.iter(|| signer::percent_encode(black_box(text)))

@@ -1,6 +1,7 @@
 //! The Alibaba Cloud API client: one pooled HTTPS client that turns a Dds operation into a
-//! signed RPC-style request (`POST`, product `Dds`, version `2015-12-01`), sends it to the
-//! region's endpoint, and classifies the answer. It decides nothing about gRPC: `error.rs` does.
+//! signed RPC-style request (`POST`, product `Dds`, version `2015-12-01`, signature V2 or V3 as
+//! configured), sends it to the region's endpoint, and classifies the answer. It decides nothing
+//! about gRPC: `error.rs` does.
 
 pub mod endpoint;
 pub mod response;
@@ -10,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{AlibabaConfig, SignatureVersion};
-use crate::credentials::{CredentialsError, CredentialsProvider};
-use crate::signer::{self, param};
+use crate::credentials::{Credential, CredentialsError, CredentialsProvider};
+use crate::signer::{self, param, v3};
 pub use response::{AvailableEngineVersions, InstanceAttribute, UpstreamError};
 
 /// Alibaba's product code of ApsaraDB for MongoDB.
@@ -175,58 +176,17 @@ impl AlibabaClient {
         region_id: &str,
         params: Vec<(&'static str, String)>,
     ) -> Result<Answer, CallError> {
-        if self.signature_version != SignatureVersion::V2 {
-            return Err(CallError::Unsupported(
-                "signature v3 is not implemented yet",
-            ));
-        }
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
         let credential = self.credentials.credential().await?;
-
-        // Common parameters of signature V2; a fresh nonce and timestamp for every attempt.
-        let mut all: Vec<(&'static str, String)> = Vec::with_capacity(params.len() + 9);
-        all.push((param::ACTION, action.to_string()));
-        all.push((param::VERSION, API_VERSION.to_string()));
-        all.push((param::FORMAT, "JSON".to_string()));
-        all.push((param::ACCESS_KEY_ID, credential.access_key_id().to_string()));
-        all.push((
-            param::SIGNATURE_METHOD,
-            signer::SIGNATURE_METHOD.to_string(),
-        ));
-        all.push((
-            param::SIGNATURE_VERSION,
-            signer::SIGNATURE_VERSION.to_string(),
-        ));
-        all.push((param::SIGNATURE_NONCE, uuid::Uuid::new_v4().to_string()));
-        all.push((param::TIMESTAMP, signer::format_timestamp(now())));
-        if let Some(token) = credential.security_token() {
-            all.push((param::SECURITY_TOKEN, token.expose().to_string()));
-        }
-        all.extend(params);
-        let signed = signer::sign("POST", &all, credential.signing_key());
-
-        // Everything goes in the form body, none in the URL: URLs end up in proxy and error logs,
-        // and the body carries the security token and signature. Alibaba signs the union of
-        // query and body parameters, so both placements verify the same.
-        let mut body = signed.canonicalized_query_string;
-        body.push('&');
-        body.push_str(param::SIGNATURE);
-        body.push('=');
-        signer::percent_encode_into(&mut body, signed.signature.as_str());
-
-        let response = self
-            .http
-            .post(url)
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            )
-            .body(body)
-            .send()
-            .await
-            .map_err(classify_send_error)?;
+        // Signed afresh for every attempt: a new nonce and the current time.
+        let request = match self.signature_version {
+            SignatureVersion::V2 => sign_v2(&self.http, url, action, &credential, params, now()),
+            SignatureVersion::V3 => sign_v3(&self.http, url, action, &credential, &params, now())
+                .map_err(CallError::Unsupported)?,
+        };
+        let response = request.send().await.map_err(classify_send_error)?;
         let http_status = response.status().as_u16();
         let retry_after = response::parse_retry_after(
             response
@@ -253,6 +213,116 @@ impl AlibabaClient {
 pub struct Answer {
     pub http_status: u16,
     pub bytes: Vec<u8>,
+}
+
+/// Signature V2: the common parameters (fresh `SignatureNonce`, `Timestamp`), the security token
+/// and the signature join the business parameters in a form body.
+fn sign_v2(
+    http: &reqwest::Client,
+    url: Url,
+    action: &'static str,
+    credential: &Credential,
+    params: Vec<(&'static str, String)>,
+    time: SystemTime,
+) -> reqwest::RequestBuilder {
+    let mut all: Vec<(&'static str, String)> = Vec::with_capacity(params.len() + 9);
+    all.push((param::ACTION, action.to_string()));
+    all.push((param::VERSION, API_VERSION.to_string()));
+    all.push((param::FORMAT, "JSON".to_string()));
+    all.push((param::ACCESS_KEY_ID, credential.access_key_id().to_string()));
+    all.push((
+        param::SIGNATURE_METHOD,
+        signer::SIGNATURE_METHOD.to_string(),
+    ));
+    all.push((
+        param::SIGNATURE_VERSION,
+        signer::SIGNATURE_VERSION.to_string(),
+    ));
+    all.push((param::SIGNATURE_NONCE, uuid::Uuid::new_v4().to_string()));
+    all.push((param::TIMESTAMP, signer::format_timestamp(time)));
+    if let Some(token) = credential.security_token() {
+        all.push((param::SECURITY_TOKEN, token.expose().to_string()));
+    }
+    all.extend(params);
+    let signed = signer::sign("POST", &all, credential.signing_key());
+
+    // Everything goes in the form body, none in the URL: URLs end up in proxy and error logs,
+    // and the body carries the security token and signature. Alibaba signs the union of
+    // query and body parameters, so both placements verify the same.
+    let mut body = signed.canonicalized_query_string;
+    body.push('&');
+    body.push_str(param::SIGNATURE);
+    body.push('=');
+    signer::percent_encode_into(&mut body, signed.signature.as_str());
+    http.post(url)
+        .header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        )
+        .body(body)
+}
+
+/// Why a V3 request cannot be built: a credential part with bytes HTTP headers cannot carry.
+const NOT_A_HEADER: &str = "a credential cannot be sent in an HTTP header";
+
+/// Signature V3, laid out as the official SDK sends RPC calls: the business parameters in the
+/// query string (they hold no secret), an empty body, and action, version, date, a fresh nonce,
+/// the body hash and any security token in signed `x-acs-*` headers, then `Authorization`.
+fn sign_v3(
+    http: &reqwest::Client,
+    mut url: Url,
+    action: &'static str,
+    credential: &Credential,
+    params: &[(&'static str, String)],
+    time: SystemTime,
+) -> Result<reqwest::RequestBuilder, &'static str> {
+    let query = v3::canonical_query_string(params);
+    url.set_query(Some(&query).filter(|q| !q.is_empty()).map(String::as_str));
+    // The host is signed, so send exactly the value that was signed rather than leave it to
+    // the HTTP stack.
+    let host = match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => return Err("endpoint has no host"),
+    };
+    let date = signer::format_timestamp(time);
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut headers: Vec<(&'static str, &str)> = vec![
+        (v3::header::HOST, &host),
+        (v3::header::ACTION, action),
+        (v3::header::VERSION, API_VERSION),
+        (v3::header::DATE, &date),
+        (v3::header::SIGNATURE_NONCE, &nonce),
+        (v3::header::CONTENT_SHA256, v3::EMPTY_PAYLOAD_SHA256),
+    ];
+    if let Some(token) = credential.security_token() {
+        headers.push((v3::header::SECURITY_TOKEN, token.expose()));
+    }
+    let request = v3::Request {
+        method: "POST",
+        canonical_uri: "/",
+        query: params,
+        headers: &headers,
+        hashed_payload: v3::EMPTY_PAYLOAD_SHA256,
+    };
+    let signed = v3::sign(
+        &request,
+        credential.access_key_id(),
+        credential.signing_key_v3(),
+    );
+
+    let mut map = HeaderMap::with_capacity(headers.len() + 1);
+    for (name, value) in headers {
+        let mut value = HeaderValue::from_str(value).map_err(|_| NOT_A_HEADER)?;
+        // Never indexed by HTTP/2 header compression, and `Sensitive` in Debug.
+        value.set_sensitive(name == v3::header::SECURITY_TOKEN);
+        map.insert(HeaderName::from_static(name), value);
+    }
+    let mut authorization =
+        HeaderValue::from_str(signed.authorization.as_str()).map_err(|_| NOT_A_HEADER)?;
+    authorization.set_sensitive(true);
+    map.insert(AUTHORIZATION, authorization);
+    Ok(http.post(url).headers(map))
 }
 
 /// The one place the gateway reads the wall clock for signing.

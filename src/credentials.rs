@@ -58,6 +58,7 @@ struct Inner {
     security_token: Option<Secret>,
     expiration: Option<SystemTime>,
     signing_key: SigningKey,
+    signing_key_v3: crate::signer::v3::SigningKey,
     provider: &'static str,
 }
 
@@ -71,12 +72,14 @@ impl Credential {
         provider: &'static str,
     ) -> Self {
         let signing_key = SigningKey::new(access_key_secret.expose());
+        let signing_key_v3 = crate::signer::v3::SigningKey::new(access_key_secret.expose());
         Self(Arc::new(Inner {
             access_key_id: access_key_id.into(),
             access_key_secret,
             security_token,
             expiration,
             signing_key,
+            signing_key_v3,
             provider,
         }))
     }
@@ -101,6 +104,11 @@ impl Credential {
     /// The V2 signing key (`AccessKeySecret + "&"`), keyed once.
     pub fn signing_key(&self) -> &SigningKey {
         &self.0.signing_key
+    }
+
+    /// The V3 signing key (`AccessKeySecret` as it is), keyed once.
+    pub fn signing_key_v3(&self) -> &crate::signer::v3::SigningKey {
+        &self.0.signing_key_v3
     }
 
     /// The name of the provider that produced this credential.

@@ -6,7 +6,7 @@
 //! - [`config`]: the TOML file, environment overrides and start-up checks.
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
 //! - [`credentials`]: secret types and the credentials provider trait.
-//! - [`signer`]: Alibaba RPC signature V2, a pure function.
+//! - [`signer`]: Alibaba RPC signatures V2 and V3 ([`signer::v3`]), pure functions.
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).

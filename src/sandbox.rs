@@ -1,6 +1,7 @@
 //! A loopback-only simulation of the Dds API (2015-12-01) for trying the gateway without a cloud
-//! account, and for the integration tests. It verifies signature V2 exactly as Alibaba Cloud
-//! does (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys),
+//! account, and for the integration tests. It verifies signatures V2 and V3 (chosen, as Alibaba
+//! does, by an `Authorization: ACS3-...` header) exactly as Alibaba Cloud does
+//! (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys, STS tokens),
 //! keeps a few demo instances (`Running` → `EngineVersionUpgrading` → `Running` on the new
 //! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
 //! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes. Faults can be queued
@@ -14,15 +15,16 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::alibaba::{API_VERSION, action};
+use crate::config::SignatureVersion;
 use crate::credentials::{Credential, Secret};
-use crate::signer::{self, SigningKey, param};
+use crate::signer::{self, param, v3};
 
 /// The sandbox's AccessKey ID: obviously fake, accepted only by the sandbox.
 pub const ACCESS_KEY_ID: &str = "testid";
@@ -69,29 +71,50 @@ pub enum Fault {
 #[derive(Clone)]
 pub struct Received {
     pub method: String,
-    /// `Action`, or empty when the request had none.
+    /// How it was signed: V3 when it carried `Authorization: ACS3-...`, else V2.
+    pub signature_version: SignatureVersion,
+    /// `Action` (V2) or `x-acs-action` (V3), or empty when the request had none.
     pub action: String,
     /// The request's parameters (query and form body), `Signature` included.
     pub params: BTreeMap<String, String>,
-    /// The query string as sent (the gateway sends everything in the body).
+    /// The query string as sent (the gateway's V2 requests send everything in the body).
     pub raw_query: Option<String>,
+    /// The headers, names in lower case, repeated values joined with `,`.
+    pub headers: BTreeMap<String, String>,
+    /// The body as sent.
+    pub body: Bytes,
 }
 
-// `Signature` and `SecurityToken` values are credentials: `***` in Debug.
+// Signatures and security tokens are credentials: `***` in Debug.
 impl std::fmt::Debug for Received {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let params: BTreeMap<&str, &str> = self
-            .params
-            .iter()
-            .map(|(k, v)| match k.as_str() {
-                param::SIGNATURE | param::SECURITY_TOKEN => (k.as_str(), "***"),
-                _ => (k.as_str(), v.as_str()),
-            })
-            .collect();
+        let redact = |map: &'_ BTreeMap<String, String>, secret: &[&str]| {
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if secret.contains(&k.as_str()) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.clone(), v.to_string())
+                })
+                .collect::<BTreeMap<String, String>>()
+        };
         f.debug_struct("Received")
             .field("method", &self.method)
+            .field("signature_version", &self.signature_version)
             .field("action", &self.action)
-            .field("params", &params)
+            .field(
+                "params",
+                &redact(&self.params, &[param::SIGNATURE, param::SECURITY_TOKEN]),
+            )
+            .field(
+                "headers",
+                &redact(
+                    &self.headers,
+                    &[v3::header::AUTHORIZATION, v3::header::SECURITY_TOKEN],
+                ),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +126,9 @@ pub struct SandboxConfig {
     pub upgrade_duration: Duration,
     /// The STS security token the sandbox's credential must carry, if any.
     pub security_token: Option<String>,
+    /// More AccessKeys accepted besides `testid` (e.g. ones an STS double issued), each with
+    /// the security token it must be sent with, if any. Same-id entries replace `testid`.
+    pub extra_keys: Vec<Credential>,
 }
 
 impl std::fmt::Debug for SandboxConfig {
@@ -113,6 +139,7 @@ impl std::fmt::Debug for SandboxConfig {
                 "security_token",
                 &self.security_token.as_ref().map(|_| "***"),
             )
+            .field("extra_keys", &self.extra_keys)
             .finish()
     }
 }
@@ -122,13 +149,15 @@ impl Default for SandboxConfig {
         Self {
             upgrade_duration: Duration::from_secs(20),
             security_token: None,
+            extra_keys: Vec::new(),
         }
     }
 }
 
 struct State_ {
     config: SandboxConfig,
-    signing_key: SigningKey,
+    /// The AccessKeys accepted, by AccessKey ID.
+    keys: HashMap<String, Credential>,
     instances: BTreeMap<String, (Instance, Option<(String, Instant)>)>,
     /// Nonces seen, with when they may be forgotten (after the timestamp window).
     nonces: HashMap<String, SystemTime>,
@@ -168,9 +197,13 @@ impl Sandbox {
     pub async fn start(config: SandboxConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
+        let keys = std::iter::once(own_credential(&config))
+            .chain(config.extra_keys.iter().cloned())
+            .map(|c| (c.access_key_id().to_string(), c))
+            .collect();
         let state = Arc::new(Mutex::new(State_ {
             config,
-            signing_key: SigningKey::new(ACCESS_KEY_SECRET),
+            keys,
             instances: demo_instances()
                 .into_iter()
                 .map(|i| (i.db_instance_id.clone(), (i, None)))
@@ -201,16 +234,9 @@ impl Sandbox {
             .unwrap_or_else(|_| unreachable!("loopback address is a valid URL"))
     }
 
-    /// The credential the sandbox accepts.
+    /// The sandbox's own credential (`testid`, with `SandboxConfig::security_token`).
     pub fn credential(&self) -> Credential {
-        let token = lock(&self.state).config.security_token.clone();
-        Credential::new(
-            ACCESS_KEY_ID,
-            Secret::new(ACCESS_KEY_SECRET),
-            token.map(Secret::new),
-            None,
-            "sandbox",
-        )
+        own_credential(&lock(&self.state).config)
     }
 
     /// Queues an answer for the next request.
@@ -251,6 +277,16 @@ impl Sandbox {
         let mut state = lock(&self.state);
         settle(&mut state, id).cloned()
     }
+}
+
+fn own_credential(config: &SandboxConfig) -> Credential {
+    Credential::new(
+        ACCESS_KEY_ID,
+        Secret::new(ACCESS_KEY_SECRET),
+        config.security_token.clone().map(Secret::new),
+        None,
+        "sandbox",
+    )
 }
 
 fn demo_instances() -> Vec<Instance> {
@@ -326,6 +362,7 @@ async fn handle(
     State(state): State<Shared>,
     axum::extract::ConnectInfo(connection): axum::extract::ConnectInfo<connection::Connection>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -334,14 +371,31 @@ async fn handle(
         Ok(params) => params,
         Err(response) => return *response,
     };
-    let action = params.get(param::ACTION).cloned().unwrap_or_default();
+    // Alibaba tells the versions apart by the `Authorization` header's algorithm.
+    let version = match headers.get(header::AUTHORIZATION) {
+        Some(value) if value.as_bytes().starts_with(b"ACS3-") => SignatureVersion::V3,
+        _ => SignatureVersion::V2,
+    };
+    let (action, api_version) = match version {
+        SignatureVersion::V2 => (
+            param_of(&params, param::ACTION),
+            param_of(&params, param::VERSION),
+        ),
+        SignatureVersion::V3 => (
+            header_of(&headers, v3::header::ACTION),
+            header_of(&headers, v3::header::VERSION),
+        ),
+    };
     let fault = {
         let mut state = lock(&state);
         state.received.push(Received {
             method: method.to_string(),
+            signature_version: version,
             action: action.clone(),
             params: params.clone(),
             raw_query: query.clone(),
+            headers: header_map(&headers),
+            body: body.clone(),
         });
         let position = state
             .faults
@@ -351,26 +405,68 @@ async fn handle(
             .and_then(|i| state.faults.remove(i))
             .map(|(_, f)| f)
     };
+    let incoming = Incoming {
+        version,
+        method: method.as_str(),
+        path: uri.path(),
+        query: query.as_deref(),
+        headers: &headers,
+        body: &body,
+        params: &params,
+        action: &action,
+        api_version: &api_version,
+    };
     match fault {
         Some(Fault::AfterActing(inner)) => {
-            let answer = act(&state, method.as_str(), &params);
+            let answer = act(&state, &incoming);
             inject(*inner, &connection).await.unwrap_or(answer)
         }
         Some(fault) => match inject(fault, &connection).await {
             Some(response) => response,
-            None => act(&state, method.as_str(), &params),
+            None => act(&state, &incoming),
         },
-        None => act(&state, method.as_str(), &params),
+        None => act(&state, &incoming),
     }
 }
 
-/// Verifies the signature and answers the request, changing the simulated instances.
-fn act(state: &Shared, method: &str, params: &BTreeMap<String, String>) -> Response {
+/// What answering a request needs of it.
+struct Incoming<'a> {
+    version: SignatureVersion,
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    params: &'a BTreeMap<String, String>,
+    action: &'a str,
+    api_version: &'a str,
+}
+
+/// Verifies the signature (V2 or V3) and answers the request, changing the simulated instances.
+fn act(state: &Shared, incoming: &Incoming<'_>) -> Response {
     let mut state = lock(state);
-    if let Err(response) = verify(&mut state, method, params) {
+    let verified = match incoming.version {
+        SignatureVersion::V2 => verify(&mut state, incoming.method, incoming.params),
+        SignatureVersion::V3 => {
+            let request = V3Request {
+                method: incoming.method,
+                path: incoming.path,
+                query: incoming.query,
+                headers: incoming.headers,
+                body: incoming.body,
+            };
+            verify_v3(&mut state, &request)
+        }
+    };
+    if let Err(response) = verified {
         return *response;
     }
-    dispatch(&mut state, params)
+    dispatch(
+        &mut state,
+        incoming.action,
+        incoming.api_version,
+        incoming.params,
+    )
 }
 
 /// The answer a fault gives instead of the real one; `None` to answer normally (after a delay).
@@ -407,6 +503,49 @@ async fn inject(fault: Fault, connection: &connection::Connection) -> Option<Res
     }
 }
 
+fn param_of(params: &BTreeMap<String, String>, name: &str) -> String {
+    params.get(name).cloned().unwrap_or_default()
+}
+
+/// A header's values joined with `,`, empty when absent.
+fn header_of(headers: &HeaderMap, name: &str) -> String {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    values.join(",")
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .keys()
+        .map(|name| (name.as_str().to_string(), header_of(headers, name.as_str())))
+        .collect()
+}
+
+/// `name=value` pairs of a query string or form body, percent-decoded.
+fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, Box<Response>> {
+    let mut pairs = Vec::new();
+    for pair in text.split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(name), Some(value)) =
+            (signer::percent_decode(name), signer::percent_decode(value))
+        else {
+            return Err(reject(
+                400,
+                "InvalidParameter",
+                "A parameter is not correctly percent-encoded.",
+            ));
+        };
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
 /// The union of query and form body parameters, as Alibaba signs them.
 fn collect_params(
     query: Option<&str>,
@@ -424,20 +563,10 @@ fn collect_params(
     } else {
         ""
     };
-    for pair in query.unwrap_or("").split('&').chain(body.split('&')) {
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (Some(name), Some(value)) =
-            (signer::percent_decode(name), signer::percent_decode(value))
-        else {
-            return Err(reject(
-                400,
-                "InvalidParameter",
-                "A parameter is not correctly percent-encoded.",
-            ));
-        };
+    for (name, value) in parse_pairs(query.unwrap_or(""))?
+        .into_iter()
+        .chain(parse_pairs(body)?)
+    {
         if params.insert(name.clone(), value).is_some() {
             return Err(reject(
                 400,
@@ -498,7 +627,159 @@ fn verify(
             "Specified signature version is not valid.",
         ));
     }
-    let Some(timestamp) = signer::parse_timestamp(get(param::TIMESTAMP)) else {
+    let now = check_timestamp(get(param::TIMESTAMP))?;
+    let credential = known_key(state, get(param::ACCESS_KEY_ID))?;
+
+    let signed: Vec<(&str, &str)> = params
+        .iter()
+        .filter(|(name, _)| name.as_str() != param::SIGNATURE)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let expected = signer::sign(method, &signed, credential.signing_key());
+    if expected.signature.as_str() != get(param::SIGNATURE) {
+        // Alibaba echoes its string to sign, so a client can see where it differs.
+        return Err(reject(
+            400,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{}",
+                expected.string_to_sign
+            ),
+        ));
+    }
+
+    check_security_token(
+        &credential,
+        params.get(param::SECURITY_TOKEN).map(String::as_str),
+    )?;
+    check_nonce(state, get(param::SIGNATURE_NONCE), now)
+}
+
+/// The parts of a request signature V3 covers, as received.
+struct V3Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+/// Headers every V3 request must carry, and sign.
+const V3_REQUIRED_HEADERS: &[&str] = &[
+    v3::header::HOST,
+    v3::header::ACTION,
+    v3::header::VERSION,
+    v3::header::DATE,
+    v3::header::SIGNATURE_NONCE,
+    v3::header::CONTENT_SHA256,
+];
+
+/// Signature V3 verification: the `Authorization` header taken apart, the required headers
+/// present and signed, the body hash, the date, the key, then the signature recomputed from
+/// what arrived (the headers named in `SignedHeaders`, the query string, the body's hash).
+fn verify_v3(state: &mut State_, request: &V3Request<'_>) -> Result<(), Box<Response>> {
+    let incomplete = |detail: &str| {
+        reject(
+            400,
+            "IncompleteSignature",
+            &format!("The request signature does not conform to Aliyun standards. {detail}"),
+        )
+    };
+    let authorization = header_of(request.headers, v3::header::AUTHORIZATION);
+    let Some(auth) = v3::ParsedAuthorization::parse(&authorization) else {
+        return Err(incomplete("The Authorization header is malformed."));
+    };
+    if auth.algorithm != v3::ALGORITHM {
+        return Err(reject(
+            400,
+            "InvalidSignatureMethod",
+            "Specified signature method is not valid.",
+        ));
+    }
+    for name in V3_REQUIRED_HEADERS {
+        if header_of(request.headers, name).is_empty() {
+            return Err(incomplete(&format!("The header {name} is missing.")));
+        }
+    }
+    // Every signable header that was sent must be signed, and every signed one sent: an
+    // unsigned `x-acs-security-token` or `x-acs-date` could be swapped in transit.
+    for name in request.headers.keys() {
+        if v3::is_signed_header(name.as_str())
+            && !auth.signed_headers.iter().any(|s| s == name.as_str())
+        {
+            return Err(incomplete(&format!("The header {name} is not signed.")));
+        }
+    }
+    for name in &auth.signed_headers {
+        if !request.headers.contains_key(name.as_str()) {
+            return Err(incomplete(&format!("The signed header {name} is missing.")));
+        }
+    }
+    let hashed_payload = v3::hashed_request_payload(request.body);
+    if header_of(request.headers, v3::header::CONTENT_SHA256) != hashed_payload {
+        return Err(reject(
+            400,
+            "SignatureDoesNotMatch",
+            "Specified x-acs-content-sha256 is not the SHA-256 of the request body.",
+        ));
+    }
+    let now = check_timestamp(&header_of(request.headers, v3::header::DATE))?;
+    let credential = known_key(state, &auth.access_key_id)?;
+
+    let query = parse_pairs(request.query.unwrap_or(""))?;
+    let signed_headers: Vec<(String, String)> = auth
+        .signed_headers
+        .iter()
+        .flat_map(|name| {
+            request.headers.get_all(name.as_str()).iter().map(move |v| {
+                (
+                    name.clone(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+        })
+        .collect();
+    let expected = v3::sign(
+        &v3::Request {
+            method: request.method,
+            canonical_uri: request.path,
+            query: &query,
+            headers: &signed_headers,
+            hashed_payload: &hashed_payload,
+        },
+        &auth.access_key_id,
+        credential.signing_key_v3(),
+    );
+    if expected.signature.as_str() != auth.signature {
+        // Alibaba echoes what it signed, so a client can see where it differs.
+        return Err(reject(
+            400,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Specified signature is not matched with our calculation. server string to sign is:{} canonical request is:{}",
+                expected.string_to_sign, expected.canonical_request
+            ),
+        ));
+    }
+
+    let token = request.headers.contains_key(v3::header::SECURITY_TOKEN);
+    check_security_token(
+        &credential,
+        token
+            .then(|| header_of(request.headers, v3::header::SECURITY_TOKEN))
+            .as_deref(),
+    )?;
+    check_nonce(
+        state,
+        &header_of(request.headers, v3::header::SIGNATURE_NONCE),
+        now,
+    )
+}
+
+/// Parses a `yyyy-MM-ddTHH:mm:ssZ` request time and refuses one too far from the sandbox's
+/// clock; returns the sandbox's "now".
+fn check_timestamp(text: &str) -> Result<SystemTime, Box<Response>> {
+    let Some(timestamp) = signer::parse_timestamp(text) else {
         return Err(reject(
             400,
             "InvalidTimeStamp.Format",
@@ -517,71 +798,63 @@ fn verify(
             "Specified time stamp or date value is expired.",
         ));
     }
-    if get(param::ACCESS_KEY_ID) != ACCESS_KEY_ID {
-        return Err(reject(
+    Ok(now)
+}
+
+/// The credential of a known AccessKey ID, or Alibaba's answer to an unknown one.
+fn known_key(state: &State_, access_key_id: &str) -> Result<Credential, Box<Response>> {
+    state.keys.get(access_key_id).cloned().ok_or_else(|| {
+        reject(
             404,
             "InvalidAccessKeyId.NotFound",
             "Specified access key is not found.",
-        ));
-    }
+        )
+    })
+}
 
-    let signed: Vec<(&str, &str)> = params
-        .iter()
-        .filter(|(name, _)| name.as_str() != param::SIGNATURE)
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let expected = signer::sign(method, &signed, &state.signing_key);
-    if expected.signature.as_str() != get(param::SIGNATURE) {
-        // Alibaba echoes its string to sign, so a client can see where it differs.
-        return Err(reject(
+/// Checks the STS token sent against the one the key was issued with.
+fn check_security_token(credential: &Credential, sent: Option<&str>) -> Result<(), Box<Response>> {
+    match (credential.security_token(), sent) {
+        (None, None) => Ok(()),
+        (Some(expected), Some(sent)) if expected.expose() == sent => Ok(()),
+        (Some(_), None) => Err(reject(
             400,
-            "SignatureDoesNotMatch",
-            &format!(
-                "Specified signature is not matched with our calculation. server string to sign is:{}",
-                expected.string_to_sign
-            ),
-        ));
+            "MissingSecurityToken",
+            "SecurityToken is mandatory for this action.",
+        )),
+        _ => Err(reject(
+            400,
+            "InvalidSecurityToken.MismatchWithAccessKey",
+            "Specified SecurityToken mismatch with the AccessKey.",
+        )),
     }
+}
 
-    match (
-        &state.config.security_token,
-        params.get(param::SECURITY_TOKEN),
-    ) {
-        (None, None) => {}
-        (Some(expected), Some(sent)) if expected == sent => {}
-        (Some(_), None) => {
-            return Err(reject(
-                400,
-                "MissingSecurityToken",
-                "SecurityToken is mandatory for this action.",
-            ));
-        }
-        _ => {
-            return Err(reject(
-                400,
-                "InvalidSecurityToken.MismatchWithAccessKey",
-                "Specified SecurityToken mismatch with the AccessKey.",
-            ));
-        }
-    }
-
+/// Refuses a nonce seen within the timestamp window, and remembers this one.
+fn check_nonce(state: &mut State_, nonce: &str, now: SystemTime) -> Result<(), Box<Response>> {
     state.nonces.retain(|_, forget_at| *forget_at > now);
-    let nonce = get(param::SIGNATURE_NONCE).to_string();
-    if state.nonces.contains_key(&nonce) {
+    if state.nonces.contains_key(nonce) {
         return Err(reject(
             400,
             "SignatureNonceUsed",
             "Specified signature nonce was used already.",
         ));
     }
-    state.nonces.insert(nonce, now + 2 * MAX_CLOCK_SKEW);
+    state
+        .nonces
+        .insert(nonce.to_string(), now + 2 * MAX_CLOCK_SKEW);
     Ok(())
 }
 
-fn dispatch(state: &mut State_, params: &BTreeMap<String, String>) -> Response {
+/// Answers a verified request for `action` of API version `version`.
+fn dispatch(
+    state: &mut State_,
+    action: &str,
+    version: &str,
+    params: &BTreeMap<String, String>,
+) -> Response {
     let get = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
-    let action = get(param::ACTION);
-    if get(param::VERSION) != API_VERSION
+    if version != API_VERSION
         || ![
             action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
             action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,

@@ -51,12 +51,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    if config.alibaba.signature_version != crate::config::SignatureVersion::V2 {
-        return Err(ServeError::Refused(
-            "alibaba.signature_version: \"v3\" is not implemented in this version; use \"v2\""
-                .to_string(),
-        ));
-    }
     // ---- callers, limits, TLS (issue 5) ----
     if config.callers.is_empty() {
         if !local.ip().is_loopback() {

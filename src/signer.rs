@@ -3,7 +3,8 @@
 //! signature comes out. Nothing here reads the clock, the environment or a random source.
 //!
 //! The stages carry Alibaba's own names: the *canonicalized query string*, the *string to sign*
-//! and the *signature*. See `reference/alibaba-api.md` §1.
+//! and the *signature*. See `reference/alibaba-api.md` §1. Signature V3 (`ACS3-HMAC-SHA256`) is
+//! in [`v3`]; both share this module's percent-encoding.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -11,6 +12,8 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha1::{Digest, Sha1};
+
+pub mod v3;
 
 /// `SignatureMethod` of signature V2.
 pub const SIGNATURE_METHOD: &str = "HMAC-SHA1";

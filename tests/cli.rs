@@ -82,15 +82,53 @@ async fn serve_with_a_bad_config_value_names_the_key() {
     assert!(stderr.contains("alibaba.signature_version"), "{stderr}");
 }
 
-#[tokio::test]
-async fn serve_refuses_signature_v3_until_it_is_implemented() {
-    let env = [("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")];
-    let (code, _, stderr) = run(&["serve", "--sandbox", "--listen", "127.0.0.1:0"], &env).await;
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(
-        stderr.contains("alibaba.signature_version") && stderr.contains("not implemented"),
-        "{stderr}"
-    );
+/// `serve --sandbox` with signature V3 end to end: the binary starts, the sandbox inside it
+/// verifies V3, and the `upgrade` client gets Alibaba's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_sandbox_with_signature_v3_upgrades() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")
+        .env("NO_COLOR", "1")
+        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The address is known once the gateway logs that it listens.
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("dds-gateway listening")
+                && let Some(at) = line.find("local=")
+            {
+                let rest = &line[at + "local=".len()..];
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("the gateway exited before listening");
+    })
+    .await
+    .expect("the gateway listens");
+
+    let target = format!("http://{addr}");
+    let args = [
+        "upgrade",
+        "--target",
+        &target,
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "4.4",
+    ];
+    let (code, stdout, stderr) = run(&args, &[]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("engine_version: 4.4"), "{stdout}");
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
 }
 
 // ---- callers (issue 5) ----

@@ -1,14 +1,19 @@
 //! Secrets never leak: the gateway runs with every log target at TRACE through success and each
-//! failure path, and nothing it logged or answered contains the AccessKey secret, the security
-//! token, or any request signature.
+//! failure path (signatures V2 and V3, every credential provider: environment, OIDC role, RAM
+//! role, ECS metadata, credentials URI, and their failures; callers' bearer tokens;
+//! `check-credentials`), and nothing it logged, answered or printed with `Debug` contains an
+//! AccessKey secret, a security token, an OIDC or metadata token, or any request signature.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
+#[path = "common/fake_cloud.rs"]
+mod fake_cloud;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{Gateway, Options, request};
+use dds_gateway::config::SignatureVersion;
 use dds_gateway::credentials::{Credential, Secret};
 use dds_gateway::sandbox::{Fault, SandboxConfig};
 
@@ -16,6 +21,8 @@ const TOKEN: &str = "CANARY-security-token-5f1e";
 const WRONG_SECRET: &str = "CANARY-wrong-secret-9b2c";
 const BEARER: &str = "CANARY-bearer-token-77aa";
 const WRONG_BEARER: &str = "CANARY-wrong-bearer-31cd";
+const OIDC_TOKEN: &str = "CANARY-oidc-token-0d3f";
+const BASE_TOKEN: &str = "CANARY-base-token-a41e";
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -153,6 +160,60 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         gw.sandbox.received()
     ));
 
+    // Signature V3: the token and signature travel in headers instead.
+    let v3_sandbox = || SandboxConfig {
+        security_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let v3 = Gateway::start_with(Options {
+        sandbox: v3_sandbox(),
+        signature_version: Some(SignatureVersion::V3),
+        ..Default::default()
+    })
+    .await;
+    answers.push(format!(
+        "{:?}",
+        v3.upgrade(request("dds-sandbox01", "5.0")).await
+    ));
+    let v3_rejected = Gateway::start_with(Options {
+        sandbox: v3_sandbox(),
+        credential: Some(Credential::new(
+            "testid",
+            Secret::new(WRONG_SECRET),
+            Some(Secret::new(TOKEN)),
+            None,
+            "test",
+        )),
+        signature_version: Some(SignatureVersion::V3),
+        ..Default::default()
+    })
+    .await;
+    answers.push(format!(
+        "{:?}",
+        v3_rejected.upgrade(request("dds-sandbox01", "5.0")).await
+    ));
+    let v3_received: Vec<_> = v3
+        .sandbox
+        .received()
+        .into_iter()
+        .chain(v3_rejected.sandbox.received())
+        .collect();
+    answers.push(format!("{v3_received:?}"));
+    assert!(v3_received.len() >= 2, "both v3 gateways called upstream");
+    assert!(
+        v3_received
+            .iter()
+            .all(|r| r.headers.get("x-acs-security-token").map(String::as_str) == Some(TOKEN))
+    );
+    let v3_signatures: Vec<String> = v3_received
+        .iter()
+        .map(|r| {
+            dds_gateway::signer::v3::ParsedAuthorization::parse(&r.headers["authorization"])
+                .unwrap()
+                .signature
+        })
+        .collect();
+
     let mut signatures: Vec<String> = gw
         .sandbox
         .received()
@@ -175,16 +236,36 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
             .map(|s| dds_gateway::signer::percent_encode(s)),
     );
 
+    signatures.extend(v3_signatures);
+
+    answers.extend(credential_chain_paths().await);
+
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("upgrade failed") && logs.contains("upgrade accepted"),
         "logging was captured"
     );
     let everything = format!("{logs}\n{}", answers.join("\n"));
-    for secret in ["testsecret", WRONG_SECRET, TOKEN, BEARER, WRONG_BEARER]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(signatures)
+    assert!(
+        logs.contains("credential fetched") && logs.contains("AssumeRole"),
+        "the credential chain's logging was captured"
+    );
+    for secret in [
+        "testsecret",
+        WRONG_SECRET,
+        TOKEN,
+        BEARER,
+        WRONG_BEARER,
+        OIDC_TOKEN,
+        BASE_TOKEN,
+        fake_cloud::IMDS_TOKEN,
+        "uri-canary",
+        "issued-secret-canary",
+        "issued-token-canary",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(signatures)
     {
         if let Some(at) = everything.find(&secret) {
             let start = everything[..at]
@@ -198,4 +279,115 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
             );
         }
     }
+}
+
+/// Runs every credential provider that fetches over HTTP through success and failure, serving a
+/// gateway with each; returns everything a caller or operator would see besides the logs.
+async fn credential_chain_paths() -> Vec<String> {
+    use fake_cloud::{BASE_ID, BASE_SECRET, Fake, OIDC_PROVIDER_ARN, ROLE_ARN, Scratch};
+
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("leaks");
+    let token_file = scratch.write("token", OIDC_TOKEN);
+    let base_env = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", BASE_ID),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", BASE_SECRET),
+        ("ALIBABA_CLOUD_SECURITY_TOKEN", BASE_TOKEN),
+    ];
+    let build = |section: String, env: &[(&str, &str)]| {
+        let env: std::collections::BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = dds_gateway::config::Config::from_toml(
+            &format!(
+                "[credentials]\nsts_endpoint = \"{}\"\n{section}",
+                fake.url()
+            ),
+            "t",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap();
+        let provider =
+            dds_gateway::credentials::build(&config.credentials, &|k: &str| env.get(k).cloned())
+                .unwrap();
+        (config, provider)
+    };
+    let oidc = format!(
+        "provider = \"oidc_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\noidc_provider_arn = \"{OIDC_PROVIDER_ARN}\"\noidc_token_file = \"{}\"",
+        token_file.display()
+    );
+    let ram = format!("provider = \"ram_role_arn\"\nrole_arn = \"{ROLE_ARN}\"");
+    let ecs = format!(
+        "provider = \"ecs_ram_role\"\nimds_endpoint = \"{}\"",
+        fake.url()
+    );
+    let uri = format!(
+        "provider = \"credentials_uri\"\ncredentials_uri = \"{}creds?token=uri-canary\"",
+        fake.url()
+    );
+
+    let mut seen = Vec::new();
+    for (section, version) in [
+        (&oidc, SignatureVersion::V2),
+        (&ram, SignatureVersion::V3),
+        (&ecs, SignatureVersion::V2),
+        (&uri, SignatureVersion::V3),
+    ] {
+        let (mut config, provider) = build(section.clone(), &base_env);
+        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig {
+            extra_keys: (1..=20).map(fake_cloud::issued_credential).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        config.alibaba.signature_version = version;
+        seen.push(format!("{config:?} {provider:?}"));
+        let gw = Gateway::serve(config, provider, sandbox).await;
+        let answer = gw.upgrade(request("dds-sandbox01", "5.0")).await;
+        assert!(answer.is_ok(), "{section}: {answer:?}");
+        seen.push(format!("{answer:?} {:?}", gw.sandbox.received()));
+    }
+
+    // Failures: STS refuses (its message echoes the signed base token), the metadata service
+    // refuses IMDSv1 when IMDSv2 fails; the gateway answers CREDENTIALS_UNAVAILABLE.
+    fake.state().sts_failures = 1;
+    fake.state().imds_v1_only = true;
+    for section in [ram, format!("{ecs}\nimdsv1_disabled = true")] {
+        let (config, provider) = build(section, &base_env);
+        seen.push(format!("{:?}", provider.credential().await));
+        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+            .await
+            .unwrap();
+        let mut config = config;
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        let gw = Gateway::serve(config, provider, sandbox).await;
+        let answer = gw.upgrade(request("dds-sandbox01", "5.0")).await;
+        let status = answer.as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        seen.push(format!("{answer:?}"));
+    }
+
+    // The operator's check, at the most verbose level, in a child process.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+        .env_clear()
+        .env("RUST_LOG", "trace")
+        .env("ALIBABA_CLOUD_ROLE_ARN", ROLE_ARN)
+        .env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN)
+        .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token_file)
+        .env("DDS_GATEWAY_CREDENTIALS_STS_ENDPOINT", fake.url())
+        .arg("check-credentials")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    seen.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(
+        fake.state().oidc_tokens.iter().all(|t| t == OIDC_TOKEN),
+        "the OIDC token was sent"
+    );
+    seen
 }

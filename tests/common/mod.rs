@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dds_gateway::config::{Config, Overrides};
+use dds_gateway::config::{Config, Overrides, SignatureVersion};
 use dds_gateway::credentials::{Credential, CredentialsProvider, StaticProvider};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
@@ -35,6 +35,8 @@ pub struct Options {
     pub endpoint: Option<String>,
     /// Changes the configuration before the gateway starts (preflight, retries, watch...).
     pub configure: Option<fn(&mut Config)>,
+    /// `alibaba.signature_version`; the default's (V2) when `None`.
+    pub signature_version: Option<SignatureVersion>,
 }
 
 impl Gateway {
@@ -51,6 +53,9 @@ impl Gateway {
         });
         if let Some(configure) = options.configure {
             configure(&mut config);
+        }
+        if let Some(version) = options.signature_version {
+            config.alibaba.signature_version = version;
         }
         let credential = options.credential.unwrap_or_else(|| sandbox.credential());
         Self::serve(config, Arc::new(StaticProvider::new(credential)), sandbox).await
