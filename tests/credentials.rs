@@ -520,3 +520,190 @@ async fn check_credentials_says_which_provider_answered_and_why_none_did() {
         "{stderr}"
     );
 }
+
+/// An INI file holding one AccessKey.
+fn access_key_ini(id: &str) -> String {
+    format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = secret-{id}\n")
+}
+
+fn plain_key(id: &str) -> dds_gateway::credentials::Credential {
+    dds_gateway::credentials::Credential::new(
+        id,
+        dds_gateway::credentials::Secret::new(format!("secret-{id}")),
+        None,
+        None,
+        "test",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_under_a_running_gateway_leaves_calls_in_flight_alone() {
+    use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+    let scratch = Scratch::new("gateway-rotation");
+    let file = scratch.write("credentials.ini", &access_key_ini("old-key"));
+    let rotating = provider(
+        &format!(
+            "provider = \"profile\"\ncredentials_file = \"{}\"\nfile_poll_interval = \"20ms\"",
+            file.display()
+        ),
+        &[],
+    );
+    let sandbox = Sandbox::start(SandboxConfig {
+        extra_keys: vec![plain_key("old-key"), plain_key("new-key")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    let gw = common::Gateway::serve(config, rotating, sandbox).await;
+
+    // A call signed with the old key is held in flight while the file changes under it.
+    gw.sandbox.push_fault_on(
+        "UpgradeDBInstanceEngineVersion",
+        Fault::Delay(Duration::from_millis(300)),
+    );
+    let held = {
+        let client = gw.client.clone();
+        tokio::spawn(async move {
+            client
+                .clone()
+                .upgrade_engine_version(common::request("dds-sandbox01", "5.0"))
+                .await
+        })
+    };
+    let sandbox = &gw.sandbox;
+    common::wait_until("the first upgrade reaches the upstream", || {
+        sandbox.calls("UpgradeDBInstanceEngineVersion") == 1
+    })
+    .await;
+    scratch.write("credentials.ini", &access_key_ini("new-key"));
+    assert!(held.await.unwrap().is_ok(), "the call in flight finished");
+
+    // New calls sign with the new key once the change is seen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        gw.upgrade(common::request("dds-sandbox02", "5.0"))
+            .await
+            .ok();
+        let last = gw.sandbox.received().last().unwrap().params["AccessKeyId"].clone();
+        if last == "new-key" {
+            break;
+        }
+        assert_eq!(last, "old-key");
+        assert!(tokio::time::Instant::now() < deadline, "rotation not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = &gw.sandbox.received()[0];
+    assert_eq!(first.params["AccessKeyId"], "old-key");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
+    use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+    use tokio::io::AsyncBufReadExt;
+    let scratch = Scratch::new("sighup-binary");
+    let file = scratch.write("credentials.ini", &access_key_ini("before-hup"));
+    let sandbox = Sandbox::start(SandboxConfig {
+        extra_keys: vec![plain_key("before-hup"), plain_key("after-hup")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("DDS_GATEWAY_CREDENTIALS_PROVIDER", "profile")
+        .env("DDS_GATEWAY_CREDENTIALS_CREDENTIALS_FILE", &file)
+        // Only SIGHUP can pick up the change: the file is polled once an hour.
+        .env("DDS_GATEWAY_CREDENTIALS_FILE_POLL_INTERVAL", "1h")
+        .env("DDS_GATEWAY_ALIBABA_ENDPOINT", sandbox.endpoint().as_str())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the gateway starts");
+        log.push_str(&line);
+        if let Some(at) = line.find("local=")
+            && line.contains("listening")
+        {
+            break line[at + 6..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+    };
+    assert!(
+        log.contains("credentials resolved") && log.contains("provider"),
+        "{log}"
+    );
+    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = log_tx.send(line);
+        }
+    });
+    let upgrade = |instance: &'static str| {
+        let target = format!("http://{addr}");
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+                .env_clear()
+                .args([
+                    "upgrade",
+                    "--target",
+                    &target,
+                    "--instance",
+                    instance,
+                    "--version",
+                    "5.0",
+                ])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(upgrade("dds-sandbox01").await.status.success());
+    assert_eq!(
+        sandbox.received().last().unwrap().params["AccessKeyId"],
+        "before-hup"
+    );
+
+    scratch.write("credentials.ini", &access_key_ini("after-hup"));
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    // Wait for the gateway to say it loaded the new file.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = log_rx.recv().await {
+            if line.contains("new credentials loaded") {
+                return;
+            }
+        }
+        panic!("the gateway's log ended");
+    })
+    .await
+    .expect("the gateway reloads on SIGHUP");
+    assert!(upgrade("dds-sandbox02").await.status.success());
+    assert_eq!(
+        sandbox.received().last().unwrap().params["AccessKeyId"],
+        "after-hup"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop it"
+    );
+}
