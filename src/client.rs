@@ -12,22 +12,30 @@ use tonic_types::StatusExt;
 use crate::pb;
 use crate::pb::engine_version_service_client::EngineVersionServiceClient;
 
-/// What to send.
+/// Where the gateway is and how to authenticate to it.
 #[derive(Debug, Clone)]
-pub struct UpgradeArgs {
-    pub target: String,
-    pub instance: String,
-    pub version: String,
-    pub region: Option<String>,
+pub struct Target {
+    /// `http://host:port`, or `https://` for a TLS listener.
+    pub url: String,
+    /// Bearer token, sent as `authorization: Bearer <token>`.
     pub token: Option<String>,
-    pub switch_mode: pb::SwitchMode,
-    pub request_id: Option<String>,
-    pub validate_only: bool,
-    pub timeout: Duration,
     /// PEM CA that signed the gateway's certificate (for an `https://` target).
     pub ca_cert: Option<std::path::PathBuf>,
     /// PEM client certificate and key, for mTLS.
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct UpgradeArgs {
+    pub target: Target,
+    pub instance: String,
+    pub version: String,
+    pub region: Option<String>,
+    pub switch_mode: pb::SwitchMode,
+    pub request_id: Option<String>,
+    pub validate_only: bool,
+    pub timeout: Duration,
 }
 
 /// The outcome, ready to print: `Ok` on stdout, `Err` on stderr with a non-zero exit.
@@ -37,22 +45,21 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Where and how to reach the gateway for `status` and `watch`.
+/// What `status` and `watch` ask about.
 #[derive(Debug, Clone)]
 pub struct StatusArgs {
-    pub target: String,
+    pub target: Target,
     pub instance: String,
     pub region: Option<String>,
-    pub token: Option<String>,
     /// For `watch`: the target version; ignored by `status`.
     pub version: String,
     pub timeout: Duration,
 }
 
-/// Connects to `target` and builds a request with the timeout and bearer token.
+/// Connects to the gateway (TLS when the target is `https://`) and builds a request with the
+/// timeout and bearer token.
 async fn prepare<T>(
-    target: &str,
-    token: Option<String>,
+    target: &Target,
     timeout: Duration,
     message: T,
 ) -> Result<
@@ -62,16 +69,22 @@ async fn prepare<T>(
     ),
     String,
 > {
-    let endpoint = Endpoint::from_shared(target.to_string())
-        .map_err(|err| format!("invalid --target {target:?}: {err}"))?
+    let url = &target.url;
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|err| format!("invalid --target {url:?}: {err}"))?
         .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls(target)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| format!("TLS settings: {err}"))?;
+    }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|err| format!("cannot connect to {target}: {err}"))?;
+        .map_err(|err| format!("cannot connect to {url}: {err}"))?;
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
-    if let Some(token) = token {
+    if let Some(token) = &target.token {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| "--token contains characters not allowed in a header".to_string())?;
         request.metadata_mut().insert("authorization", value);
@@ -85,8 +98,7 @@ pub async fn status(args: StatusArgs) -> Outcome {
         db_instance_id: args.instance,
         region_id: args.region.unwrap_or_default(),
     };
-    let (mut client, request) = match prepare(&args.target, args.token, args.timeout, message).await
-    {
+    let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
         Err(problem) => return Outcome::Failed(problem),
     };
@@ -116,8 +128,7 @@ pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
         engine_version: args.version,
         region_id: args.region.unwrap_or_default(),
     };
-    let (mut client, request) = match prepare(&args.target, args.token, args.timeout, message).await
-    {
+    let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
         Err(problem) => return Outcome::Failed(problem),
     };
@@ -143,55 +154,27 @@ pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
 
 /// Sends the call. Connection problems and gRPC errors both become [`Outcome::Failed`].
 pub async fn upgrade(args: UpgradeArgs) -> Outcome {
-    let endpoint = match Endpoint::from_shared(args.target.clone()) {
-        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(5)),
-        Err(err) => return Outcome::Failed(format!("invalid --target {:?}: {err}", args.target)),
-    };
-    let endpoint = match tls(&args) {
-        Ok(Some(tls)) => match endpoint.tls_config(tls) {
-            Ok(endpoint) => endpoint,
-            Err(err) => return Outcome::Failed(format!("TLS settings: {err}")),
-        },
-        Ok(None) => endpoint,
-        Err(problem) => return Outcome::Failed(problem),
-    };
-    let channel = match endpoint.connect().await {
-        Ok(channel) => channel,
-        Err(err) => return Outcome::Failed(format!("cannot connect to {}: {err}", args.target)),
-    };
-    let mut request = tonic::Request::new(pb::UpgradeEngineVersionRequest {
+    let message = pb::UpgradeEngineVersionRequest {
         db_instance_id: args.instance,
         engine_version: args.version,
         region_id: args.region.unwrap_or_default(),
         switch_mode: args.switch_mode as i32,
         request_id: args.request_id.unwrap_or_default(),
         validate_only: args.validate_only,
-    });
-    request.set_timeout(args.timeout);
-    if let Some(token) = args.token {
-        match MetadataValue::try_from(format!("Bearer {token}")) {
-            Ok(value) => {
-                request.metadata_mut().insert("authorization", value);
-            }
-            Err(_) => {
-                return Outcome::Failed(
-                    "--token contains characters not allowed in a header".to_string(),
-                );
-            }
-        }
-    }
-    match EngineVersionServiceClient::new(channel)
-        .upgrade_engine_version(request)
-        .await
-    {
+    };
+    let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
+        Ok(prepared) => prepared,
+        Err(problem) => return Outcome::Failed(problem),
+    };
+    match client.upgrade_engine_version(request).await {
         Ok(response) => Outcome::Answered(describe_response(&response.into_inner())),
         Err(status) => Outcome::Failed(describe_status(&status)),
     }
 }
 
 /// TLS settings for an `https://` target: the CA to trust and, for mTLS, the client identity.
-fn tls(args: &UpgradeArgs) -> Result<Option<ClientTlsConfig>, String> {
-    if !args.target.starts_with("https://") {
+fn tls(args: &Target) -> Result<Option<ClientTlsConfig>, String> {
+    if !args.url.starts_with("https://") {
         if args.ca_cert.is_some() || args.client_cert.is_some() {
             return Err("--ca-cert, --cert and --key need an https:// --target".to_string());
         }

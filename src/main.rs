@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use dds_gateway::client::{self, Outcome, StatusArgs, UpgradeArgs};
@@ -64,15 +64,11 @@ enum Command {
         /// The target engine version, e.g. 4.4.
         #[arg(long)]
         version: String,
-        /// The gateway's address.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        target: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The instance's region (the gateway's default when absent).
         #[arg(long)]
         region: Option<String>,
-        /// Bearer token for the gateway.
-        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// When the new version takes effect.
         #[arg(long, value_enum, default_value_t = SwitchModeArg::Unspecified)]
         switch_mode: SwitchModeArg,
@@ -85,15 +81,6 @@ enum Command {
         /// How long to wait for the answer, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// For an https:// target: PEM file of the CA that signed the gateway's certificate.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// For mTLS: PEM client certificate (with --key).
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// For mTLS: PEM private key of --cert.
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
     },
     /// Print the `token_sha256` of a bearer token read from standard input (one line), to paste
     /// into a `[[callers]]` entry.
@@ -107,15 +94,11 @@ enum Command {
         /// The instance, e.g. dds-bp1234567890ab.
         #[arg(long)]
         instance: String,
-        /// The gateway's address.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        target: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The instance's region (the gateway's default when absent).
         #[arg(long)]
         region: Option<String>,
-        /// Bearer token for the gateway.
-        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// How long to wait for the answer, e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -128,19 +111,46 @@ enum Command {
         /// The target engine version of the upgrade, e.g. 4.4.
         #[arg(long)]
         version: String,
-        /// The gateway's address.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        target: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         /// The instance's region (the gateway's default when absent).
         #[arg(long)]
         region: Option<String>,
-        /// Bearer token for the gateway.
-        #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// How long to follow at most, e.g. 30m (the gateway also bounds it: watch.max_duration).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+}
+
+/// Where the gateway is and how to authenticate to it (client subcommands).
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// The gateway's address (https:// for a TLS listener).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Bearer token for the gateway.
+    #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// For an https:// target: PEM file of the CA that signed the gateway's certificate.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// For mTLS: PEM client certificate (with --key).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// For mTLS: PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl From<GatewayArgs> for client::Target {
+    fn from(args: GatewayArgs) -> Self {
+        Self {
+            url: args.target,
+            token: args.token,
+            ca_cert: args.ca_cert,
+            client_cert: args.cert.zip(args.key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -195,44 +205,35 @@ async fn run(command: Command) -> ExitCode {
         Command::Upgrade {
             instance,
             version,
-            target,
+            gateway,
             region,
-            token,
             switch_mode,
             request_id,
             validate_only,
             timeout,
-            ca_cert,
-            cert,
-            key,
         } => {
             let args = UpgradeArgs {
-                target,
+                target: gateway.into(),
                 instance,
                 version,
                 region,
-                token,
                 switch_mode: switch_mode.into(),
                 request_id,
                 validate_only,
                 timeout,
-                ca_cert,
-                client_cert: cert.zip(key),
             };
             report(client::upgrade(args).await)
         }
         Command::Status {
             instance,
-            target,
+            gateway,
             region,
-            token,
             timeout,
         } => {
             let args = StatusArgs {
-                target,
+                target: gateway.into(),
                 instance,
                 region,
-                token,
                 version: String::new(),
                 timeout,
             };
@@ -241,16 +242,14 @@ async fn run(command: Command) -> ExitCode {
         Command::Watch {
             instance,
             version,
-            target,
+            gateway,
             region,
-            token,
             timeout,
         } => {
             let args = StatusArgs {
-                target,
+                target: gateway.into(),
                 instance,
                 region,
-                token,
                 version,
                 timeout,
             };

@@ -801,7 +801,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_upgrade_client_speaks_tls_and_mtls() {
-    use dds_gateway::client::{Outcome, UpgradeArgs, upgrade};
+    use dds_gateway::client::{Outcome, StatusArgs, Target, UpgradeArgs, status, upgrade};
     let (pki, issuer, server_keys) = Pki::new(true);
     let callers = format!(
         "{}\n[[callers]]\nname = \"cert-only\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
@@ -816,18 +816,21 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     );
     std::fs::write(pki.dir.join("client.pem"), &identity.cert).unwrap();
     std::fs::write(pki.dir.join("client.key"), &identity.key).unwrap();
+    let target = |token: Option<&str>, mtls: bool| Target {
+        url: format!("https://localhost:{}", gw.addr.port()),
+        token: token.map(str::to_string),
+        ca_cert: Some(pki.dir.join("ca.pem")),
+        client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
+    };
     let args = |token: Option<&str>, mtls: bool| UpgradeArgs {
-        target: format!("https://localhost:{}", gw.addr.port()),
+        target: target(token, mtls),
         instance: "dds-sandbox02".into(),
         version: "5.0".into(),
         region: None,
-        token: token.map(str::to_string),
         switch_mode: pb::SwitchMode::Unspecified,
         request_id: None,
         validate_only: true,
         timeout: Duration::from_secs(10),
-        ca_cert: Some(pki.dir.join("ca.pem")),
-        client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
     };
     let Outcome::Answered(text) = upgrade(args(Some(BILLING_TOKEN), false)).await else {
         panic!("the bearer token over TLS is accepted");
@@ -840,5 +843,18 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
         panic!("no credentials is refused");
     };
     assert!(text.contains("CALLER_CREDENTIALS_MISSING"), "{text}");
+    // `status` (and `watch`) connect the same way.
+    let Outcome::Answered(text) = status(StatusArgs {
+        target: target(None, true),
+        instance: "dds-sandbox02".into(),
+        region: None,
+        version: String::new(),
+        timeout: Duration::from_secs(10),
+    })
+    .await
+    else {
+        panic!("status over mTLS is answered");
+    };
+    assert!(text.contains("engine_version: 4.4"), "{text}");
     assert_eq!(gw.sandbox.calls(UPGRADE), 0, "validate-only never upgrades");
 }

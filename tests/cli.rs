@@ -7,20 +7,6 @@ mod common;
 use common::Gateway;
 use tokio::process::Command;
 
-/// Runs the binary with only `PATH` and `env` set; returns its exit code, stdout and stderr.
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_prints_the_answer_and_exits_zero() {
     let gw = Gateway::start().await;
@@ -34,7 +20,7 @@ async fn upgrade_prints_the_answer_and_exits_zero() {
         "--version",
         "4.4",
     ];
-    let (code, stdout, stderr) = run(&args, &[]).await;
+    let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert!(
         stdout.contains("engine_version: 4.4") && stdout.contains("alibaba_request_id: "),
@@ -55,7 +41,7 @@ async fn upgrade_prints_the_error_with_its_details_and_exits_non_zero() {
         "--version",
         "4.4",
     ];
-    let (code, _, stderr) = run(&args, &[]).await;
+    let (code, _, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("InvalidArgument") && stderr.contains("field db_instance_id"),
@@ -66,7 +52,7 @@ async fn upgrade_prints_the_error_with_its_details_and_exits_non_zero() {
 
 #[tokio::test]
 async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
-    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0"], &[]).await;
+    let (code, _, stderr) = common::run_cli(&["serve", "--listen", "127.0.0.1:0"], &[]).await;
     assert_eq!(code, Some(64), "{stderr}");
     assert!(
         stderr.contains("ALIBABA_CLOUD_ACCESS_KEY_ID") && stderr.contains("--sandbox"),
@@ -77,7 +63,7 @@ async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
 #[tokio::test]
 async fn serve_with_a_bad_config_value_names_the_key() {
     let env = [("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v9")];
-    let (code, _, stderr) = run(&["serve", "--sandbox"], &env).await;
+    let (code, _, stderr) = common::run_cli(&["serve", "--sandbox"], &env).await;
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("alibaba.signature_version"), "{stderr}");
 }
@@ -124,7 +110,7 @@ async fn serve_sandbox_with_signature_v3_upgrades() {
         "--version",
         "4.4",
     ];
-    let (code, stdout, stderr) = run(&args, &[]).await;
+    let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert!(stdout.contains("engine_version: 4.4"), "{stdout}");
     server.start_kill().unwrap();
@@ -156,7 +142,7 @@ async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 
-    let (code, stdout, _) = run(&["hash-token", "--generate"], &[]).await;
+    let (code, stdout, _) = common::run_cli(&["hash-token", "--generate"], &[]).await;
     assert_eq!(code, Some(0));
     let value = |label: &str| {
         stdout
@@ -223,7 +209,7 @@ impl Child {
             "--token",
             token,
         ];
-        run(&args, &[]).await
+        common::run_cli(&args, &[]).await
     }
 }
 
@@ -296,7 +282,7 @@ async fn status_and_watch_print_the_instance_and_its_changes() {
     })
     .await;
     let target = format!("http://{}", gw.addr);
-    let (code, stdout, stderr) = run(
+    let (code, stdout, stderr) = common::run_cli(
         &["status", "--target", &target, "--instance", "dds-sandbox01"],
         &[],
     )
@@ -321,7 +307,7 @@ async fn status_and_watch_print_the_instance_and_its_changes() {
         "--version",
         "4.4",
     ];
-    let (code, stdout, stderr) = run(&args, &[]).await;
+    let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(

@@ -443,20 +443,6 @@ async fn reload_reads_the_file_at_once() {
     );
 }
 
-/// Runs the binary with only `PATH` and `env`; returns the exit code, stdout and stderr.
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 #[tokio::test]
 async fn check_credentials_says_which_provider_answered_and_why_none_did() {
     let fake = Fake::start().await;
@@ -472,7 +458,7 @@ async fn check_credentials_says_which_provider_answered_and_why_none_did() {
         ("DDS_GATEWAY_CREDENTIALS_STS_ENDPOINT", &fake.url()),
         ("RUST_LOG", "trace"),
     ];
-    let (code, stdout, stderr) = run(&["check-credentials"], &env).await;
+    let (code, stdout, stderr) = common::run_cli(&["check-credentials"], &env).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("provider oidc_role_arn") && stdout.contains("STS.****0001"),
@@ -490,7 +476,7 @@ async fn check_credentials_says_which_provider_answered_and_why_none_did() {
         );
     }
 
-    let (code, _, stderr) = run(
+    let (code, _, stderr) = common::run_cli(
         &["check-credentials"],
         &[("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")],
     )
@@ -503,7 +489,7 @@ async fn check_credentials_says_which_provider_answered_and_why_none_did() {
     );
 
     // An explicitly chosen provider that cannot reach its source: unavailable (69).
-    let (code, _, stderr) = run(
+    let (code, _, stderr) = common::run_cli(
         &["check-credentials"],
         &[
             ("DDS_GATEWAY_CREDENTIALS_PROVIDER", "ecs_ram_role"),
