@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use tracing::Instrument as _;
 
 use crate::config::{AlibabaConfig, SignatureVersion};
 use crate::credentials::{CredentialsError, CredentialsProvider};
@@ -183,7 +184,11 @@ impl AlibabaClient {
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
-        let credential = self.credentials.credential().await?;
+        let credential = self
+            .credentials
+            .credential()
+            .instrument(crate::telemetry::upstream::credentials_span())
+            .await?;
 
         // Common parameters of signature V2; a fresh nonce and timestamp for every attempt.
         let mut all: Vec<(&'static str, String)> = Vec::with_capacity(params.len() + 9);
@@ -216,35 +221,44 @@ impl AlibabaClient {
         body.push('=');
         signer::percent_encode_into(&mut body, signed.signature.as_str());
 
-        let response = self
+        // ---- telemetry (issue 4): one CLIENT span per attempt, around the send ----
+        let span = crate::telemetry::upstream::span(action, region_id, &url);
+        let request = self
             .http
             .post(url)
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
-            .body(body)
-            .send()
-            .await
-            .map_err(classify_send_error)?;
-        let http_status = response.status().as_u16();
-        let retry_after = response::parse_retry_after(
-            response
-                .headers()
-                .get("x-acs-retry-after")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let bytes = read_body(response).await?;
-        if (200..300).contains(&http_status) {
-            return Ok(Answer { http_status, bytes });
-        }
-        match response::parse_error(http_status, &bytes, retry_after) {
-            Some(err) => Err(CallError::Upstream(err)),
-            None if http_status >= 500 => Err(CallError::OutcomeUnknown(format!(
-                "http {http_status} without an alibaba error body"
-            ))),
-            None => Err(CallError::Unreadable { http_status }),
-        }
+            .headers(crate::telemetry::upstream::trace_headers(&span))
+            .body(body);
+        let answer = send(request).instrument(span.clone()).await;
+        crate::telemetry::upstream::record(&span, &answer);
+        answer
+        // ---- end telemetry ----
+    }
+}
+
+/// Sends one signed request and classifies the answer.
+async fn send(request: reqwest::RequestBuilder) -> Result<Answer, CallError> {
+    let response = request.send().await.map_err(classify_send_error)?;
+    let http_status = response.status().as_u16();
+    let retry_after = response::parse_retry_after(
+        response
+            .headers()
+            .get("x-acs-retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let bytes = read_body(response).await?;
+    if (200..300).contains(&http_status) {
+        return Ok(Answer { http_status, bytes });
+    }
+    match response::parse_error(http_status, &bytes, retry_after) {
+        Some(err) => Err(CallError::Upstream(err)),
+        None if http_status >= 500 => Err(CallError::OutcomeUnknown(format!(
+            "http {http_status} without an alibaba error body"
+        ))),
+        None => Err(CallError::Unreadable { http_status }),
     }
 }
 

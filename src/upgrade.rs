@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
 use crate::alibaba::retry::{self, Effect, RetryPolicy};
 use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
@@ -148,7 +149,10 @@ impl Upgrader {
                 });
             }
             let _ = answer.send(result);
-        });
+        }
+        // The upgrade's spans belong to the call's trace, and to the call's gateway.
+        .in_current_span()
+        .with_current_subscriber());
         match tokio::time::timeout_at(deadline, answered).await {
             Ok(Ok(result)) => result,
             // The task ended without answering (a panic): its lease settled as unresolved.
