@@ -7,8 +7,9 @@
 //!
 //! When a write fails the gateway cannot take the upgrade back (it is irreversible and already
 //! sent), so it still answers the truth, logs the whole event at ERROR on [`TARGET`] and counts
-//! it. Until a write succeeds again, new upgrades are refused before anything is sent
-//! ([`Audit::ready`]): fail closed for what has not happened yet, never lie about what has.
+//! it. Until a write succeeds again (the refusals are recorded too, and serve as the probe), new
+//! upgrades are refused before anything is sent ([`Audit::ready`]): fail closed for what has not
+//! happened yet, never lie about what has.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -133,28 +134,21 @@ impl Audit {
         })
     }
 
-    /// Whether an upgrade may be sent: the audit file took the last event (or can be opened and
-    /// synced again after a failure).
-    pub async fn ready(&self) -> Result<(), AuditError> {
-        let Some(file) = self.file.clone() else {
+    /// Whether an upgrade may be sent: the audit file took the last event. After a failure,
+    /// the record of the next refusal is the probe: once it is written, upgrades go again.
+    pub fn ready(&self) -> Result<(), AuditError> {
+        let Some(file) = &self.file else {
             return Ok(());
         };
-        blocking(move || {
-            let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !file.failed {
-                return Ok(());
-            }
-            let reopened = AuditFile::open(&file.path).and_then(|f| f.sync_all().map(|()| f));
-            match reopened {
-                Ok(f) => {
-                    file.file = Some(f);
-                    file.failed = false;
-                    Ok(())
-                }
-                Err(err) => Err(file.error(err)),
-            }
-        })
-        .await
+        let file = file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if file.failed {
+            return Err(file.error(std::io::Error::other(
+                "the last audit event could not be written",
+            )));
+        }
+        Ok(())
     }
 
     /// Records `event`: logs it and, with a file, appends and syncs it before returning.
@@ -179,10 +173,12 @@ impl Audit {
         };
         let mut line = match serde_json::to_vec(&event) {
             Ok(line) => line,
-            Err(err) => return Err(AuditError {
-                path: String::new(),
-                source: std::io::Error::other(err),
-            }),
+            Err(err) => {
+                return Err(AuditError {
+                    path: String::new(),
+                    source: std::io::Error::other(err),
+                });
+            }
         };
         line.push(b'\n');
         let result = blocking(move || {
@@ -208,14 +204,12 @@ impl Audit {
 async fn blocking(
     f: impl FnOnce() -> Result<(), AuditError> + Send + 'static,
 ) -> Result<(), AuditError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|join| {
-            Err(AuditError {
-                path: String::new(),
-                source: std::io::Error::other(join.to_string()),
-            })
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|join| {
+        Err(AuditError {
+            path: String::new(),
+            source: std::io::Error::other(join.to_string()),
         })
+    })
 }
 
 /// The current time as an audit event spells it.
@@ -251,7 +245,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
         let audit = Audit::open(&path).unwrap();
-        audit.ready().await.unwrap();
+        audit.ready().unwrap();
         audit.record(event()).await.unwrap();
         audit.record(event()).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -276,10 +270,13 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(audit.record(event()).await.is_err());
-        assert!(audit.ready().await.is_err(), "fail closed");
+        assert!(audit.ready().is_err(), "fail closed");
+        assert!(audit.record(event()).await.is_err());
+        assert!(audit.ready().is_err(), "still closed");
         std::fs::remove_dir(&path).unwrap();
-        audit.ready().await.unwrap();
+        // The next record (a refusal's) reopens the file and opens the way again.
         audit.record(event()).await.unwrap();
+        audit.ready().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

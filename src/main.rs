@@ -332,7 +332,6 @@ async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bo
 }
 
 async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetry) -> ExitCode {
-
     // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
     let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
         let simulation = match Sandbox::start(SandboxConfig::default()).await {

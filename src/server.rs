@@ -126,14 +126,18 @@ async fn serve_inner(
 
     // ---- telemetry and audit (issue 4) ----
     let audit = match &config.audit.file {
-        Some(path) => Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))?,
+        Some(path) => {
+            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))?
+        }
         None => Audit::log_only(),
     };
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = match config.telemetry.admin_listen {
         Some(addr) => {
             let admin = TcpListener::bind(addr).await.map_err(|e| {
-                ServeError::Refused(format!("cannot listen on {addr} (telemetry.admin_listen): {e}"))
+                ServeError::Refused(format!(
+                    "cannot listen on {addr} (telemetry.admin_listen): {e}"
+                ))
             })?;
             let task = tokio::spawn(
                 crate::telemetry::admin::serve(telemetry.clone(), admin, async {

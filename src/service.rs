@@ -117,7 +117,8 @@ impl EngineVersionService {
         deadline: Instant,
         caller: Option<&Caller>,
     ) -> Result<Outcome, Error> {
-        let request = tracing::info_span!("validate").in_scope(|| self.validator.validate(request))?;
+        let request =
+            tracing::info_span!("validate").in_scope(|| self.validator.validate(request))?;
         // The gate admitted the caller; its policy decides before anything reaches Alibaba.
         if let Some(caller) = caller {
             tracing::info_span!("authorise", enduser.id = caller.name())
@@ -125,7 +126,7 @@ impl EngineVersionService {
         }
         // Nothing is sent that the audit trail could not record.
         if !request.validate_only() {
-            self.audit.ready().await?;
+            self.audit.ready()?;
         }
         let scope = caller.map_or(ANONYMOUS_CALLER, Caller::name);
         self.upgrader.run(request, scope, deadline).await
@@ -182,8 +183,12 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                     replayed,
                     "upgrade accepted"
                 );
-                audit.from_version.clone_from(&answer.previous_engine_version);
-                audit.alibaba_request_id.clone_from(&answer.alibaba_request_id);
+                audit
+                    .from_version
+                    .clone_from(&answer.previous_engine_version);
+                audit
+                    .alibaba_request_id
+                    .clone_from(&answer.alibaba_request_id);
                 audit.outcome = if answer.validate_only {
                     "validated"
                 } else if replayed {

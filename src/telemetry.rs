@@ -105,9 +105,10 @@ impl Telemetry {
             .with_resource(resource)
             .with_reader(prometheus.clone());
         if let Some(otlp) = &config.metrics {
-            let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter(otlp)?)
-                .with_interval(config.metrics_interval)
-                .build();
+            let reader =
+                opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter(otlp)?)
+                    .with_interval(config.metrics_interval)
+                    .build();
             meter_provider = meter_provider.with_reader(reader);
         }
         let meter_provider = meter_provider.build();
@@ -209,7 +210,11 @@ impl Telemetry {
     }
 }
 
-fn exporter_error(signal: &'static str, otlp: &Otlp, err: impl std::fmt::Display) -> TelemetryError {
+fn exporter_error(
+    signal: &'static str,
+    otlp: &Otlp,
+    err: impl std::fmt::Display,
+) -> TelemetryError {
     TelemetryError::Exporter {
         signal,
         endpoint: otlp.endpoint.clone(),
@@ -220,10 +225,7 @@ fn exporter_error(signal: &'static str, otlp: &Otlp, err: impl std::fmt::Display
 fn span_exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
     match otlp.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(&otlp.endpoint)
-            .build(),
+        Protocol::Grpc => builder.with_tonic().with_endpoint(&otlp.endpoint).build(),
         Protocol::HttpProtobuf => builder.with_http().with_endpoint(&otlp.endpoint).build(),
     }
     .map_err(|e| exporter_error("traces", otlp, e))
@@ -232,10 +234,7 @@ fn span_exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, Teleme
 fn metric_exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
     let builder = opentelemetry_otlp::MetricExporter::builder();
     match otlp.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(&otlp.endpoint)
-            .build(),
+        Protocol::Grpc => builder.with_tonic().with_endpoint(&otlp.endpoint).build(),
         Protocol::HttpProtobuf => builder.with_http().with_endpoint(&otlp.endpoint).build(),
     }
     .map_err(|e| exporter_error("metrics", otlp, e))

@@ -35,5 +35,8 @@ pub async fn serve(
 }
 
 async fn metrics(State(telemetry): State<Telemetry>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, PROMETHEUS_TEXT)], telemetry.prometheus_text())
+    (
+        [(CONTENT_TYPE, PROMETHEUS_TEXT)],
+        telemetry.prometheus_text(),
+    )
 }

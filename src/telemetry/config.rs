@@ -200,11 +200,7 @@ impl RawTelemetry {
             }
         };
         let traces = otlp(TRACES, self.traces_exporter, "telemetry.traces_exporter")?;
-        let metrics = otlp(
-            METRICS,
-            self.metrics_exporter,
-            "telemetry.metrics_exporter",
-        )?;
+        let metrics = otlp(METRICS, self.metrics_exporter, "telemetry.metrics_exporter")?;
         for target in traces.iter().chain(metrics.iter()) {
             if !(target.endpoint.starts_with("http://") || target.endpoint.starts_with("https://"))
             {
@@ -251,7 +247,9 @@ impl RawTelemetry {
                 a.parse::<SocketAddr>().map_err(|_| {
                     invalid(
                         "telemetry.admin_listen",
-                        format!("expected an IP address and port such as 127.0.0.1:9090, got {a:?}"),
+                        format!(
+                            "expected an IP address and port such as 127.0.0.1:9090, got {a:?}"
+                        ),
                     )
                 })
             })
@@ -366,12 +364,28 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         for (text, vars, key) in [
-            ("otlp_protocol = \"udp\"", &[][..], "telemetry.otlp_protocol"),
-            ("", &[("OTEL_TRACES_EXPORTER", "jaeger")][..], "telemetry.traces_exporter"),
+            (
+                "otlp_protocol = \"udp\"",
+                &[][..],
+                "telemetry.otlp_protocol",
+            ),
+            (
+                "",
+                &[("OTEL_TRACES_EXPORTER", "jaeger")][..],
+                "telemetry.traces_exporter",
+            ),
             ("log_format = \"xml\"", &[][..], "telemetry.log_format"),
             ("admin_listen = \"9090\"", &[][..], "telemetry.admin_listen"),
-            ("otlp_endpoint = \"collector:4317\"", &[][..], "telemetry.otlp_endpoint"),
-            ("", &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")][..], "OTEL_METRIC_EXPORT_INTERVAL"),
+            (
+                "otlp_endpoint = \"collector:4317\"",
+                &[][..],
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "",
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")][..],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
         ] {
             match check(text, vars) {
                 Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),

@@ -304,7 +304,10 @@ fn prometheus_name(name: &str, unit: &str, counter: bool) -> String {
     out
 }
 
-fn labels<'a>(attributes: impl Iterator<Item = &'a KeyValue>, extra: Option<(&str, &str)>) -> String {
+fn labels<'a>(
+    attributes: impl Iterator<Item = &'a KeyValue>,
+    extra: Option<(&str, &str)>,
+) -> String {
     let mut pairs: Vec<(String, String)> = attributes
         .map(|kv| {
             (
@@ -379,14 +382,24 @@ fn encode_data<T: Number>(
             let kind = if counter { "counter" } else { "gauge" };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for point in sum.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(point.attributes(), None), point.value());
+                let _ = writeln!(
+                    out,
+                    "{name}{} {}",
+                    labels(point.attributes(), None),
+                    point.value()
+                );
             }
         }
         MetricData::Gauge(gauge) => {
             let name = prometheus_name(metric.name(), metric.unit(), false);
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for point in gauge.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(point.attributes(), None), point.value());
+                let _ = writeln!(
+                    out,
+                    "{name}{} {}",
+                    labels(point.attributes(), None),
+                    point.value()
+                );
             }
         }
         MetricData::Histogram(histogram) => {
@@ -450,16 +463,31 @@ mod tests {
         metrics.rpc_finished("svc/M", "NOT_FOUND", Duration::from_secs(2));
         metrics.rpc_started("svc/\"quoted\"");
         let text = reader.render();
-        assert!(text.contains("# TYPE dds_gateway_rpc_requests_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE dds_gateway_rpc_requests_total counter"),
+            "{text}"
+        );
         assert!(
             text.contains("dds_gateway_rpc_requests_total{rpc_method=\"svc/M\",rpc_response_status_code=\"OK\"} 1")
                 || text.contains("dds_gateway_rpc_requests_total{rpc_response_status_code=\"OK\",rpc_method=\"svc/M\"} 1"),
             "{text}"
         );
-        assert!(text.contains("# TYPE dds_gateway_rpc_in_flight gauge"), "{text}");
-        assert!(text.contains("dds_gateway_rpc_in_flight{rpc_method=\"svc/\\\"quoted\\\"\"} 1"), "{text}");
-        assert!(text.contains("dds_gateway_rpc_in_flight{rpc_method=\"svc/M\"} 0"), "{text}");
-        assert!(text.contains("# TYPE dds_gateway_rpc_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE dds_gateway_rpc_in_flight gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dds_gateway_rpc_in_flight{rpc_method=\"svc/\\\"quoted\\\"\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dds_gateway_rpc_in_flight{rpc_method=\"svc/M\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE dds_gateway_rpc_duration_seconds histogram"),
+            "{text}"
+        );
         // 20 ms falls in the 0.025 bucket and every later one; 2 s only from 2.5 on.
         let bucket = |le: &str, code: &str| {
             text.lines()
@@ -476,5 +504,36 @@ mod tests {
         assert_eq!(bucket("+Inf", "OK").as_deref(), Some("1"));
         assert_eq!(bucket("1", "NOT_FOUND").as_deref(), Some("0"));
         assert_eq!(bucket("2.5", "NOT_FOUND").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn credential_refreshes_are_counted_from_the_cache_s_events() {
+        // The messages counted are the ones the cache logs: a renamed message must fail here.
+        let cache = include_str!("../credentials/cache.rs");
+        for message in [
+            "credential fetched",
+            "credential refreshed",
+            "credential fetch failed",
+            "credential refresh failed",
+        ] {
+            assert!(cache.contains(&format!("\"{message}\"")), "{message}");
+        }
+        let telemetry = crate::telemetry::Telemetry::quiet();
+        crate::telemetry::with(&telemetry, || {
+            tracing::info!(target: "dds_gateway::credentials::cache", provider = "x", "credential fetched");
+            tracing::info!(target: "dds_gateway::credentials::cache", "credential refreshed");
+            tracing::warn!(target: "dds_gateway::credentials::cache", "credential refresh failed");
+            tracing::info!(target: "dds_gateway::credentials::cache", "something else");
+            tracing::info!(target: "dds_gateway::elsewhere", "credential refreshed");
+        });
+        let text = telemetry.prometheus_text();
+        assert!(
+            text.contains("dds_gateway_credentials_refreshes_total{outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dds_gateway_credentials_refreshes_total{outcome=\"error\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -161,7 +161,9 @@ where
 
 /// The SERVER span of a call, child of the caller's `traceparent` when there is one.
 fn server_span(request: &http::Request<Body>, method: &str) -> Span {
-    let service = method.split_once('/').map_or(method, |(service, _)| service);
+    let service = method
+        .split_once('/')
+        .map_or(method, |(service, _)| service);
     let peer = request
         .extensions()
         .get::<TcpConnectInfo>()
@@ -179,7 +181,7 @@ fn server_span(request: &http::Request<Body>, method: &str) -> Span {
         rpc.response.status_code = Empty,
         error.type = Empty,
         client.address = peer.map(|p| p.ip().to_string()),
-        client.port = peer.map(|p| p.port()),
+        client.port = peer.map(|p| i64::from(p.port())),
         enduser.id = Empty,
     );
     let parent = TraceContextPropagator::new()

@@ -56,7 +56,7 @@ pub fn span(action: &'static str, region_id: &str, url: &Url) -> Span {
         otel.status_code = Empty,
         http.request.method = "POST",
         server.address = url.host_str().unwrap_or_default(),
-        server.port = url.port_or_known_default().unwrap_or_default(),
+        server.port = i64::from(url.port_or_known_default().unwrap_or_default()),
         url.full = %redacted(url),
         http.response.status_code = Empty,
         http.request.resend_count = Empty,
@@ -64,12 +64,12 @@ pub fn span(action: &'static str, region_id: &str, url: &Url) -> Span {
         cloud.provider = "alibaba_cloud",
         cloud.region = region_id,
         alibaba_cloud.action = action,
-        alibaba_cloud.attempt = attempt,
+        alibaba_cloud.attempt = i64::from(attempt),
         alibaba_cloud.request_id = Empty,
         alibaba_cloud.error_code = Empty,
     );
     if attempt > 1 {
-        span.record("http.request.resend_count", attempt - 1);
+        span.record("http.request.resend_count", i64::from(attempt - 1));
     }
     span
 }
