@@ -47,18 +47,26 @@ pub enum ServeError {
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
-/// at most `server.shutdown_grace`. Telemetry is built from `config` (no logs) and flushed at
-/// the end; [`serve_with`] takes a pipeline built by the caller.
+/// at most `server.shutdown_grace`. Telemetry is built from `config` and flushed at the end; log
+/// events go to the subscriber in place when this is called. [`serve_with`] takes a pipeline
+/// built by the caller.
 pub async fn serve(
     config: Config,
     credentials: Arc<dyn CredentialsProvider>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Logs keep going to the caller's subscriber, which filters them itself.
+    let ambient = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+    let (logs, filter) = if ambient.is::<tracing::subscriber::NoSubscriber>() {
+        (crate::telemetry::LogOutput::Off, "off")
+    } else {
+        (crate::telemetry::LogOutput::Forward(ambient), "trace")
+    };
     let telemetry = Telemetry::new(
         &config.telemetry,
-        crate::telemetry::LogOutput::Off,
-        tracing_subscriber::EnvFilter::new("off"),
+        logs,
+        tracing_subscriber::EnvFilter::new(filter),
     )
     .map_err(|e| ServeError::Refused(e.to_string()))?;
     let served = serve_with(config, credentials, listener, shutdown, telemetry.clone()).await;

@@ -161,9 +161,10 @@ impl Child {
                 .await
                 .unwrap()
                 .expect("the gateway says where it listens");
+            // Log lines are JSON by default.
             if line.contains("dds-gateway listening") {
-                let at = line.find("local=").unwrap() + "local=".len();
-                break line[at..].split_whitespace().next().unwrap().to_string();
+                let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+                break log["local"].as_str().unwrap().to_string();
             }
         };
         // Keep draining the log so the child never blocks on a full pipe.

@@ -29,6 +29,10 @@ pub enum LogOutput {
     Stderr,
     /// A shared buffer (tests read it).
     Buffer(Arc<Mutex<Vec<u8>>>),
+    /// Hands each event, as it is, to another dispatcher: the one that was in place before
+    /// this pipeline (so that [`serve`](crate::server::serve) keeps logging where its caller
+    /// logs). That subscriber filters and formats; it sees no spans, so no trace ids.
+    Forward(Dispatch),
 }
 
 /// The log layer for `output` (one that writes nothing when logs are off: an `Option` of a
@@ -96,8 +100,15 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        if matches!(self.output, LogOutput::Off) {
-            return;
+        match &self.output {
+            LogOutput::Off => return,
+            LogOutput::Forward(ambient) => {
+                if ambient.enabled(event.metadata()) {
+                    ambient.event(event);
+                }
+                return;
+            }
+            LogOutput::Stderr | LogOutput::Buffer(_) => {}
         }
         let metadata = event.metadata();
         let mut fields = Fields::default();
@@ -156,7 +167,7 @@ where
         };
         line.push('\n');
         match &self.output {
-            LogOutput::Off => {}
+            LogOutput::Off | LogOutput::Forward(_) => {}
             LogOutput::Stderr => {
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
