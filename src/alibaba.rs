@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use tracing::Instrument as _;
 
 use crate::config::{AlibabaConfig, SignatureVersion};
 use crate::credentials::{Credential, CredentialsError, CredentialsProvider};
@@ -179,32 +180,48 @@ impl AlibabaClient {
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
-        let credential = self.credentials.credential().await?;
+        let credential = self
+            .credentials
+            .credential()
+            .instrument(crate::telemetry::upstream::credentials_span())
+            .await?;
+        // ---- telemetry (issue 4): one CLIENT span per attempt, around the send ----
+        let span = crate::telemetry::upstream::span(action, region_id, &url);
         // Signed afresh for every attempt: a new nonce and the current time.
         let request = match self.signature_version {
             SignatureVersion::V2 => sign_v2(&self.http, url, action, &credential, params, now()),
             SignatureVersion::V3 => sign_v3(&self.http, url, action, &credential, &params, now())
                 .map_err(CallError::Unsupported)?,
         };
-        let response = request.send().await.map_err(classify_send_error)?;
-        let http_status = response.status().as_u16();
-        let retry_after = response::parse_retry_after(
-            response
-                .headers()
-                .get("x-acs-retry-after")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let bytes = read_body(response).await?;
-        if (200..300).contains(&http_status) {
-            return Ok(Answer { http_status, bytes });
-        }
-        match response::parse_error(http_status, &bytes, retry_after) {
-            Some(err) => Err(CallError::Upstream(err)),
-            None if http_status >= 500 => Err(CallError::OutcomeUnknown(format!(
-                "http {http_status} without an alibaba error body"
-            ))),
-            None => Err(CallError::Unreadable { http_status }),
-        }
+        // `traceparent` is not a signed header (neither `host`, `content-type` nor `x-acs-*`).
+        let request = request.headers(crate::telemetry::upstream::trace_headers(&span));
+        let answer = send(request).instrument(span.clone()).await;
+        crate::telemetry::upstream::record(&span, &answer);
+        answer
+        // ---- end telemetry ----
+    }
+}
+
+/// Sends one signed request and classifies the answer.
+async fn send(request: reqwest::RequestBuilder) -> Result<Answer, CallError> {
+    let response = request.send().await.map_err(classify_send_error)?;
+    let http_status = response.status().as_u16();
+    let retry_after = response::parse_retry_after(
+        response
+            .headers()
+            .get("x-acs-retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let bytes = read_body(response).await?;
+    if (200..300).contains(&http_status) {
+        return Ok(Answer { http_status, bytes });
+    }
+    match response::parse_error(http_status, &bytes, retry_after) {
+        Some(err) => Err(CallError::Upstream(err)),
+        None if http_status >= 500 => Err(CallError::OutcomeUnknown(format!(
+            "http {http_status} without an alibaba error body"
+        ))),
+        None => Err(CallError::Unreadable { http_status }),
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Config {
     pub watch: WatchConfig,
     pub callers: Vec<CallerConfig>,
     pub credentials: CredentialsConfig,
+    /// Traces, metrics and logs (issue 4).
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The audit trail (issue 4).
+    pub audit: crate::telemetry::AuditConfig,
     /// The file this came from, re-read when the callers are reloaded.
     pub file: Option<PathBuf>,
 }
@@ -235,6 +239,10 @@ struct RawConfig {
     callers: Vec<CallerConfig>,
     #[serde(default)]
     credentials: RawCredentials,
+    #[serde(default)]
+    telemetry: crate::telemetry::config::RawTelemetry,
+    #[serde(default)]
+    audit: crate::telemetry::config::RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,7 +350,14 @@ impl Config {
         if let Some(listen) = &overrides.listen {
             raw.server.listen = Some(listen.clone());
         }
-        Self::check(raw)
+        // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
+        let telemetry = std::mem::take(&mut raw.telemetry).check(&env)?;
+        let audit = std::mem::take(&mut raw.audit).check(&env);
+        Ok(Self {
+            telemetry,
+            audit,
+            ..Self::check(raw)?
+        })
     }
 
     fn check(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -472,6 +487,8 @@ impl Config {
             watch,
             callers: raw.callers,
             credentials: check_credentials(raw.credentials)?,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
+            audit: crate::telemetry::AuditConfig::default(),
             file: None,
         })
     }

@@ -62,6 +62,9 @@ pub enum Error {
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
     #[error("watch deadline exceeded")]
     WatchDeadlineExceeded,
+    /// The audit file cannot be written, so no upgrade is sent (issue 4).
+    #[error(transparent)]
+    AuditUnavailable(#[from] crate::audit::AuditError),
 }
 
 /// How an Alibaba error `Code` maps to gRPC.
@@ -188,6 +191,18 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Alibaba's `RequestId`, when there was an upstream answer.
+    pub fn alibaba_request_id(&self) -> Option<&str> {
+        match self {
+            Self::Call(CallError::Upstream(e))
+            | Self::OutcomeUnknown {
+                cause: CallError::Upstream(e),
+                ..
+            } => e.request_id.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -291,6 +306,13 @@ impl From<Error> for Status {
                 "the gateway holds too many idempotency keys to take another; retry later",
                 "IDEMPOTENCY_STORE_FULL",
                 &[("keys", keys.to_string())],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
+            Error::AuditUnavailable(_) => status(
+                Code::Unavailable,
+                "the gateway cannot write its audit trail, so it sends no upgrade; nothing was sent to Alibaba Cloud",
+                "AUDIT_UNAVAILABLE",
+                &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),
             Error::Store(StoreError::Unavailable(_)) => status(

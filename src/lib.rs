@@ -24,9 +24,12 @@
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
 //! - [`client`]: the `dds-gateway upgrade` command-line client.
+//! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
+//! - [`audit`]: the audit trail of upgrades and validate-only checks.
 #![forbid(unsafe_code)]
 
 pub mod alibaba;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -44,6 +47,7 @@ pub mod server;
 pub mod service;
 pub mod signer;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
 pub mod validation;

@@ -17,6 +17,7 @@ use dds_gateway::credentials::{
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
 use dds_gateway::server;
+use dds_gateway::telemetry::{LogOutput, Telemetry};
 
 /// Exit code for a configuration or usage problem (sysexits `EX_USAGE`).
 const EX_USAGE: u8 = 64;
@@ -172,13 +173,14 @@ impl From<SwitchModeArg> for pb::SwitchMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` logs through its telemetry pipeline, set up once the configuration is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     // A multi-thread runtime: telemetry exporters need one, and the gateway serves many callers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -298,16 +300,37 @@ fn hash_token(generate: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `RUST_LOG`, or `info`.
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
 async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bool) -> ExitCode {
     let env = |key: &str| std::env::var(key).ok();
-    let mut config = match Config::load(config_file.as_deref(), env, &Overrides { listen }) {
+    let config = match Config::load(config_file.as_deref(), env, &Overrides { listen }) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("invalid configuration: {err}");
             return ExitCode::from(EX_USAGE);
         }
     };
+    let telemetry = match Telemetry::new(&config.telemetry, LogOutput::Stderr, log_filter()) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("invalid telemetry configuration: {err}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if tracing::dispatcher::set_global_default(telemetry.dispatch().clone()).is_err() {
+        eprintln!("a log subscriber is already installed");
+    }
+    let code = serve_configured(config, sandbox, telemetry.clone()).await;
+    // Spans and metrics of the last calls are exported before the process ends.
+    telemetry.shutdown().await;
+    code
+}
 
+async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetry) -> ExitCode {
     // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
     let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
         let simulation = match Sandbox::start(SandboxConfig::default()).await {
@@ -349,7 +372,15 @@ async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bo
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    match server::serve(config, credentials, listener, server::shutdown_signal()).await {
+    match server::serve_with(
+        config,
+        credentials,
+        listener,
+        server::shutdown_signal(),
+        telemetry,
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(server::ServeError::Refused(reason)) => {
             eprintln!("refusing to start: {reason}");

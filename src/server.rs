@@ -8,8 +8,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::alibaba::AlibabaClient;
+use crate::audit::Audit;
 use crate::auth::{Callers, CallersHandle};
 use crate::config::Config;
 use crate::credentials::CredentialsProvider;
@@ -18,6 +20,8 @@ use crate::gate::{self, Gate};
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::service::EngineVersionService;
+use crate::telemetry::Telemetry;
+use crate::telemetry::rpc::RpcLayer;
 
 /// The fully qualified service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "dds.gateway.v1.EngineVersionService";
@@ -43,12 +47,53 @@ pub enum ServeError {
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
-/// at most `server.shutdown_grace`.
+/// at most `server.shutdown_grace`. Telemetry is built from `config` and flushed at the end; log
+/// events go to the subscriber in place when this is called. [`serve_with`] takes a pipeline
+/// built by the caller.
 pub async fn serve(
     config: Config,
     credentials: Arc<dyn CredentialsProvider>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    // Logs keep going to the caller's subscriber, which filters them itself.
+    let ambient = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+    let (logs, filter) = if ambient.is::<tracing::subscriber::NoSubscriber>() {
+        (crate::telemetry::LogOutput::Off, "off")
+    } else {
+        (crate::telemetry::LogOutput::Forward(ambient), "trace")
+    };
+    let telemetry = Telemetry::new(
+        &config.telemetry,
+        logs,
+        tracing_subscriber::EnvFilter::new(filter),
+    )
+    .map_err(|e| ServeError::Refused(e.to_string()))?;
+    let served = serve_with(config, credentials, listener, shutdown, telemetry.clone()).await;
+    telemetry.shutdown().await;
+    served
+}
+
+/// [`serve`] with the caller's telemetry pipeline, which the caller shuts down (flushes) after.
+pub async fn serve_with(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    telemetry: Telemetry,
+) -> Result<(), ServeError> {
+    // Everything the server logs or traces goes to this gateway's pipeline.
+    serve_inner(config, credentials, listener, shutdown, telemetry.clone())
+        .with_subscriber(telemetry.dispatch().clone())
+        .await
+}
+
+async fn serve_inner(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    telemetry: Telemetry,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
     // ---- callers, limits, TLS (issue 5) ----
@@ -81,8 +126,39 @@ pub async fn serve(
     });
     // ---- end issue 5 ----
 
+    // ---- telemetry and audit (issue 4) ----
+    let audit = match &config.audit.file {
+        Some(path) => {
+            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))?
+        }
+        None => Audit::log_only(),
+    };
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let _admin = match config.telemetry.admin_listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr).await.map_err(|e| {
+                ServeError::Refused(format!(
+                    "cannot listen on {addr} (telemetry.admin_listen): {e}"
+                ))
+            })?;
+            let task = tokio::spawn(
+                crate::telemetry::admin::serve(telemetry.clone(), admin, async {
+                    let _ = admin_stopped.await;
+                })
+                .with_current_subscriber(),
+            );
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Ok(Err(err)) = task.await {
+                    tracing::error!(error = %err, "admin endpoint failed");
+                }
+            })))
+        }
+        None => None,
+    };
+    // ---- end issue 4 ----
+
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    let service = EngineVersionService::from_config(&config, client, None);
+    let service = EngineVersionService::from_config(&config, client, None).with_audit(audit);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
@@ -118,6 +194,8 @@ pub async fn serve(
         );
     }
     let server = builder
+        // Outermost: the call's span, metrics and access line cover everything below.
+        .layer(RpcLayer::new(telemetry.clone()))
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -148,6 +226,7 @@ pub async fn serve(
         .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
     let _ = stop_tx.send(());
+    let _ = admin_stop.send(());
     match tokio::time::timeout(config.server.shutdown_grace, server).await {
         Ok(result) => result.map_err(ServeError::from),
         Err(_) => {

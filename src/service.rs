@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::alibaba::AlibabaClient;
+use crate::audit::{self, Audit, AuditEvent};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::deadline;
@@ -17,6 +18,7 @@ use crate::error::Error;
 use crate::idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 use crate::pb;
 use crate::status::{StatusReader, WatchStream};
+use crate::telemetry;
 use crate::upgrade::{Outcome, UpgradeSettings, Upgrader};
 use crate::validation::Validator;
 
@@ -38,6 +40,10 @@ pub struct EngineVersionService {
     status: StatusReader,
     request_timeout: Duration,
     watch_limit: Duration,
+    /// Where upgrade attempts are recorded (issue 4).
+    audit: Audit,
+    /// The region of requests that name none, for the audit trail.
+    default_region: String,
 }
 
 impl EngineVersionService {
@@ -89,7 +95,15 @@ impl EngineVersionService {
             status: StatusReader::new(client, config.alibaba.retry, config.watch.poll_interval),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
+            audit: Audit::log_only(),
+            default_region: config.alibaba.region_id.clone(),
         }
+    }
+
+    /// Records upgrade attempts in `audit` instead of the logs only.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Status reads, for tests and metrics (e.g. how many watches are running).
@@ -103,10 +117,16 @@ impl EngineVersionService {
         deadline: Instant,
         caller: Option<&Caller>,
     ) -> Result<Outcome, Error> {
-        let request = self.validator.validate(request)?;
+        let request =
+            tracing::info_span!("validate").in_scope(|| self.validator.validate(request))?;
         // The gate admitted the caller; its policy decides before anything reaches Alibaba.
         if let Some(caller) = caller {
-            caller.policy().check(caller.name(), &request)?;
+            tracing::info_span!("authorise", enduser.id = caller.name())
+                .in_scope(|| caller.policy().check(caller.name(), &request))?;
+        }
+        // Nothing is sent that the audit trail could not record.
+        if !request.validate_only() {
+            self.audit.ready()?;
         }
         let scope = caller.map_or(ANONYMOUS_CALLER, Caller::name);
         self.upgrader.run(request, scope, deadline).await
@@ -122,16 +142,37 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
         let caller = admitted(&request);
         let caller_name = caller.as_ref().map_or("", |c| c.name()).to_string();
+        if caller.is_some() {
+            telemetry::rpc::note_caller(&request, &caller_name);
+        }
         let message = request.into_inner();
-        let (instance, version, region) = (
-            message.db_instance_id.clone(),
-            message.engine_version.clone(),
-            message.region_id.clone(),
-        );
+        let mut audit = AuditEvent {
+            time: audit::now(),
+            kind: if message.validate_only {
+                "validate_only"
+            } else {
+                "upgrade"
+            },
+            caller: caller_name.clone(),
+            db_instance_id: short(&message.db_instance_id).to_string(),
+            region_id: if message.region_id.is_empty() {
+                self.default_region.clone()
+            } else {
+                short(&message.region_id).to_string()
+            },
+            from_version: String::new(),
+            to_version: short(&message.engine_version).to_string(),
+            outcome: "failed",
+            grpc_code: "OK",
+            alibaba_request_id: String::new(),
+            alibaba_code: String::new(),
+            request_id: short(&message.request_id).to_string(),
+            trace_id: telemetry::current_trace_id(),
+        };
         match self.upgrade(message, deadline, caller.as_deref()).await {
             Ok(Outcome { accepted, replayed }) => {
                 let answer = accepted.response;
-                tracing::info!(
+                tracing::debug!(
                     caller = %caller_name,
                     db_instance_id = %answer.db_instance_id,
                     engine_version = %answer.engine_version,
@@ -142,6 +183,24 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                     replayed,
                     "upgrade accepted"
                 );
+                audit
+                    .from_version
+                    .clone_from(&answer.previous_engine_version);
+                audit
+                    .alibaba_request_id
+                    .clone_from(&answer.alibaba_request_id);
+                audit.outcome = if answer.validate_only {
+                    "validated"
+                } else if replayed {
+                    "replayed"
+                } else if accepted.reconciled {
+                    "reconciled"
+                } else {
+                    "accepted"
+                };
+                // Recorded (and on disk) before the answer. A failed write cannot undo the
+                // upgrade, so the caller still hears the truth; see `audit`.
+                let _ = self.audit.record(audit).await;
                 let mut response = Response::new(answer);
                 if accepted.reconciled {
                     response.metadata_mut().insert(
@@ -159,19 +218,23 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             }
             Err(err) => {
                 let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
+                audit.alibaba_request_id = err.alibaba_request_id().unwrap_or_default().to_string();
                 let detail = err.to_string();
                 // The code logged is the one the caller gets: `error.rs` decides it, once.
                 let status = Status::from(err);
                 tracing::warn!(
                     caller = %caller_name,
-                    db_instance_id = %short(&instance),
-                    engine_version = %short(&version),
-                    region_id = %short(&region),
+                    db_instance_id = %audit.db_instance_id,
+                    engine_version = %audit.to_version,
+                    region_id = %audit.region_id,
                     grpc_code = ?status.code(),
                     alibaba_code = %alibaba_code,
                     error = %detail,
                     "upgrade failed"
                 );
+                audit.grpc_code = telemetry::rpc::code_name(status.code());
+                audit.alibaba_code = alibaba_code;
+                let _ = self.audit.record(audit).await;
                 Err(status)
             }
         }
@@ -183,6 +246,9 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
     ) -> Result<Response<pb::GetEngineVersionResponse>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
         let caller = admitted(&request);
+        if let Some(caller) = &caller {
+            telemetry::rpc::note_caller(&request, caller.name());
+        }
         let message = request.into_inner();
         let instance = self
             .validator
@@ -203,6 +269,9 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
     ) -> Result<Response<Self::WatchUpgradeStream>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.watch_limit);
         let caller = admitted(&request);
+        if let Some(caller) = &caller {
+            telemetry::rpc::note_caller(&request, caller.name());
+        }
         let message = request.into_inner();
         let instance = self
             .validator

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
 use crate::alibaba::AlibabaClient;
 use crate::alibaba::retry::RetryPolicy;
@@ -98,7 +99,10 @@ impl StatusReader {
                     tracing::debug!(db_instance_id = %instance.db_instance_id, "watch ended: the caller went away");
                 }
             }
-        });
+        }
+        // The polls' spans belong to the call's trace, and to the call's gateway.
+        .in_current_span()
+        .with_current_subscriber());
         ReceiverStream::new(rx)
     }
 

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
 use crate::alibaba::retry::{self, Effect, RetryPolicy};
 use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
@@ -135,20 +136,25 @@ impl Upgrader {
     ) -> Result<Accepted, Error> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let this = self.clone();
-        tokio::spawn(async move {
-            let look_first = lease
-                .as_ref()
-                .is_some_and(crate::idempotency::Lease::previous_unresolved);
-            let result = this.upgrade(&request, deadline, look_first).await;
-            if let Some(lease) = lease {
-                lease.settle(match &result {
-                    Ok(accepted) => Settlement::Accepted(accepted.clone()),
-                    Err(Error::OutcomeUnknown { .. }) => Settlement::Unresolved,
-                    Err(_) => Settlement::NotApplied,
-                });
+        tokio::spawn(
+            async move {
+                let look_first = lease
+                    .as_ref()
+                    .is_some_and(crate::idempotency::Lease::previous_unresolved);
+                let result = this.upgrade(&request, deadline, look_first).await;
+                if let Some(lease) = lease {
+                    lease.settle(match &result {
+                        Ok(accepted) => Settlement::Accepted(accepted.clone()),
+                        Err(Error::OutcomeUnknown { .. }) => Settlement::Unresolved,
+                        Err(_) => Settlement::NotApplied,
+                    });
+                }
+                let _ = answer.send(result);
             }
-            let _ = answer.send(result);
-        });
+            // The upgrade's spans belong to the call's trace, and to the call's gateway.
+            .in_current_span()
+            .with_current_subscriber(),
+        );
         match tokio::time::timeout_at(deadline, answered).await {
             Ok(Ok(result)) => result,
             // The task ended without answering (a panic): its lease settled as unresolved.

@@ -88,11 +88,8 @@ async fn serve_sandbox_with_signature_v3_upgrades() {
     let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("dds-gateway listening")
-                && let Some(at) = line.find("local=")
-            {
-                let rest = &line[at + "local=".len()..];
-                return rest.split_whitespace().next().unwrap().to_string();
+            if let Some(addr) = common::listening_addr(&line) {
+                return addr;
             }
         }
         panic!("the gateway exited before listening");
@@ -185,9 +182,8 @@ impl Child {
                 .await
                 .unwrap()
                 .expect("the gateway says where it listens");
-            if line.contains("dds-gateway listening") {
-                let at = line.find("local=").unwrap() + "local=".len();
-                break line[at..].split_whitespace().next().unwrap().to_string();
+            if let Some(addr) = common::listening_addr(&line) {
+                break addr;
             }
         };
         // Keep draining the log so the child never blocks on a full pipe.

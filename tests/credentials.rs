@@ -619,14 +619,8 @@ async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
             .unwrap()
             .expect("the gateway starts");
         log.push_str(&line);
-        if let Some(at) = line.find("local=")
-            && line.contains("listening")
-        {
-            break line[at + 6..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
+        if let Some(addr) = common::listening_addr(&line) {
+            break addr;
         }
     };
     assert!(

@@ -116,7 +116,7 @@ where
 {
     let mut attempts = 1;
     loop {
-        let err = match attempt().await {
+        let err = match crate::telemetry::upstream::attempt(attempts, attempt()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };

@@ -204,6 +204,7 @@ impl<F: Fetch> CredentialsProvider for Refreshing<F> {
             }
             Err(err) => {
                 let cause = err.to_string();
+                tracing::warn!(provider = shared.fetch.name(), error = %cause, "credential fetch failed");
                 shared.state().failure = Some((Instant::now(), cause.clone()));
                 Err(shared.unavailable(&cause))
             }

@@ -176,3 +176,13 @@ pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
+
+/// The address in the gateway's "listening" log line (JSON, the default log format), or `None`
+/// for any other line.
+pub fn listening_addr(line: &str) -> Option<String> {
+    if !line.contains("dds-gateway listening") {
+        return None;
+    }
+    let log: serde_json::Value = serde_json::from_str(line).ok()?;
+    log["local"].as_str().map(str::to_string)
+}

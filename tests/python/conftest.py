@@ -6,9 +6,9 @@ tests never build anything themselves.
 """
 
 import importlib
+import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -23,10 +23,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
 GATEWAY_PROTO = "dds/gateway/v1/gateway.proto"
 
-# The gateway's log line once it accepts calls, e.g.
-# `... INFO dds_gateway::server: dds-gateway listening local=127.0.0.1:40289 version="0.1.0"`.
-# (An earlier WARN line also carries `local=`, so match the message too.)
-LISTENING = re.compile(r"dds-gateway listening local=(\S+)")
+# The gateway's log line once it accepts calls (JSON by default), e.g.
+# `{"level":"INFO","local":"127.0.0.1:40289","message":"dds-gateway listening",...}`.
+# (An earlier WARN line also carries `local`, so match the message too.)
+LISTENING_MESSAGE = '"message":"dds-gateway listening"'
+
+
+def _listening_address(line: str):
+    """The address of the "listening" log line, or None for any other line."""
+    if LISTENING_MESSAGE not in line:
+        return None
+    try:
+        return json.loads(line).get("local")
+    except ValueError:
+        return None
 STARTUP_DEADLINE_S = 20
 SHUTDOWN_DEADLINE_S = 15
 
@@ -104,8 +114,8 @@ def gateway(gateway_bin):
     def drain():
         for line in proc.stderr:
             log.append(line)
-            if match := LISTENING.search(line):
-                address.put(match.group(1))
+            if local := _listening_address(line):
+                address.put(local)
         address.put(None)
 
     reader = threading.Thread(target=drain, name="gateway-stderr", daemon=True)
