@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/fake_cloud.rs"]
+mod fake_cloud;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -718,4 +720,59 @@ async fn an_unwritable_audit_file_refuses_new_upgrades_before_sending() {
         "{failures}"
     );
     gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_credential_refreshes_report_to_the_gateways_telemetry() {
+    use tracing::instrument::WithSubscriber as _;
+    let fake = fake_cloud::Fake::start().await;
+    // Issued credentials live 32 s: with the 30 s safety margin they refresh within seconds.
+    fake.state().lifetime = Some(std::time::Duration::from_secs(32));
+    let scratch = fake_cloud::Scratch::new("telemetry-refresh");
+    let token_file = scratch.write("token", "oidc-token");
+    let config = Config::from_toml(
+        &format!(
+            "[credentials]\nprovider = \"oidc_role_arn\"\nrole_arn = \"{}\"\noidc_provider_arn = \"{}\"\noidc_token_file = \"{}\"\nsts_endpoint = \"{}\"",
+            fake_cloud::ROLE_ARN,
+            fake_cloud::OIDC_PROVIDER_ARN,
+            token_file.display(),
+            fake.url()
+        ),
+        "test",
+        |_| None,
+        &dds_gateway::config::Overrides::default(),
+    )
+    .unwrap();
+    let provider = dds_gateway::credentials::build(&config.credentials, &|_| None).unwrap();
+    let telemetry = Telemetry::new(
+        &default_config().telemetry,
+        LogOutput::Buffer(Arc::default()),
+        tracing_subscriber::EnvFilter::new("info"),
+    )
+    .unwrap();
+    // The first fetch happens inside the gateway's telemetry (as during a call)...
+    provider
+        .credential()
+        .with_subscriber(telemetry.dispatch().clone())
+        .await
+        .unwrap();
+    // ...and the refreshes that follow in the background are counted there too.
+    let counted = |text: &str| {
+        sample(
+            text,
+            "dds_gateway_credentials_refreshes_total",
+            &[("outcome", "ok")],
+        )
+        .unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while counted(&telemetry.prometheus_text()) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no background refresh counted: {}",
+            telemetry.prometheus_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(fake.state().sts_actions.len() >= 2);
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tracing::instrument::WithSubscriber as _;
 
 use super::{Credential, CredentialsError, CredentialsProvider};
 
@@ -221,10 +222,10 @@ impl<F: Fetch> Refreshing<F> {
             .as_ref()
             .is_some_and(|c| c.refresh_at.is_some());
         if state.refresher.is_none() && expires {
-            // The task holds only a weak reference: dropping the provider ends it.
-            state.refresher = Some(tokio::spawn(refresh_in_background(Arc::downgrade(
-                &self.shared,
-            ))));
+            // The task holds only a weak reference: dropping the provider ends it. It logs to the
+            // subscriber of the call that started it (the gateway's telemetry), not the global one.
+            let task = refresh_in_background(Arc::downgrade(&self.shared));
+            state.refresher = Some(tokio::spawn(task.with_current_subscriber()));
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tracing::instrument::WithSubscriber as _;
 
 use super::cache::Refreshing;
 use super::chain::Context;
@@ -111,7 +112,7 @@ impl FileProfile {
     /// Re-reads the file every `interval` and reloads when its contents changed.
     pub fn watch(mut self, interval: Duration) -> Self {
         let shared = Arc::downgrade(&self.shared);
-        self.watcher = Some(tokio::spawn(async move {
+        let watch = async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
@@ -122,7 +123,9 @@ impl FileProfile {
                 };
                 shared.reload().await;
             }
-        }));
+        };
+        // Logs go to the subscriber current at start-up (the gateway's telemetry).
+        self.watcher = Some(tokio::spawn(watch.with_current_subscriber()));
         self
     }
 }
