@@ -776,3 +776,72 @@ async fn background_credential_refreshes_report_to_the_gateways_telemetry() {
     }
     assert!(fake.state().sts_actions.len() >= 2);
 }
+
+/// What an OTLP/gRPC metrics receiver got: the names of the metrics in every export.
+#[derive(Clone, Default)]
+struct ReceivedMetrics(Arc<Mutex<Vec<String>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+    for ReceivedMetrics
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let names = request
+            .into_inner()
+            .resource_metrics
+            .into_iter()
+            .flat_map(|r| r.scope_metrics)
+            .flat_map(|s| s.metrics)
+            .map(|m| m.name);
+        self.0.lock().unwrap().extend(names);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_pushed_over_otlp() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    let received = ReceivedMetrics::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(received.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let gateway = Traced::start(|config| {
+        config.telemetry.metrics = Some(Otlp {
+            endpoint: format!("http://{receiver}"),
+            protocol: Protocol::Grpc,
+        });
+        config.telemetry.metrics_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    gateway
+        .upgrade(request("dds-sandbox01", "4.4"))
+        .await
+        .unwrap();
+    let names = received.0.clone();
+    wait_until("the RPC and upstream metrics are exported", || {
+        let names = names.lock().unwrap();
+        [
+            "dds_gateway.rpc.requests",
+            "dds_gateway.rpc.duration",
+            "dds_gateway.upstream.requests",
+        ]
+        .iter()
+        .all(|n| names.iter().any(|m| m == n))
+    })
+    .await;
+    gateway.shutdown().await;
+}
