@@ -15,8 +15,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use tracing::Instrument as _;
 
 use crate::config::{AlibabaConfig, SignatureVersion};
-use crate::credentials::{Credential, CredentialsError, CredentialsProvider};
-use crate::signer::{self, param, v3};
+use crate::credentials::{Credential, CredentialsError, CredentialsProvider, Secret};
+use crate::signer::{self, v3};
 pub use response::{AvailableEngineVersions, InstanceAttribute, UpstreamError};
 
 /// Alibaba's product code of ApsaraDB for MongoDB.
@@ -242,41 +242,25 @@ fn sign_v2(
     params: Vec<(&'static str, String)>,
     time: SystemTime,
 ) -> reqwest::RequestBuilder {
-    let mut all: Vec<(&'static str, String)> = Vec::with_capacity(params.len() + 9);
-    all.push((param::ACTION, action.to_string()));
-    all.push((param::VERSION, API_VERSION.to_string()));
-    all.push((param::FORMAT, "JSON".to_string()));
-    all.push((param::ACCESS_KEY_ID, credential.access_key_id().to_string()));
-    all.push((
-        param::SIGNATURE_METHOD,
-        signer::SIGNATURE_METHOD.to_string(),
-    ));
-    all.push((
-        param::SIGNATURE_VERSION,
-        signer::SIGNATURE_VERSION.to_string(),
-    ));
-    all.push((param::SIGNATURE_NONCE, uuid::Uuid::new_v4().to_string()));
-    all.push((param::TIMESTAMP, signer::format_timestamp(time)));
-    if let Some(token) = credential.security_token() {
-        all.push((param::SECURITY_TOKEN, token.expose().to_string()));
-    }
+    let mut all = signer::common_params(
+        action,
+        API_VERSION,
+        credential.access_key_id(),
+        credential.security_token().map(Secret::expose),
+        uuid::Uuid::new_v4().to_string(),
+        time,
+    );
     all.extend(params);
     let signed = signer::sign("POST", &all, credential.signing_key());
-
     // Everything goes in the form body, none in the URL: URLs end up in proxy and error logs,
     // and the body carries the security token and signature. Alibaba signs the union of
     // query and body parameters, so both placements verify the same.
-    let mut body = signed.canonicalized_query_string;
-    body.push('&');
-    body.push_str(param::SIGNATURE);
-    body.push('=');
-    signer::percent_encode_into(&mut body, signed.signature.as_str());
     http.post(url)
         .header(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         )
-        .body(body)
+        .body(signed.form_body())
 }
 
 /// Why a V3 request cannot be built: a credential part with bytes HTTP headers cannot carry.

@@ -308,6 +308,33 @@ impl fmt::Debug for SignedParams {
     }
 }
 
+/// The common parameters of a V2 RPC request, everything but the operation's own parameters and
+/// `Signature`: `Action`, `Version`, `Format=JSON`, `AccessKeyId`, `SignatureMethod`,
+/// `SignatureVersion`, `SignatureNonce`, `Timestamp`, and `SecurityToken` for STS credentials.
+/// The nonce and time are given: the signer never reads the clock or a random source.
+pub fn common_params(
+    action: &str,
+    api_version: &str,
+    access_key_id: &str,
+    security_token: Option<&str>,
+    signature_nonce: String,
+    time: SystemTime,
+) -> Vec<(&'static str, String)> {
+    let mut params = Vec::with_capacity(16);
+    params.push((param::ACTION, action.to_string()));
+    params.push((param::VERSION, api_version.to_string()));
+    params.push((param::FORMAT, "JSON".to_string()));
+    params.push((param::ACCESS_KEY_ID, access_key_id.to_string()));
+    params.push((param::SIGNATURE_METHOD, SIGNATURE_METHOD.to_string()));
+    params.push((param::SIGNATURE_VERSION, SIGNATURE_VERSION.to_string()));
+    params.push((param::SIGNATURE_NONCE, signature_nonce));
+    params.push((param::TIMESTAMP, format_timestamp(time)));
+    if let Some(token) = security_token {
+        params.push((param::SECURITY_TOKEN, token.to_string()));
+    }
+    params
+}
+
 /// Signs a parameter set (everything but `Signature`) for `method`.
 pub fn sign<K, V>(method: &str, params: &[(K, V)], key: &SigningKey) -> SignedParams
 where

@@ -60,20 +60,14 @@ impl Sts {
         session: &RoleSession,
         provider: &'static str,
     ) -> Result<Credential, CredentialsError> {
-        let mut params = common_params("AssumeRole");
-        params.push((param::ACCESS_KEY_ID, base.access_key_id().to_string()));
-        params.push((
-            param::SIGNATURE_METHOD,
-            signer::SIGNATURE_METHOD.to_string(),
-        ));
-        params.push((
-            param::SIGNATURE_VERSION,
-            signer::SIGNATURE_VERSION.to_string(),
-        ));
-        params.push((param::SIGNATURE_NONCE, uuid::Uuid::new_v4().to_string()));
-        if let Some(token) = base.security_token() {
-            params.push((param::SECURITY_TOKEN, token.expose().to_string()));
-        }
+        let mut params = signer::common_params(
+            "AssumeRole",
+            API_VERSION,
+            base.access_key_id(),
+            base.security_token().map(Secret::expose),
+            uuid::Uuid::new_v4().to_string(),
+            std::time::SystemTime::now(),
+        );
         push_session(&mut params, session);
         let body = signer::sign("POST", &params, base.signing_key()).form_body();
         self.post("AssumeRole", body, provider).await
@@ -87,7 +81,7 @@ impl Sts {
         oidc_token: &Secret,
         provider: &'static str,
     ) -> Result<Credential, CredentialsError> {
-        let mut params = common_params("AssumeRoleWithOIDC");
+        let mut params = anonymous_params("AssumeRoleWithOIDC");
         params.push(("OIDCProviderArn", oidc_provider_arn.to_string()));
         params.push(("OIDCToken", oidc_token.expose().to_string()));
         push_session(&mut params, session);
@@ -144,7 +138,8 @@ impl Sts {
     }
 }
 
-fn common_params(action: &'static str) -> Vec<(&'static str, String)> {
+/// The parameters of the anonymous `AssumeRoleWithOIDC`: no key, no signature.
+fn anonymous_params(action: &'static str) -> Vec<(&'static str, String)> {
     vec![
         (param::ACTION, action.to_string()),
         (param::VERSION, API_VERSION.to_string()),
