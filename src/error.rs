@@ -45,6 +45,9 @@ pub enum Error {
     /// The gateway has `server.max_in_flight` calls in flight already.
     #[error("too many calls in flight")]
     Overloaded,
+    /// The gateway has `watch.max_active` watches running already.
+    #[error("too many watches running")]
+    WatchLimitReached,
     /// The instance cannot be upgraded to the target now (preflight).
     #[error(transparent)]
     Preflight(#[from] PreflightFailure),
@@ -277,6 +280,14 @@ impl From<Error> for Status {
                 Code::Unavailable,
                 "the gateway is at its limit of calls in flight; retry shortly",
                 "GATEWAY_OVERLOADED",
+                &[],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
+            // A quota, not a passing overload: watches last long, so retrying at once rarely helps.
+            Error::WatchLimitReached => status(
+                Code::ResourceExhausted,
+                "the gateway is at its limit of running watches (watch.max_active); retry later or poll GetEngineVersion",
+                "WATCH_LIMIT_REACHED",
                 &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),

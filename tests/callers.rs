@@ -858,3 +858,113 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     assert!(text.contains("engine_version: 4.4"), "{text}");
     assert_eq!(gw.sandbox.calls(UPGRADE), 0, "validate-only never upgrades");
 }
+
+// ---- reads: policy and the watch limit ----
+
+fn watch_request(instance: &str, target: &str) -> pb::WatchUpgradeRequest {
+    pb::WatchUpgradeRequest {
+        db_instance_id: instance.into(),
+        engine_version: target.into(),
+        region_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_bounded_by_the_callers_policy() {
+    let gw = gateway("", &callers_toml()).await;
+    let mut client = gw.client.clone();
+    // `billing` may not look at `secret-ops`'s region, whichever read it uses.
+    let get = pb::GetEngineVersionRequest {
+        db_instance_id: "dds-sandboxsz".into(),
+        region_id: "cn-shenzhen".into(),
+    };
+    let denied = client
+        .get_engine_version(with_token(get, BILLING_TOKEN))
+        .await
+        .unwrap_err();
+    let metadata = assert_error(&denied, Code::PermissionDenied, "CALLER_NOT_PERMITTED");
+    assert_eq!(metadata["rule"], "regions");
+    // An empty region is the default region, which the policy sees as such.
+    let denied = client
+        .watch_upgrade(with_token(
+            watch_request("dds-other1", "5.0"),
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    let metadata = assert_error(&denied, Code::PermissionDenied, "CALLER_NOT_PERMITTED");
+    assert_eq!(metadata["rule"], "instances");
+    let missing = client
+        .watch_upgrade(tonic::Request::new(watch_request("dds-sandbox01", "5.0")))
+        .await
+        .unwrap_err();
+    assert_error(
+        &missing,
+        Code::Unauthenticated,
+        "CALLER_CREDENTIALS_MISSING",
+    );
+    assert!(
+        gw.sandbox.received().is_empty(),
+        "refused reads never reach Alibaba"
+    );
+    client
+        .get_engine_version(with_token(
+            pb::GetEngineVersionRequest {
+                db_instance_id: "dds-sandbox01".into(),
+                region_id: String::new(),
+            },
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap();
+}
+
+/// Watches last up to `watch.max_duration` (an hour by default) and poll Alibaba all along, so
+/// they have a limit of their own: they must not hold `server.max_in_flight` places (that would
+/// starve upgrades), nor be unbounded (that would spend the gateway's Alibaba quota).
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_have_their_own_limit_and_leave_room_for_calls() {
+    let gw = gateway(
+        "max_in_flight = 1\n[watch]\nmax_active = 2\npoll_interval = \"50ms\"",
+        &callers_toml(),
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let open = |client: &mut EngineVersionServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .watch_upgrade(with_token(
+                    watch_request("dds-sandbox02", "8.0"),
+                    BILLING_TOKEN,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut first = open(&mut client).await.unwrap();
+    let _second = open(&mut client).await.unwrap();
+    // Both watches are running (each has sent its first state).
+    assert!(first.message().await.unwrap().is_some());
+
+    let refused = open(&mut client).await.unwrap_err();
+    let _ = assert_error(&refused, Code::ResourceExhausted, "WATCH_LIMIT_REACHED");
+    assert!(refused.get_details_retry_info().is_some());
+
+    // The running watches hold no place among the calls in flight.
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+
+    // A watch that ends gives its place back.
+    drop(first);
+    eventually("a new watch is accepted", || {
+        let mut client = client.clone();
+        async move { open(&mut client).await.is_ok() }
+    })
+    .await;
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
+}
