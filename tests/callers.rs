@@ -754,6 +754,38 @@ async fn a_changed_file_reloads_callers_without_dropping_calls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The file can change between the moment the configuration is read and the moment the reloader
+/// starts watching it; that change must not be missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_made_while_the_gateway_starts_is_picked_up() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = temp_dir("reload-start");
+    let file = dir.join("gateway.toml");
+    let head = format!(
+        "[server]\nreload_interval = \"50ms\"\n[alibaba]\nendpoint = \"{}\"\n",
+        sandbox.endpoint()
+    );
+    std::fs::write(&file, format!("{head}{}", one_caller("old-token"))).unwrap();
+    let config = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
+    std::fs::write(&file, format!("{head}{}", one_caller("new-token"))).unwrap();
+    let credentials = common::credentials_of(&sandbox);
+    let gw = Gateway::serve(config, credentials, sandbox).await;
+    let client = gw.client.clone();
+    eventually("the token written during start-up is accepted", || {
+        let client = client.clone();
+        async move {
+            call(
+                &client,
+                with_token(validate_only("dds-sandbox02", "5.0"), "new-token"),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
