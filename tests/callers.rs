@@ -444,6 +444,68 @@ async fn garbage_bytes_connection_floods_and_huge_headers_leave_others_served() 
     drop(idle);
 }
 
+/// A caller that sends its headers and then never finishes its message would hold a place among
+/// the calls in flight for as long as it likes; the message must arrive in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_message_gives_its_place_back() {
+    let gw = gateway(
+        "max_in_flight = 1\nrequest_timeout = \"1s\"",
+        &callers_toml(),
+    )
+    .await;
+    // Headers go out at once; the message never comes (and no grpc-timeout is sent).
+    let stall = || {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(common::channel(addr).await);
+            grpc.ready().await.unwrap();
+            grpc.client_streaming::<_, _, pb::UpgradeEngineVersionResponse, _>(
+                with_token(
+                    tokio_stream::pending::<pb::UpgradeEngineVersionRequest>(),
+                    BILLING_TOKEN,
+                ),
+                http::uri::PathAndQuery::from_static(
+                    "/dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
+                ),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        })
+    };
+    // Until the stalled call holds the only place: a probe that gets in first may shed it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stalled = loop {
+        let stalled = stall();
+        let probe = call(
+            &gw.client,
+            with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+        )
+        .await;
+        if probe.is_err_and(|s| s.code() == Code::Unavailable) {
+            break stalled;
+        }
+        stalled.abort();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled call never held the place"
+        );
+    };
+    // A guard against hanging forever, not a timing assumption: the limit is 1 s.
+    let status = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("the stalled call is answered")
+        .unwrap()
+        .unwrap_err();
+    assert_error(&status, Code::DeadlineExceeded, "REQUEST_INCOMPLETE");
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert!(gw.sandbox.calls(UPGRADE) == 0);
+}
+
 // ---- TLS and mTLS ----
 
 /// A CA, a server certificate for `localhost`, and client certificates, as PEM files.
