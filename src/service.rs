@@ -285,7 +285,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         let stream = self
             .status
             .watch(instance, message.engine_version, deadline)
-            .map_err(Status::from)?;
+            .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
         Ok(Response::new(stream))
     }
 }

@@ -88,15 +88,15 @@ impl StatusReader {
     /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
     /// It stops when the instance is `Running` on `target` (last message `done`), at `deadline`
     /// (ending the stream with DEADLINE_EXCEEDED), on a failed read (ending it with that error),
-    /// or as soon as the caller drops the stream. Refused at once when `watch.max_active` watches
+    /// or as soon as the caller drops the stream. `None` at once when `watch.max_active` watches
     /// are running.
     pub fn watch(
         &self,
         instance: InstanceRef,
         target: String,
         deadline: Instant,
-    ) -> Result<WatchStream, Error> {
-        let place = self.watches.try_enter().ok_or(Error::WatchLimitReached)?;
+    ) -> Option<WatchStream> {
+        let place = self.watches.try_enter()?;
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
@@ -112,7 +112,7 @@ impl StatusReader {
         // The polls' spans belong to the call's trace, and to the call's gateway.
         .in_current_span()
         .with_current_subscriber());
-        Ok(ReceiverStream::new(rx))
+        Some(ReceiverStream::new(rx))
     }
 
     async fn poll(
