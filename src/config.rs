@@ -88,6 +88,9 @@ pub struct WatchConfig {
     pub poll_interval: Duration,
     /// Upper bound on one watch, whatever deadline the caller sets.
     pub max_duration: Duration,
+    /// Watches running at once. Watches are long and poll Alibaba all along, so they have this
+    /// limit of their own instead of holding `server.max_in_flight` places.
+    pub max_active: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +281,7 @@ struct RawIdempotency {
 struct RawWatch {
     poll_interval: Option<String>,
     max_duration: Option<String>,
+    max_active: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -466,6 +470,13 @@ impl Config {
             )?,
             max_keys,
         };
+        let max_active = raw.watch.max_active.unwrap_or(64);
+        if !(1..=100_000).contains(&max_active) {
+            return Err(invalid(
+                "watch.max_active",
+                "expected a number of watches between 1 and 100000",
+            ));
+        }
         let watch = WatchConfig {
             poll_interval: duration_or(
                 "watch.poll_interval",
@@ -477,6 +488,7 @@ impl Config {
                 raw.watch.max_duration,
                 Duration::from_secs(3600),
             )?,
+            max_active,
         };
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         check_callers(&raw.callers, &alibaba.engine_versions, client_certs)?;
@@ -816,6 +828,10 @@ fn apply_env(
     set(&mut raw.idempotency.retention, "IDEMPOTENCY_RETENTION");
     set(&mut raw.watch.poll_interval, "WATCH_POLL_INTERVAL");
     set(&mut raw.watch.max_duration, "WATCH_MAX_DURATION");
+    if let Some(v) = var("WATCH_MAX_ACTIVE") {
+        // An unparsable number becomes 0, which the range check reports with the key's name.
+        raw.watch.max_active = Some(v.trim().parse().unwrap_or(0));
+    }
     if let Some(v) = var("ALIBABA_MAX_ATTEMPTS") {
         raw.alibaba.max_attempts = Some(v.trim().parse().unwrap_or(0));
     }
@@ -1023,6 +1039,7 @@ mod tests {
             [watch]
             poll_interval = "1s"
             max_duration = "10m"
+            max_active = 7
             "#,
             &[
                 ("DDS_GATEWAY_ALIBABA_PREFLIGHT", "true"),
@@ -1038,6 +1055,8 @@ mod tests {
         assert_eq!(config.idempotency.retention, Duration::from_secs(7200));
         assert_eq!(config.idempotency.max_keys, 10);
         assert_eq!(config.watch.max_duration, Duration::from_secs(600));
+        assert_eq!(config.watch.max_active, 7);
+        assert_eq!(load("", &[]).unwrap().watch.max_active, 64);
         for (text, env, key) in [
             (
                 "[alibaba]\nmax_attempts = 0",
@@ -1063,6 +1082,12 @@ mod tests {
                 "[watch]\npoll_interval = \"0s\"",
                 &[][..],
                 "watch.poll_interval",
+            ),
+            ("[watch]\nmax_active = 0", &[][..], "watch.max_active"),
+            (
+                "",
+                &[("DDS_GATEWAY_WATCH_MAX_ACTIVE", "lots")][..],
+                "watch.max_active",
             ),
         ] {
             let message = load(text, env).unwrap_err().to_string();

@@ -45,6 +45,12 @@ pub enum Error {
     /// The gateway has `server.max_in_flight` calls in flight already.
     #[error("too many calls in flight")]
     Overloaded,
+    /// The request message had not arrived by the call's deadline; nothing was done.
+    #[error("the request message did not arrive in time")]
+    RequestIncomplete,
+    /// The gateway has `watch.max_active` watches running already.
+    #[error("too many watches running")]
+    WatchLimitReached,
     /// The instance cannot be upgraded to the target now (preflight).
     #[error(transparent)]
     Preflight(#[from] PreflightFailure),
@@ -277,6 +283,21 @@ impl From<Error> for Status {
                 Code::Unavailable,
                 "the gateway is at its limit of calls in flight; retry shortly",
                 "GATEWAY_OVERLOADED",
+                &[],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
+            Error::RequestIncomplete => status(
+                Code::DeadlineExceeded,
+                "the request message did not arrive before the deadline (the caller's, or server.request_timeout); nothing was done",
+                "REQUEST_INCOMPLETE",
+                &[],
+                None,
+            ),
+            // A quota, not a passing overload: watches last long, so retrying at once rarely helps.
+            Error::WatchLimitReached => status(
+                Code::ResourceExhausted,
+                "the gateway is at its limit of running watches (watch.max_active); retry later or poll GetEngineVersion",
+                "WATCH_LIMIT_REACHED",
                 &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),

@@ -1,20 +1,26 @@
 //! The gate in front of the engine version service, before any message is decoded:
 //! authenticate the caller, take from its rate, and take a place among the calls in flight (or
 //! shed the call at once). The admitted caller rides in the request's extensions to the service,
-//! which checks its policy. Also: the layer that gives tonic's own error answers an `ErrorInfo`.
+//! which checks its policy; its message must arrive by the call's deadline, so that a caller who
+//! stalls cannot keep its place. Also: the layer that gives tonic's own error answers an
+//! `ErrorInfo`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::auth::{Caller, CallersHandle};
+use crate::deadline;
 use crate::error::{self, Error};
 use crate::limits::InFlight;
 
@@ -28,14 +34,22 @@ pub struct Gate<S> {
     inner: S,
     callers: CallersHandle,
     in_flight: InFlight,
+    /// `server.request_timeout`: how long a message may take to arrive without a caller deadline.
+    request_timeout: Duration,
 }
 
 impl<S> Gate<S> {
-    pub fn new(inner: S, callers: CallersHandle, in_flight: InFlight) -> Self {
+    pub fn new(
+        inner: S,
+        callers: CallersHandle,
+        in_flight: InFlight,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
             callers,
             in_flight,
+            request_timeout,
         }
     }
 
@@ -109,6 +123,8 @@ where
         if let Some(caller) = caller {
             request.extensions_mut().insert(Admitted(caller));
         }
+        let by = deadline::effective(request.extensions().get(), self.request_timeout);
+        let request = request.map(|body| Body::new(BodyDeadline::new(body, by)));
         // The clone that was made ready is the one called; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -117,6 +133,50 @@ where
             drop(permit);
             response
         })
+    }
+}
+
+/// A request body that fails with `REQUEST_INCOMPLETE` if it has not ended by a deadline. tonic
+/// reads the whole message before the handler starts, so this bounds only the wait for the
+/// message, never the handler's work.
+struct BodyDeadline {
+    body: Body,
+    expiry: Pin<Box<Sleep>>,
+}
+
+impl BodyDeadline {
+    fn new(body: Body, deadline: Instant) -> Self {
+        Self {
+            body,
+            expiry: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl http_body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.expiry.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Error::RequestIncomplete.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Overload protection: a token bucket per authenticated caller (keyed by who the caller is,
-//! never by its peer address) and a global limit on calls in flight that sheds the excess at
-//! once instead of queueing it.
+//! never by its peer address) and limits on how much runs at once (calls in flight, watches)
+//! that shed the excess at once instead of queueing it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -64,18 +64,30 @@ impl SharedBucket {
     }
 }
 
-/// The global in-flight limit: a call either gets a permit now or is shed.
+/// A global limit on what runs at once (calls in flight, watches): each gets a permit now or
+/// is shed.
 #[derive(Debug, Clone)]
-pub struct InFlight(Arc<Semaphore>);
+pub struct InFlight {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
 
 impl InFlight {
     pub fn new(max: usize) -> Self {
-        Self(Arc::new(Semaphore::new(max)))
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
     }
 
     /// A permit held for the call's lifetime, or `None` when the gateway is full.
     pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.0).try_acquire_owned().ok()
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
+    /// Permits held now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
     }
 }
 
@@ -116,7 +128,9 @@ mod tests {
         let a = limit.try_enter().unwrap();
         let _b = limit.try_enter().unwrap();
         assert!(limit.try_enter().is_none());
+        assert_eq!(limit.in_use(), 2);
         drop(a);
+        assert_eq!(limit.in_use(), 1);
         assert!(limit.try_enter().is_some());
     }
 }

@@ -37,6 +37,16 @@ pub struct Denied {
     pub what: String,
 }
 
+impl Denied {
+    fn new(caller: &str, rule: Rule, what: String) -> Self {
+        Self {
+            caller: caller.to_string(),
+            rule,
+            what,
+        }
+    }
+}
+
 /// One caller's policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -59,13 +69,7 @@ impl Policy {
 
     /// Allows the request, or names the first rule that refuses it.
     pub fn check(&self, caller: &str, request: &ValidUpgradeRequest) -> Result<(), Denied> {
-        let deny = |rule, what: String| {
-            Err(Denied {
-                caller: caller.to_string(),
-                rule,
-                what,
-            })
-        };
+        let deny = |rule, what| Err(Denied::new(caller, rule, what));
         if self.validate_only && !request.validate_only() {
             return deny(
                 Rule::ValidateOnly,
@@ -107,13 +111,7 @@ impl Policy {
         db_instance_id: &str,
         verb: &str,
     ) -> Result<(), Denied> {
-        let deny = |rule, what: String| {
-            Err(Denied {
-                caller: caller.to_string(),
-                rule,
-                what,
-            })
-        };
+        let deny = |rule, what| Err(Denied::new(caller, rule, what));
         if !self.regions.iter().any(|r| r == region_id) {
             return deny(Rule::Regions, format!("use region {region_id:?}"));
         }

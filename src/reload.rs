@@ -18,7 +18,9 @@ pub fn spawn(
     // meet the default action, which ends the process.
     let mut hangup = hangup_signal();
     tokio::spawn(async move {
-        let mut seen = std::fs::read(&file).ok();
+        // Nothing seen yet, so the first tick (at once) reloads: the file may have changed since
+        // the configuration the gateway started with was read, and that change must count.
+        let mut seen: Option<Vec<u8>> = None;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -28,12 +30,13 @@ pub fn spawn(
             };
             let now = std::fs::read(&file).ok();
             if signalled || now != seen {
+                let trigger = match (signalled, &seen) {
+                    (true, _) => "SIGHUP",
+                    (false, None) => "start-up check",
+                    (false, Some(_)) => "file changed",
+                };
                 seen = now;
-                reload(
-                    &file,
-                    &callers,
-                    if signalled { "SIGHUP" } else { "file changed" },
-                );
+                reload(&file, &callers, trigger);
             }
         }
     })

@@ -163,7 +163,12 @@ async fn serve_inner(
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = Gate::new(engine_versions, callers, in_flight);
+    let engine_versions = Gate::new(
+        engine_versions,
+        callers,
+        in_flight,
+        config.server.request_timeout,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -92,7 +92,7 @@ impl EngineVersionService {
         Self {
             validator,
             upgrader: Upgrader::new(Arc::clone(&client), settings, Idempotency::new(store)),
-            status: StatusReader::new(client, config.alibaba.retry, config.watch.poll_interval),
+            status: StatusReader::new(client, config.alibaba.retry, &config.watch),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             audit: Audit::log_only(),
@@ -282,11 +282,11 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             )
             .map_err(|e| Status::from(Error::from(e)))?;
         authorise_read(caller.as_deref(), &instance)?;
-        Ok(Response::new(self.status.watch(
-            instance,
-            message.engine_version,
-            deadline,
-        )))
+        let stream = self
+            .status
+            .watch(instance, message.engine_version, deadline)
+            .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
+        Ok(Response::new(stream))
     }
 }
 

@@ -4,7 +4,6 @@
 //! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -15,7 +14,9 @@ use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
 use crate::alibaba::AlibabaClient;
 use crate::alibaba::retry::RetryPolicy;
+use crate::config::WatchConfig;
 use crate::error::Error;
+use crate::limits::InFlight;
 use crate::pb;
 use crate::preflight;
 use crate::validation::InstanceRef;
@@ -29,22 +30,23 @@ pub struct StatusReader {
     client: Arc<AlibabaClient>,
     retry: RetryPolicy,
     poll_interval: Duration,
-    watches: Arc<AtomicUsize>,
+    /// A place per running watch (`watch.max_active`), held by its polling task.
+    watches: InFlight,
 }
 
 impl StatusReader {
-    pub fn new(client: Arc<AlibabaClient>, retry: RetryPolicy, poll_interval: Duration) -> Self {
+    pub fn new(client: Arc<AlibabaClient>, retry: RetryPolicy, watch: &WatchConfig) -> Self {
         Self {
             client,
             retry,
-            poll_interval,
-            watches: Arc::default(),
+            poll_interval: watch.poll_interval,
+            watches: InFlight::new(watch.max_active),
         }
     }
 
     /// Watches running now (each holds a task that polls Alibaba).
     pub fn active_watches(&self) -> usize {
-        self.watches.load(Ordering::Relaxed)
+        self.watches.in_use()
     }
 
     /// `GetEngineVersion`.
@@ -86,13 +88,20 @@ impl StatusReader {
     /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
     /// It stops when the instance is `Running` on `target` (last message `done`), at `deadline`
     /// (ending the stream with DEADLINE_EXCEEDED), on a failed read (ending it with that error),
-    /// or as soon as the caller drops the stream.
-    pub fn watch(&self, instance: InstanceRef, target: String, deadline: Instant) -> WatchStream {
+    /// or as soon as the caller drops the stream. `None` at once when `watch.max_active` watches
+    /// are running.
+    pub fn watch(
+        &self,
+        instance: InstanceRef,
+        target: String,
+        deadline: Instant,
+    ) -> Option<WatchStream> {
+        let place = self.watches.try_enter()?;
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
-        this.watches.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let _count = WatchCount(Arc::clone(&this.watches));
+            // Given back when the task ends, however it ends.
+            let _place = place;
             tokio::select! {
                 () = this.poll(&tx, &instance, &target, deadline) => {}
                 () = tx.closed() => {
@@ -103,7 +112,7 @@ impl StatusReader {
         // The polls' spans belong to the call's trace, and to the call's gateway.
         .in_current_span()
         .with_current_subscriber());
-        ReceiverStream::new(rx)
+        Some(ReceiverStream::new(rx))
     }
 
     async fn poll(
@@ -156,14 +165,5 @@ impl StatusReader {
             tokio::time::sleep_until(next).await;
         }
         let _ = tx.send(Err(Error::WatchDeadlineExceeded.into())).await;
-    }
-}
-
-/// Decrements the watch count when a watch task ends, however it ends.
-struct WatchCount(Arc<AtomicUsize>);
-
-impl Drop for WatchCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -444,6 +444,68 @@ async fn garbage_bytes_connection_floods_and_huge_headers_leave_others_served() 
     drop(idle);
 }
 
+/// A caller that sends its headers and then never finishes its message would hold a place among
+/// the calls in flight for as long as it likes; the message must arrive in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_message_gives_its_place_back() {
+    let gw = gateway(
+        "max_in_flight = 1\nrequest_timeout = \"1s\"",
+        &callers_toml(),
+    )
+    .await;
+    // Headers go out at once; the message never comes (and no grpc-timeout is sent).
+    let stall = || {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(common::channel(addr).await);
+            grpc.ready().await.unwrap();
+            grpc.client_streaming::<_, _, pb::UpgradeEngineVersionResponse, _>(
+                with_token(
+                    tokio_stream::pending::<pb::UpgradeEngineVersionRequest>(),
+                    BILLING_TOKEN,
+                ),
+                http::uri::PathAndQuery::from_static(
+                    "/dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
+                ),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+        })
+    };
+    // Until the stalled call holds the only place: a probe that gets in first may shed it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stalled = loop {
+        let stalled = stall();
+        let probe = call(
+            &gw.client,
+            with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+        )
+        .await;
+        if probe.is_err_and(|s| s.code() == Code::Unavailable) {
+            break stalled;
+        }
+        stalled.abort();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled call never held the place"
+        );
+    };
+    // A guard against hanging forever, not a timing assumption: the limit is 1 s.
+    let status = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("the stalled call is answered")
+        .unwrap()
+        .unwrap_err();
+    assert_error(&status, Code::DeadlineExceeded, "REQUEST_INCOMPLETE");
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert!(gw.sandbox.calls(UPGRADE) == 0);
+}
+
 // ---- TLS and mTLS ----
 
 /// A CA, a server certificate for `localhost`, and client certificates, as PEM files.
@@ -754,6 +816,38 @@ async fn a_changed_file_reloads_callers_without_dropping_calls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The file can change between the moment the configuration is read and the moment the reloader
+/// starts watching it; that change must not be missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_made_while_the_gateway_starts_is_picked_up() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = temp_dir("reload-start");
+    let file = dir.join("gateway.toml");
+    let head = format!(
+        "[server]\nreload_interval = \"50ms\"\n[alibaba]\nendpoint = \"{}\"\n",
+        sandbox.endpoint()
+    );
+    std::fs::write(&file, format!("{head}{}", one_caller("old-token"))).unwrap();
+    let config = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
+    std::fs::write(&file, format!("{head}{}", one_caller("new-token"))).unwrap();
+    let credentials = common::credentials_of(&sandbox);
+    let gw = Gateway::serve(config, credentials, sandbox).await;
+    let client = gw.client.clone();
+    eventually("the token written during start-up is accepted", || {
+        let client = client.clone();
+        async move {
+            call(
+                &client,
+                with_token(validate_only("dds-sandbox02", "5.0"), "new-token"),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
@@ -857,4 +951,114 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     };
     assert!(text.contains("engine_version: 4.4"), "{text}");
     assert_eq!(gw.sandbox.calls(UPGRADE), 0, "validate-only never upgrades");
+}
+
+// ---- reads: policy and the watch limit ----
+
+fn watch_request(instance: &str, target: &str) -> pb::WatchUpgradeRequest {
+    pb::WatchUpgradeRequest {
+        db_instance_id: instance.into(),
+        engine_version: target.into(),
+        region_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_bounded_by_the_callers_policy() {
+    let gw = gateway("", &callers_toml()).await;
+    let mut client = gw.client.clone();
+    // `billing` may not look at `secret-ops`'s region, whichever read it uses.
+    let get = pb::GetEngineVersionRequest {
+        db_instance_id: "dds-sandboxsz".into(),
+        region_id: "cn-shenzhen".into(),
+    };
+    let denied = client
+        .get_engine_version(with_token(get, BILLING_TOKEN))
+        .await
+        .unwrap_err();
+    let metadata = assert_error(&denied, Code::PermissionDenied, "CALLER_NOT_PERMITTED");
+    assert_eq!(metadata["rule"], "regions");
+    // An empty region is the default region, which the policy sees as such.
+    let denied = client
+        .watch_upgrade(with_token(
+            watch_request("dds-other1", "5.0"),
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    let metadata = assert_error(&denied, Code::PermissionDenied, "CALLER_NOT_PERMITTED");
+    assert_eq!(metadata["rule"], "instances");
+    let missing = client
+        .watch_upgrade(tonic::Request::new(watch_request("dds-sandbox01", "5.0")))
+        .await
+        .unwrap_err();
+    assert_error(
+        &missing,
+        Code::Unauthenticated,
+        "CALLER_CREDENTIALS_MISSING",
+    );
+    assert!(
+        gw.sandbox.received().is_empty(),
+        "refused reads never reach Alibaba"
+    );
+    client
+        .get_engine_version(with_token(
+            pb::GetEngineVersionRequest {
+                db_instance_id: "dds-sandbox01".into(),
+                region_id: String::new(),
+            },
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap();
+}
+
+/// Watches last up to `watch.max_duration` (an hour by default) and poll Alibaba all along, so
+/// they have a limit of their own: they must not hold `server.max_in_flight` places (that would
+/// starve upgrades), nor be unbounded (that would spend the gateway's Alibaba quota).
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_have_their_own_limit_and_leave_room_for_calls() {
+    let gw = gateway(
+        "max_in_flight = 1\n[watch]\nmax_active = 2\npoll_interval = \"50ms\"",
+        &callers_toml(),
+    )
+    .await;
+    let mut client = gw.client.clone();
+    let open = |client: &mut EngineVersionServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .watch_upgrade(with_token(
+                    watch_request("dds-sandbox02", "8.0"),
+                    BILLING_TOKEN,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut first = open(&mut client).await.unwrap();
+    let _second = open(&mut client).await.unwrap();
+    // Both watches are running (each has sent its first state).
+    assert!(first.message().await.unwrap().is_some());
+
+    let refused = open(&mut client).await.unwrap_err();
+    let _ = assert_error(&refused, Code::ResourceExhausted, "WATCH_LIMIT_REACHED");
+    assert!(refused.get_details_retry_info().is_some());
+
+    // The running watches hold no place among the calls in flight.
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+
+    // A watch that ends gives its place back.
+    drop(first);
+    eventually("a new watch is accepted", || {
+        let mut client = client.clone();
+        async move { open(&mut client).await.is_ok() }
+    })
+    .await;
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
