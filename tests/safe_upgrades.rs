@@ -342,6 +342,12 @@ async fn unknown_outcomes_are_reconciled_by_looking_never_by_sending_again() {
                 code: "InternalError",
                 retry_after_ms: None,
             },
+            // Throttling in a 5xx answer: a server error first, so not "surely not applied".
+            Fault::Error {
+                status: 503,
+                code: "Throttling",
+                retry_after_ms: Some(10),
+            },
             Fault::Body {
                 status: 502,
                 body: "<html>bad gateway</html>",
