@@ -473,3 +473,47 @@ async fn reads_are_retried_through_transient_faults() {
     assert_eq!(gw.sandbox.calls(AVAILABLE), 2);
     assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
 }
+
+/// An upgrade for the maintenance window leaves the instance `Running` on its old version until
+/// the window, accepted or not, so after an unknown outcome no look can tell, and a retry with the
+/// same key must not send a second upgrade. (The sandbox starts at once whatever the switch mode;
+/// here it never acted, which the gateway cannot tell from a scheduled upgrade either.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_upgrade_with_an_unknown_outcome_is_never_sent_again_on_a_guess() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(UPGRADE, Fault::Drop);
+    let key = new_key();
+    let scheduled = || pb::UpgradeEngineVersionRequest {
+        switch_mode: pb::SwitchMode::MaintenanceWindow as i32,
+        ..keyed(INSTANCE, "4.4", &key)
+    };
+    for attempt in 0..2 {
+        let status = call(&gw, scheduled()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{attempt}: {status:?}"
+        );
+        assert_eq!(reason(&status), "UPGRADE_OUTCOME_UNRESOLVED", "{attempt}");
+        assert_eq!(metadata(&status, "instanceStatus"), "Running");
+        assert_eq!(metadata(&status, "engineVersion"), "4.2");
+        assert!(
+            status.message().contains("new request_id"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(gw.sandbox.calls(UPGRADE), 1, "{attempt}: never sent again");
+    }
+    // A new key is a new decision of the caller's: it is sent.
+    let answer = call(
+        &gw,
+        pb::UpgradeEngineVersionRequest {
+            request_id: new_key(),
+            ..scheduled()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
