@@ -214,6 +214,11 @@ impl Upgrader {
             Ok(previous) => previous,
             Err(already) => return Ok(already),
         };
+        // `timeout_at` lets a look that finished late through, and with nothing to look up the
+        // deadline may have passed before this task ran: the send is the point of no return.
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
 
         let client = &self.client;
         let sent = retry::retry(

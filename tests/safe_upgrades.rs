@@ -517,3 +517,45 @@ async fn a_scheduled_upgrade_with_an_unknown_outcome_is_never_sent_again_on_a_gu
     assert!(!answer.get_ref().alibaba_request_id.is_empty());
     assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
 }
+
+/// A call whose deadline has passed by the time the upgrade would be sent (here: already on
+/// arrival, with nothing to look up first) sends nothing. The service is driven directly so the
+/// deadline is exact; a second call with the key waits for the first's task, and then does the
+/// upgrade itself: the first left nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_upgrade_is_sent_after_the_callers_deadline() {
+    use dds_gateway::deadline::Deadline;
+    use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
+
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    config.alibaba.preflight = false;
+    let client =
+        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
+            .unwrap();
+    let service = dds_gateway::service::EngineVersionService::from_config(
+        &config,
+        std::sync::Arc::new(client),
+        None,
+    );
+    let key = new_key();
+    let mut late = tonic::Request::new(keyed(INSTANCE, "4.4", &key));
+    late.extensions_mut()
+        .insert(Deadline(tokio::time::Instant::now()));
+    let status = service.upgrade_engine_version(late).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    let answer = service
+        .upgrade_engine_version(tonic::Request::new(keyed(INSTANCE, "4.4", &key)))
+        .await
+        .unwrap();
+    assert!(
+        answer.metadata().get(REPLAYED_HEADER).is_none(),
+        "the late call sent nothing, so there is nothing to replay"
+    );
+    assert_eq!(sandbox.calls(UPGRADE), 1);
+    assert_eq!(sandbox.upgrades_started(INSTANCE), 1);
+}
