@@ -559,3 +559,33 @@ async fn no_upgrade_is_sent_after_the_callers_deadline() {
     assert_eq!(sandbox.calls(UPGRADE), 1);
     assert_eq!(sandbox.upgrades_started(INSTANCE), 1);
 }
+
+/// The caller's deadline passes while the upgrade call is in flight: the caller hears
+/// DEADLINE_EXCEEDED, the upgrade's task finishes on its own and records the accepted answer
+/// under the key, so the caller's retry gets that answer and nothing is sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_answered_after_the_deadline_is_the_keys_answer() {
+    let gw = Gateway::start().await;
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_millis(800)));
+    let key = new_key();
+    let mut req = tonic::Request::new(keyed(INSTANCE, "4.4", &key));
+    req.set_timeout(Duration::from_millis(300));
+    let status = gw
+        .client
+        .clone()
+        .upgrade_engine_version(req)
+        .await
+        .unwrap_err();
+    // The gateway answers DEADLINE_EXCEEDED; a tonic client may report its own CANCELLED first.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The retry waits for the task still holding the key, then gets its answer.
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(answer.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
