@@ -1,6 +1,6 @@
 //! Upgrade status for callers: `GetEngineVersion` (the instance's version, state and offered
 //! targets) and `WatchUpgrade` (a stream of state changes until the instance is `Running` on the
-//! target, the caller's deadline passes, or the caller goes away). Both read through
+//! target or past it, the caller's deadline passes, or the caller goes away). Both read through
 //! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::alibaba::AlibabaClient;
 use crate::alibaba::retry::RetryPolicy;
 use crate::error::Error;
 use crate::pb;
-use crate::preflight;
+use crate::preflight::{self, PreflightFailure};
 use crate::validation::InstanceRef;
 
 /// The stream `WatchUpgrade` answers with.
@@ -84,9 +84,10 @@ impl StatusReader {
     }
 
     /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
-    /// It stops when the instance is `Running` on `target` (last message `done`), at `deadline`
-    /// (ending the stream with DEADLINE_EXCEEDED), on a failed read (ending it with that error),
-    /// or as soon as the caller drops the stream.
+    /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
+    /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
+    /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
+    /// caller drops the stream.
     pub fn watch(&self, instance: InstanceRef, target: String, deadline: Instant) -> WatchStream {
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -130,7 +131,17 @@ impl StatusReader {
                 }
                 Err(_) => break,
             };
-            let done = attribute.status == preflight::RUNNING && attribute.engine_version == target;
+            let running = attribute.status == preflight::RUNNING;
+            let done = running && attribute.engine_version == target;
+            // Past the target it will never run the target: say so rather than poll on until
+            // the deadline (an hour by default).
+            let passed = (running
+                && preflight::version_key(&attribute.engine_version)
+                    > preflight::version_key(target))
+            .then(|| PreflightFailure::NotLater {
+                attribute: attribute.clone(),
+                target: target.to_string(),
+            });
             let seen = (attribute.status.clone(), attribute.engine_version.clone());
             if last.as_ref() != Some(&seen) {
                 let message = pb::WatchUpgradeResponse {
@@ -144,6 +155,10 @@ impl StatusReader {
                     return;
                 }
                 last = Some(seen);
+            }
+            if let Some(passed) = passed {
+                let _ = tx.send(Err(Error::from(passed).into())).await;
+                return;
             }
             if done {
                 return;
