@@ -454,7 +454,7 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
             metadata.push(("instanceStatus", a.status.clone()));
             metadata.push(("engineVersion", a.engine_version.clone()));
             format!(
-                "the instance is {} on engine version {}, so the upgrade has not started",
+                "the instance is {} on engine version {}, which does not show the upgrade",
                 a.status, a.engine_version
             )
         }
