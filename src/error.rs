@@ -63,6 +63,10 @@ pub enum Error {
         cause: CallError,
         observed: Option<InstanceAttribute>,
     },
+    /// An upgrade for the maintenance window may or may not have been scheduled, and the
+    /// instance cannot show which: it stays `Running` on its version until the window either way.
+    #[error("scheduled upgrade outcome unknown; instance seen: {observed:?}")]
+    ScheduledOutcomeUnknown { observed: Option<InstanceAttribute> },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
@@ -322,6 +326,9 @@ impl From<Error> for Status {
             Error::OutcomeUnknown { cause, observed } => {
                 outcome_unknown_status(&cause, observed.as_ref())
             }
+            Error::ScheduledOutcomeUnknown { observed } => {
+                scheduled_outcome_unknown_status(observed.as_ref())
+            }
             Error::Store(StoreError::Full(keys)) => status(
                 Code::ResourceExhausted,
                 "the gateway holds too many idempotency keys to take another; retry later",
@@ -468,7 +475,7 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
             metadata.push(("instanceStatus", a.status.clone()));
             metadata.push(("engineVersion", a.engine_version.clone()));
             format!(
-                "the instance is {} on engine version {}, so the upgrade has not started",
+                "the instance is {} on engine version {}, which does not show the upgrade",
                 a.status, a.engine_version
             )
         }
@@ -482,6 +489,32 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
         "UPSTREAM_OUTCOME_UNKNOWN",
         &metadata,
         Some(cause_retry_delay(cause)),
+    )
+}
+
+/// A maintenance-window upgrade whose outcome is unknown: FAILED_PRECONDITION, because a retry
+/// with the same `request_id` cannot resolve it and the gateway will not send it again on a guess.
+fn scheduled_outcome_unknown_status(observed: Option<&InstanceAttribute>) -> Status {
+    let mut metadata = Vec::new();
+    let seen = match observed {
+        Some(a) => {
+            metadata.push(("instanceStatus", a.status.clone()));
+            metadata.push(("engineVersion", a.engine_version.clone()));
+            format!(
+                "the instance is {} on engine version {}, as it would be with the upgrade scheduled or not",
+                a.status, a.engine_version
+            )
+        }
+        None => "the gateway could not look at the instance either".to_string(),
+    };
+    status(
+        Code::FailedPrecondition,
+        &format!(
+            "no definite answer from Alibaba Cloud to an upgrade for the maintenance window (by this or an earlier call with this request_id); {seen}, so the gateway will not send it again; check the instance's scheduled tasks, and use a new request_id to upgrade anyway"
+        ),
+        "UPGRADE_OUTCOME_UNRESOLVED",
+        &metadata,
+        None,
     )
 }
 

@@ -113,6 +113,8 @@ pub enum StoreError {
 
 /// Where keys live. An implementation must make [`claim`](Self::claim) atomic: of concurrent
 /// claims with one key, exactly one becomes the owner, and the others wait until it settles.
+/// `claim` must also be cancel-safe: the caller drops it at its deadline, so a claim dropped
+/// before it returns must not leave the key owned (nothing would ever settle it).
 #[async_trait::async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     /// Claims `key` for a request with `fingerprint`, waiting while another holder has it.

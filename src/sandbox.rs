@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::alibaba::{API_VERSION, action};
 use crate::config::SignatureVersion;
 use crate::credentials::{Credential, Secret};
+use crate::preflight::version_key;
 use crate::signer::{self, param, v3};
 
 /// The sandbox's AccessKey ID: obviously fake, accepted only by the sandbox.
@@ -982,12 +983,6 @@ fn dispatch(
             json_response(200, &json!({ "RequestId": new_request_id() }))
         }
     }
-}
-
-/// Orders `major.minor` versions numerically.
-fn version_key(v: &str) -> (u32, u32) {
-    let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
-    (major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
 }
 
 /// Connections the sandbox can cut on purpose (`Fault::Drop`): each accepted socket carries a

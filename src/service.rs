@@ -245,16 +245,10 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::GetEngineVersionRequest>,
     ) -> Result<Response<pb::GetEngineVersionResponse>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
-        let caller = admitted(&request);
-        if let Some(caller) = &caller {
-            telemetry::rpc::note_caller(&request, caller.name());
-        }
+        let message = request.get_ref();
+        let instance =
+            self.readable(&request, &message.db_instance_id, &message.region_id, None)?;
         let message = request.into_inner();
-        let instance = self
-            .validator
-            .validate_instance(&message.db_instance_id, &message.region_id, None)
-            .map_err(|e| Status::from(Error::from(e)))?;
-        authorise_read(caller.as_deref(), &instance)?;
         match self.status.get(&instance, deadline).await {
             Ok(answer) => Ok(Response::new(answer)),
             Err(err) => Err(logged("get engine version", &message.db_instance_id, err)),
@@ -268,25 +262,42 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::WatchUpgradeRequest>,
     ) -> Result<Response<Self::WatchUpgradeStream>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.watch_limit);
-        let caller = admitted(&request);
-        if let Some(caller) = &caller {
-            telemetry::rpc::note_caller(&request, caller.name());
-        }
+        let message = request.get_ref();
+        let instance = self.readable(
+            &request,
+            &message.db_instance_id,
+            &message.region_id,
+            Some(&message.engine_version),
+        )?;
         let message = request.into_inner();
-        let instance = self
-            .validator
-            .validate_instance(
-                &message.db_instance_id,
-                &message.region_id,
-                Some(&message.engine_version),
-            )
-            .map_err(|e| Status::from(Error::from(e)))?;
-        authorise_read(caller.as_deref(), &instance)?;
         let stream = self
             .status
             .watch(instance, message.engine_version, deadline)
             .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
         Ok(Response::new(stream))
+    }
+}
+
+impl EngineVersionService {
+    /// The instance a read (`GetEngineVersion`, `WatchUpgrade`) names, validated and allowed by
+    /// the admitted caller's policy; the caller is noted for telemetry first.
+    fn readable<T>(
+        &self,
+        request: &Request<T>,
+        db_instance_id: &str,
+        region_id: &str,
+        target: Option<&str>,
+    ) -> Result<crate::validation::InstanceRef, Status> {
+        let caller = admitted(request);
+        if let Some(caller) = &caller {
+            telemetry::rpc::note_caller(request, caller.name());
+        }
+        let instance = self
+            .validator
+            .validate_instance(db_instance_id, region_id, target)
+            .map_err(|e| Status::from(Error::from(e)))?;
+        authorise_read(caller.as_deref(), &instance)?;
+        Ok(instance)
     }
 }
 

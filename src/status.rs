@@ -1,6 +1,6 @@
 //! Upgrade status for callers: `GetEngineVersion` (the instance's version, state and offered
 //! targets) and `WatchUpgrade` (a stream of state changes until the instance is `Running` on the
-//! target, the caller's deadline passes, or the caller goes away). Both read through
+//! target or past it, the caller's deadline passes, or the caller goes away). Both read through
 //! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::config::WatchConfig;
 use crate::error::Error;
 use crate::limits::InFlight;
 use crate::pb;
-use crate::preflight;
+use crate::preflight::{self, PreflightFailure};
 use crate::validation::InstanceRef;
 
 /// The stream `WatchUpgrade` answers with.
@@ -86,10 +86,10 @@ impl StatusReader {
     }
 
     /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
-    /// It stops when the instance is `Running` on `target` (last message `done`), at `deadline`
-    /// (ending the stream with DEADLINE_EXCEEDED), on a failed read (ending it with that error),
-    /// or as soon as the caller drops the stream. `None` at once when `watch.max_active` watches
-    /// are running.
+    /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
+    /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
+    /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
+    /// caller drops the stream. `None` at once when `watch.max_active` watches are running.
     pub fn watch(
         &self,
         instance: InstanceRef,
@@ -139,7 +139,17 @@ impl StatusReader {
                 }
                 Err(_) => break,
             };
-            let done = attribute.status == preflight::RUNNING && attribute.engine_version == target;
+            let running = attribute.status == preflight::RUNNING;
+            let done = running && attribute.engine_version == target;
+            // Past the target it will never run the target: say so rather than poll on until
+            // the deadline (an hour by default).
+            let passed = (running
+                && preflight::version_key(&attribute.engine_version)
+                    > preflight::version_key(target))
+            .then(|| PreflightFailure::NotLater {
+                attribute: attribute.clone(),
+                target: target.to_string(),
+            });
             let seen = (attribute.status.clone(), attribute.engine_version.clone());
             if last.as_ref() != Some(&seen) {
                 let message = pb::WatchUpgradeResponse {
@@ -153,6 +163,10 @@ impl StatusReader {
                     return;
                 }
                 last = Some(seen);
+            }
+            if let Some(passed) = passed {
+                let _ = tx.send(Err(Error::from(passed).into())).await;
+                return;
             }
             if done {
                 return;

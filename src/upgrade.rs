@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Settlement};
 use crate::pb;
 use crate::preflight;
-use crate::validation::ValidUpgradeRequest;
+use crate::validation::{SwitchMode, ValidUpgradeRequest};
 
 /// An accepted upgrade (or a passed validation), as first answered.
 #[derive(Debug, Clone)]
@@ -145,7 +145,9 @@ impl Upgrader {
                 if let Some(lease) = lease {
                     lease.settle(match &result {
                         Ok(accepted) => Settlement::Accepted(accepted.clone()),
-                        Err(Error::OutcomeUnknown { .. }) => Settlement::Unresolved,
+                        Err(
+                            Error::OutcomeUnknown { .. } | Error::ScheduledOutcomeUnknown { .. },
+                        ) => Settlement::Unresolved,
                         Err(_) => Settlement::NotApplied,
                     });
                 }
@@ -193,6 +195,11 @@ impl Upgrader {
                 );
                 return Ok(Err(accepted(request, String::new(), String::new(), true)));
             }
+            if look_first && scheduled(request) {
+                return Err(Error::ScheduledOutcomeUnknown {
+                    observed: attribute,
+                });
+            }
             if self.settings.preflight
                 && let Some(attribute) = &attribute
             {
@@ -207,6 +214,11 @@ impl Upgrader {
             Ok(previous) => previous,
             Err(already) => return Ok(already),
         };
+        // `timeout_at` lets a look that finished late through, and with nothing to look up the
+        // deadline may have passed before this task ran: the send is the point of no return.
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
 
         let client = &self.client;
         let sent = retry::retry(
@@ -264,6 +276,7 @@ impl Upgrader {
             Some(attribute) if preflight::shows_upgrade(&attribute, request.engine_version()) => {
                 Ok(accepted(request, String::new(), previous, true))
             }
+            observed if scheduled(request) => Err(Error::ScheduledOutcomeUnknown { observed }),
             observed => Err(Error::OutcomeUnknown { cause, observed }),
         }
     }
@@ -312,6 +325,13 @@ fn outcome_unknown(err: &CallError) -> bool {
         }
         CallError::Unreachable(_) | CallError::Credentials(_) | CallError::Unsupported(_) => false,
     }
+}
+
+/// Whether the upgrade waits for the maintenance window. Until then the instance stays `Running`
+/// on its version whether Alibaba scheduled the upgrade or not, so no look can resolve an
+/// unknown outcome, and an unresolved key is never sent again.
+fn scheduled(request: &ValidUpgradeRequest) -> bool {
+    request.switch_mode() == Some(SwitchMode::MaintenanceWindow)
 }
 
 fn accepted(

@@ -342,6 +342,12 @@ async fn unknown_outcomes_are_reconciled_by_looking_never_by_sending_again() {
                 code: "InternalError",
                 retry_after_ms: None,
             },
+            // Throttling in a 5xx answer: a server error first, so not "surely not applied".
+            Fault::Error {
+                status: 503,
+                code: "Throttling",
+                retry_after_ms: Some(10),
+            },
             Fault::Body {
                 status: 502,
                 body: "<html>bad gateway</html>",
@@ -465,5 +471,121 @@ async fn reads_are_retried_through_transient_faults() {
     assert_eq!(answer.previous_engine_version, "4.2");
     assert_eq!(gw.sandbox.calls(DESCRIBE), 2);
     assert_eq!(gw.sandbox.calls(AVAILABLE), 2);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+/// An upgrade for the maintenance window leaves the instance `Running` on its old version until
+/// the window, accepted or not, so after an unknown outcome no look can tell, and a retry with the
+/// same key must not send a second upgrade. (The sandbox starts at once whatever the switch mode;
+/// here it never acted, which the gateway cannot tell from a scheduled upgrade either.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_upgrade_with_an_unknown_outcome_is_never_sent_again_on_a_guess() {
+    let gw = Gateway::start().await;
+    gw.sandbox.push_fault_on(UPGRADE, Fault::Drop);
+    let key = new_key();
+    let scheduled = || pb::UpgradeEngineVersionRequest {
+        switch_mode: pb::SwitchMode::MaintenanceWindow as i32,
+        ..keyed(INSTANCE, "4.4", &key)
+    };
+    for attempt in 0..2 {
+        let status = call(&gw, scheduled()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{attempt}: {status:?}"
+        );
+        assert_eq!(reason(&status), "UPGRADE_OUTCOME_UNRESOLVED", "{attempt}");
+        assert_eq!(metadata(&status, "instanceStatus"), "Running");
+        assert_eq!(metadata(&status, "engineVersion"), "4.2");
+        assert!(
+            status.message().contains("new request_id"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(gw.sandbox.calls(UPGRADE), 1, "{attempt}: never sent again");
+    }
+    // A new key is a new decision of the caller's: it is sent.
+    let answer = call(
+        &gw,
+        pb::UpgradeEngineVersionRequest {
+            request_id: new_key(),
+            ..scheduled()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+/// A call whose deadline has passed by the time the upgrade would be sent (here: already on
+/// arrival, with nothing to look up first) sends nothing. The service is driven directly so the
+/// deadline is exact; a second call with the key waits for the first's task, and then does the
+/// upgrade itself: the first left nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_upgrade_is_sent_after_the_callers_deadline() {
+    use dds_gateway::deadline::Deadline;
+    use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
+
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    config.alibaba.preflight = false;
+    let client =
+        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
+            .unwrap();
+    let service = dds_gateway::service::EngineVersionService::from_config(
+        &config,
+        std::sync::Arc::new(client),
+        None,
+    );
+    let key = new_key();
+    let mut late = tonic::Request::new(keyed(INSTANCE, "4.4", &key));
+    late.extensions_mut()
+        .insert(Deadline(tokio::time::Instant::now()));
+    let status = service.upgrade_engine_version(late).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    let answer = service
+        .upgrade_engine_version(tonic::Request::new(keyed(INSTANCE, "4.4", &key)))
+        .await
+        .unwrap();
+    assert!(
+        answer.metadata().get(REPLAYED_HEADER).is_none(),
+        "the late call sent nothing, so there is nothing to replay"
+    );
+    assert_eq!(sandbox.calls(UPGRADE), 1);
+    assert_eq!(sandbox.upgrades_started(INSTANCE), 1);
+}
+
+/// The caller's deadline passes while the upgrade call is in flight: the caller hears
+/// DEADLINE_EXCEEDED, the upgrade's task finishes on its own and records the accepted answer
+/// under the key, so the caller's retry gets that answer and nothing is sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_answered_after_the_deadline_is_the_keys_answer() {
+    let gw = Gateway::start().await;
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_millis(800)));
+    let key = new_key();
+    let mut req = tonic::Request::new(keyed(INSTANCE, "4.4", &key));
+    req.set_timeout(Duration::from_millis(300));
+    let status = gw
+        .client
+        .clone()
+        .upgrade_engine_version(req)
+        .await
+        .unwrap_err();
+    // The gateway answers DEADLINE_EXCEEDED; a tonic client may report its own CANCELLED first.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The retry waits for the task still holding the key, then gets its answer.
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(answer.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
     assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
 }

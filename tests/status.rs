@@ -197,3 +197,42 @@ async fn a_watch_stops_polling_when_the_caller_goes_away() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sandbox.calls("DescribeDBInstanceAttribute"), polls);
 }
+
+/// An instance already `Running` on a later version than the target will never run the target:
+/// the watch says so and ends, rather than poll until its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_ends_when_the_instance_runs_a_later_version_than_the_target() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| {
+            config.watch.poll_interval = Duration::from_millis(20);
+            config.watch.max_duration = Duration::from_secs(3);
+        }),
+        ..Default::default()
+    })
+    .await;
+    // dds-sandbox03 runs 5.0.
+    let mut stream = gw
+        .client
+        .clone()
+        .watch_upgrade(watch("dds-sandbox03", "4.4"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            first.status.as_str(),
+            first.engine_version.as_str(),
+            first.done
+        ),
+        ("Running", "5.0", false)
+    );
+    let end = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(end.code(), Code::FailedPrecondition, "{end:?}");
+    assert_eq!(
+        end.get_details_error_info().unwrap().reason,
+        "ENGINE_VERSION_NOT_LATER"
+    );
+    assert!(stream.next().await.is_none());
+    assert_eq!(gw.sandbox.calls("DescribeDBInstanceAttribute"), 1);
+}

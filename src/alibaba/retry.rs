@@ -68,10 +68,15 @@ pub fn is_throttling(code: &str) -> bool {
 
 /// Whether Alibaba surely did not act on a request that failed this way: it was throttled
 /// (refused at Alibaba's front door), or the connection failed before the request was sent.
+///
+/// A throttling code counts only in a 4xx answer. The same code in a 5xx answer is a server
+/// error first (a backend or proxy that failed, whatever it wrote in the body), and after a
+/// server error the upgrade may have been applied: it is for the caller to reconcile, like any
+/// other 5xx (`upgrade::outcome_unknown` says the same).
 pub fn surely_not_applied(err: &CallError) -> bool {
     match err {
         CallError::Unreachable(_) => true,
-        CallError::Upstream(e) => is_throttling(&e.code),
+        CallError::Upstream(e) => e.http_status < 500 && is_throttling(&e.code),
         _ => false,
     }
 }
@@ -277,6 +282,9 @@ mod tests {
         }
         for failure in [
             CallError::OutcomeUnknown("timeout after sending".into()),
+            // A throttling code on a server error is still a server error: it may have acted.
+            upstream("Throttling", 503, Some(Duration::from_millis(10))),
+            upstream("Throttling.User", 500, None),
             upstream("ServiceUnavailable", 503, None),
             upstream("InternalError", 500, None),
             CallError::Unreadable { http_status: 200 },
