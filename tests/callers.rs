@@ -1062,3 +1062,52 @@ async fn watches_have_their_own_limit_and_leave_room_for_calls() {
     .await;
     assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_ids_are_scoped_to_the_caller() {
+    const OTHER_TOKEN: &str = "other-billing-token-0123456789";
+    let callers = format!(
+        "{}\n[[callers]]\nname = \"billing-eu\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox0*\"]\n",
+        callers_toml(),
+        hash_token(OTHER_TOKEN)
+    );
+    let gw = gateway("", &callers).await;
+    let key = "7d4e3a52-9a51-4f0e-8d6b-2a6c1f0b9e11".to_string();
+    let keyed = |instance: &str| pb::UpgradeEngineVersionRequest {
+        request_id: key.clone(),
+        ..request(instance, "5.0")
+    };
+    // The same key from two callers names two different intended upgrades.
+    call(
+        &gw.client,
+        with_token(keyed("dds-sandbox01"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+    call(&gw.client, with_token(keyed("dds-sandbox02"), OTHER_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(gw.sandbox.calls(UPGRADE), 2);
+    // Within one caller the key still means one upgrade: a replay, or a refusal.
+    let replay = gw
+        .client
+        .clone()
+        .upgrade_engine_version(with_token(keyed("dds-sandbox02"), OTHER_TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(
+        replay
+            .metadata()
+            .get("dds-gateway-idempotent-replay")
+            .unwrap(),
+        "true"
+    );
+    let reused = call(
+        &gw.client,
+        with_token(keyed("dds-sandbox02"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap_err();
+    assert_error(&reused, Code::InvalidArgument, "REQUEST_ID_REUSED");
+    assert_eq!(gw.sandbox.calls(UPGRADE), 2);
+}
