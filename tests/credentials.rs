@@ -687,3 +687,35 @@ async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
         "SIGHUP does not stop it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_calls_fail_unavailable_and_nothing_is_sent() {
+    use tonic_types::StatusExt;
+    let fake = Fake::start().await;
+    fake.state().sts_failures = 100;
+    let role = provider(
+        &format!(
+            "provider = \"ram_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\nsts_endpoint = \"{}\"",
+            fake.url()
+        ),
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", BASE_ID),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", BASE_SECRET),
+        ],
+    );
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    let gw = common::Gateway::serve(config, role, sandbox).await;
+    let status = gw
+        .upgrade(common::request("dds-sandbox01", "5.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "CREDENTIALS_UNAVAILABLE");
+    assert!(status.get_details_retry_info().is_some());
+    assert!(gw.sandbox.received().is_empty(), "nothing reached Alibaba");
+}
