@@ -646,10 +646,19 @@ fn check_callers(
                 format!("expected region ids such as \"cn-hangzhou\", got {bad:?}"),
             ));
         }
-        if caller.instances.iter().any(String::is_empty) {
+        // Instance ids are lowercase letters, digits and `-`: a pattern with anything else
+        // (an uppercase letter, a space) could never match, which silently denies everything.
+        if let Some(bad) = caller.instances.iter().find(|p| {
+            p.is_empty()
+                || !p.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'*' | b'?')
+                })
+        }) {
             return Err(invalid(
                 &key("instances"),
-                "expected patterns such as \"dds-bp1*\", got \"\"",
+                format!(
+                    "expected patterns of lowercase letters, digits, '-', '*' and '?' such as \"dds-bp1*\" (instance ids are lowercase), got {bad:?}"
+                ),
             ));
         }
         if let Some(bad) = caller
@@ -994,6 +1003,11 @@ mod tests {
                 "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nengine_versions = [\"9.9\"]",
                 &[],
                 "callers[0].engine_versions",
+            ),
+            (
+                "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\ninstances = [\"dds-BP1*\"]",
+                &[],
+                "callers[0].instances",
             ),
             (
                 "[[callers]]\nname = \"a\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nburst = 0",
