@@ -30,6 +30,11 @@ pub const SERVICE_NAME: &str = "dds.gateway.v1.EngineVersionService";
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Concurrent calls one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 pings on idle connections, so that a caller that vanished without closing its
+/// connection (a killed pod, a dropped NAT entry) frees what it held, such as a watch's place,
+/// within a minute instead of at the kernel's TCP timeout.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +209,8 @@ async fn serve_inner(
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
         .layer(tower::util::MapRequestLayer::new(
             deadline::record::<tonic::body::Body>,
