@@ -121,6 +121,7 @@ where
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
         if let Some(caller) = caller {
+            crate::telemetry::rpc::note_caller(request.extensions(), caller.name());
             request.extensions_mut().insert(Admitted(caller));
         }
         let by = deadline::effective(request.extensions().get(), self.request_timeout);

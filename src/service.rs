@@ -142,9 +142,6 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
         let caller = admitted(&request);
         let caller_name = caller.as_ref().map_or("", |c| c.name()).to_string();
-        if caller.is_some() {
-            telemetry::rpc::note_caller(&request, &caller_name);
-        }
         let message = request.into_inner();
         let mut audit = AuditEvent {
             time: audit::now(),
@@ -280,7 +277,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
 
 impl EngineVersionService {
     /// The instance a read (`GetEngineVersion`, `WatchUpgrade`) names, validated and allowed by
-    /// the admitted caller's policy; the caller is noted for telemetry first.
+    /// the admitted caller's policy.
     fn readable<T>(
         &self,
         request: &Request<T>,
@@ -289,9 +286,6 @@ impl EngineVersionService {
         target: Option<&str>,
     ) -> Result<crate::validation::InstanceRef, Status> {
         let caller = admitted(request);
-        if let Some(caller) = &caller {
-            telemetry::rpc::note_caller(request, caller.name());
-        }
         let instance = self
             .validator
             .validate_instance(db_instance_id, region_id, target)

@@ -845,3 +845,75 @@ async fn metrics_are_pushed_over_otlp() {
     .await;
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_and_server_spans_name_the_admitted_caller() {
+    const TOKEN: &str = "reporting-token-0123456789";
+    let (received, receiver) = grpc_receiver().await;
+    let gateway = Traced::start(|config| {
+        config.telemetry.traces = Some(Otlp {
+            endpoint: format!("http://{receiver}"),
+            protocol: Protocol::Grpc,
+        });
+        let callers = Config::from_toml(
+            &format!(
+                "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\nvalidate_only = true\n",
+                dds_gateway::auth::hash_token(TOKEN)
+            ),
+            "test",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap()
+        .callers;
+        config.callers = callers;
+    })
+    .await;
+    let mut admitted = tonic::Request::new(pb::GetEngineVersionRequest {
+        db_instance_id: "dds-sandbox01".into(),
+        region_id: String::new(),
+    });
+    admitted
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    gateway
+        .client
+        .clone()
+        .get_engine_version(admitted)
+        .await
+        .unwrap();
+    let refused = gateway
+        .client
+        .clone()
+        .get_engine_version(pb::GetEngineVersionRequest {
+            db_instance_id: "dds-sandbox01".into(),
+            region_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let logs = gateway.log_lines();
+    gateway.shutdown().await;
+
+    let callers: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["target"] == "dds_gateway::access")
+        .map(|l| l["caller"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(callers, ["reporting", ""], "{logs:#?}");
+    let spans = received.spans();
+    let servers = named(
+        &spans,
+        "dds.gateway.v1.EngineVersionService/GetEngineVersion",
+    );
+    assert_eq!(servers.len(), 2, "{spans:#?}");
+    // Only the admitted call's span names a caller.
+    let named_callers: Vec<String> = servers
+        .iter()
+        .filter_map(|s| match attributes(s).get("enduser.id") {
+            Some(Value::StringValue(caller)) => Some(caller.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named_callers, ["reporting"]);
+}

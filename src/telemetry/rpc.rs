@@ -55,9 +55,10 @@ impl CallNote {
     }
 }
 
-/// Records the caller on the current call's note (if any) and its span.
-pub fn note_caller<T>(request: &tonic::Request<T>, caller: &str) {
-    if let Some(note) = request.extensions().get::<CallNote>() {
+/// Records the caller on the call's note (if any, in the request's `extensions`) and on the
+/// current span; the gate calls it when it admits a caller.
+pub fn note_caller(extensions: &http::Extensions, caller: &str) {
+    if let Some(note) = extensions.get::<CallNote>() {
         note.set_caller(caller);
     }
     Span::current().record("enduser.id", caller);
