@@ -72,30 +72,12 @@ async fn serve_with_a_bad_config_value_names_the_key() {
 /// verifies V3, and the `upgrade` client gets Alibaba's answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_sandbox_with_signature_v3_upgrades() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")
-        .env("NO_COLOR", "1")
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The address is known once the gateway logs that it listens.
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(addr) = common::listening_addr(&line) {
-                return addr;
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .expect("the gateway listens");
+    let server = common::ServingBinary::start(
+        &["serve", "--sandbox", "--listen", "127.0.0.1:0"],
+        &[("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v3")],
+    )
+    .await;
+    let addr = &server.addr;
 
     let target = format!("http://{addr}");
     let args = [
@@ -110,8 +92,6 @@ async fn serve_sandbox_with_signature_v3_upgrades() {
     let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert!(stdout.contains("engine_version: 4.4"), "{stdout}");
-    server.start_kill().unwrap();
-    server.wait().await.unwrap();
 }
 
 // ---- callers (issue 5) ----
@@ -157,42 +137,25 @@ async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {
 }
 
 /// A gateway binary in a child process, serving the sandbox with a config file.
-struct Child {
-    process: tokio::process::Child,
-    addr: String,
-}
+/// A gateway binary in a child process, serving the sandbox with a config file.
+struct Child(common::ServingBinary);
 
 impl Child {
     async fn serve(config: &std::path::Path) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut process = Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .args(["serve", "--sandbox", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(process.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the gateway says where it listens");
-            if let Some(addr) = common::listening_addr(&line) {
-                break addr;
-            }
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { process, addr }
+        let config = config.to_str().unwrap();
+        let args = [
+            "serve",
+            "--sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config,
+        ];
+        Self(common::ServingBinary::start(&args, &[("RUST_LOG", "info")]).await)
     }
 
     async fn validate(&self, token: &str) -> (Option<i32>, String, String) {
-        let target = format!("http://{}", self.addr);
+        let target = format!("http://{}", self.0.addr);
         let args = [
             "upgrade",
             "--target",
@@ -231,19 +194,9 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
 
     // With a one-hour poll, only the signal can make the new file count.
     std::fs::write(&file, caller("second-token")).unwrap();
-    let pid = gateway.process.id().unwrap().to_string();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut signalled = false;
+    gateway.0.hang_up().await;
     loop {
-        if !signalled {
-            let status = Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .await
-                .unwrap();
-            assert!(status.success());
-            signalled = true;
-        }
         if gateway.validate("second-token").await.0 == Some(0) {
             break;
         }
@@ -256,11 +209,9 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
     let (code, _, stderr) = gateway.validate("first-token").await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        gateway.process.try_wait().unwrap().is_none(),
+        gateway.0.process.try_wait().unwrap().is_none(),
         "SIGHUP reloads, it does not stop the gateway"
     );
-    gateway.process.start_kill().unwrap();
-    let _ = gateway.process.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -588,7 +588,6 @@ async fn rotation_under_a_running_gateway_leaves_calls_in_flight_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
     use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-    use tokio::io::AsyncBufReadExt;
     let scratch = Scratch::new("sighup-binary");
     let file = scratch.write("credentials.ini", &access_key_ini("before-hup"));
     let sandbox = Sandbox::start(SandboxConfig {
@@ -597,42 +596,27 @@ async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
     })
     .await
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("DDS_GATEWAY_CREDENTIALS_PROVIDER", "profile")
-        .env("DDS_GATEWAY_CREDENTIALS_CREDENTIALS_FILE", &file)
-        // Only SIGHUP can pick up the change: the file is polled once an hour.
-        .env("DDS_GATEWAY_CREDENTIALS_FILE_POLL_INTERVAL", "1h")
-        .env("DDS_GATEWAY_ALIBABA_ENDPOINT", sandbox.endpoint().as_str())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the gateway starts");
-        log.push_str(&line);
-        if let Some(addr) = common::listening_addr(&line) {
-            break addr;
-        }
-    };
+    let file_env = file.to_str().unwrap();
+    let endpoint = sandbox.endpoint().to_string();
+    let mut child = common::ServingBinary::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("RUST_LOG", "info"),
+            ("DDS_GATEWAY_CREDENTIALS_PROVIDER", "profile"),
+            ("DDS_GATEWAY_CREDENTIALS_CREDENTIALS_FILE", file_env),
+            // Only SIGHUP can pick up the change: the file is polled once an hour.
+            ("DDS_GATEWAY_CREDENTIALS_FILE_POLL_INTERVAL", "1h"),
+            ("DDS_GATEWAY_ALIBABA_ENDPOINT", &endpoint),
+        ],
+    )
+    .await;
     assert!(
-        log.contains("credentials resolved") && log.contains("provider"),
-        "{log}"
+        child.startup_log.contains("credentials resolved")
+            && child.startup_log.contains("provider"),
+        "{}",
+        child.startup_log
     );
-    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = log_tx.send(line);
-        }
-    });
+    let addr = child.addr.clone();
     let upgrade = |instance: &'static str| {
         let target = format!("http://{addr}");
         async move {
@@ -659,31 +643,15 @@ async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
     );
 
     scratch.write("credentials.ini", &access_key_ini("after-hup"));
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    // Wait for the gateway to say it loaded the new file.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = log_rx.recv().await {
-            if line.contains("new credentials loaded") {
-                return;
-            }
-        }
-        panic!("the gateway's log ended");
-    })
-    .await
-    .expect("the gateway reloads on SIGHUP");
+    child.hang_up().await;
+    child.wait_for_log("new credentials loaded").await;
     assert!(upgrade("dds-sandbox02").await.status.success());
     assert_eq!(
         sandbox.received().last().unwrap().params["AccessKeyId"],
         "after-hup"
     );
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.process.try_wait().unwrap().is_none(),
         "SIGHUP does not stop it"
     );
 }

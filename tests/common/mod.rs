@@ -186,3 +186,82 @@ pub fn listening_addr(line: &str) -> Option<String> {
     let log: serde_json::Value = serde_json::from_str(line).ok()?;
     log["local"].as_str().map(str::to_string)
 }
+
+/// The `dds-gateway` binary serving in a child process (killed when dropped), started with only
+/// `PATH` and the given environment.
+pub struct ServingBinary {
+    pub process: tokio::process::Child,
+    /// Where it listens, from its "listening" log line.
+    pub addr: String,
+    /// The log lines up to and including the "listening" one.
+    pub startup_log: String,
+    /// Every later log line; the pipe is drained so the child never blocks on it.
+    pub log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl ServingBinary {
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_dds-gateway"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(process.stderr.take().unwrap()).lines();
+        let mut startup_log = String::new();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                startup_log.push_str(&line);
+                startup_log.push('\n');
+                if let Some(addr) = listening_addr(&line) {
+                    return addr;
+                }
+            }
+            panic!("the gateway exited before listening: {startup_log}");
+        })
+        .await
+        .expect("the gateway listens");
+        let (sender, log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        Self {
+            process,
+            addr,
+            startup_log,
+            log,
+        }
+    }
+
+    /// Sends SIGHUP.
+    #[cfg(unix)]
+    pub async fn hang_up(&self) {
+        let pid = self.process.id().unwrap().to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most ten seconds) for a log line containing `text`.
+    pub async fn wait_for_log(&mut self, text: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(text) {
+                    return;
+                }
+            }
+            panic!("the gateway's log ended before {text:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {text:?}"));
+    }
+}
