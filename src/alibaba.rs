@@ -73,16 +73,10 @@ impl AlibabaClient {
         config: &AlibabaConfig,
         credentials: Arc<dyn CredentialsProvider>,
     ) -> Result<Self, reqwest::Error> {
-        // reqwest is built without a default crypto provider; ring is the one the crate uses.
-        // Installing fails harmlessly when it is already installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = http_client_builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
-            // Redirects would send a signed request somewhere the endpoint table does not name.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dds-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             http,
@@ -223,6 +217,16 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Answer, CallError> {
         ))),
         None => Err(CallError::Unreadable { http_status }),
     }
+}
+
+/// The HTTP client every call the gateway makes to Alibaba Cloud starts from (Dds, STS, the
+/// metadata service, credentials URIs): rustls with ring, the gateway's user agent, and no
+/// redirects, which would send a signed or token-bearing request somewhere nobody configured.
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("dds-gateway/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A successful answer's status and body.

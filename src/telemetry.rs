@@ -85,8 +85,7 @@ impl Telemetry {
         logs: LogOutput,
         log_filter: EnvFilter,
     ) -> Result<Self, TelemetryError> {
-        // reqwest (the OTLP/HTTP exporter) is built without a default crypto provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let resource = Resource::builder()
             .with_service_name(config.service_name.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))

@@ -1,12 +1,19 @@
 //! TLS for the listener (rustls): the server's certificate and key, and for mTLS the CA that
 //! signs client certificates. Client certificates are optional at the handshake, so token
-//! callers need none; one that is presented must verify, and then names its caller.
+//! callers need none; one that is presented must verify, and then names its caller. Also the
+//! crypto provider every outgoing HTTPS client uses.
 
 use std::time::Duration;
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::TlsConfig;
+
+/// Installs ring as the process's rustls crypto provider: reqwest (the Alibaba client, STS, the
+/// OTLP/HTTP exporter) is built without a default one. Installing again is a harmless no-op.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// A TLS handshake that takes longer than this is abandoned, so idle connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

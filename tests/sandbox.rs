@@ -49,7 +49,7 @@ async fn call(
 
 /// A plain HTTP client (reqwest is built without a default TLS crypto provider).
 fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    dds_gateway::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -130,7 +130,7 @@ async fn send(sandbox: &Sandbox, call: &Call<'_>) -> (u16, Value) {
 
 /// A plain HTTP client (reqwest is built without a default TLS crypto provider).
 fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    dds_gateway::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

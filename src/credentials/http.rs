@@ -9,18 +9,14 @@ use zeroize::Zeroizing;
 /// Credential answers are a few hundred bytes; anything past this is not one.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A client for credential endpoints: no redirects (a signed or token-bearing request must not
-/// wander), the given timeouts, rustls.
+/// A client for credential endpoints, with the given timeouts.
 pub(super) fn client(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    crate::alibaba::http_client_builder()
         .connect_timeout(connect_timeout)
         .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("dds-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", send_error(e)))
 }
