@@ -162,13 +162,6 @@ impl ProviderKind {
         ("ecs_ram_role", ProviderKind::EcsRamRole),
         ("credentials_uri", ProviderKind::CredentialsUri),
     ];
-
-    pub fn as_str(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, kind)| *kind == self)
-            .map_or("default", |(name, _)| name)
-    }
 }
 
 /// `[credentials]`: where the gateway's own Alibaba Cloud credentials come from. Unset keys fall

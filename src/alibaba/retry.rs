@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::CallError;
+use super::{CallError, UpstreamError};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,10 @@ where
             return Err(err);
         }
         let delay = match &err {
-            CallError::Upstream(e) if e.retry_after.is_some() => e.retry_after.unwrap_or_default(),
+            CallError::Upstream(UpstreamError {
+                retry_after: Some(after),
+                ..
+            }) => *after,
             _ => policy.backoff(attempts, random()),
         };
         if Instant::now() + delay >= deadline {

@@ -77,8 +77,6 @@ struct Cached {
     /// `None` for credentials that do not expire.
     valid_until: Option<Instant>,
     refresh_at: Option<Instant>,
-    /// The credential's own expiry, for messages.
-    expiration: Option<SystemTime>,
 }
 
 impl<F: Fetch> Refreshing<F> {
@@ -134,7 +132,6 @@ impl<F> Shared<F> {
             credential,
             valid_until,
             refresh_at,
-            expiration,
         });
         state.failure = None;
     }
@@ -157,7 +154,7 @@ impl<F: Fetch> Shared<F> {
             .state()
             .cached
             .as_ref()
-            .and_then(|c| c.expiration)
+            .and_then(|c| c.credential.expiration())
             .map(|at| {
                 format!(
                     "the cached credential expired at {} and ",
