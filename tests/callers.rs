@@ -472,24 +472,30 @@ async fn a_stalled_request_message_gives_its_place_back() {
             .await
         })
     };
-    // Until the stalled call holds the only place: a probe that gets in first may shed it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let stalled = loop {
-        let stalled = stall();
+    // Wait until the stalled call holds the only place, i.e. a probe is shed. A probe that is in
+    // flight when the stalled call arrives sheds *it* instead: then start another one (and only
+    // then: a stalled call still connecting must be given the chance to get in). The bound is
+    // generous because under a loaded machine the two can keep colliding for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stalled = stall();
+    loop {
+        if stalled.is_finished() {
+            stalled = stall();
+        }
         let probe = call(
             &gw.client,
             with_token(validate_only("dds-sandbox01", "5.0"), BILLING_TOKEN),
         )
         .await;
-        if probe.is_err_and(|s| s.code() == Code::Unavailable) {
-            break stalled;
+        if probe.is_err_and(|s| s.code() == Code::Unavailable) && !stalled.is_finished() {
+            break;
         }
-        stalled.abort();
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled call never held the place"
         );
-    };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A guard against hanging forever, not a timing assumption: the limit is 1 s.
     let status = tokio::time::timeout(Duration::from_secs(30), stalled)
         .await
