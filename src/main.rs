@@ -360,7 +360,6 @@ async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetr
             }
         }
     };
-    reload_on_hangup(Arc::clone(&credentials));
 
     let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
         Ok(listener) => listener,
@@ -443,27 +442,4 @@ async fn check_credentials(config_file: Option<PathBuf>) -> ExitCode {
             })
         }
     }
-}
-
-/// Re-reads credential files on SIGHUP (they are also polled for changes).
-fn reload_on_hangup(provider: Arc<dyn CredentialsProvider>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        tracing::info!("SIGHUP: re-reading credential files");
-                        provider.reload().await;
-                    }
-                });
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGHUP; credential files are still polled")
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = provider;
 }

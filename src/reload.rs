@@ -1,18 +1,25 @@
-//! Reloads `[[callers]]` from the config file on SIGHUP or when the file's content changes,
-//! without dropping calls: the new table is built aside and swapped in whole; calls in flight
-//! keep the table they started with. A file that does not load keeps the current callers.
+//! Reloading without a restart. On SIGHUP the gateway re-reads its credential files and, when it
+//! was started with a config file, its `[[callers]]`; the config file is also re-read when its
+//! content changes. New callers are built aside and swapped in whole; calls in flight keep the
+//! table they started with. A file that does not load keeps what is current. (Credential files
+//! are also polled by their own provider, see `credentials::profile`.)
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{Callers, CallersHandle};
 use crate::config::{Config, Overrides};
+use crate::credentials::CredentialsProvider;
 
-/// Watches `file` until the returned task is aborted. Call within the runtime.
+/// Reloads until the returned task is aborted: the callers from `file` (if any) on SIGHUP and
+/// when its content changes (checked every `interval`), the `credentials` on SIGHUP. Call
+/// within the runtime.
 pub fn spawn(
-    file: PathBuf,
+    file: Option<PathBuf>,
     interval: Duration,
     callers: CallersHandle,
+    credentials: Arc<dyn CredentialsProvider>,
 ) -> tokio::task::JoinHandle<()> {
     // Registered before returning: a SIGHUP that arrives before the task first runs must not
     // meet the default action, which ends the process.
@@ -25,10 +32,15 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let signalled = tokio::select! {
-                _ = tick.tick() => false,
+                _ = tick.tick(), if file.is_some() => false,
                 Some(()) = next_hangup(&mut hangup) => true,
             };
-            let now = std::fs::read(&file).ok();
+            if signalled {
+                tracing::info!("SIGHUP: re-reading credential files");
+                credentials.reload().await;
+            }
+            let Some(file) = &file else { continue };
+            let now = std::fs::read(file).ok();
             if signalled || now != seen {
                 let trigger = match (signalled, &seen) {
                     (true, _) => "SIGHUP",
@@ -36,7 +48,7 @@ pub fn spawn(
                     (false, Some(_)) => "file changed",
                 };
                 seen = now;
-                reload(&file, &callers, trigger);
+                reload(file, &callers, trigger);
             }
         }
     })
@@ -75,7 +87,7 @@ fn hangup_signal() -> Hangup {
     match signal(SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; callers reload on file change only");
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; files reload on change only");
             None
         }
     }

@@ -122,13 +122,12 @@ async fn serve_inner(
         .map(crate::tls::server_config)
         .transpose()
         .map_err(ServeError::Refused)?;
-    let _reloader = config.file.clone().map(|file| {
-        AbortOnDrop(crate::reload::spawn(
-            file,
-            config.server.reload_interval,
-            callers.clone(),
-        ))
-    });
+    let _reloader = AbortOnDrop(crate::reload::spawn(
+        config.file.clone(),
+        config.server.reload_interval,
+        callers.clone(),
+        Arc::clone(&credentials),
+    ));
     // ---- end issue 5 ----
 
     // ---- telemetry and audit (issue 4) ----
