@@ -12,7 +12,7 @@
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
 //! - [`limits`]: per-caller token buckets and the global in-flight limit.
 //! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
-//! - [`reload`]: reloading `[[callers]]` on SIGHUP or file change.
+//! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: the one mapping from failures to gRPC statuses.
 //! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
