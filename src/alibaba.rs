@@ -191,6 +191,12 @@ impl AlibabaClient {
         let request = request.headers(crate::telemetry::upstream::trace_headers(&span));
         let answer = send(request).instrument(span.clone()).await;
         crate::telemetry::upstream::record(&span, &answer);
+        if let Err(err) = &answer
+            && retry::credential_expired(err)
+        {
+            // The retry that follows (see `retry`) signs with a fresh credential.
+            self.credentials.rejected_as_expired(&credential);
+        }
         answer
         // ---- end telemetry ----
     }

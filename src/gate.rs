@@ -1,6 +1,6 @@
 //! The gate in front of the engine version service, before any message is decoded:
-//! authenticate the caller, take from its rate, and take a place among the calls in flight (or
-//! shed the call at once). The admitted caller rides in the request's extensions to the service,
+//! authenticate the caller, take from its rate, and take a place among the calls in flight
+//! within the caller's share of them (or shed the call at once). The admitted caller rides in the request's extensions to the service,
 //! which checks its policy; its message must arrive by the call's deadline, so that a caller who
 //! stalls cannot keep its place. Also: the layer that gives tonic's own error answers an
 //! `ErrorInfo`.
@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -22,7 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::auth::{Caller, CallersHandle};
 use crate::deadline;
 use crate::error::{self, Error};
-use crate::limits::InFlight;
+use crate::limits::{Full, InFlight, Place};
 
 /// The caller a call was admitted for, as a request extension (absent on an open gateway).
 #[derive(Debug, Clone)]
@@ -58,13 +57,11 @@ impl<S> Gate<S> {
     fn admit<B>(
         &self,
         request: &http::Request<B>,
-    ) -> Result<(Option<Arc<Caller>>, OwnedSemaphorePermit), tonic::Status> {
-        let refuse = |err: Error| {
-            let caller = match &err {
-                Error::RateLimited { caller, .. } => caller.as_str(),
-                _ => "",
-            };
-            tracing::warn!(path = request.uri().path(), caller, refused = %err, "call refused at the gate");
+    ) -> Result<(Option<Arc<Caller>>, Place), tonic::Status> {
+        // The method, never the path as sent: a path is whatever an unauthenticated caller wrote.
+        let method = crate::telemetry::rpc::method_label(request.uri().path());
+        let refuse = |err: Error, caller: &str| {
+            tracing::warn!(method, caller, refused = %err, "call refused at the gate");
             tonic::Status::from(err)
         };
         let callers = self.callers.current();
@@ -78,20 +75,29 @@ impl<S> Gate<S> {
             let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
             let caller = callers
                 .authenticate(request.headers(), leaf.map(|c| c.as_ref()))
-                .map_err(|e| refuse(e.into()))?;
+                .map_err(|e| refuse(e.into(), ""))?;
             caller.take_call().map_err(|retry_after| {
-                refuse(Error::RateLimited {
-                    caller: caller.name().to_string(),
-                    retry_after,
-                })
+                refuse(
+                    Error::RateLimited {
+                        caller: caller.name().to_string(),
+                        retry_after,
+                    },
+                    caller.name(),
+                )
             })?;
             Some(caller)
         };
-        let permit = self
-            .in_flight
-            .try_enter()
-            .ok_or_else(|| refuse(Error::Overloaded))?;
-        Ok((caller, permit))
+        let name = caller.as_deref().map(Caller::name);
+        let place = self.in_flight.try_enter(name).map_err(|full| {
+            if full == Full::Caller {
+                tracing::warn!(
+                    caller = name.unwrap_or_default(),
+                    "the caller holds its whole share of the calls in flight (server.max_in_flight_per_caller)"
+                );
+            }
+            refuse(Error::Overloaded, name.unwrap_or_default())
+        })?;
+        Ok((caller, place))
     }
 }
 

@@ -335,7 +335,7 @@ impl IdempotencyStore for MemoryStore {
                 unresolved: true,
             },
         };
-        entry.expires_at = Some(Instant::now() + self.retention);
+        entry.expires_at = Some(crate::deadline::later(Instant::now(), self.retention));
     }
 }
 

@@ -266,10 +266,16 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             &message.region_id,
             Some(&message.engine_version),
         )?;
+        let caller = admitted(&request);
         let message = request.into_inner();
         let stream = self
             .status
-            .watch(instance, message.engine_version, deadline)
+            .watch(
+                instance,
+                message.engine_version,
+                deadline,
+                caller.as_deref().map(Caller::name),
+            )
             .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
         Ok(Response::new(stream))
     }

@@ -918,7 +918,7 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     std::fs::write(pki.dir.join("client.key"), &identity.key).unwrap();
     let target = |token: Option<&str>, mtls: bool| Target {
         url: format!("https://localhost:{}", gw.addr.port()),
-        token: token.map(str::to_string),
+        token: token.map(dds_gateway::credentials::Secret::new),
         ca_cert: Some(pki.dir.join("ca.pem")),
         client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
     };
