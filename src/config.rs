@@ -416,7 +416,12 @@ impl Config {
         let server = ServerConfig {
             listen,
             max_request_bytes,
-            request_timeout: duration("server.request_timeout", raw.server.request_timeout, 60, HOUR)?,
+            request_timeout: duration(
+                "server.request_timeout",
+                raw.server.request_timeout,
+                60,
+                HOUR,
+            )?,
             shutdown_grace: duration("server.shutdown_grace", raw.server.shutdown_grace, 30, HOUR)?,
             max_in_flight,
             max_in_flight_per_caller,
@@ -432,7 +437,12 @@ impl Config {
                 raw.server.tls_key,
                 raw.server.client_ca,
             )?,
-            reload_interval: duration("server.reload_interval", raw.server.reload_interval, 5, DAY)?,
+            reload_interval: duration(
+                "server.reload_interval",
+                raw.server.reload_interval,
+                5,
+                DAY,
+            )?,
         };
 
         let endpoint = raw
@@ -481,8 +491,18 @@ impl Config {
             endpoint,
             signature_version,
             engine_versions,
-            connect_timeout: duration("alibaba.connect_timeout", raw.alibaba.connect_timeout, 5, 5 * MINUTE)?,
-            read_timeout: duration("alibaba.read_timeout", raw.alibaba.read_timeout, 10, 10 * MINUTE)?,
+            connect_timeout: duration(
+                "alibaba.connect_timeout",
+                raw.alibaba.connect_timeout,
+                5,
+                5 * MINUTE,
+            )?,
+            read_timeout: duration(
+                "alibaba.read_timeout",
+                raw.alibaba.read_timeout,
+                10,
+                10 * MINUTE,
+            )?,
             preflight: raw.alibaba.preflight.unwrap_or(true),
             retry: retry_policy(
                 raw.alibaba.max_attempts,
@@ -625,7 +645,12 @@ fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigErr
         sts_endpoint: url("credentials.sts_endpoint", raw.sts_endpoint)?,
         imds_endpoint: url("credentials.imds_endpoint", raw.imds_endpoint)?,
         session_duration,
-        refresh_ahead: duration("credentials.refresh_ahead", raw.refresh_ahead, 300, 12 * HOUR)?,
+        refresh_ahead: duration(
+            "credentials.refresh_ahead",
+            raw.refresh_ahead,
+            300,
+            12 * HOUR,
+        )?,
         file_poll_interval: duration(
             "credentials.file_poll_interval",
             raw.file_poll_interval,
@@ -1305,7 +1330,11 @@ mod tests {
         assert_eq!(config.server.max_in_flight_per_caller, 3);
         assert_eq!(config.watch.max_active_per_caller, 2);
         for (text, env, key) in [
-            ("[server]\nmax_connections = 0", &[][..], "server.max_connections"),
+            (
+                "[server]\nmax_connections = 0",
+                &[][..],
+                "server.max_connections",
+            ),
             (
                 "",
                 &[("DDS_GATEWAY_SERVER_MAX_CONNECTIONS", "many")][..],
@@ -1345,7 +1374,10 @@ mod tests {
         let config = load(&format!("{tls}[[callers]]\nname = \"a\"\nmtls = true"), &[]).unwrap();
         assert!(config.callers[0].mtls);
         for (text, key) in [
-            (format!("{tls}[[callers]]\nname = \"a\""), "callers[0].token_sha256"),
+            (
+                format!("{tls}[[callers]]\nname = \"a\""),
+                "callers[0].token_sha256",
+            ),
             (
                 "[[callers]]\nname = \"a\"\nmtls = true".to_string(),
                 "callers[0].mtls",

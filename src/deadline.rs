@@ -88,7 +88,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn later_never_overflows() {
         let now = Instant::now();
-        assert_eq!(later(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
         let huge = later(now, Duration::MAX);
         assert!(huge > now + Duration::from_secs(365 * 24 * 3600));
         assert_eq!(effective(None, Duration::MAX), later(now, Duration::MAX));

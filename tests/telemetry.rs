@@ -112,6 +112,7 @@ struct Traced {
     sandbox: Sandbox,
     telemetry: Telemetry,
     logs: Arc<Mutex<Vec<u8>>>,
+    channel: tonic::transport::Channel,
     client: EngineVersionServiceClient<tonic::transport::Channel>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
@@ -149,11 +150,13 @@ impl Traced {
             },
             telemetry.clone(),
         ));
-        let client = EngineVersionServiceClient::new(common::channel(addr).await);
+        let channel = common::channel(addr).await;
+        let client = EngineVersionServiceClient::new(channel.clone());
         Self {
             sandbox,
             telemetry,
             logs,
+            channel,
             client,
             stop: Some(stop),
             task,
@@ -916,4 +919,73 @@ async fn access_lines_and_server_spans_name_the_admitted_caller() {
         })
         .collect();
     assert_eq!(named_callers, ["reporting"]);
+}
+
+/// Paths under `/dds.gateway.v1.` that name no method, sent without credentials: each would
+/// have been a new `rpc.method` value (and a new series on `/metrics`, for ever). They all
+/// count as `unknown`, and no log line carries the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_paths_fold_into_one_unknown_method() {
+    let gateway = Traced::start(|config| {
+        config.callers = Config::from_toml(
+            &format!(
+                "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
+                dds_gateway::auth::hash_token("reporting-token-0123456789")
+            ),
+            "test",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap()
+        .callers;
+    })
+    .await;
+    const JUNK: usize = 300;
+    for i in 0..JUNK {
+        let path = if i % 2 == 0 {
+            format!("/dds.gateway.v1.EngineVersionService/JunkMethod{i:04}")
+        } else {
+            format!("/dds.gateway.v1.JunkService{i:04}/Call")
+        };
+        let mut grpc = tonic::client::Grpc::new(gateway.channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<
+            pb::GetEngineVersionRequest,
+            pb::GetEngineVersionResponse,
+        >::default();
+        let status = grpc
+            .unary(
+                tonic::Request::new(pb::GetEngineVersionRequest::default()),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::Unimplemented
+            ),
+            "{status:?}"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    assert!(!metrics.contains("Junk"), "{metrics}");
+    let unknown: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dds_gateway_rpc_requests_total{"))
+        .filter(|l| l.contains("rpc_method=\"unknown\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unknown, JUNK as f64, "{metrics}");
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("dds_gateway_rpc_requests_total{"))
+        .count();
+    assert!(series <= 2, "one series per code of `unknown`: {metrics}");
+    assert!(metrics.len() < 64 * 1024, "{} bytes", metrics.len());
+    let logs = String::from_utf8(gateway.logs.lock().unwrap().clone()).unwrap();
+    assert!(!logs.contains("Junk"), "a path reached the logs");
+    assert!(logs.contains("\"method\":\"unknown\""), "{logs}");
+    gateway.shutdown().await;
 }

@@ -339,7 +339,13 @@ mod tests {
                 max_attempts: 1,
                 ..RetryPolicy::default()
             };
-            let (result, at) = run(never_retry, effect, Duration::from_secs(60), vec![expired()]).await;
+            let (result, at) = run(
+                never_retry,
+                effect,
+                Duration::from_secs(60),
+                vec![expired()],
+            )
+            .await;
             assert_eq!(result.unwrap(), "ok");
             assert_eq!(at, [Duration::ZERO, Duration::ZERO], "at once");
             // Only once: a second rejection is the answer.
@@ -350,7 +356,9 @@ mod tests {
                 vec![expired(), expired()],
             )
             .await;
-            assert!(matches!(result, Err(CallError::Upstream(ref e)) if e.code == SECURITY_TOKEN_EXPIRED));
+            assert!(
+                matches!(result, Err(CallError::Upstream(ref e)) if e.code == SECURITY_TOKEN_EXPIRED)
+            );
             assert_eq!(at.len(), 2);
         }
         // The same code on a server error is not an authentication refusal.

@@ -26,8 +26,9 @@ use crate::deadline::later;
 /// before expiry must still arrive in time.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// A fetched credential must stay usable at least this long (after the margin); one that does
-/// not is stale, and counts as a failed fetch.
-const MIN_USEFUL_LIFE: Duration = Duration::from_secs(5);
+/// not is stale, and counts as a failed fetch. Nor is a good one refreshed sooner than this after
+/// it was fetched: a source of short-lived credentials is asked at most once a second.
+const MIN_USEFUL_LIFE: Duration = Duration::from_secs(1);
 /// The largest wait between failed fetches.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -197,7 +198,8 @@ impl<F> Shared<F> {
                 lifetime
                     .checked_sub(self.policy.refresh_ahead)
                     .filter(|early| *early >= lifetime / 2)
-                    .unwrap_or(lifetime / 2),
+                    .unwrap_or(lifetime / 2)
+                    .max(MIN_USEFUL_LIFE),
             )
         });
         let mut state = self.state();

@@ -236,9 +236,7 @@ impl RawTelemetry {
                     .ok_or_else(|| {
                         invalid(
                             "telemetry.metrics_interval",
-                            format!(
-                                "expected a duration such as 60s, at most a day, got {text:?}"
-                            ),
+                            format!("expected a duration such as 60s, at most a day, got {text:?}"),
                         )
                     })?,
                 None => TelemetryConfig::default().metrics_interval,
