@@ -1282,7 +1282,7 @@ mod tests {
         ];
         for (section, key, over) in keys {
             let name = format!("{section}.{key}");
-            let variable = format!("DDS_GATEWAY_{}_{}", section, key).to_uppercase();
+            let variable = format!("DDS_GATEWAY_{section}_{key}").to_uppercase();
             for value in [over, "300000000000y"] {
                 let from_file = load(&format!("[{section}]\n{key} = \"{value}\""), &[]);
                 let from_env = load("", &[(variable.as_str(), value)]);

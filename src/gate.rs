@@ -89,13 +89,11 @@ impl<S> Gate<S> {
         };
         let name = caller.as_deref().map(Caller::name);
         let place = self.in_flight.try_enter(name).map_err(|full| {
-            if full == Full::Caller {
-                tracing::warn!(
-                    caller = name.unwrap_or_default(),
-                    "the caller holds its whole share of the calls in flight (server.max_in_flight_per_caller)"
-                );
-            }
-            refuse(Error::Overloaded, name.unwrap_or_default())
+            let err = Error::Overloaded;
+            // Its own share full (server.max_in_flight_per_caller), or every place taken.
+            let share_full = full == Full::Caller;
+            tracing::warn!(method, caller = name.unwrap_or_default(), share_full, refused = %err, "call refused at the gate");
+            tonic::Status::from(err)
         })?;
         Ok((caller, place))
     }

@@ -391,3 +391,56 @@ async fn credential_chain_paths() -> Vec<String> {
     );
     seen
 }
+
+/// The client's bearer token, from `--token-file`, `DDS_GATEWAY_TOKEN` or `--token`, appears
+/// nowhere in what the command prints (errors and trace logs included), nor in `Debug`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clients_bearer_token_is_never_printed() {
+    let target = dds_gateway::client::Target {
+        url: "http://127.0.0.1:9".into(),
+        token: Some(Secret::new(BEARER)),
+        ca_cert: None,
+        client_cert: None,
+    };
+    assert!(!format!("{target:?}").contains(BEARER));
+
+    let dir = std::env::temp_dir().join(format!("dds-gateway-leaks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{BEARER}\n")).unwrap();
+    // Nothing listens on port 9: the command fails after building the request.
+    let base = [
+        "upgrade",
+        "--target",
+        "http://127.0.0.1:9",
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "5.0",
+    ];
+    let file = file.to_str().unwrap().to_string();
+    let with = |extra: &[&str]| {
+        base.iter()
+            .chain(extra)
+            .map(|a| (*a).to_string())
+            .collect::<Vec<String>>()
+    };
+    let runs = [
+        (with(&["--token-file", &file]), vec![("RUST_LOG", "trace")]),
+        (
+            with(&[]),
+            vec![("RUST_LOG", "trace"), ("DDS_GATEWAY_TOKEN", BEARER)],
+        ),
+        (with(&["--token", BEARER]), vec![("RUST_LOG", "trace")]),
+    ];
+    for (args, env) in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = common::run_cli(&args, &env).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            !stdout.contains(BEARER) && !stderr.contains(BEARER),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
