@@ -72,7 +72,7 @@ pub enum Error {
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
     #[error("watch deadline exceeded")]
     WatchDeadlineExceeded,
-    /// The audit file cannot be written, so no upgrade is sent (issue 4).
+    /// The audit file cannot take an upgrade's `sending` event, so the upgrade is not sent.
     #[error(transparent)]
     AuditUnavailable(#[from] crate::audit::AuditError),
 }
@@ -210,6 +210,16 @@ impl Error {
                 cause: CallError::Upstream(e),
                 ..
             } => e.request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// In a retry loop, only an Alibaba call's failure may be retried; a refusal to send never is.
+impl crate::alibaba::retry::AttemptError for Error {
+    fn call_error(&self) -> Option<&CallError> {
+        match self {
+            Self::Call(err) => Some(err),
             _ => None,
         }
     }
