@@ -5,8 +5,8 @@
 //! cuts an upgrade call in half: the task finishes, records the true outcome under the request's
 //! key for the caller's retry, and writes the audit event: whoever learns an outcome audits it.
 //! Each attempt is signed first (the credential may take seconds to fetch), then passes
-//! [`point_of_no_return`](Upgrader::point_of_no_return) immediately before it leaves: the
-//! caller's deadline has not passed, and the audit trail holds a `sending` event for it.
+//! `Upgrader::point_of_no_return` immediately before it leaves: the caller's deadline has not
+//! passed, and the audit trail holds a `sending` event for it.
 //!
 //! `UpgradeDBInstanceEngineVersion` is retried only when Alibaba surely did not act on it (see
 //! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
