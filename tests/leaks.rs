@@ -53,6 +53,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     };
     let gw = Gateway::start_with(Options {
         sandbox,
+        configure: Some(|config| config.audit.file = Some(audit_path())),
         ..Default::default()
     })
     .await;
@@ -159,6 +160,26 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         gw.sandbox,
         gw.sandbox.received()
     ));
+    // The audit trail (`sending` and outcome events) holds no secret either.
+    let audited = std::fs::read_to_string(audit_path()).unwrap();
+    assert!(audited.contains(r#""outcome":"sending""#), "{audited}");
+    answers.push(audited);
+    let _ = std::fs::remove_file(audit_path());
+    // A request signed but not yet sent prints without its signature or token.
+    let mut alibaba = common::default_config().alibaba;
+    alibaba.endpoint = Some(gw.sandbox.endpoint());
+    let client = dds_gateway::alibaba::AlibabaClient::new(
+        &alibaba,
+        Arc::new(dds_gateway::credentials::StaticProvider::new(
+            gw.sandbox.credential(),
+        )),
+    )
+    .unwrap();
+    let signed = client
+        .sign_upgrade("cn-hangzhou", "dds-sandbox01", "5.0", None)
+        .await
+        .unwrap();
+    answers.push(format!("{signed:?}"));
 
     // Signature V3: the token and signature travel in headers instead.
     let v3_sandbox = || SandboxConfig {
@@ -279,6 +300,14 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
             );
         }
     }
+}
+
+/// This process's audit file for the leak test.
+fn audit_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "dds-gateway-leaks-audit-{}.jsonl",
+        std::process::id()
+    ))
 }
 
 /// Runs every credential provider that fetches over HTTP through success and failure, serving a

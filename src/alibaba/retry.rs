@@ -1,6 +1,5 @@
-//! Retries of Alibaba Cloud calls that cannot double-apply. Each attempt is a fresh call of
-//! [`AlibabaClient::call`](super::AlibabaClient::call), so it is signed anew (new
-//! `SignatureNonce` and `Timestamp`). Delays are exponential with full jitter, or exactly what
+//! Retries of Alibaba Cloud calls that cannot double-apply. Each attempt is signed anew (new
+//! `SignatureNonce` and `Timestamp`) by [`AlibabaClient::sign`](super::AlibabaClient::sign). Delays are exponential with full jitter, or exactly what
 //! Alibaba asked for in `x-acs-retry-after`, and no retry starts that could not finish before
 //! the caller's deadline.
 //!
@@ -119,19 +118,32 @@ fn may_retry(effect: Effect, err: &CallError) -> bool {
     }
 }
 
+/// How an attempt failed: an Alibaba call's failure, or something else (e.g. the gateway
+/// decided not to send), which is never retried.
+pub trait AttemptError: std::fmt::Display {
+    fn call_error(&self) -> Option<&CallError>;
+}
+
+impl AttemptError for CallError {
+    fn call_error(&self) -> Option<&CallError> {
+        Some(self)
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails in a way [`Effect`] says not to retry, has been tried
 /// `policy.max_attempts` times, or the next delay would end after `deadline`; then returns the
 /// last failure.
-pub async fn retry<T, F, Fut>(
+pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     effect: Effect,
     deadline: Instant,
     action: &'static str,
     mut attempt: F,
-) -> Result<T, CallError>
+) -> Result<T, E>
 where
+    E: AttemptError,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, CallError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempts = 1;
     // Whether the one attempt with a fresh credential was made.
@@ -141,7 +153,10 @@ where
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };
-        if !refreshed && credential_expired(&err) && Instant::now() < deadline {
+        let Some(failed) = err.call_error() else {
+            return Err(err);
+        };
+        if !refreshed && credential_expired(failed) && Instant::now() < deadline {
             refreshed = true;
             tracing::info!(
                 action,
@@ -151,10 +166,10 @@ where
             attempts += 1;
             continue;
         }
-        if attempts >= policy.max_attempts + u32::from(refreshed) || !may_retry(effect, &err) {
+        if attempts >= policy.max_attempts + u32::from(refreshed) || !may_retry(effect, failed) {
             return Err(err);
         }
-        let delay = match &err {
+        let delay = match failed {
             CallError::Upstream(UpstreamError {
                 retry_after: Some(after),
                 ..
