@@ -85,7 +85,7 @@ impl EngineVersionService {
         });
         let settings = UpgradeSettings {
             preflight: config.alibaba.preflight,
-            retry: config.alibaba.retry,
+            retry: config.alibaba.retry.into(),
         };
         Self {
             validator,
@@ -95,7 +95,7 @@ impl EngineVersionService {
                 Idempotency::new(store),
                 Audit::log_only(),
             ),
-            status: StatusReader::new(client, config.alibaba.retry, &config.watch),
+            status: StatusReader::new(client, config.alibaba.retry.into(), &config.watch),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),
