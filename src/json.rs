@@ -200,8 +200,8 @@ impl Shared {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let err = RequestError::MethodNotAllowed {
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
+                    method: clip(parts.method.as_str()),
+                    path: clip(parts.uri.path()),
                     allowed: allowed.clone(),
                 };
                 let mut response = self.refuse(err);
@@ -212,8 +212,8 @@ impl Shared {
             }
             Selected::NotFound => {
                 return Ok(self.refuse(RequestError::RouteNotFound {
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
+                    method: clip(parts.method.as_str()),
+                    path: clip(parts.uri.path()),
                     routes: self.routes_text(),
                 }));
             }
@@ -285,6 +285,7 @@ impl Shared {
         let from_query = parameters.iter().position(|(name, _)| name == TIMEOUT);
         let timeout = match from_query {
             Some(i) => Some(parameters.remove(i).1),
+
             None => match parts.headers.get(TIMEOUT) {
                 Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
                     RequestError::InvalidParameter {
@@ -295,6 +296,12 @@ impl Shared {
                 None => None,
             },
         };
+        if parameters.iter().any(|(name, _)| name == TIMEOUT) {
+            return Err(RequestError::InvalidParameter {
+                name: TIMEOUT.to_string(),
+                detail: "is given more than once".to_string(),
+            });
+        }
         let timeout = timeout.map(|t| parse_timeout(&t)).transpose()?;
         if route.body {
             if let Some((name, _)) = parameters.first() {
@@ -307,7 +314,7 @@ impl Shared {
             let content_type = parts
                 .headers
                 .get(header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())))
                 .unwrap_or_default();
             if !is_json(&content_type) {
                 return Err(RequestError::UnsupportedMediaType {
@@ -420,6 +427,15 @@ fn internal(what: &str) -> tonic::Status {
     crate::error::with_error_info(tonic::Status::internal(
         "the gateway could not write its answer as JSON",
     ))
+}
+
+/// A caller's text, cut to a length fit for an error message.
+fn clip(text: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// `application/json`, with an optional `charset=utf-8`.
@@ -787,6 +803,13 @@ mod tests {
         assert_eq!(grpc_timeout(Duration::from_secs(3600)), "3600000m");
         assert_eq!(grpc_timeout(Duration::from_secs(10_000_000)), "10000000S");
         assert_eq!(grpc_timeout(Duration::from_secs(u64::MAX)), "99999999S");
+    }
+
+    #[test]
+    fn long_caller_text_is_clipped_on_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(300);
+        assert_eq!(clip(&long), format!("{}...", "é".repeat(200)));
     }
 
     #[test]

@@ -423,15 +423,25 @@ async fn bad_http_requests_are_precise_errors_and_reach_nobody() {
     // Query parameters: unknown, in the path already, a bad timeout; a body route takes none.
     let read = url(&gw, "/v1/instances/dds-sandbox01/engineVersion");
     let token = [("authorization", auth.as_str())];
-    for query in [
-        "colour=red",
-        "dbInstanceId=dds-sandbox02",
-        "timeout=soon",
-        "timeout=0s",
+    for (query, field, says) in [
+        ("colour=red", "colour", "unknown query parameter"),
+        (
+            "dbInstanceId=dds-sandbox02",
+            "dbInstanceId",
+            "given by the path",
+        ),
+        ("timeout=soon", "timeout", "not a duration"),
+        ("timeout=0s", "timeout", "more than zero"),
+        ("timeout=1s&timeout=2s", "timeout", "more than once"),
     ] {
-        http1("GET", &format!("{read}?{query}"), &token, None)
-            .await
-            .assert_error(400, 3, "INVALID_PARAMETER");
+        let answer = http1("GET", &format!("{read}?{query}"), &token, None).await;
+        answer.assert_error(400, 3, "INVALID_PARAMETER");
+        let violation = answer.detail("BadRequest").unwrap()["fieldViolations"][0].clone();
+        assert_eq!(violation["field"], field, "{query}");
+        assert!(
+            violation["description"].as_str().unwrap().contains(says),
+            "{query}: {violation}"
+        );
     }
     http1(
         "POST",
