@@ -8,8 +8,11 @@
 //!
 //! The caller's deadline is a `timeout` query parameter or header (e.g. `30s`, `1500ms`), sent on
 //! as `grpc-timeout` and so bounded like a gRPC caller's. Each call has a SERVER span with the
-//! HTTP semantic conventions, the RPC metrics with the route as `http.route`, and an access line.
+//! HTTP semantic conventions, the RPC metrics with the route as `http.route`, and an access line
+//! (`call`); the request and streamed answer bodies are in `body`.
 
+mod body;
+mod call;
 pub mod message;
 pub mod routes;
 pub mod status;
@@ -17,30 +20,25 @@ pub mod status;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use http_body::Frame;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost_reflect::MessageDescriptor;
 use tonic::Code;
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tracing::field::Empty;
 use tracing::instrument::Instrument as _;
-use tracing::{Dispatch, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::Error;
 use crate::service::{RECONCILED_HEADER, REPLAYED_HEADER};
-use crate::telemetry::rpc::{CallNote, code_name};
-use crate::telemetry::{Metrics, Telemetry};
+use crate::telemetry::Telemetry;
+use crate::telemetry::rpc::CallNote;
+use body::{JsonLines, MessageBody};
+use call::HttpCall;
 use routes::{Route, Routes, Selected};
-use status::StatusWriter;
+use status::{StatusWriter, internal};
 
 /// The content type of a streamed answer: one JSON message per line.
 const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
@@ -401,14 +399,7 @@ impl Shared {
             call.finish(status.code(), response.status());
             return response;
         }
-        let lines = JsonLines {
-            body,
-            buffer: BytesMut::new(),
-            output,
-            statuses: self.statuses.clone(),
-            call,
-            ended: false,
-        };
+        let lines = JsonLines::new(body, output, self.statuses.clone(), call);
         let mut response = http::Response::new(Body::new(lines));
         response.headers_mut().insert(header::CONTENT_TYPE, NDJSON);
         response
@@ -420,13 +411,6 @@ impl Shared {
 struct Prepared {
     timeout: Option<Duration>,
     parameters: Vec<(String, String)>,
-}
-
-fn internal(what: &str) -> tonic::Status {
-    tracing::error!(error = what, "cannot turn a gRPC answer into JSON");
-    crate::error::with_error_info(tonic::Status::internal(
-        "the gateway could not write its answer as JSON",
-    ))
 }
 
 /// A caller's text, cut to a length fit for an error message.
@@ -546,243 +530,6 @@ fn grpc_request(
     *request.extensions_mut() = parts.extensions;
     request.extensions_mut().insert(note.clone());
     request
-}
-
-type MessageFuture = Pin<Box<dyn Future<Output = Result<Bytes, tonic::Status>> + Send>>;
-
-/// The gRPC request body: one message frame, made from the JSON request when first polled.
-struct MessageBody {
-    message: Option<MessageFuture>,
-}
-
-impl MessageBody {
-    fn new(message: impl Future<Output = Result<Bytes, tonic::Status>> + Send + 'static) -> Self {
-        Self {
-            message: Some(Box::pin(message)),
-        }
-    }
-}
-
-impl http_body::Body for MessageBody {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let Some(message) = self.message.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = ready!(message.as_mut().poll(cx));
-        self.message = None;
-        Poll::Ready(Some(frame.map(Frame::data)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.message.is_none()
-    }
-}
-
-/// A streamed gRPC answer as JSON lines; a failure after the first message is a last line
-/// `{"error": <google.rpc.Status>}`.
-struct JsonLines {
-    body: Body,
-    buffer: BytesMut,
-    output: MessageDescriptor,
-    statuses: StatusWriter,
-    call: HttpCall,
-    ended: bool,
-}
-
-impl JsonLines {
-    fn end(&mut self, status: &tonic::Status) -> Option<Bytes> {
-        self.ended = true;
-        let http = if status.code() == Code::Ok {
-            StatusCode::OK
-        } else {
-            status::http_status(status)
-        };
-        self.call.finish(status.code(), http);
-        (status.code() != Code::Ok).then(|| {
-            let mut line = b"{\"error\":".to_vec();
-            line.extend(self.statuses.json(status));
-            line.extend(b"}\n");
-            Bytes::from(line)
-        })
-    }
-}
-
-impl http_body::Body for JsonLines {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            let failed = match message::next_frame(&mut this.buffer) {
-                Ok(Some(payload)) => match message::answer(&this.output, &payload) {
-                    Ok(mut line) => {
-                        line.push(b'\n');
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
-                    }
-                    Err(e) => Some(internal(&e)),
-                },
-                Ok(None) => None,
-                Err(e) => Some(internal(&e)),
-            };
-            let status = match failed {
-                Some(status) => status,
-                None => match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => {
-                            this.buffer.extend_from_slice(&data);
-                            continue;
-                        }
-                        Err(frame) => match frame.trailers_ref().and_then(status::grpc_status) {
-                            Some(status) => status,
-                            None => internal("the answer's trailers had no status"),
-                        },
-                    },
-                    Some(Err(status)) => status,
-                    None => internal("the answer ended without a status"),
-                },
-            };
-            if let Some(line) = this.end(&status) {
-                return Poll::Ready(Some(Ok(Frame::data(line))));
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-}
-
-/// One JSON call being served: its SERVER span, metrics and access line, finished once when
-/// its status is known, or as cancelled (499) if the caller goes away first.
-struct HttpCall {
-    span: Span,
-    dispatch: Dispatch,
-    route: String,
-    http_method: Method,
-    rpc_method: String,
-    metrics: Metrics,
-    note: CallNote,
-    started: Instant,
-    done: bool,
-}
-
-impl HttpCall {
-    fn start(telemetry: &Telemetry, route: &Route, parts: &http::request::Parts) -> Self {
-        let rpc_method = route.grpc_path.trim_start_matches('/').to_string();
-        let connection = parts.extensions.get::<TcpConnectInfo>().or_else(|| {
-            parts
-                .extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .map(TlsConnectInfo::get_ref)
-        });
-        let peer = connection.and_then(TcpConnectInfo::remote_addr);
-        let tls = parts
-            .extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .is_some();
-        let version = match parts.version {
-            http::Version::HTTP_2 => "2",
-            http::Version::HTTP_10 => "1.0",
-            _ => "1.1",
-        };
-        let span = tracing::info_span!(
-            "http",
-            otel.name = %format!("{} {}", parts.method, route.template),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = %parts.method,
-            http.route = %route.template,
-            http.response.status_code = Empty,
-            url.path = %parts.uri.path(),
-            url.scheme = if tls { "https" } else { "http" },
-            network.protocol.name = "http",
-            network.protocol.version = version,
-            user_agent.original = parts
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
-            client.address = peer.map(|p| p.ip().to_string()),
-            client.port = peer.map(|p| i64::from(p.port())),
-            rpc.method = %rpc_method,
-            rpc.response.status_code = Empty,
-            error.type = Empty,
-            enduser.id = Empty,
-        );
-        let parent = TraceContextPropagator::new()
-            .extract(&opentelemetry_http::HeaderExtractor(&parts.headers));
-        // Before anything reads the span's context (tracing-opentelemetry's rule).
-        let _ = span.set_parent(parent);
-        let metrics = telemetry.metrics().clone();
-        metrics.json_started(&rpc_method, &route.template);
-        Self {
-            span,
-            dispatch: telemetry.dispatch().clone(),
-            route: route.template.clone(),
-            http_method: parts.method.clone(),
-            rpc_method,
-            metrics,
-            note: CallNote::default(),
-            started: Instant::now(),
-            done: false,
-        }
-    }
-
-    fn finish(&mut self, code: Code, http: StatusCode) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let elapsed = self.started.elapsed();
-        let name = code_name(code);
-        self.span
-            .record("http.response.status_code", i64::from(http.as_u16()));
-        self.span.record("rpc.response.status_code", name);
-        // HTTP semantic conventions: only 5xx marks a server span as failed.
-        if http.is_server_error() {
-            self.span.record("otel.status_code", "ERROR");
-            self.span.record("error.type", name);
-        }
-        self.metrics
-            .json_finished(&self.rpc_method, &self.route, name, elapsed);
-        let caller = self.note.caller();
-        tracing::dispatcher::with_default(&self.dispatch, || {
-            self.span.in_scope(|| {
-                tracing::info!(
-                    target: "dds_gateway::access",
-                    method = %self.rpc_method,
-                    http_method = %self.http_method,
-                    route = %self.route,
-                    http_status = http.as_u16(),
-                    grpc_code = name,
-                    duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                    caller = %caller,
-                    "call"
-                );
-            });
-        });
-    }
-}
-
-impl Drop for HttpCall {
-    fn drop(&mut self) {
-        // The caller went away before the answer was complete.
-        self.finish(
-            Code::Cancelled,
-            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        );
-    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,15 @@ fn retry_after(status: &tonic::Status) -> Option<u64> {
     Some(seconds.max(1))
 }
 
+/// The answer for a gRPC answer that cannot be turned into JSON (a gateway bug): logged,
+/// INTERNAL to the caller.
+pub(crate) fn internal(what: &str) -> tonic::Status {
+    tracing::error!(error = what, "cannot turn a gRPC answer into JSON");
+    crate::error::with_error_info(tonic::Status::internal(
+        "the gateway could not write its answer as JSON",
+    ))
+}
+
 /// The status a gRPC answer carries in `headers` (trailers-only answer) or its trailers.
 pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
     headers
