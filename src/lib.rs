@@ -15,7 +15,8 @@
 //! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: the one mapping from failures to gRPC statuses.
-//! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
+//! - [`idempotency`]: `request_id` keys and per-instance upgrade locks (store trait, memory store).
+//! - [`state`]: `[state]`: the memory or Redis store, shared between replicas.
 //! - [`preflight`]: checks of the instance before an upgrade.
 //! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
 //! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
@@ -46,6 +47,7 @@ pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

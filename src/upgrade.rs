@@ -9,9 +9,15 @@
 //! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
 //! unreadable success), the gateway looks at the instance instead of sending again: upgrading or
 //! already on the target means accepted (RequestId unknown); anything else is UNAVAILABLE with
-//! what it saw, and the key is marked unresolved so that a retry looks again first.
+//! what it saw, and the key is marked unresolved so that a retry looks again first. Within
+//! `idempotency.settle_window` of that send a retry only looks (Alibaba's view can lag its own
+//! action); after it, the key may send again.
+//!
+//! One upgrade per instance is in flight at a time: the claim takes the instance's upgrade lock,
+//! and a second upgrade of the instance (any key, or none) is refused at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::instrument::{Instrument as _, WithSubscriber as _};
@@ -19,7 +25,7 @@ use tracing::instrument::{Instrument as _, WithSubscriber as _};
 use crate::alibaba::retry::{self, Effect, RetryPolicy};
 use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
 use crate::error::Error;
-use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Settlement};
+use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Lease, Settlement};
 use crate::pb;
 use crate::preflight;
 use crate::validation::{SwitchMode, ValidUpgradeRequest};
@@ -47,6 +53,8 @@ pub struct UpgradeSettings {
     /// Check the instance before upgrading (and for `validate_only`).
     pub preflight: bool,
     pub retry: RetryPolicy,
+    /// How long after a send with an unknown outcome a retry with its key only looks.
+    pub settle_window: Duration,
 }
 
 /// Carries out upgrades for the service.
@@ -86,13 +94,10 @@ impl Upgrader {
             // Nothing changes, so there is nothing to deduplicate.
             return self.validate(&request, deadline).await.map(fresh);
         }
-        let Some(request_id) = request.request_id() else {
-            return self.spawn(request, deadline, None).await.map(fresh);
-        };
+        let key = request.request_id().map(|id| Key::new(caller, id));
         let fingerprint = Fingerprint::of(&request);
-        let claim = self
-            .idempotency
-            .claim(Key::new(caller, request_id), &fingerprint);
+        let instance = format!("{}/{}", request.region_id(), request.db_instance_id());
+        let claim = self.idempotency.claim(key, &fingerprint, instance);
         match tokio::time::timeout_at(deadline, claim)
             .await
             .map_err(|_| Error::DeadlineExceeded)??
@@ -102,7 +107,8 @@ impl Upgrader {
                 replayed: true,
             }),
             Claimed::Conflict => Err(Error::RequestIdReused),
-            Claimed::Owner(lease) => self.spawn(request, deadline, Some(lease)).await.map(fresh),
+            Claimed::InstanceBusy => Err(Error::UpgradeInProgress),
+            Claimed::Owner(lease) => self.spawn(request, deadline, lease).await.map(fresh),
         }
     }
 
@@ -132,25 +138,24 @@ impl Upgrader {
         &self,
         request: ValidUpgradeRequest,
         deadline: Instant,
-        lease: Option<crate::idempotency::Lease>,
+        lease: Lease,
     ) -> Result<Accepted, Error> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let this = self.clone();
         tokio::spawn(
             async move {
-                let look_first = lease
-                    .as_ref()
-                    .is_some_and(crate::idempotency::Lease::previous_unresolved);
-                let result = this.upgrade(&request, deadline, look_first).await;
-                if let Some(lease) = lease {
-                    lease.settle(match &result {
+                let result = this.upgrade(&request, deadline, &lease).await;
+                lease
+                    .settle(match &result {
                         Ok(accepted) => Settlement::Accepted(accepted.clone()),
                         Err(
-                            Error::OutcomeUnknown { .. } | Error::ScheduledOutcomeUnknown { .. },
+                            Error::OutcomeUnknown { .. }
+                            | Error::ScheduledOutcomeUnknown { .. }
+                            | Error::Settling { .. },
                         ) => Settlement::Unresolved,
                         Err(_) => Settlement::NotApplied,
-                    });
-                }
+                    })
+                    .await;
                 let _ = answer.send(result);
             }
             // The upgrade's spans belong to the call's trace, and to the call's gateway.
@@ -168,15 +173,19 @@ impl Upgrader {
         }
     }
 
-    /// Preflight, upgrade, reconcile. `look_first`: an earlier attempt with this key left the
-    /// outcome unknown, so an upgrade already under way is this request's.
+    /// Preflight, upgrade, reconcile. When an earlier attempt with this key left the outcome
+    /// unknown, an upgrade already under way is this request's, and within the settle window
+    /// of that attempt nothing is sent.
     async fn upgrade(
         &self,
         request: &ValidUpgradeRequest,
         deadline: Instant,
-        look_first: bool,
+        lease: &Lease,
     ) -> Result<Accepted, Error> {
         let target = request.engine_version();
+        let unresolved_for = lease.unresolved_for();
+        let look_first = unresolved_for.is_some();
+        let settling = unresolved_for.filter(|&ago| ago < self.settings.settle_window);
         let before = async {
             let attribute = if self.settings.preflight || look_first {
                 Some(self.describe(request, deadline).await?)
@@ -200,6 +209,12 @@ impl Upgrader {
                     observed: attribute,
                 });
             }
+            if let Some(ago) = settling {
+                return Err(Error::Settling {
+                    observed: attribute,
+                    retry_after: (self.settings.settle_window - ago).min(SETTLING_RETRY_DELAY),
+                });
+            }
             if self.settings.preflight
                 && let Some(attribute) = &attribute
             {
@@ -219,6 +234,9 @@ impl Upgrader {
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
         }
+        // Written before the request leaves: if this replica dies now, the next holder of the
+        // key knows an upgrade may have been sent.
+        lease.about_to_send().await?;
 
         let client = &self.client;
         let sent = retry::retry(
@@ -313,6 +331,9 @@ impl Upgrader {
         .await
     }
 }
+
+/// The longest a caller is told to wait before looking again within the settle window.
+const SETTLING_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Whether Alibaba may have acted on an upgrade call that failed this way: no answer, a server
 /// error, or a success the gateway could not read.
