@@ -101,6 +101,11 @@ impl Token {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A token read back from a store.
+    pub fn from_stored(text: &str) -> Self {
+        Self(text.to_string())
+    }
 }
 
 impl Default for Token {
@@ -122,6 +127,9 @@ pub enum Claim {
     Owner {
         /// How long ago an earlier holder sent an upgrade whose outcome is still unknown.
         unresolved_for: Option<Duration>,
+        /// The holder whose lease ran out and who was replaced: its instance lock, too, is
+        /// taken over.
+        replaced: Option<Token>,
     },
     /// The key's request was accepted before: this is that answer.
     Replay(Accepted),
@@ -216,8 +224,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         token: &Token,
         settlement: Settlement,
     ) -> Result<(), StoreError>;
-    /// Takes the upgrade lock of `instance` for `token`. `false`: another upgrade holds it.
-    async fn lock_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
+    /// Takes the upgrade lock of `instance` for `token` (also from `replaced`, a holder whose
+    /// claim of the same key lapsed). `false`: another upgrade holds it.
+    async fn lock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        replaced: Option<&Token>,
+    ) -> Result<bool, StoreError>;
     /// Extends `token`'s lock of `instance`. `false`: it no longer holds it.
     async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
     /// Releases `token`'s lock of `instance`, if it holds it.
@@ -265,17 +279,26 @@ impl Idempotency {
             settled: false,
             renewal: None,
         };
+        let mut replaced = None;
         if let Some(key) = key {
             match self.store.claim(&key, fingerprint, &lease.token).await? {
-                Claim::Owner { unresolved_for } => {
+                Claim::Owner {
+                    unresolved_for,
+                    replaced: previous,
+                } => {
                     lease.unresolved_for = unresolved_for;
                     lease.key = Some(key);
+                    replaced = previous;
                 }
                 Claim::Replay(accepted) => return Ok(Claimed::Replay(accepted)),
                 Claim::Conflict => return Ok(Claimed::Conflict),
             }
         }
-        if !self.store.lock_instance(&instance, &lease.token).await? {
+        if !self
+            .store
+            .lock_instance(&instance, &lease.token, replaced.as_ref())
+            .await?
+        {
             // Dropped, the lease gives the key back as not applied: nothing was sent.
             return Ok(Claimed::InstanceBusy);
         }
@@ -314,13 +337,13 @@ impl Lease {
     /// still holds its key and lock. Call it last before the request leaves: an error means
     /// nothing may be sent.
     pub async fn about_to_send(&self) -> Result<(), StoreError> {
-        if let Some(key) = &self.key
-            && !self.store.mark_sending(key, &self.token).await?
+        if let Some(instance) = &self.instance
+            && !self.store.renew_instance(instance, &self.token).await?
         {
             return Err(StoreError::Lapsed);
         }
-        if let Some(instance) = &self.instance
-            && !self.store.renew_instance(instance, &self.token).await?
+        if let Some(key) = &self.key
+            && !self.store.mark_sending(key, &self.token).await?
         {
             return Err(StoreError::Lapsed);
         }
@@ -360,12 +383,14 @@ impl Lease {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let key_held = match &key {
-                    Some(key) => store.renew(key, &token).await,
-                    None => Ok(true),
-                };
+                // The lock first: the key's lease then always outlives it, so that whoever
+                // takes over the key finds the lock free or held by the token it replaced.
                 let lock_held = match &instance {
                     Some(instance) => store.renew_instance(instance, &token).await,
+                    None => Ok(true),
+                };
+                let key_held = match &key {
+                    Some(key) => store.renew(key, &token).await,
                     None => Ok(true),
                 };
                 match (key_held, lock_held) {
@@ -563,6 +588,7 @@ impl MemoryStore {
             *memory.per_caller.entry(key.caller.clone()).or_default() += 1;
             return Ok(Ok(Claim::Owner {
                 unresolved_for: None,
+                replaced: None,
             }));
         };
         if entry.fingerprint != *fingerprint {
@@ -578,6 +604,7 @@ impl MemoryStore {
         entry.expires_at = None;
         Ok(Ok(Claim::Owner {
             unresolved_for: entry.unresolved_since.map(|since| now - since),
+            replaced: None,
         }))
     }
 
@@ -661,7 +688,13 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn lock_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
+    async fn lock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        _replaced: Option<&Token>,
+    ) -> Result<bool, StoreError> {
+        // Holders in this process always release their lock, so there is nothing to take over.
         let mut memory = self.lock();
         match memory.locks.get(instance) {
             Some(holder) => Ok(holder == token),

@@ -65,8 +65,9 @@ redis.call('HDEL', KEYS[1], 'sent')
 if since then redis.call('HSET', KEYS[1], 'since', since) end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'until', now + tonumber(ARGV[3]))
 keep(tonumber(ARGV[4]), ARGV[6])
-if since then return {'owner', tostring(now - tonumber(since))} end
-return {'owner', '-1'}
+local ago = '-1'
+if since then ago = tostring(now - tonumber(since)) end
+return {'owner', ago, f[2] or ''}
 ";
 
 /// KEYS: record. ARGV: token, lease ms, `sent` to mark the send too. 1 while the token holds it.
@@ -101,10 +102,12 @@ end
 return 1
 ";
 
-/// KEYS: lock. ARGV: token, lease ms, `take` to take a free lock. 1 while the token holds it.
+/// KEYS: lock. ARGV: token, lease ms, `take` to take a free lock, the token of a replaced holder
+/// (whose lock is taken over). 1 while the token holds it.
 const LOCK: &str = r"
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or (not holder and ARGV[3] == 'take') then
+local free = not holder or (ARGV[4] ~= '' and holder == ARGV[4])
+if holder == ARGV[1] or (free and ARGV[3] == 'take') then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -219,11 +222,6 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
-    /// A connection to run scripts and commands on (the store's, shared).
-    pub(crate) fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
-    }
-
     /// A Redis key of this gateway: the prefix, then the slot's hash tag.
     pub(crate) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.prefix)
@@ -283,6 +281,10 @@ impl RedisStore {
                 unresolved_for: number(1)
                     .filter(|&ms| ms >= 0)
                     .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+                replaced: std::str::from_utf8(text(2))
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Token::from_stored),
             }),
             b"replay" => {
                 let response =
@@ -310,6 +312,7 @@ impl RedisStore {
         instance: &str,
         token: &Token,
         take: bool,
+        replaced: Option<&Token>,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let held: i64 = self
@@ -318,6 +321,7 @@ impl RedisStore {
             .arg(token.as_str())
             .arg(millis(self.limits.lease))
             .arg(if take { "take" } else { "renew" })
+            .arg(replaced.map_or("", Token::as_str))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -404,12 +408,17 @@ impl StateStore for RedisStore {
         Ok(())
     }
 
-    async fn lock_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
-        self.lock_script(instance, token, true).await
+    async fn lock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        replaced: Option<&Token>,
+    ) -> Result<bool, StoreError> {
+        self.lock_script(instance, token, true, replaced).await
     }
 
     async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
-        self.lock_script(instance, token, false).await
+        self.lock_script(instance, token, false, None).await
     }
 
     async fn unlock_instance(&self, instance: &str, token: &Token) -> Result<(), StoreError> {

@@ -1,0 +1,293 @@
+//! Several replicas, one guarantee: two gateway processes share one real `redis-server` and one
+//! sandbox Dds API (in this process), and every duplicate, conflict, concurrent upgrade of one
+//! instance, dead owner and Redis outage still ends with at most one upstream upgrade.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::time::Duration;
+
+use common::ServingBinary;
+use common::redis::{PASSWORD, RedisServer};
+use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::pb;
+use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
+use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::service::RECONCILED_HEADER;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
+
+/// A gateway process on the shared Redis and sandbox.
+async fn replica(sandbox: &Sandbox, redis: &RedisServer, log_level: &str) -> ServingBinary {
+    let endpoint = sandbox.endpoint().to_string();
+    let url = redis.url();
+    ServingBinary::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("RUST_LOG", log_level),
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret"),
+            ("DDS_GATEWAY_ALIBABA_ENDPOINT", &endpoint),
+            ("DDS_GATEWAY_STATE_STORE", "redis"),
+            ("DDS_GATEWAY_STATE_REDIS_URL", &url),
+            ("DDS_GATEWAY_STATE_LEASE", "2s"),
+        ],
+    )
+    .await
+}
+
+async fn client(replica: &ServingBinary) -> EngineVersionServiceClient<Channel> {
+    EngineVersionServiceClient::new(common::channel(replica.addr.parse().unwrap()).await)
+}
+
+fn keyed(instance: &str, version: &str, key: &str) -> pb::UpgradeEngineVersionRequest {
+    pb::UpgradeEngineVersionRequest {
+        request_id: key.to_string(),
+        ..common::request(instance, version)
+    }
+}
+
+fn new_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo")
+        .reason
+}
+
+struct Setup {
+    sandbox: Sandbox,
+    redis: RedisServer,
+    a: ServingBinary,
+    b: ServingBinary,
+}
+
+async fn setup() -> Setup {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let redis = RedisServer::start().await;
+    let a = replica(&sandbox, &redis, "info").await;
+    let b = replica(&sandbox, &redis, "info").await;
+    Setup {
+        sandbox,
+        redis,
+        a,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_spread_over_two_replicas_upgrade_once_and_a_reused_key_is_refused() {
+    let s = setup().await;
+    // The upgrade call hangs a while, so every duplicate arrives while the first is in flight.
+    s.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_millis(500)));
+    let (a, b) = (client(&s.a).await, client(&s.b).await);
+    let key = new_key();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let req = keyed(INSTANCE, "5.0", &key);
+            tokio::spawn(async move { client.upgrade_engine_version(req).await })
+        })
+        .collect();
+    let mut answers = std::collections::HashSet::new();
+    for call in calls {
+        answers.insert(call.await.unwrap().unwrap().into_inner().alibaba_request_id);
+    }
+    assert_eq!(answers.len(), 1, "one answer for all: {answers:?}");
+    assert!(!answers.iter().next().unwrap().is_empty());
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    assert_eq!(s.sandbox.upgrades_started(INSTANCE), 1);
+
+    // The same key for another request, on either replica: refused.
+    for mut client in [a, b] {
+        let status = client
+            .upgrade_engine_version(keyed("dds-sandbox02", "5.0", &key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(reason(&status), "REQUEST_ID_REUSED");
+    }
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_keys_for_one_instance_on_two_replicas_send_one_upgrade() {
+    let s = setup().await;
+    s.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3600)));
+    let mut a = client(&s.a).await;
+    let first = tokio::spawn(async move {
+        a.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+            .await
+    });
+    common::wait_until("the first upgrade is sent", || {
+        s.sandbox.calls(UPGRADE) == 1
+    })
+    .await;
+    let mut b = client(&s.b).await;
+    for other in [
+        keyed(INSTANCE, "5.0", &new_key()),
+        common::request(INSTANCE, "4.4"),
+    ] {
+        let status = b.upgrade_engine_version(other).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert_eq!(reason(&status), "UPGRADE_IN_PROGRESS");
+        assert!(status.get_details_retry_info().is_some());
+    }
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    first.abort();
+}
+
+/// The owner dies (SIGKILL) after Alibaba acted on its upgrade and before it heard back. The
+/// caller's retries on the other replica wait for the dead owner's lease, then only look (the
+/// status still lags), and succeed once the instance shows the upgrade: one upgrade in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_killed_mid_call_leaves_retries_that_look_and_never_send_again() {
+    let mut s = setup().await;
+    s.sandbox.lag_status(Duration::from_secs(3600));
+    s.sandbox.push_fault_on(
+        UPGRADE,
+        Fault::AfterActing(Box::new(Fault::Delay(Duration::from_secs(3600)))),
+    );
+    let key = new_key();
+    let mut a = client(&s.a).await;
+    let request = keyed(INSTANCE, "4.4", &key);
+    let in_flight = tokio::spawn(async move { a.upgrade_engine_version(request).await });
+    common::wait_until("Alibaba acted on the upgrade", || {
+        s.sandbox.upgrades_started(INSTANCE) == 1
+    })
+    .await;
+    s.a.process.kill().await.unwrap();
+    let _ = in_flight.await;
+
+    let mut b = client(&s.b).await;
+    // Within the settle window, and while the status lags: only looks.
+    let status = b
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN");
+    assert_eq!(s.sandbox.calls(UPGRADE), 1, "nothing sent again");
+    // Another key for the instance is not held up by the dead owner's lock for long either,
+    // but it is a new intended upgrade: not part of this test.
+    s.sandbox.lag_status(Duration::ZERO);
+    let answer = b
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.metadata().get(RECONCILED_HEADER).unwrap(),
+        "reconciled"
+    );
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    assert_eq!(s.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut s = setup().await;
+    let mut a = client(&s.a).await;
+    let mut health = HealthClient::new(common::channel(s.a.addr.parse().unwrap()).await);
+    let status_of = |service: &str| HealthCheckRequest {
+        service: service.to_string(),
+    };
+    s.redis.kill().await;
+    let status = a
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+    assert!(status.get_details_retry_info().is_some());
+    // Without a key too: the instance lock needs the store.
+    let status = a
+        .upgrade_engine_version(common::request(INSTANCE, "4.4"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+    assert_eq!(s.sandbox.calls(UPGRADE), 0);
+    // Validate-only needs no store.
+    a.upgrade_engine_version(pb::UpgradeEngineVersionRequest {
+        validate_only: true,
+        ..keyed(INSTANCE, "4.4", &new_key())
+    })
+    .await
+    .unwrap();
+
+    let service = dds_gateway::server::SERVICE_NAME;
+    let serving = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(status_of(service))
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while serving(service).await != ServingStatus::NotServing as i32 {
+        assert!(tokio::time::Instant::now() < deadline, "never NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(serving("").await, ServingStatus::Serving as i32);
+
+    s.redis = RedisServer::start_on(s.redis.port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while serving(service).await != ServingStatus::Serving as i32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap();
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    let _ = health.check(status_of("")).await;
+}
+
+/// The Redis password appears nowhere in the log, even at TRACE, also when Redis is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_password_never_appears_in_the_log_at_trace() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut redis = RedisServer::start().await;
+    let mut gateway = replica(&sandbox, &redis, "trace").await;
+    let mut c = client(&gateway).await;
+    c.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap();
+    redis.kill().await;
+    let _ = c
+        .upgrade_engine_version(keyed("dds-sandbox02", "5.0", &new_key()))
+        .await
+        .unwrap_err();
+    gateway.process.kill().await.unwrap();
+    let mut log = gateway.startup_log.clone();
+    while let Some(line) = gateway.log.recv().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("TRACE") || log.contains("\"level\":\"TRACE\""),
+        "the log is at TRACE"
+    );
+    assert!(!log.contains(PASSWORD), "the password leaked into the log");
+    assert!(
+        log.contains("redis://:***@127.0.0.1"),
+        "the URL appears masked"
+    );
+}
