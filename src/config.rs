@@ -1220,6 +1220,64 @@ mod tests {
     }
 
     #[test]
+    fn state_and_settle_window_come_from_the_file_or_the_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.state.store, StoreKind::Memory);
+        assert_eq!(config.state.lease, Duration::from_secs(30));
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(120));
+        assert_eq!(config.idempotency.max_keys_per_caller, 100_000);
+        let config = load(
+            "[state]\nstore = \"redis\"\nredis_url = \"redis://:hunter2secret@10.0.0.5:6379/0\"",
+            &[
+                ("DDS_GATEWAY_STATE_LEASE", "5s"),
+                ("DDS_GATEWAY_STATE_KEY_PREFIX", "gw1:"),
+                ("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "5m"),
+                ("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "10"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.state.store, StoreKind::Redis);
+        assert_eq!(config.state.lease, Duration::from_secs(5));
+        assert_eq!(config.state.key_prefix, "gw1:");
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(300));
+        assert_eq!(config.idempotency.max_keys_per_caller, 10);
+        assert!(!format!("{config:?}").contains("hunter2secret"));
+        for (text, env, key) in [
+            ("[state]\nstore = \"etcd\"", &[][..], "state.store"),
+            ("[state]\nstore = \"redis\"", &[][..], "state.redis_url"),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_REDIS_URL", "http://:hunter2secret@host")][..],
+                "state.redis_url",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_KEY_PREFIX", "{x}")][..],
+                "state.key_prefix",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_LEASE", "soon")][..],
+                "state.lease",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "0s")][..],
+                "idempotency.settle_window",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "0")][..],
+                "idempotency.max_keys_per_caller",
+            ),
+        ] {
+            let message = load(text, env).unwrap_err().to_string();
+            assert!(message.contains(key), "{text:?}: {message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
+        }
+    }
+
+    #[test]
     fn an_explicit_endpoint_allows_any_well_formed_region() {
         let config = load(
             "[alibaba]\nregion_id = \"xx-private-1\"\nendpoint = \"http://127.0.0.1:9\"",
