@@ -172,12 +172,17 @@ async fn serve_inner(
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let rates = match &state.redis {
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        None => crate::limits::Rates::local(),
+    };
     let engine_versions = Gate::new(
         engine_versions,
         callers,
         in_flight,
         config.server.request_timeout,
-    );
+    )
+    .with_rates(rates);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -124,7 +124,8 @@ impl Telemetry {
         let counting = metrics::EventCounter::new(metrics.clone()).with_filter(
             Targets::new()
                 .with_target("dds_gateway", LevelFilter::INFO)
-                .with_target(crate::audit::TARGET, LevelFilter::ERROR),
+                .with_target(crate::audit::TARGET, LevelFilter::ERROR)
+                .with_target(crate::limits::FALLBACK_TARGET, LevelFilter::TRACE),
         );
         let log_layer = logs::layer(logs, config.log_format).with_filter(log_filter);
         let subscriber = tracing_subscriber::registry()

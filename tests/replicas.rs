@@ -22,10 +22,21 @@ const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
 
 /// A gateway process on the shared Redis and sandbox.
 async fn replica(sandbox: &Sandbox, redis: &RedisServer, log_level: &str) -> ServingBinary {
+    replica_with(sandbox, redis, log_level, &[]).await
+}
+
+async fn replica_with(
+    sandbox: &Sandbox,
+    redis: &RedisServer,
+    log_level: &str,
+    args: &[&str],
+) -> ServingBinary {
     let endpoint = sandbox.endpoint().to_string();
     let url = redis.url();
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
     ServingBinary::start(
-        &["serve", "--listen", "127.0.0.1:0"],
+        &all,
         &[
             ("RUST_LOG", log_level),
             ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
@@ -258,6 +269,59 @@ async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back
         .unwrap();
     assert_eq!(s.sandbox.calls(UPGRADE), 1);
     let _ = health.check(status_of("")).await;
+}
+
+/// One caller, one bucket: its burst is shared by both replicas (GCRA in Redis). Without Redis
+/// each replica limits the caller with its own bucket instead of refusing every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_burst_is_shared_by_the_replicas() {
+    use sha2::Digest as _;
+    const TOKEN: &str = "billing-token-0123456789";
+    let digest: String = sha2::Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("dds-gateway-replicas-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{digest}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\nrate_per_second = 0.001\nburst = 4\n"
+        ),
+    )
+    .unwrap();
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut redis = RedisServer::start().await;
+    let config = ["--config", file.to_str().unwrap()];
+    let mut a = replica_with(&sandbox, &redis, "info", &config).await;
+    let b = replica_with(&sandbox, &redis, "info", &config).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let read = |mut client: EngineVersionServiceClient<Channel>| async move {
+        let mut request = tonic::Request::new(pb::GetEngineVersionRequest {
+            db_instance_id: INSTANCE.to_string(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        client.get_engine_version(request).await
+    };
+    for i in 0..4 {
+        let client = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        read(client).await.unwrap();
+    }
+    for client in [ca.clone(), cb.clone()] {
+        let status = read(client).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(&status), "CALLER_RATE_LIMITED");
+    }
+    // Redis gone: this replica's own bucket (untouched so far) decides.
+    redis.kill().await;
+    read(ca.clone()).await.unwrap();
+    a.wait_for_log("cannot reach the shared caller rate limits")
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Redis password appears nowhere in the log, even at TRACE, also when Redis is gone.

@@ -120,6 +120,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
+/// GCRA (the generic cell rate algorithm): one key per caller holds the theoretical arrival
+/// time of its next call, in Redis's clock. KEYS: the caller's key. ARGV: ms between calls at
+/// the rate, burst. -1 when the call is taken, else the ms until one would be.
+const TAKE_CALL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allowed_at = tat - (burst - 1) * interval
+if now < allowed_at then return math.max(1, math.ceil(allowed_at - now)) end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+return -1
+";
+
 /// Idempotency keys and upgrade locks in Redis.
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -131,6 +148,7 @@ pub struct RedisStore {
     settle: Script,
     lock: Script,
     unlock: Script,
+    take_call: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -182,6 +200,7 @@ impl RedisStore {
             settle: script(SETTLE),
             lock: script(LOCK),
             unlock: script(UNLOCK),
+            take_call: Script::new(TAKE_CALL),
         })
     }
 
@@ -341,6 +360,30 @@ impl RedisStore {
             .await
             .map_err(|e| unavailable(&e))?;
         Ok(held == 1)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::limits::SharedRates for RedisStore {
+    async fn take(
+        &self,
+        caller: &str,
+        rate: crate::limits::Rate,
+    ) -> Result<Result<(), Duration>, String> {
+        let interval_ms = 1000.0 / rate.per_second;
+        let mut connection = self.connection.clone();
+        let wait: i64 = self
+            .take_call
+            .key(self.key(&format!("r:{}", hex(caller)), ""))
+            .arg(interval_ms)
+            .arg(rate.burst)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(match u64::try_from(wait) {
+            Ok(ms) => Err(Duration::from_millis(ms)),
+            Err(_) => Ok(()),
+        })
     }
 }
 
