@@ -10,7 +10,8 @@
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
-//! - [`limits`]: per-caller token buckets and the global in-flight limit.
+//! - [`limits`]: per-caller token buckets (local, or shared through the state store) and the
+//!   global in-flight limit.
 //! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
 //! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.

@@ -312,8 +312,14 @@ async fn redis_paths() -> Vec<String> {
             request_id: uuid::Uuid::new_v4().to_string(),
             ..request(instance, version)
         };
-        seen.push(format!("{:?}", gw.upgrade(keyed("dds-sandbox01", "4.4")).await));
-        seen.push(format!("{:?}", gw.upgrade(keyed("dds-sandbox02", "5.0")).await));
+        seen.push(format!(
+            "{:?}",
+            gw.upgrade(keyed("dds-sandbox01", "4.4")).await
+        ));
+        seen.push(format!(
+            "{:?}",
+            gw.upgrade(keyed("dds-sandbox02", "5.0")).await
+        ));
     }
     redis.kill().await;
     let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())

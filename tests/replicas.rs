@@ -324,6 +324,33 @@ async fn a_callers_burst_is_shared_by_the_replicas() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A Redis that may evict keys is warned about at start-up: an evicted key can mean a second
+/// upgrade. One that does not is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicting_redis_is_warned_about_at_start_up() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let evicting = RedisServer::start_with(port, &["--maxmemory-policy", "allkeys-lru"]).await;
+    let gateway = replica(&sandbox, &evicting, "info").await;
+    assert!(
+        gateway.startup_log.contains("maxmemory-policy")
+            && gateway.startup_log.contains("allkeys-lru"),
+        "{}",
+        gateway.startup_log
+    );
+    let safe = RedisServer::start().await;
+    let gateway = replica(&sandbox, &safe, "info").await;
+    assert!(
+        !gateway.startup_log.contains("may evict keys"),
+        "{}",
+        gateway.startup_log
+    );
+}
+
 /// The Redis password appears nowhere in the log, even at TRACE, also when Redis is gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redis_password_never_appears_in_the_log_at_trace() {

@@ -21,11 +21,16 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        Self::start_on(port).await
+        Self::start_with(port, &[]).await
     }
 
     /// Starts (again) on `port`.
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    /// Starts on `port` with more `redis-server` options.
+    pub async fn start_with(port: u16, options: &[&str]) -> Self {
         let process = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -39,6 +44,7 @@ impl RedisServer {
                 "--requirepass",
                 PASSWORD,
             ])
+            .args(options)
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
