@@ -382,3 +382,146 @@ async fn the_redis_password_never_appears_in_the_log_at_trace() {
         "the URL appears masked"
     );
 }
+
+/// The Redis store's scripts, one by one: a holder whose lease lapsed before its send mark is
+/// simply replaced (nothing was sent); after its mark, the key is unresolved; a stale holder can
+/// neither mark nor settle; a caller is held to its share of keys; a lapsed holder's instance
+/// lock passes to whoever replaced it on the key, and to no one else.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token() {
+    use dds_gateway::idempotency::{
+        Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    };
+    use dds_gateway::state::{RedisUrl, redis::RedisStore};
+    let redis = RedisServer::start().await;
+    let lease = Duration::from_millis(300);
+    let store = RedisStore::open(
+        &RedisUrl::parse(&redis.url()).unwrap(),
+        "test:",
+        StoreLimits {
+            retention: Duration::from_secs(3600),
+            max_keys: 100,
+            max_keys_per_caller: 3,
+            settle_window: Duration::from_secs(120),
+            lease,
+        },
+    )
+    .unwrap();
+    let validator = dds_gateway::validation::Validator::new(&common::default_config());
+    let fingerprint = Fingerprint::of(
+        &validator
+            .validate(common::request(INSTANCE, "4.4"))
+            .unwrap(),
+    );
+    let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
+    let owner = |claim: Claim| match claim {
+        Claim::Owner {
+            unresolved_for,
+            replaced,
+        } => (unresolved_for, replaced),
+        other => panic!("expected ownership, got {other:?}"),
+    };
+
+    // Lapsed before its mark: replaced, nothing unresolved.
+    let (a, b) = (Token::new(), Token::new());
+    owner(store.claim(&key(1), &fingerprint, &a).await.unwrap());
+    assert!(store.lock_instance("r/i1", &a, None).await.unwrap());
+    // Its lock outlives its key a little (renewed first), as a dead holder's may.
+    let store = std::sync::Arc::new(store);
+    let renewing = tokio::spawn({
+        let (store, a) = (std::sync::Arc::clone(&store), a.clone());
+        async move {
+            while store.renew_instance("r/i1", &a).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let (unresolved, replaced) = owner(store.claim(&key(1), &fingerprint, &b).await.unwrap());
+    assert!(started.elapsed() >= lease / 2, "waited for the lease");
+    assert_eq!(unresolved, None);
+    assert_eq!(replaced.as_ref(), Some(&a));
+    // The instance lock passes with the key, and to no one else.
+    assert!(
+        !store
+            .lock_instance("r/i1", &Token::new(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lock_instance("r/i1", &b, replaced.as_ref())
+            .await
+            .unwrap()
+    );
+    assert!(!store.renew_instance("r/i1", &a).await.unwrap());
+    renewing.await.unwrap();
+    // The stale holder can neither mark nor settle.
+    assert!(!store.mark_sending(&key(1), &a).await.unwrap());
+    store
+        .settle(&key(1), &a, Settlement::NotApplied)
+        .await
+        .unwrap();
+    assert!(store.renew(&key(1), &b).await.unwrap());
+
+    // Lapsed after its mark: unresolved since the mark.
+    let (c, d) = (Token::new(), Token::new());
+    owner(store.claim(&key(2), &fingerprint, &c).await.unwrap());
+    assert!(store.mark_sending(&key(2), &c).await.unwrap());
+    let (unresolved, _) = owner(store.claim(&key(2), &fingerprint, &d).await.unwrap());
+    assert!(
+        unresolved.is_some_and(|ago| ago >= lease / 2),
+        "{unresolved:?}"
+    );
+    // Failing without a send of its own keeps it unresolved, since the same mark.
+    store
+        .settle(&key(2), &d, Settlement::NotApplied)
+        .await
+        .unwrap();
+    let (unresolved, _) = owner(store.claim(&key(2), &fingerprint, &d).await.unwrap());
+    assert!(unresolved.is_some());
+
+    // The caller's share: keys 1 and 2 are held; a third fits, a fourth does not.
+    owner(
+        store
+            .claim(&key(3), &fingerprint, &Token::new())
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        store.claim(&key(4), &fingerprint, &Token::new()).await,
+        Err(StoreError::CallerFull(3))
+    ));
+    // A failure that did nothing gives its place back.
+    let e = Token::new();
+    store
+        .settle(&key(1), &b, Settlement::NotApplied)
+        .await
+        .unwrap();
+    owner(store.claim(&key(4), &fingerprint, &e).await.unwrap());
+    store
+        .settle(
+            &key(4),
+            &e,
+            Settlement::Accepted(dds_gateway::upgrade::Accepted {
+                response: pb::UpgradeEngineVersionResponse {
+                    alibaba_request_id: "R4".into(),
+                    ..Default::default()
+                },
+                reconciled: true,
+            }),
+        )
+        .await
+        .unwrap();
+    match store
+        .claim(&key(4), &fingerprint, &Token::new())
+        .await
+        .unwrap()
+    {
+        Claim::Replay(accepted) => {
+            assert_eq!(accepted.response.alibaba_request_id, "R4");
+            assert!(accepted.reconciled);
+        }
+        other => panic!("{other:?}"),
+    }
+}
