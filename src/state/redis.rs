@@ -181,6 +181,8 @@ fn millis(duration: Duration) -> u64 {
 impl RedisStore {
     /// A store on `url`; connects on first use (and reconnects after a failure).
     pub fn open(url: &RedisUrl, prefix: &str, limits: StoreLimits) -> Result<Self, String> {
+        // `rediss://` builds a rustls client with the process's provider.
+        crate::tls::install_crypto_provider();
         let client = redis::Client::open(url.expose())
             .map_err(|e| format!("state.redis_url: {:?}", e.kind()))?;
         let config = ConnectionManagerConfig::new()
