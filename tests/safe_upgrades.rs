@@ -719,3 +719,61 @@ async fn an_upgrade_answered_after_the_deadline_is_the_keys_answer() {
     assert_eq!(gw.sandbox.calls(UPGRADE), 1);
     assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
 }
+
+/// Two callers split `idempotency.max_keys` between them: the noisy one is refused at its share
+/// while the store still has room, and the quiet one still gets its keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_noisy_caller_is_refused_at_its_share_while_others_are_served() {
+    use sha2::Digest as _;
+    let digest = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let caller = |name: &str| {
+        format!(
+            "[[callers]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox0*\"]\n",
+            digest(&format!("{name}-token-0123456789"))
+        )
+    };
+    let toml = format!(
+        "[idempotency]\nmax_keys = 4\n[alibaba]\nendpoint = \"{}\"\n{}{}",
+        sandbox.endpoint(),
+        caller("noisy"),
+        caller("quiet")
+    );
+    let config = dds_gateway::config::Config::from_toml(
+        &toml,
+        "test",
+        |_| None,
+        &dds_gateway::config::Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.idempotency.max_keys_per_caller, 2, "a fair share");
+    let credentials = common::credentials_of(&sandbox);
+    let gw = Gateway::serve(config, credentials, sandbox).await;
+    let as_caller = |name: &str, instance: &str, version: &str| {
+        let mut request = tonic::Request::new(keyed(instance, version, &new_key()));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {name}-token-0123456789").parse().unwrap(),
+        );
+        let mut client = gw.client.clone();
+        async move { client.upgrade_engine_version(request).await }
+    };
+    as_caller("noisy", "dds-sandbox01", "4.4").await.unwrap();
+    as_caller("noisy", "dds-sandbox02", "5.0").await.unwrap();
+    let status = as_caller("noisy", "dds-sandbox03", "6.0")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "IDEMPOTENCY_STORE_FULL");
+    assert_eq!(metadata(&status, "scope"), "caller");
+    assert_eq!(gw.sandbox.upgrades_started("dds-sandbox03"), 0);
+    as_caller("quiet", "dds-sandbox03", "6.0").await.unwrap();
+    assert_eq!(gw.sandbox.upgrades_started("dds-sandbox03"), 1);
+}
