@@ -95,14 +95,17 @@ impl AlibabaClient {
         }
     }
 
-    /// `UpgradeDBInstanceEngineVersion`; returns Alibaba's `RequestId`.
-    pub async fn upgrade_db_instance_engine_version(
+    /// `UpgradeDBInstanceEngineVersion`, signed but not sent: the caller of [`send_upgrade`]
+    /// decides at the last moment whether it leaves.
+    ///
+    /// [`send_upgrade`]: Self::send_upgrade
+    pub async fn sign_upgrade(
         &self,
         region_id: &str,
         db_instance_id: &str,
         engine_version: &str,
         switch_mode: Option<&'static str>,
-    ) -> Result<String, CallError> {
+    ) -> Result<Signed, CallError> {
         let mut params = vec![
             ("RegionId", region_id.to_string()),
             ("DBInstanceId", db_instance_id.to_string()),
@@ -111,13 +114,17 @@ impl AlibabaClient {
         if let Some(mode) = switch_mode {
             params.push(("SwitchMode", mode.to_string()));
         }
-        let body = self
-            .call(
-                action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
-                region_id,
-                params,
-            )
-            .await?;
+        self.sign(
+            action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+            region_id,
+            params,
+        )
+        .await
+    }
+
+    /// Sends a signed `UpgradeDBInstanceEngineVersion`; returns Alibaba's `RequestId`.
+    pub async fn send_upgrade(&self, signed: Signed) -> Result<String, CallError> {
+        let body = self.send(signed).await?;
         let parsed: response::RequestIdBody =
             serde_json::from_slice(&body.bytes).map_err(|_| CallError::Unreadable {
                 http_status: body.http_status,
@@ -163,7 +170,7 @@ impl AlibabaClient {
         })
     }
 
-    /// Sends one signed RPC call and returns the body of a successful (2xx) answer.
+    /// Signs and sends one RPC call and returns the body of a successful (2xx) answer.
     #[tracing::instrument(skip(self, params), fields(product = PRODUCT, region_id = %region_id))]
     pub async fn call(
         &self,
@@ -171,6 +178,18 @@ impl AlibabaClient {
         region_id: &str,
         params: Vec<(&'static str, String)>,
     ) -> Result<Answer, CallError> {
+        let signed = self.sign(action, region_id, params).await?;
+        self.send(signed).await
+    }
+
+    /// Everything before the send, which may wait (a credential refresh, STS): resolves the
+    /// credential and signs the request afresh (a new nonce and the current time).
+    pub async fn sign(
+        &self,
+        action: &'static str,
+        region_id: &str,
+        params: Vec<(&'static str, String)>,
+    ) -> Result<Signed, CallError> {
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
@@ -179,20 +198,64 @@ impl AlibabaClient {
             .credential()
             .instrument(crate::telemetry::upstream::credentials_span())
             .await?;
-        // ---- telemetry (issue 4): one CLIENT span per attempt, around the send ----
-        let span = crate::telemetry::upstream::span(action, region_id, &url);
-        // Signed afresh for every attempt: a new nonce and the current time.
         let request = match self.signature_version {
-            SignatureVersion::V2 => sign_v2(&self.http, url, action, &credential, params, now()),
-            SignatureVersion::V3 => sign_v3(&self.http, url, action, &credential, &params, now())
-                .map_err(CallError::Unsupported)?,
+            SignatureVersion::V2 => {
+                sign_v2(&self.http, url.clone(), action, &credential, params, now())
+            }
+            SignatureVersion::V3 => {
+                sign_v3(&self.http, url.clone(), action, &credential, &params, now())
+                    .map_err(CallError::Unsupported)?
+            }
         };
+        Ok(Signed {
+            action,
+            region_id: region_id.to_string(),
+            url,
+            request,
+            credential,
+        })
+    }
+
+    /// Sends a signed request: the bytes leave here, in one CLIENT span.
+    pub async fn send(&self, signed: Signed) -> Result<Answer, CallError> {
+        let span = crate::telemetry::upstream::span(signed.action, &signed.region_id, &signed.url);
         // `traceparent` is not a signed header (neither `host`, `content-type` nor `x-acs-*`).
+        let Signed {
+            request,
+            credential,
+            ..
+        } = signed;
         let request = request.headers(crate::telemetry::upstream::trace_headers(&span));
         let answer = send(request).instrument(span.clone()).await;
         crate::telemetry::upstream::record(&span, &answer);
+        if let Err(err) = &answer
+            && retry::credential_expired(err)
+        {
+            // The retry that follows (see `retry`) signs with a fresh credential.
+            self.credentials.rejected_as_expired(&credential);
+        }
         answer
-        // ---- end telemetry ----
+    }
+}
+
+/// A request signed and ready to leave; nothing has been sent. Signatures expire (Alibaba
+/// refuses timestamps 15 minutes off) and nonces are single-use: sign again for each attempt.
+pub struct Signed {
+    action: &'static str,
+    region_id: String,
+    url: Url,
+    request: reqwest::RequestBuilder,
+    /// What it was signed with, to drop from the cache if Alibaba says it has expired.
+    credential: Credential,
+}
+
+// The request carries the signature and any security token.
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signed")
+            .field("action", &self.action)
+            .field("region_id", &self.region_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,15 +1,14 @@
-//! The audit trail: one event per upgrade attempt and per validate-only check (who asked, which
-//! instance and region, from which version to which, the outcome, the gRPC code, Alibaba's
-//! `RequestId`, the trace id, the time).
+//! The audit trail: one event per request to upgrade or validate (who asked, which instance and
+//! region, from which version to which, the outcome, the gRPC code, Alibaba's `RequestId`, the
+//! trace id, the time), and before it a `sending` event for each upgrade request sent.
 //!
 //! Every event goes to the log target [`TARGET`] and, when `audit.file` is set, is appended to a
-//! JSON-lines file and synced to disk *before* the call is answered.
+//! JSON-lines file and synced to disk before [`Audit::record`] returns.
 //!
-//! When a write fails the gateway cannot take the upgrade back (it is irreversible and already
-//! sent), so it still answers the truth, logs the whole event at ERROR on [`TARGET`] and counts
-//! it. Until a write succeeds again (the refusals are recorded too, and serve as the probe), new
-//! upgrades are refused before anything is sent ([`Audit::ready`]): fail closed for what has not
-//! happened yet, never lie about what has.
+//! Fail closed for what has not happened yet: an upgrade request leaves only once its `sending`
+//! event is on disk (the upgrade's caller checks [`Audit::record`]'s result). Never lie about what
+//! has: an outcome event that cannot be written is logged whole at ERROR on [`TARGET`] (and
+//! counted), and the caller still hears the truth.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,10 +33,12 @@ pub struct AuditEvent {
     /// The version before the upgrade, when the gateway looked it up.
     pub from_version: String,
     pub to_version: String,
-    /// `accepted`, `reconciled` (seen under way, RequestId unknown), `replayed` (an earlier
-    /// call's answer for the same request_id: nothing was sent), `validated`, or `failed`.
+    /// `sending` (written before an upgrade request leaves; the outcome follows), `accepted`,
+    /// `reconciled` (seen under way, RequestId unknown), `replayed` (an earlier call's answer for
+    /// the same request_id: nothing was sent), `validated`, or `failed`.
     pub outcome: &'static str,
-    /// The gRPC code the caller got, e.g. `OK`, `FAILED_PRECONDITION`.
+    /// The gRPC code of the outcome, e.g. `OK`, `FAILED_PRECONDITION` (`OK` on `sending`). A
+    /// caller whose deadline passed first got `DEADLINE_EXCEEDED` instead.
     pub grpc_code: &'static str,
     pub alibaba_request_id: String,
     /// Alibaba's error `Code`, when it answered with one.
@@ -66,8 +67,6 @@ pub struct Audit {
 struct AuditFile {
     path: PathBuf,
     file: Option<std::fs::File>,
-    /// The last write failed: refuse new upgrades until the file is writable again.
-    failed: bool,
 }
 
 impl AuditFile {
@@ -97,18 +96,11 @@ impl AuditFile {
             file.write_all(line)?;
             file.sync_data()
         })();
-        match result {
-            Ok(()) => {
-                self.failed = false;
-                Ok(())
-            }
-            Err(err) => {
-                // Reopen next time: the file may have been rotated away or its disk replaced.
-                self.file = None;
-                self.failed = true;
-                Err(self.error(err))
-            }
-        }
+        result.map_err(|err| {
+            // Reopen next time: the file may have been rotated away or its disk replaced.
+            self.file = None;
+            self.error(err)
+        })
     }
 }
 
@@ -129,26 +121,8 @@ impl Audit {
             file: Some(Arc::new(Mutex::new(AuditFile {
                 path: path.to_path_buf(),
                 file: Some(file),
-                failed: false,
             }))),
         })
-    }
-
-    /// Whether an upgrade may be sent: the audit file took the last event. After a failure,
-    /// the record of the next refusal is the probe: once it is written, upgrades go again.
-    pub fn ready(&self) -> Result<(), AuditError> {
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
-        let file = file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if file.failed {
-            return Err(file.error(std::io::Error::other(
-                "the last audit event could not be written",
-            )));
-        }
-        Ok(())
     }
 
     /// Records `event`: logs it and, with a file, appends and syncs it before returning.
@@ -245,7 +219,6 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
         let audit = Audit::open(&path).unwrap();
-        audit.ready().unwrap();
         audit.record(event()).await.unwrap();
         audit.record(event()).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -260,7 +233,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_write_refuses_new_upgrades_until_the_file_is_writable() {
+    async fn a_failed_write_is_an_error_and_the_next_write_reopens_the_file() {
         let dir = std::env::temp_dir().join(format!("dds-audit-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.jsonl");
@@ -270,13 +243,9 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(audit.record(event()).await.is_err());
-        assert!(audit.ready().is_err(), "fail closed");
         assert!(audit.record(event()).await.is_err());
-        assert!(audit.ready().is_err(), "still closed");
         std::fs::remove_dir(&path).unwrap();
-        // The next record (a refusal's) reopens the file and opens the way again.
         audit.record(event()).await.unwrap();
-        audit.ready().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

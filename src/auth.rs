@@ -1,6 +1,7 @@
 //! Caller identity: who is calling, from `authorization: Bearer <token>` metadata (the token's
 //! SHA-256 compared in constant time with every configured hash) or from a verified client
-//! certificate whose subject CN or a DNS/URI SAN is the caller's name. The callers table sits
+//! certificate whose subject CN or a DNS/URI SAN is the name of a caller that opted in to
+//! certificates (`mtls = true`): a certificate never names a caller known only by its token. The callers table sits
 //! behind an `Arc` that a reload swaps whole, so a call reads one consistent table.
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct Caller {
     name: String,
     /// The SHA-256 of the caller's token, when it has one.
     token_digest: Option<[u8; 32]>,
+    /// A client certificate naming the caller identifies it.
+    mtls: bool,
     policy: Policy,
     rate: Rate,
     bucket: SharedBucket,
@@ -117,6 +120,7 @@ impl Callers {
                     .map_or_else(|| SharedBucket::new(rate), |b| (*b).clone());
                 Arc::new(Caller {
                     token_digest: c.token_sha256.as_deref().and_then(decode_digest),
+                    mtls: c.mtls,
                     policy: Policy::new(c),
                     rate,
                     bucket,
@@ -177,7 +181,7 @@ impl Callers {
         let names = certificate_names(der);
         self.callers
             .iter()
-            .find(|c| names.iter().any(|n| n == &c.name))
+            .find(|c| c.mtls && names.iter().any(|n| n == &c.name))
             .cloned()
     }
 }
@@ -327,6 +331,7 @@ mod tests {
                     instances: vec![],
                     engine_versions: None,
                     validate_only: false,
+                    mtls: false,
                     rate_per_second: None,
                     burst: None,
                 })

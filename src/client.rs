@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 
+use crate::credentials::Secret;
 use crate::pb;
 use crate::pb::engine_version_service_client::EngineVersionServiceClient;
 
@@ -18,7 +19,7 @@ pub struct Target {
     /// `http://host:port`, or `https://` for a TLS listener.
     pub url: String,
     /// Bearer token, sent as `authorization: Bearer <token>`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// PEM CA that signed the gateway's certificate (for an `https://` target).
     pub ca_cert: Option<std::path::PathBuf>,
     /// PEM client certificate and key, for mTLS.
@@ -85,11 +86,28 @@ async fn prepare<T>(
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     if let Some(token) = &target.token {
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| "--token contains characters not allowed in a header".to_string())?;
+        let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| "the token contains characters not allowed in a header".to_string())?;
+        value.set_sensitive(true);
         request.metadata_mut().insert("authorization", value);
     }
     Ok((EngineVersionServiceClient::new(channel), request))
+}
+
+/// The bearer token in `path`: its first line, without surrounding whitespace. The error names
+/// the file, never its content.
+pub fn read_token_file(path: &std::path::Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map(Secret::new)
+        .map_err(|err| format!("--token-file {}: {err}", path.display()))?;
+    let token = text.expose().lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--token-file {}: expected the token on the first line, found none",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 /// `GetEngineVersion`.

@@ -23,6 +23,11 @@ pub const DEFAULT_CALLER_RATE: f64 = 5.0;
 /// A caller's burst when `burst` is not set.
 pub const DEFAULT_CALLER_BURST: u32 = 10;
 
+/// Seconds in a minute, an hour, a day: the bounds of duration keys.
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "DDS_GATEWAY_";
 
@@ -119,6 +124,8 @@ pub struct WatchConfig {
     /// Watches running at once. Watches are long and poll Alibaba all along, so they have this
     /// limit of their own instead of holding `server.max_in_flight` places.
     pub max_active: usize,
+    /// Watches one caller may run at once (default: half of `max_active`, at least 1).
+    pub max_active_per_caller: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +139,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Calls served at once; more are shed with UNAVAILABLE at once, never queued.
     pub max_in_flight: usize,
+    /// Calls one caller may have in flight at once (default: half of `max_in_flight`, at least 1).
+    pub max_in_flight_per_caller: usize,
+    /// Connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
+    pub preface_timeout: Duration,
     /// TLS for the listener: certificate chain and key (PEM); mTLS when `client_ca` is set.
     pub tls: Option<TlsConfig>,
     /// How often the config file is checked for changed `[[callers]]`.
@@ -241,6 +254,10 @@ pub struct CallerConfig {
     /// The caller may only send `validate_only` requests.
     #[serde(default)]
     pub validate_only: bool,
+    /// A verified client certificate naming the caller identifies it (mTLS). Off by default:
+    /// a certificate never names a caller that did not opt in.
+    #[serde(default)]
+    pub mtls: bool,
     #[serde(default)]
     pub rate_per_second: Option<f64>,
     #[serde(default)]
@@ -316,6 +333,7 @@ struct RawWatch {
     poll_interval: Option<String>,
     max_duration: Option<String>,
     max_active: Option<usize>,
+    max_active_per_caller: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,6 +344,9 @@ struct RawServer {
     request_timeout: Option<String>,
     shutdown_grace: Option<String>,
     max_in_flight: Option<usize>,
+    max_in_flight_per_caller: Option<usize>,
+    max_connections: Option<usize>,
+    preface_timeout: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
     client_ca: Option<String>,
@@ -420,18 +441,49 @@ impl Config {
                 "expected a number of calls between 1 and 100000",
             ));
         }
+        let max_in_flight_per_caller = share(
+            "server.max_in_flight_per_caller",
+            raw.server.max_in_flight_per_caller,
+            max_in_flight,
+            "server.max_in_flight",
+        )?;
+        let max_connections = raw.server.max_connections.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                "expected a number of connections between 1 and 1000000",
+            ));
+        }
         let server = ServerConfig {
             listen,
             max_request_bytes,
-            request_timeout: duration("server.request_timeout", raw.server.request_timeout, 60)?,
-            shutdown_grace: duration("server.shutdown_grace", raw.server.shutdown_grace, 30)?,
+            request_timeout: duration(
+                "server.request_timeout",
+                raw.server.request_timeout,
+                60,
+                HOUR,
+            )?,
+            shutdown_grace: duration("server.shutdown_grace", raw.server.shutdown_grace, 30, HOUR)?,
             max_in_flight,
+            max_in_flight_per_caller,
+            max_connections,
+            preface_timeout: duration(
+                "server.preface_timeout",
+                raw.server.preface_timeout,
+                10,
+                5 * MINUTE,
+            )?,
             tls: tls(
                 raw.server.tls_cert,
                 raw.server.tls_key,
                 raw.server.client_ca,
             )?,
-            reload_interval: duration("server.reload_interval", raw.server.reload_interval, 5)?,
+            reload_interval: duration(
+                "server.reload_interval",
+                raw.server.reload_interval,
+                5,
+                DAY,
+            )?,
         };
 
         let endpoint = raw
@@ -480,8 +532,18 @@ impl Config {
             endpoint,
             signature_version,
             engine_versions,
-            connect_timeout: duration("alibaba.connect_timeout", raw.alibaba.connect_timeout, 5)?,
-            read_timeout: duration("alibaba.read_timeout", raw.alibaba.read_timeout, 10)?,
+            connect_timeout: duration(
+                "alibaba.connect_timeout",
+                raw.alibaba.connect_timeout,
+                5,
+                5 * MINUTE,
+            )?,
+            read_timeout: duration(
+                "alibaba.read_timeout",
+                raw.alibaba.read_timeout,
+                10,
+                10 * MINUTE,
+            )?,
             preflight: raw.alibaba.preflight.unwrap_or(true),
             retry: retry_policy(
                 raw.alibaba.max_attempts,
@@ -513,7 +575,8 @@ impl Config {
             retention: duration_or(
                 "idempotency.retention",
                 raw.idempotency.retention,
-                Duration::from_secs(24 * 3600),
+                Duration::from_secs(DAY),
+                Duration::from_secs(30 * DAY),
             )?,
             max_keys,
             max_keys_per_caller,
@@ -521,6 +584,7 @@ impl Config {
                 "idempotency.settle_window",
                 raw.idempotency.settle_window,
                 Duration::from_secs(120),
+                Duration::from_secs(DAY),
             )?,
         };
         let state = check_state(raw.state)?;
@@ -531,18 +595,27 @@ impl Config {
                 "expected a number of watches between 1 and 100000",
             ));
         }
+        let max_active_per_caller = share(
+            "watch.max_active_per_caller",
+            raw.watch.max_active_per_caller,
+            max_active,
+            "watch.max_active",
+        )?;
         let watch = WatchConfig {
             poll_interval: duration_or(
                 "watch.poll_interval",
                 raw.watch.poll_interval,
                 Duration::from_secs(5),
+                Duration::from_secs(HOUR),
             )?,
             max_duration: duration_or(
                 "watch.max_duration",
                 raw.watch.max_duration,
-                Duration::from_secs(3600),
+                Duration::from_secs(HOUR),
+                Duration::from_secs(DAY),
             )?,
             max_active,
+            max_active_per_caller,
         };
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         check_callers(&raw.callers, &alibaba.engine_versions, client_certs)?;
@@ -559,6 +632,24 @@ impl Config {
             file: None,
         })
     }
+}
+
+/// One caller's share of a global limit: at most the limit, by default half of it (at least 1),
+/// so that one caller cannot hold every place.
+fn share(
+    key: &str,
+    value: Option<usize>,
+    limit: usize,
+    limit_key: &str,
+) -> Result<usize, ConfigError> {
+    let share = value.unwrap_or((limit / 2).max(1));
+    if !(1..=limit).contains(&share) {
+        return Err(invalid(
+            key,
+            format!("expected a number between 1 and {limit_key} ({limit})"),
+        ));
+    }
+    Ok(share)
 }
 
 fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigError> {
@@ -590,7 +681,12 @@ fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigErr
             })
             .transpose()
     };
-    let session_duration = duration("credentials.session_duration", raw.session_duration, 3600)?;
+    let session_duration = duration(
+        "credentials.session_duration",
+        raw.session_duration,
+        HOUR,
+        12 * HOUR,
+    )?;
     if !(Duration::from_secs(900)..=Duration::from_secs(12 * 3600)).contains(&session_duration) {
         return Err(invalid(
             "credentials.session_duration",
@@ -612,8 +708,18 @@ fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigErr
         sts_endpoint: url("credentials.sts_endpoint", raw.sts_endpoint)?,
         imds_endpoint: url("credentials.imds_endpoint", raw.imds_endpoint)?,
         session_duration,
-        refresh_ahead: duration("credentials.refresh_ahead", raw.refresh_ahead, 300)?,
-        file_poll_interval: duration("credentials.file_poll_interval", raw.file_poll_interval, 5)?,
+        refresh_ahead: duration(
+            "credentials.refresh_ahead",
+            raw.refresh_ahead,
+            300,
+            12 * HOUR,
+        )?,
+        file_poll_interval: duration(
+            "credentials.file_poll_interval",
+            raw.file_poll_interval,
+            5,
+            DAY,
+        )?,
     })
 }
 
@@ -682,13 +788,19 @@ fn check_callers(
                     ));
                 }
             }
-            None if !client_certs => {
+            None if !caller.mtls => {
                 return Err(invalid(
                     &key("token_sha256"),
-                    "required unless callers authenticate with client certificates (server.client_ca)",
+                    "required unless the caller authenticates with a client certificate (mtls = true)",
                 ));
             }
             None => {}
+        }
+        if caller.mtls && !client_certs {
+            return Err(invalid(
+                &key("mtls"),
+                "client certificates need server.client_ca (and TLS)",
+            ));
         }
         if let Some(bad) = caller.regions.iter().find(|r| {
             r.is_empty()
@@ -789,8 +901,18 @@ fn retry_policy(
     }
     Ok(crate::alibaba::retry::RetryPolicy {
         max_attempts,
-        base_delay: duration_or("alibaba.retry_base_delay", base_delay, defaults.base_delay)?,
-        max_delay: duration_or("alibaba.retry_max_delay", max_delay, defaults.max_delay)?,
+        base_delay: duration_or(
+            "alibaba.retry_base_delay",
+            base_delay,
+            defaults.base_delay,
+            Duration::from_secs(MINUTE),
+        )?,
+        max_delay: duration_or(
+            "alibaba.retry_max_delay",
+            max_delay,
+            defaults.max_delay,
+            Duration::from_secs(10 * MINUTE),
+        )?,
     })
 }
 
@@ -826,7 +948,12 @@ fn check_state(raw: RawState) -> Result<StateConfig, ConfigError> {
             "expected at most 64 characters, without braces (they make Redis Cluster hash tags) or control characters",
         ));
     }
-    let lease = duration_or("state.lease", raw.lease, Duration::from_secs(30))?;
+    let lease = duration_or(
+        "state.lease",
+        raw.lease,
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    )?;
     if lease < Duration::from_secs(1) {
         return Err(invalid("state.lease", "expected at least 1s"));
     }
@@ -838,14 +965,27 @@ fn check_state(raw: RawState) -> Result<StateConfig, ConfigError> {
     })
 }
 
-fn duration(key: &str, value: Option<String>, default_secs: u64) -> Result<Duration, ConfigError> {
-    duration_or(key, value, Duration::from_secs(default_secs))
+fn duration(
+    key: &str,
+    value: Option<String>,
+    default_secs: u64,
+    max_secs: u64,
+) -> Result<Duration, ConfigError> {
+    duration_or(
+        key,
+        value,
+        Duration::from_secs(default_secs),
+        Duration::from_secs(max_secs),
+    )
 }
 
+/// A duration key's value: its default when unset, else greater than zero and at most `max`.
+/// Every duration key has a bound, so that no deadline or timer computed from one can overflow.
 fn duration_or(
     key: &str,
     value: Option<String>,
     default: Duration,
+    max: Duration,
 ) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
         return Ok(default);
@@ -858,6 +998,15 @@ fn duration_or(
     })?;
     if parsed.is_zero() {
         return Err(invalid(key, "expected a duration greater than zero"));
+    }
+    if parsed > max {
+        return Err(invalid(
+            key,
+            format!(
+                "expected at most {}, got {value:?}",
+                humantime::format_duration(max)
+            ),
+        ));
     }
     Ok(parsed)
 }
@@ -881,9 +1030,24 @@ fn apply_env(
     set(&mut raw.server.tls_key, "SERVER_TLS_KEY");
     set(&mut raw.server.client_ca, "SERVER_CLIENT_CA");
     set(&mut raw.server.reload_interval, "SERVER_RELOAD_INTERVAL");
-    if let Some(v) = var("SERVER_MAX_IN_FLIGHT") {
-        // An unparsable number becomes 0, which the range check reports with the key's name.
-        raw.server.max_in_flight = Some(v.trim().parse().unwrap_or(0));
+    set(&mut raw.server.preface_timeout, "SERVER_PREFACE_TIMEOUT");
+    // An unparsable number becomes 0, which the range checks report with the key's name.
+    let number = |key: &str| var(key).map(|v| v.trim().parse().unwrap_or(0));
+    for (slot, key) in [
+        (&mut raw.server.max_in_flight, "SERVER_MAX_IN_FLIGHT"),
+        (
+            &mut raw.server.max_in_flight_per_caller,
+            "SERVER_MAX_IN_FLIGHT_PER_CALLER",
+        ),
+        (&mut raw.server.max_connections, "SERVER_MAX_CONNECTIONS"),
+        (
+            &mut raw.watch.max_active_per_caller,
+            "WATCH_MAX_ACTIVE_PER_CALLER",
+        ),
+    ] {
+        if let Some(n) = number(key) {
+            *slot = Some(n);
+        }
     }
     set(&mut raw.alibaba.region_id, "ALIBABA_REGION_ID");
     set(&mut raw.alibaba.endpoint, "ALIBABA_ENDPOINT");
@@ -1216,6 +1380,136 @@ mod tests {
         ] {
             let message = load(text, env).unwrap_err().to_string();
             assert!(message.contains(key), "{text:?}: {message}");
+        }
+    }
+
+    /// Every duration key, with a value just over its bound: each is refused, naming the key,
+    /// from the file and from its environment variable alike.
+    #[test]
+    fn every_duration_key_has_an_upper_bound() {
+        let keys = [
+            ("server", "request_timeout", "1h 1s"),
+            ("server", "shutdown_grace", "1h 1s"),
+            ("server", "reload_interval", "1day 1s"),
+            ("server", "preface_timeout", "5m 1s"),
+            ("alibaba", "connect_timeout", "5m 1s"),
+            ("alibaba", "read_timeout", "10m 1s"),
+            ("alibaba", "retry_base_delay", "1m 1s"),
+            ("alibaba", "retry_max_delay", "10m 1s"),
+            ("idempotency", "retention", "30days 1s"),
+            ("watch", "poll_interval", "1h 1s"),
+            ("watch", "max_duration", "1day 1s"),
+            ("credentials", "session_duration", "12h 1s"),
+            ("credentials", "refresh_ahead", "12h 1s"),
+            ("credentials", "file_poll_interval", "1day 1s"),
+        ];
+        for (section, key, over) in keys {
+            let name = format!("{section}.{key}");
+            let variable = format!("DDS_GATEWAY_{section}_{key}").to_uppercase();
+            for value in [over, "300000000000y"] {
+                let from_file = load(&format!("[{section}]\n{key} = \"{value}\""), &[]);
+                let from_env = load("", &[(variable.as_str(), value)]);
+                for result in [from_file, from_env] {
+                    match result {
+                        Err(ConfigError::Invalid { key: got, message }) => {
+                            assert_eq!(got, name, "{value}: {message}");
+                        }
+                        other => panic!("{name} = {value:?} accepted: {other:?}"),
+                    }
+                }
+            }
+        }
+        // At the bound is fine.
+        let config = load("[server]\nrequest_timeout = \"1h\"", &[]).unwrap();
+        assert_eq!(config.server.request_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn connection_and_per_caller_limits_from_file_and_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.max_connections, 1024);
+        assert_eq!(config.server.preface_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.max_in_flight_per_caller, 32);
+        assert_eq!(config.watch.max_active_per_caller, 32);
+        let config = load(
+            "[server]\nmax_in_flight = 1\n[watch]\nmax_active = 10\nmax_active_per_caller = 10",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.server.max_in_flight_per_caller, 1);
+        assert_eq!(config.watch.max_active_per_caller, 10);
+        let config = load(
+            "",
+            &[
+                ("DDS_GATEWAY_SERVER_MAX_CONNECTIONS", "7"),
+                ("DDS_GATEWAY_SERVER_PREFACE_TIMEOUT", "250ms"),
+                ("DDS_GATEWAY_SERVER_MAX_IN_FLIGHT_PER_CALLER", "3"),
+                ("DDS_GATEWAY_WATCH_MAX_ACTIVE_PER_CALLER", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.max_connections, 7);
+        assert_eq!(config.server.preface_timeout, Duration::from_millis(250));
+        assert_eq!(config.server.max_in_flight_per_caller, 3);
+        assert_eq!(config.watch.max_active_per_caller, 2);
+        for (text, env, key) in [
+            (
+                "[server]\nmax_connections = 0",
+                &[][..],
+                "server.max_connections",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_SERVER_MAX_CONNECTIONS", "many")][..],
+                "server.max_connections",
+            ),
+            (
+                "[server]\nmax_in_flight = 4\nmax_in_flight_per_caller = 5",
+                &[][..],
+                "server.max_in_flight_per_caller",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_SERVER_MAX_IN_FLIGHT_PER_CALLER", "none")][..],
+                "server.max_in_flight_per_caller",
+            ),
+            (
+                "[watch]\nmax_active_per_caller = 0",
+                &[][..],
+                "watch.max_active_per_caller",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_WATCH_MAX_ACTIVE_PER_CALLER", "65")][..],
+                "watch.max_active_per_caller",
+            ),
+        ] {
+            match load(text, env) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text} {env:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_certificate_caller_must_opt_in_and_needs_client_certificates() {
+        let tls = "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nclient_ca = \"ca.pem\"\n";
+        let config = load(&format!("{tls}[[callers]]\nname = \"a\"\nmtls = true"), &[]).unwrap();
+        assert!(config.callers[0].mtls);
+        for (text, key) in [
+            (
+                format!("{tls}[[callers]]\nname = \"a\""),
+                "callers[0].token_sha256",
+            ),
+            (
+                "[[callers]]\nname = \"a\"\nmtls = true".to_string(),
+                "callers[0].mtls",
+            ),
+        ] {
+            match load(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 

@@ -167,6 +167,11 @@ pub trait CredentialsProvider: Send + Sync + fmt::Debug {
 
     /// Re-reads whatever the provider reads from files (SIGHUP); others have nothing to do.
     async fn reload(&self) {}
+
+    /// Alibaba Cloud answered `InvalidSecurityToken.Expired` to a request signed with
+    /// `credential`: a provider that caches temporary credentials drops it, so that the next
+    /// call fetches a new one. Others have nothing to do.
+    fn rejected_as_expired(&self, _credential: &Credential) {}
 }
 
 /// A credential fixed at start-up (the sandbox's keys, or keys read once from the environment).

@@ -8,6 +8,18 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::time::Instant;
 
+/// How far ahead [`later`] goes when an addition would overflow: about thirty years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `from + duration` without overflow: a point about thirty years on when the sum cannot be
+/// represented. Configured durations are bounded at start-up; this keeps any that are not (a
+/// caller's `grpc-timeout`, an upstream `x-acs-retry-after`) from panicking a call.
+pub fn later(from: Instant, duration: Duration) -> Instant {
+    from.checked_add(duration)
+        .or_else(|| from.checked_add(FAR_FUTURE))
+        .unwrap_or(from)
+}
+
 /// Time kept back from the caller's deadline so the handler answers before tonic cancels.
 const MARGIN: Duration = Duration::from_millis(20);
 
@@ -18,7 +30,7 @@ pub struct Deadline(pub Instant);
 /// Records the caller's deadline on an incoming request (used with `MapRequestLayer`).
 pub fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
     if let Some(timeout) = grpc_timeout(request.headers()) {
-        let deadline = Deadline(Instant::now() + timeout.saturating_sub(MARGIN));
+        let deadline = Deadline(later(Instant::now(), timeout.saturating_sub(MARGIN)));
         request.extensions_mut().insert(deadline);
     }
     request
@@ -26,7 +38,7 @@ pub fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
 
 /// The instant a call must have answered by: the caller's deadline, bounded by `limit`.
 pub fn effective(caller: Option<&Deadline>, limit: Duration) -> Instant {
-    let ours = Instant::now() + limit;
+    let ours = later(Instant::now(), limit);
     caller.map_or(ours, |d| d.0.min(ours))
 }
 
@@ -71,6 +83,18 @@ mod tests {
         assert_eq!(timeout("S"), None);
         assert_eq!(timeout("5x"), None);
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_never_overflows() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let huge = later(now, Duration::MAX);
+        assert!(huge > now + Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(effective(None, Duration::MAX), later(now, Duration::MAX));
     }
 
     #[tokio::test(start_paused = true)]

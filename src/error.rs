@@ -87,7 +87,7 @@ pub enum Error {
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
     #[error("watch deadline exceeded")]
     WatchDeadlineExceeded,
-    /// The audit file cannot be written, so no upgrade is sent (issue 4).
+    /// The audit file cannot take an upgrade's `sending` event, so the upgrade is not sent.
     #[error(transparent)]
     AuditUnavailable(#[from] crate::audit::AuditError),
 }
@@ -97,20 +97,37 @@ pub enum Error {
 struct Mapping {
     code: Code,
     reason: &'static str,
-    /// Whether Alibaba's `Message` may be passed to the caller. Never for credential and
-    /// signing errors: Alibaba echoes its string to sign there, which names our AccessKeyId.
-    show_message: bool,
     retryable: bool,
 }
 
-const fn mapping(code: Code, reason: &'static str, show_message: bool, retryable: bool) -> Mapping {
+const fn mapping(code: Code, reason: &'static str, retryable: bool) -> Mapping {
     Mapping {
         code,
         reason,
-        show_message,
         retryable,
     }
 }
+
+/// The Alibaba error codes whose `Message` is passed to callers: each is a fixed sentence about
+/// the request or the instance (Alibaba's documented texts). Every other code gets a message the
+/// gateway writes, because some messages echo what was signed (the string to sign, naming the
+/// AccessKeyId) or name keys and accounts, and a code nobody has read cannot be trusted not to.
+pub const SAFE_MESSAGE_CODES: &[&str] = &[
+    "Throttling",
+    "Throttling.User",
+    "Throttling.Api",
+    "Forbidden.RAM",
+    "Forbidden.RiskControl",
+    "Forbedden.NotSupportRAM",
+    "InvalidInstanceId.NotFound",
+    "InvalidDbInstanceId.NotFound",
+    "InvalidDBInstanceId.NotFound",
+    "InvalidRegion.NotFound",
+    "EngineVersion.ERROR",
+    "IncorrectDBInstanceState",
+    "IncorrectDBInstanceType",
+    "IncorrectDBInstanceLockMode",
+];
 
 /// The contract's error table for upstream answers.
 fn map_upstream(code: &str, http_status: u16) -> Mapping {
@@ -128,10 +145,10 @@ fn map_upstream(code: &str, http_status: u16) -> Mapping {
         "InvalidSecurityToken",
     ];
     if CREDENTIAL_CODES.contains(&code) || CREDENTIAL_PREFIXES.iter().any(|p| code.starts_with(p)) {
-        return mapping(Code::Internal, "GATEWAY_CREDENTIALS_REJECTED", false, false);
+        return mapping(Code::Internal, "GATEWAY_CREDENTIALS_REJECTED", false);
     }
     if code.starts_with("Throttling") || code == "Rejected.Throttling" {
-        return mapping(Code::ResourceExhausted, "UPSTREAM_THROTTLED", true, true);
+        return mapping(Code::ResourceExhausted, "UPSTREAM_THROTTLED", true);
     }
     // Requests the gateway built wrongly (unknown action, missing parameter): our bug.
     if matches!(
@@ -143,35 +160,20 @@ fn map_upstream(code: &str, http_status: u16) -> Mapping {
             | "InvalidParameter.Format"
     ) || code.starts_with("Missing")
     {
-        return mapping(Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false);
+        return mapping(Code::Internal, "GATEWAY_REQUEST_REJECTED", false);
     }
     if code.starts_with("Forbidden") || code.starts_with("Forbedden") {
-        return mapping(
-            Code::PermissionDenied,
-            "UPSTREAM_PERMISSION_DENIED",
-            true,
-            false,
-        );
+        return mapping(Code::PermissionDenied, "UPSTREAM_PERMISSION_DENIED", false);
     }
     if code.ends_with(".NotFound") {
-        return mapping(Code::NotFound, "INSTANCE_NOT_FOUND", true, false);
+        return mapping(Code::NotFound, "INSTANCE_NOT_FOUND", false);
     }
     match code {
         "EngineVersion.ERROR" => {
-            return mapping(
-                Code::FailedPrecondition,
-                "ENGINE_VERSION_NOT_LATER",
-                true,
-                false,
-            );
+            return mapping(Code::FailedPrecondition, "ENGINE_VERSION_NOT_LATER", false);
         }
         "IncorrectDBInstanceState" => {
-            return mapping(
-                Code::FailedPrecondition,
-                "INSTANCE_STATE_INCORRECT",
-                true,
-                false,
-            );
+            return mapping(Code::FailedPrecondition, "INSTANCE_STATE_INCORRECT", false);
         }
         "IncorrectDBInstanceType"
         | "IncorrectDBInstanceLockMode"
@@ -180,28 +182,22 @@ fn map_upstream(code: &str, http_status: u16) -> Mapping {
             return mapping(
                 Code::FailedPrecondition,
                 "UPSTREAM_FAILED_PRECONDITION",
-                true,
                 false,
             );
         }
         "ServiceUnavailable" | "InternalError" | "System.Busy" | "Operation.Blocking" => {
-            return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", false, true);
+            return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", true);
         }
         _ => {}
     }
     if code.starts_with("InvalidParameter") || code.starts_with("Invalid") {
-        return mapping(
-            Code::InvalidArgument,
-            "UPSTREAM_INVALID_ARGUMENT",
-            true,
-            false,
-        );
+        return mapping(Code::InvalidArgument, "UPSTREAM_INVALID_ARGUMENT", false);
     }
     if http_status >= 500 {
-        return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", false, true);
+        return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", true);
     }
-    // An answer we have no row for: say what Alibaba said rather than guess a meaning.
-    mapping(Code::Unknown, "UPSTREAM_ERROR", true, false)
+    // An answer we have no row for: name Alibaba's code rather than guess a meaning.
+    mapping(Code::Unknown, "UPSTREAM_ERROR", false)
 }
 
 impl Error {
@@ -225,6 +221,16 @@ impl Error {
                 cause: CallError::Upstream(e),
                 ..
             } => e.request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// In a retry loop, only an Alibaba call's failure may be retried; a refusal to send never is.
+impl crate::alibaba::retry::AttemptError for Error {
+    fn call_error(&self) -> Option<&CallError> {
+        match self {
+            Self::Call(err) => Some(err),
             _ => None,
         }
     }
@@ -634,20 +640,37 @@ fn upstream_status(e: &UpstreamError) -> Status {
         .as_deref()
         .map(|id| format!(" (RequestId {id})"))
         .unwrap_or_default();
-    let message = if m.show_message && !e.message.is_empty() {
+    let message = if SAFE_MESSAGE_CODES.contains(&e.code.as_str()) && !e.message.is_empty() {
         format!("Alibaba Cloud answered {}: {}{request}", e.code, e.message)
-    } else if m.code == Code::Internal {
-        format!(
-            "Alibaba Cloud rejected the gateway's own credentials or request ({}){request}",
-            e.code
-        )
     } else {
-        format!("Alibaba Cloud answered {}{request}", e.code)
+        format!("{} ({}){request}", meaning(m.reason), e.code)
     };
     let retry = m
         .retryable
         .then(|| e.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
     status(m.code, &message, m.reason, &metadata, retry)
+}
+
+/// What the gateway says of an Alibaba error whose own message it does not pass on.
+fn meaning(reason: &str) -> &'static str {
+    match reason {
+        "GATEWAY_CREDENTIALS_REJECTED" | "GATEWAY_REQUEST_REJECTED" => {
+            "Alibaba Cloud rejected the gateway's own credentials or request"
+        }
+        "UPSTREAM_THROTTLED" => "Alibaba Cloud throttled the request",
+        "UPSTREAM_PERMISSION_DENIED" => {
+            "Alibaba Cloud does not allow the gateway's identity this operation"
+        }
+        "INSTANCE_NOT_FOUND" => "Alibaba Cloud does not know the instance or region",
+        "ENGINE_VERSION_NOT_LATER"
+        | "INSTANCE_STATE_INCORRECT"
+        | "UPSTREAM_FAILED_PRECONDITION" => {
+            "Alibaba Cloud refused the operation for the instance as it is now"
+        }
+        "UPSTREAM_UNAVAILABLE" => "Alibaba Cloud is unavailable",
+        "UPSTREAM_INVALID_ARGUMENT" => "Alibaba Cloud refused a parameter of the request",
+        _ => "Alibaba Cloud answered with an error",
+    }
 }
 
 fn status(
@@ -740,6 +763,42 @@ mod tests {
         let status = upstream("SignatureDoesNotMatch", 400, echoed);
         assert!(!status.message().contains("testid"), "{}", status.message());
         assert!(status.message().contains("SignatureDoesNotMatch"));
+    }
+
+    #[test]
+    fn only_allow_listed_codes_pass_alibabas_message_on() {
+        let echoed = "stringToSign: POST&%2F&AccessKeyId%3Dtestid";
+        for code in SAFE_MESSAGE_CODES {
+            let status = upstream(code, 400, "a documented sentence");
+            assert!(
+                status.message().contains("a documented sentence"),
+                "{code}: {}",
+                status.message()
+            );
+        }
+        // Every row of the table but the listed codes, and codes nobody has seen.
+        for (code, http_status) in [
+            ("SignatureDoesNotMatch", 400),
+            ("InvalidAccessKeyId.NotFound", 404),
+            ("InvalidSecurityToken.Expired", 400),
+            ("MissingParameter", 400),
+            ("InvalidParameter", 400),
+            ("InsufficientBalance", 400),
+            ("Forbidden.SomethingNew", 403),
+            ("Throttling.SomethingNew", 400),
+            ("ServiceUnavailable", 503),
+            ("SomethingNew", 400),
+            ("SomethingNew", 502),
+        ] {
+            let status = upstream(code, http_status, echoed);
+            let message = status.message();
+            assert!(
+                !message.contains("testid") && !message.contains("stringToSign"),
+                "{code}: {message}"
+            );
+            assert!(message.contains(code), "{code}: {message}");
+            assert!(message.contains("REQ-1"), "{code}: {message}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The gate in front of the engine version service, before any message is decoded:
-//! authenticate the caller, take from its rate, and take a place among the calls in flight (or
-//! shed the call at once). The admitted caller rides in the request's extensions to the service,
+//! authenticate the caller, take from its rate, and take a place among the calls in flight
+//! within the caller's share of them (or shed the call at once). The admitted caller rides in the request's extensions to the service,
 //! which checks its policy; its message must arrive by the call's deadline, so that a caller who
 //! stalls cannot keep its place. Also: the layer that gives tonic's own error answers an
 //! `ErrorInfo`.
@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -22,7 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::auth::{Caller, CallersHandle};
 use crate::deadline;
 use crate::error::{self, Error};
-use crate::limits::{InFlight, Rates};
+use crate::limits::{Full, InFlight, Place, Rates};
 
 /// The caller a call was admitted for, as a request extension (absent on an open gateway).
 #[derive(Debug, Clone)]
@@ -68,13 +67,11 @@ impl<S> Gate<S> {
     fn admit<B>(
         &self,
         request: &http::Request<B>,
-    ) -> Result<(Option<Arc<Caller>>, OwnedSemaphorePermit), tonic::Status> {
-        let refuse = |err: Error| {
-            let caller = match &err {
-                Error::RateLimited { caller, .. } => caller.as_str(),
-                _ => "",
-            };
-            tracing::warn!(path = request.uri().path(), caller, refused = %err, "call refused at the gate");
+    ) -> Result<(Option<Arc<Caller>>, Place), tonic::Status> {
+        // The method, never the path as sent: a path is whatever an unauthenticated caller wrote.
+        let method = crate::telemetry::rpc::method_label(request.uri().path());
+        let refuse = |err: Error, caller: &str| {
+            tracing::warn!(method, caller, refused = %err, "call refused at the gate");
             tonic::Status::from(err)
         };
         let callers = self.callers.current();
@@ -88,14 +85,18 @@ impl<S> Gate<S> {
             let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
             let caller = callers
                 .authenticate(request.headers(), leaf.map(|c| c.as_ref()))
-                .map_err(|e| refuse(e.into()))?;
+                .map_err(|e| refuse(e.into(), ""))?;
             Some(caller)
         };
-        let permit = self
-            .in_flight
-            .try_enter()
-            .ok_or_else(|| refuse(Error::Overloaded))?;
-        Ok((caller, permit))
+        let name = caller.as_deref().map(Caller::name);
+        let place = self.in_flight.try_enter(name).map_err(|full| {
+            let err = Error::Overloaded;
+            // Its own share full (server.max_in_flight_per_caller), or every place taken.
+            let share_full = full == Full::Caller;
+            tracing::warn!(method, caller = name.unwrap_or_default(), share_full, refused = %err, "call refused at the gate");
+            tonic::Status::from(err)
+        })?;
+        Ok((caller, place))
     }
 }
 
@@ -126,7 +127,7 @@ where
         };
         let rated = caller.clone();
         let rates = self.rates.clone();
-        let path = request.uri().path().to_string();
+        let method = crate::telemetry::rpc::method_label(request.uri().path());
         if let Some(caller) = caller {
             crate::telemetry::rpc::note_caller(request.extensions(), caller.name());
             request.extensions_mut().insert(Admitted(caller));
@@ -145,7 +146,7 @@ where
                     caller: caller.name().to_string(),
                     retry_after,
                 };
-                tracing::warn!(path, caller = caller.name(), refused = %err, "call refused at the gate");
+                tracing::warn!(method, caller = caller.name(), refused = %err, "call refused at the gate");
                 return Ok(tonic::Status::from(err).into_http());
             }
             let response = inner.call(request).await;

@@ -669,16 +669,22 @@ impl StateStore for MemoryStore {
             Settlement::Accepted(accepted) => {
                 entry.accepted = Some(accepted);
                 entry.unresolved_since = None;
-                entry.expires_at = Some(now + self.limits.retention);
+                entry.expires_at = Some(crate::deadline::later(now, self.limits.retention));
             }
             Settlement::Unresolved if sent_at.is_some() => {
                 entry.unresolved_since = sent_at;
-                entry.expires_at = Some(now + self.limits.unresolved_retention());
+                entry.expires_at = Some(crate::deadline::later(
+                    now,
+                    self.limits.unresolved_retention(),
+                ));
             }
             // An earlier unknown outcome stays unknown until an owner sees the upgrade.
             Settlement::NotApplied | Settlement::Unresolved => {
                 if entry.unresolved_since.is_some() {
-                    entry.expires_at = Some(now + self.limits.unresolved_retention());
+                    entry.expires_at = Some(crate::deadline::later(
+                        now,
+                        self.limits.unresolved_retention(),
+                    ));
                 } else {
                     // Provably nothing happened: nothing to remember.
                     memory.remove(key);

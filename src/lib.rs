@@ -24,6 +24,7 @@
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
+//! - [`connections`]: accepted connections: the cap, and the deadline for the HTTP/2 preface.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
 //! - [`client`]: the `dds-gateway upgrade` command-line client.
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
@@ -35,6 +36,7 @@ pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod deadline;
 pub mod error;

@@ -129,8 +129,13 @@ struct GatewayArgs {
     /// The gateway's address (https:// for a TLS listener).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
-    /// Bearer token for the gateway.
-    #[arg(long, env = "DDS_GATEWAY_TOKEN", hide_env_values = true)]
+    /// File holding the bearer token for the gateway (one line). Without it the token comes
+    /// from DDS_GATEWAY_TOKEN.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Bearer token for the gateway, on the command line. Discouraged: other users of the
+    /// machine can read a command line (ps, /proc); use --token-file or DDS_GATEWAY_TOKEN.
+    #[arg(long)]
     token: Option<String>,
     /// For an https:// target: PEM file of the CA that signed the gateway's certificate.
     #[arg(long)]
@@ -143,14 +148,32 @@ struct GatewayArgs {
     key: Option<PathBuf>,
 }
 
-impl From<GatewayArgs> for client::Target {
-    fn from(args: GatewayArgs) -> Self {
-        Self {
-            url: args.target,
-            token: args.token,
-            ca_cert: args.ca_cert,
-            client_cert: args.cert.zip(args.key),
-        }
+/// The variable the client subcommands read the bearer token from.
+const TOKEN_VARIABLE: &str = "DDS_GATEWAY_TOKEN";
+
+impl GatewayArgs {
+    /// Where the gateway is, with the bearer token from `--token-file`, `--token` (with a
+    /// warning) or `DDS_GATEWAY_TOKEN`, in that order.
+    fn target(self) -> Result<client::Target, String> {
+        let token = match (&self.token_file, self.token) {
+            (Some(path), _) => Some(client::read_token_file(path)?),
+            (None, Some(token)) => {
+                eprintln!(
+                    "warning: --token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
+                );
+                Some(credentials::Secret::new(token))
+            }
+            (None, None) => std::env::var(TOKEN_VARIABLE)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(credentials::Secret::new),
+        };
+        Ok(client::Target {
+            url: self.target,
+            token,
+            ca_cert: self.ca_cert,
+            client_cert: self.cert.zip(self.key),
+        })
     }
 }
 
@@ -214,8 +237,12 @@ async fn run(command: Command) -> ExitCode {
             validate_only,
             timeout,
         } => {
+            let target = match gateway.target() {
+                Ok(target) => target,
+                Err(problem) => return usage(&problem),
+            };
             let args = UpgradeArgs {
-                target: gateway.into(),
+                target,
                 instance,
                 version,
                 region,
@@ -232,8 +259,12 @@ async fn run(command: Command) -> ExitCode {
             region,
             timeout,
         } => {
+            let target = match gateway.target() {
+                Ok(target) => target,
+                Err(problem) => return usage(&problem),
+            };
             let args = StatusArgs {
-                target: gateway.into(),
+                target,
                 instance,
                 region,
                 version: String::new(),
@@ -248,8 +279,12 @@ async fn run(command: Command) -> ExitCode {
             region,
             timeout,
         } => {
+            let target = match gateway.target() {
+                Ok(target) => target,
+                Err(problem) => return usage(&problem),
+            };
             let args = StatusArgs {
-                target: gateway.into(),
+                target,
                 instance,
                 region,
                 version,
@@ -258,6 +293,12 @@ async fn run(command: Command) -> ExitCode {
             report(client::watch(args, |line| print!("{line}")).await)
         }
     }
+}
+
+/// Prints a usage problem and exits with `EX_USAGE`.
+fn usage(problem: &str) -> ExitCode {
+    eprintln!("{problem}");
+    ExitCode::from(EX_USAGE)
 }
 
 /// Prints an outcome (answers on stdout, failures on stderr) and picks the exit code.

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tracing::instrument::WithSubscriber as _;
 
@@ -114,7 +113,10 @@ async fn serve_inner(
         tracing::info!(callers = config.callers.len(), "caller authentication on");
     }
     let callers = CallersHandle::new(Callers::new(&config.callers, None));
-    let in_flight = InFlight::new(config.server.max_in_flight);
+    let in_flight = InFlight::new(
+        config.server.max_in_flight,
+        config.server.max_in_flight_per_caller,
+    );
     let tls = config
         .server
         .tls
@@ -235,7 +237,7 @@ async fn serve_inner(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(engine_versions)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming(listener, &config, &telemetry), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
@@ -295,6 +297,20 @@ async fn report_store_health(
                 .await;
         }
     }
+}
+
+/// The listener's connections, capped and held to the preface deadline.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    telemetry: &Telemetry,
+) -> crate::connections::Incoming {
+    crate::connections::Incoming::new(
+        listener,
+        config.server.max_connections,
+        config.server.preface_timeout,
+        telemetry.metrics().clone(),
+    )
 }
 
 /// Stops a background task when the server stops.

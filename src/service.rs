@@ -40,8 +40,6 @@ pub struct EngineVersionService {
     status: StatusReader,
     request_timeout: Duration,
     watch_limit: Duration,
-    /// Where upgrade attempts are recorded (issue 4).
-    audit: Audit,
     /// The region of requests that name none, for the audit trail.
     default_region: String,
 }
@@ -88,18 +86,22 @@ impl EngineVersionService {
         };
         Self {
             validator,
-            upgrader: Upgrader::new(Arc::clone(&client), settings, Idempotency::new(store)),
+            upgrader: Upgrader::new(
+                Arc::clone(&client),
+                settings,
+                Idempotency::new(store),
+                Audit::log_only(),
+            ),
             status: StatusReader::new(client, config.alibaba.retry, &config.watch),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
-            audit: Audit::log_only(),
             default_region: config.alibaba.region_id.clone(),
         }
     }
 
     /// Records upgrade attempts in `audit` instead of the logs only.
     pub fn with_audit(mut self, audit: Audit) -> Self {
-        self.audit = audit;
+        self.upgrader.set_audit(audit);
         self
     }
 
@@ -108,25 +110,29 @@ impl EngineVersionService {
         &self.status
     }
 
+    /// Validates and authorises the request, then carries it out; every outcome is audited as
+    /// `event`, by the upgrade's task when there is one.
     async fn upgrade(
         &self,
         request: pb::UpgradeEngineVersionRequest,
         deadline: Instant,
         caller: Option<&Caller>,
-    ) -> Result<Outcome, Error> {
+        event: AuditEvent,
+    ) -> Result<Outcome, Status> {
         let request =
-            tracing::info_span!("validate").in_scope(|| self.validator.validate(request))?;
+            match tracing::info_span!("validate").in_scope(|| self.validator.validate(request)) {
+                Ok(request) => request,
+                Err(invalid) => return Err(self.upgrader.refuse(event, invalid.into()).await),
+            };
         // The gate admitted the caller; its policy decides before anything reaches Alibaba.
-        if let Some(caller) = caller {
-            tracing::info_span!("authorise", enduser.id = caller.name())
-                .in_scope(|| caller.policy().check(caller.name(), &request))?;
-        }
-        // Nothing is sent that the audit trail could not record.
-        if !request.validate_only() {
-            self.audit.ready()?;
+        if let Some(caller) = caller
+            && let Err(denied) = tracing::info_span!("authorise", enduser.id = caller.name())
+                .in_scope(|| caller.policy().check(caller.name(), &request))
+        {
+            return Err(self.upgrader.refuse(event, denied.into()).await);
         }
         let scope = caller.map_or(ANONYMOUS_CALLER, Caller::name);
-        self.upgrader.run(request, scope, deadline).await
+        self.upgrader.run(request, scope, deadline, event).await
     }
 }
 
@@ -138,16 +144,15 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
     ) -> Result<Response<pb::UpgradeEngineVersionResponse>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
         let caller = admitted(&request);
-        let caller_name = caller.as_ref().map_or("", |c| c.name()).to_string();
         let message = request.into_inner();
-        let mut audit = AuditEvent {
+        let event = AuditEvent {
             time: audit::now(),
             kind: if message.validate_only {
                 "validate_only"
             } else {
                 "upgrade"
             },
-            caller: caller_name.clone(),
+            caller: caller.as_ref().map_or("", |c| c.name()).to_string(),
             db_instance_id: short(&message.db_instance_id).to_string(),
             region_id: if message.region_id.is_empty() {
                 self.default_region.clone()
@@ -163,75 +168,23 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             request_id: short(&message.request_id).to_string(),
             trace_id: telemetry::current_trace_id(),
         };
-        match self.upgrade(message, deadline, caller.as_deref()).await {
-            Ok(Outcome { accepted, replayed }) => {
-                let answer = accepted.response;
-                tracing::debug!(
-                    caller = %caller_name,
-                    db_instance_id = %answer.db_instance_id,
-                    engine_version = %answer.engine_version,
-                    previous_engine_version = %answer.previous_engine_version,
-                    validate_only = answer.validate_only,
-                    alibaba_request_id = %answer.alibaba_request_id,
-                    reconciled = accepted.reconciled,
-                    replayed,
-                    "upgrade accepted"
-                );
-                audit
-                    .from_version
-                    .clone_from(&answer.previous_engine_version);
-                audit
-                    .alibaba_request_id
-                    .clone_from(&answer.alibaba_request_id);
-                audit.outcome = if answer.validate_only {
-                    "validated"
-                } else if replayed {
-                    "replayed"
-                } else if accepted.reconciled {
-                    "reconciled"
-                } else {
-                    "accepted"
-                };
-                // Recorded (and on disk) before the answer. A failed write cannot undo the
-                // upgrade, so the caller still hears the truth; see `audit`.
-                let _ = self.audit.record(audit).await;
-                let mut response = Response::new(answer);
-                if accepted.reconciled {
-                    response.metadata_mut().insert(
-                        RECONCILED_HEADER,
-                        tonic::metadata::MetadataValue::from_static("reconciled"),
-                    );
-                }
-                if replayed {
-                    response.metadata_mut().insert(
-                        REPLAYED_HEADER,
-                        tonic::metadata::MetadataValue::from_static("true"),
-                    );
-                }
-                Ok(response)
-            }
-            Err(err) => {
-                let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
-                audit.alibaba_request_id = err.alibaba_request_id().unwrap_or_default().to_string();
-                let detail = err.to_string();
-                // The code logged is the one the caller gets: `error.rs` decides it, once.
-                let status = Status::from(err);
-                tracing::warn!(
-                    caller = %caller_name,
-                    db_instance_id = %audit.db_instance_id,
-                    engine_version = %audit.to_version,
-                    region_id = %audit.region_id,
-                    grpc_code = ?status.code(),
-                    alibaba_code = %alibaba_code,
-                    error = %detail,
-                    "upgrade failed"
-                );
-                audit.grpc_code = telemetry::rpc::code_name(status.code());
-                audit.alibaba_code = alibaba_code;
-                let _ = self.audit.record(audit).await;
-                Err(status)
-            }
+        let Outcome { accepted, replayed } = self
+            .upgrade(message, deadline, caller.as_deref(), event)
+            .await?;
+        let mut response = Response::new(accepted.response);
+        if accepted.reconciled {
+            response.metadata_mut().insert(
+                RECONCILED_HEADER,
+                tonic::metadata::MetadataValue::from_static("reconciled"),
+            );
         }
+        if replayed {
+            response.metadata_mut().insert(
+                REPLAYED_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(response)
     }
 
     async fn get_engine_version(
@@ -263,10 +216,16 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             &message.region_id,
             Some(&message.engine_version),
         )?;
+        let caller = admitted(&request);
         let message = request.into_inner();
         let stream = self
             .status
-            .watch(instance, message.engine_version, deadline)
+            .watch(
+                instance,
+                message.engine_version,
+                deadline,
+                caller.as_deref().map(Caller::name),
+            )
             .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
         Ok(Response::new(stream))
     }

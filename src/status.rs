@@ -40,7 +40,7 @@ impl StatusReader {
             client,
             retry,
             poll_interval: watch.poll_interval,
-            watches: InFlight::new(watch.max_active),
+            watches: InFlight::new(watch.max_active, watch.max_active_per_caller),
         }
     }
 
@@ -89,14 +89,27 @@ impl StatusReader {
     /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
     /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
     /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
-    /// caller drops the stream. `None` at once when `watch.max_active` watches are running.
+    /// caller drops the stream. `None` at once when `watch.max_active` watches are running, or
+    /// `caller` runs `watch.max_active_per_caller` of them.
     pub fn watch(
         &self,
         instance: InstanceRef,
         target: String,
         deadline: Instant,
+        caller: Option<&str>,
     ) -> Option<WatchStream> {
-        let place = self.watches.try_enter()?;
+        let place = match self.watches.try_enter(caller) {
+            Ok(place) => place,
+            Err(full) => {
+                if full == crate::limits::Full::Caller {
+                    tracing::warn!(
+                        caller = caller.unwrap_or_default(),
+                        "the caller runs its whole share of the watches (watch.max_active_per_caller)"
+                    );
+                }
+                return None;
+            }
+        };
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
@@ -171,7 +184,7 @@ impl StatusReader {
             if done {
                 return;
             }
-            let next = Instant::now() + self.poll_interval;
+            let next = crate::deadline::later(Instant::now(), self.poll_interval);
             if next >= deadline {
                 tokio::time::sleep_until(deadline).await;
                 break;

@@ -124,6 +124,9 @@ impl Telemetry {
         let counting = metrics::EventCounter::new(metrics.clone()).with_filter(
             Targets::new()
                 .with_target("dds_gateway", LevelFilter::INFO)
+                // Failed fetches after the first of an episode are logged at debug level, and
+                // still counted.
+                .with_target("dds_gateway::credentials", LevelFilter::DEBUG)
                 .with_target(crate::audit::TARGET, LevelFilter::ERROR)
                 .with_target(crate::limits::FALLBACK_TARGET, LevelFilter::TRACE),
         );

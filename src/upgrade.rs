@@ -2,8 +2,11 @@
 //! reconcile.
 //!
 //! The work runs in its own task, so a caller that goes away (or whose deadline passes) never
-//! cuts an upgrade call in half: the task finishes, and records the true outcome under the
-//! request's key for the caller's retry. It never *starts* an upgrade after the caller's deadline.
+//! cuts an upgrade call in half: the task finishes, records the true outcome under the request's
+//! key for the caller's retry, and writes the audit event: whoever learns an outcome audits it.
+//! Each attempt is signed first (the credential may take seconds to fetch), then passes
+//! `Upgrader::point_of_no_return` immediately before it leaves: the caller's deadline has not
+//! passed, and the audit trail holds a `sending` event for it.
 //!
 //! `UpgradeDBInstanceEngineVersion` is retried only when Alibaba surely did not act on it (see
 //! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
@@ -20,10 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tonic::Status;
 use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
 use crate::alibaba::retry::{self, Effect, RetryPolicy};
 use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
+use crate::audit::{self, Audit, AuditEvent};
 use crate::error::Error;
 use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Lease, Settlement};
 use crate::pb;
@@ -63,6 +68,7 @@ pub struct Upgrader {
     client: Arc<AlibabaClient>,
     settings: UpgradeSettings,
     idempotency: Idempotency,
+    audit: Audit,
 }
 
 impl Upgrader {
@@ -70,46 +76,129 @@ impl Upgrader {
         client: Arc<AlibabaClient>,
         settings: UpgradeSettings,
         idempotency: Idempotency,
+        audit: Audit,
     ) -> Self {
         Self {
             client,
             settings,
             idempotency,
+            audit,
         }
     }
 
-    /// Validates or upgrades as `request` asks, within `deadline`. `caller` scopes the request's
+    /// Records upgrade attempts in `audit`.
+    pub fn set_audit(&mut self, audit: Audit) {
+        self.audit = audit;
+    }
+
+    /// Validates or upgrades as `request` asks, within `deadline`, and audits the outcome as
+    /// `event` (whose outcome fields are filled in here). `caller` scopes the request's
     /// idempotency key.
     pub async fn run(
         &self,
         request: ValidUpgradeRequest,
         caller: &str,
         deadline: Instant,
-    ) -> Result<Outcome, Error> {
-        let fresh = |accepted| Outcome {
-            accepted,
-            replayed: false,
-        };
+        event: AuditEvent,
+    ) -> Result<Outcome, Status> {
         if request.validate_only() {
             // Nothing changes, so there is nothing to deduplicate.
-            return self.validate(&request, deadline).await.map(fresh);
+            let validated = self.validate(&request, deadline).await.map(fresh);
+            return self.conclude(event, validated).await;
         }
         let key = request.request_id().map(|id| Key::new(caller, id));
         let fingerprint = Fingerprint::of(&request);
         let instance = format!("{}/{}", request.region_id(), request.db_instance_id());
         let claim = self.idempotency.claim(key, &fingerprint, instance);
-        match tokio::time::timeout_at(deadline, claim)
-            .await
-            .map_err(|_| Error::DeadlineExceeded)??
-        {
-            Claimed::Replay(accepted) => Ok(Outcome {
-                accepted,
-                replayed: true,
-            }),
-            Claimed::Conflict => Err(Error::RequestIdReused),
-            Claimed::InstanceBusy => Err(Error::UpgradeInProgress),
-            Claimed::Owner(lease) => self.spawn(request, deadline, lease).await.map(fresh),
+        let claimed = match tokio::time::timeout_at(deadline, claim).await {
+            Ok(Ok(claimed)) => claimed,
+            Ok(Err(err)) => return self.conclude(event, Err(err.into())).await,
+            Err(_) => return self.conclude(event, Err(Error::DeadlineExceeded)).await,
+        };
+        match claimed {
+            Claimed::Replay(accepted) => {
+                let replayed = Outcome {
+                    accepted,
+                    replayed: true,
+                };
+                self.conclude(event, Ok(replayed)).await
+            }
+            Claimed::Conflict => self.conclude(event, Err(Error::RequestIdReused)).await,
+            Claimed::InstanceBusy => self.conclude(event, Err(Error::UpgradeInProgress)).await,
+            Claimed::Owner(lease) => self.spawn(request, deadline, lease, event).await,
         }
+    }
+
+    /// Logs and audits what came of a request (on disk before the answer, see `audit`), and
+    /// turns it into the answer. Called by whoever learns the outcome: for an upgrade, its task,
+    /// so an upgrade that ends after its caller left is audited all the same.
+    async fn conclude(
+        &self,
+        mut event: AuditEvent,
+        result: Result<Outcome, Error>,
+    ) -> Result<Outcome, Status> {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => return Err(self.refuse(event, err).await),
+        };
+        let answer = &outcome.accepted.response;
+        tracing::debug!(
+            caller = %event.caller,
+            db_instance_id = %answer.db_instance_id,
+            engine_version = %answer.engine_version,
+            previous_engine_version = %answer.previous_engine_version,
+            validate_only = answer.validate_only,
+            alibaba_request_id = %answer.alibaba_request_id,
+            reconciled = outcome.accepted.reconciled,
+            replayed = outcome.replayed,
+            "upgrade accepted"
+        );
+        event.time = audit::now();
+        event
+            .from_version
+            .clone_from(&answer.previous_engine_version);
+        event
+            .alibaba_request_id
+            .clone_from(&answer.alibaba_request_id);
+        event.outcome = if answer.validate_only {
+            "validated"
+        } else if outcome.replayed {
+            "replayed"
+        } else if outcome.accepted.reconciled {
+            "reconciled"
+        } else {
+            "accepted"
+        };
+        event.grpc_code = "OK";
+        // A failed write cannot undo the upgrade, so the caller still hears the truth.
+        let _ = self.audit.record(event).await;
+        Ok(outcome)
+    }
+
+    /// A request that failed, or was refused before it reached [`run`](Self::run) (validation,
+    /// the caller's policy): logged, audited as `event`, and answered.
+    pub async fn refuse(&self, mut event: AuditEvent, err: Error) -> Status {
+        event.time = audit::now();
+        let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
+        event.alibaba_request_id = err.alibaba_request_id().unwrap_or_default().to_string();
+        let detail = err.to_string();
+        // The code logged is the one the caller gets: `error.rs` decides it, once.
+        let status = Status::from(err);
+        tracing::warn!(
+            caller = %event.caller,
+            db_instance_id = %event.db_instance_id,
+            engine_version = %event.to_version,
+            region_id = %event.region_id,
+            grpc_code = ?status.code(),
+            alibaba_code = %alibaba_code,
+            error = %detail,
+            "upgrade failed"
+        );
+        event.outcome = "failed";
+        event.grpc_code = crate::telemetry::rpc::code_name(status.code());
+        event.alibaba_code = alibaba_code;
+        let _ = self.audit.record(event).await;
+        status
     }
 
     /// `validate_only`: the preflight result is the answer.
@@ -133,43 +222,53 @@ impl Upgrader {
         Ok(accepted(request, String::new(), previous, false))
     }
 
-    /// Runs the upgrade in its own task and waits for it until `deadline`.
+    /// Runs the upgrade in its own task, which settles the key and audits the outcome, and
+    /// waits for it until `deadline`.
     async fn spawn(
         &self,
         request: ValidUpgradeRequest,
         deadline: Instant,
         lease: Lease,
-    ) -> Result<Accepted, Error> {
+        event: AuditEvent,
+    ) -> Result<Outcome, Status> {
         let (answer, answered) = tokio::sync::oneshot::channel();
+        let db_instance_id = event.db_instance_id.clone();
         let this = self.clone();
         tokio::spawn(
             async move {
-                let result = this.upgrade(&request, deadline, &lease).await;
-                lease
-                    .settle(match &result {
-                        Ok(accepted) => Settlement::Accepted(accepted.clone()),
-                        Err(
-                            Error::OutcomeUnknown { .. }
-                            | Error::ScheduledOutcomeUnknown { .. }
-                            | Error::Settling { .. },
-                        ) => Settlement::Unresolved,
-                        Err(_) => Settlement::NotApplied,
-                    })
-                    .await;
-                let _ = answer.send(result);
+                let result = this.upgrade(&request, deadline, &lease, &event).await;
+                let settlement = match &result {
+                    Ok(accepted) => Settlement::Accepted(accepted.clone()),
+                    Err(
+                        Error::OutcomeUnknown { .. }
+                        | Error::ScheduledOutcomeUnknown { .. }
+                        | Error::Settling { .. },
+                    ) => Settlement::Unresolved,
+                    Err(_) => Settlement::NotApplied,
+                };
+                // Audited before the key settles, so a duplicate's replay follows it in the file.
+                let concluded = this.conclude(event, result.map(fresh)).await;
+                lease.settle(settlement).await;
+                let _ = answer.send(concluded);
             }
             // The upgrade's spans belong to the call's trace, and to the call's gateway.
             .in_current_span()
             .with_current_subscriber(),
         );
         match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(concluded)) => concluded,
             // The task ended without answering (a panic): its lease settled as unresolved.
-            Ok(Err(_)) => Err(Error::OutcomeUnknown {
+            Ok(Err(_)) => Err(Status::from(Error::OutcomeUnknown {
                 cause: CallError::OutcomeUnknown("the upgrade task ended unexpectedly".into()),
                 observed: None,
-            }),
-            Err(_) => Err(Error::DeadlineExceeded),
+            })),
+            Err(_) => {
+                tracing::info!(
+                    %db_instance_id,
+                    "the caller's deadline passed with the upgrade under way; its task audits the outcome"
+                );
+                Err(Status::from(Error::DeadlineExceeded))
+            }
         }
     }
 
@@ -181,6 +280,7 @@ impl Upgrader {
         request: &ValidUpgradeRequest,
         deadline: Instant,
         lease: &Lease,
+        event: &AuditEvent,
     ) -> Result<Accepted, Error> {
         let target = request.engine_version();
         let unresolved_for = lease.unresolved_for();
@@ -229,38 +329,64 @@ impl Upgrader {
             Ok(previous) => previous,
             Err(already) => return Ok(already),
         };
-        // `timeout_at` lets a look that finished late through, and with nothing to look up the
-        // deadline may have passed before this task ran: the send is the point of no return.
-        if Instant::now() >= deadline {
-            return Err(Error::DeadlineExceeded);
-        }
-        // Written before the request leaves: if this replica dies now, the next holder of the
-        // key knows an upgrade may have been sent.
-        lease.about_to_send().await?;
-
+        let sending = AuditEvent {
+            from_version: previous.clone(),
+            outcome: "sending",
+            ..event.clone()
+        };
         let client = &self.client;
         let sent = retry::retry(
             &self.settings.retry,
             Effect::Change,
             deadline,
             action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
-            || {
-                client.upgrade_db_instance_engine_version(
-                    request.region_id(),
-                    request.db_instance_id(),
-                    target,
-                    request.switch_mode().map(|m| m.as_param()),
-                )
+            || async {
+                let signed = client
+                    .sign_upgrade(
+                        request.region_id(),
+                        request.db_instance_id(),
+                        target,
+                        request.switch_mode().map(|m| m.as_param()),
+                    )
+                    .await?;
+                self.point_of_no_return(&sending, deadline, lease).await?;
+                client.send_upgrade(signed).await.map_err(Error::Call)
             },
         )
         .await;
         match sent {
             Ok(alibaba_request_id) => Ok(accepted(request, alibaba_request_id, previous, false)),
-            Err(err) if outcome_unknown(&err) => {
+            Err(Error::Call(err)) if outcome_unknown(&err) => {
                 self.reconcile(request, err, previous, deadline).await
             }
-            Err(err) => Err(err.into()),
+            Err(err) => Err(err),
         }
+    }
+
+    /// The last step before an upgrade request leaves, once per attempt, after it is signed
+    /// (fetching the credential can take seconds): the caller's deadline has not passed, and the
+    /// `sending` event is on disk (fail closed: no upgrade leaves that the audit trail does not
+    /// hold), and the state store records that this key's upgrade is about to be sent (so that
+    /// if this replica dies now, the key's next holder knows it may have been). Nothing after
+    /// this step can stop the send.
+    async fn point_of_no_return(
+        &self,
+        sending: &AuditEvent,
+        deadline: Instant,
+        lease: &Lease,
+    ) -> Result<(), Error> {
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
+        let mut event = sending.clone();
+        event.time = audit::now();
+        self.audit.record(event).await?;
+        // The write (an fsync) may have been slow.
+        if Instant::now() >= deadline {
+            return Err(Error::DeadlineExceeded);
+        }
+        lease.about_to_send().await?;
+        Ok(())
     }
 
     /// After an upgrade call with an unknown outcome: looks at the instance, never sends again.
@@ -353,6 +479,13 @@ fn outcome_unknown(err: &CallError) -> bool {
 /// unknown outcome, and an unresolved key is never sent again.
 fn scheduled(request: &ValidUpgradeRequest) -> bool {
     request.switch_mode() == Some(SwitchMode::MaintenanceWindow)
+}
+
+fn fresh(accepted: Accepted) -> Outcome {
+    Outcome {
+        accepted,
+        replayed: false,
+    }
 }
 
 fn accepted(

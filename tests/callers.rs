@@ -267,7 +267,11 @@ async fn a_caller_over_its_rate_is_resource_exhausted_and_others_are_not() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_is_shed_at_once_and_calls_in_flight_finish() {
-    let gw = gateway("max_in_flight = 2", &callers_toml()).await;
+    let gw = gateway(
+        "max_in_flight = 2\nmax_in_flight_per_caller = 2",
+        &callers_toml(),
+    )
+    .await;
     for _ in 0..2 {
         gw.sandbox
             .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3)));
@@ -660,10 +664,15 @@ async fn tls_serves_bearer_callers_and_refuses_plaintext() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_certificates_name_their_caller() {
     let (pki, issuer, server_keys) = Pki::new(true);
-    // `billing` has a token; `cert-only` is known only by its certificate.
+    // `billing` has a token and accepts certificates; `cert-only` is known only by its
+    // certificate.
     let callers = format!(
-        "{}\n[[callers]]\nname = \"cert-only\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
-        callers_toml()
+        "{}\n[[callers]]\nname = \"cert-only\"\nmtls = true\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+        callers_toml().replacen(
+            "name = \"billing\"\n",
+            "name = \"billing\"\nmtls = true\n",
+            1
+        )
     );
     let gw = gateway(&server_keys, &callers).await;
     let client_auth = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
@@ -733,6 +742,51 @@ async fn client_certificates_name_their_caller() {
         assert!(status.is_err(), "{status:?}");
     }
     assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+}
+
+/// A certificate names only a caller that opted in to certificates (`mtls = true`): one that
+/// names a caller known by its token is refused as if it named nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_cannot_name_a_caller_without_the_opt_in() {
+    let (pki, issuer, server_keys) = Pki::new(true);
+    let callers = format!(
+        "{}\n[[callers]]\nname = \"cert-only\"\nmtls = true\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+        callers_toml()
+    );
+    let gw = gateway(&server_keys, &callers).await;
+    let client_auth = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+    for (cn, sans) in [("billing", &[][..]), ("somebody", &["billing"][..])] {
+        let naming_billing = leaf(&issuer, cn, sans, client_auth.clone());
+        let client = pki.client(gw.addr, Some(&naming_billing)).await.unwrap();
+        let refused = call(
+            &client,
+            tonic::Request::new(validate_only("dds-sandbox02", "5.0")),
+        )
+        .await
+        .unwrap_err();
+        assert_error(
+            &refused,
+            Code::Unauthenticated,
+            "CALLER_CREDENTIALS_INVALID",
+        );
+        // With billing's own token the call is billing's, as without a certificate.
+        call(
+            &client,
+            with_token(validate_only("dds-sandbox02", "5.0"), BILLING_TOKEN),
+        )
+        .await
+        .unwrap();
+    }
+    // The caller that opted in is still named by its certificate.
+    let cert_only = leaf(&issuer, "cert-only", &[], client_auth);
+    let client = pki.client(gw.addr, Some(&cert_only)).await.unwrap();
+    call(
+        &client,
+        tonic::Request::new(validate_only("dds-sandbox02", "5.0")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
 
 // ---- reload ----
@@ -904,7 +958,7 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     use dds_gateway::client::{Outcome, StatusArgs, Target, UpgradeArgs, status, upgrade};
     let (pki, issuer, server_keys) = Pki::new(true);
     let callers = format!(
-        "{}\n[[callers]]\nname = \"cert-only\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+        "{}\n[[callers]]\nname = \"cert-only\"\nmtls = true\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
         callers_toml()
     );
     let gw = gateway(&server_keys, &callers).await;
@@ -918,7 +972,7 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     std::fs::write(pki.dir.join("client.key"), &identity.key).unwrap();
     let target = |token: Option<&str>, mtls: bool| Target {
         url: format!("https://localhost:{}", gw.addr.port()),
-        token: token.map(str::to_string),
+        token: token.map(dds_gateway::credentials::Secret::new),
         ca_cert: Some(pki.dir.join("ca.pem")),
         client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
     };
@@ -1025,7 +1079,7 @@ async fn reads_are_bounded_by_the_callers_policy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn watches_have_their_own_limit_and_leave_room_for_calls() {
     let gw = gateway(
-        "max_in_flight = 1\n[watch]\nmax_active = 2\npoll_interval = \"50ms\"",
+        "max_in_flight = 1\n[watch]\nmax_active = 2\nmax_active_per_caller = 2\npoll_interval = \"50ms\"",
         &callers_toml(),
     )
     .await;
@@ -1116,4 +1170,87 @@ async fn request_ids_are_scoped_to_the_caller() {
     .unwrap_err();
     assert_error(&reused, Code::InvalidArgument, "REQUEST_ID_REUSED");
     assert_eq!(gw.sandbox.calls(UPGRADE), 2);
+}
+
+/// A caller within its rate may still hold only its share of the places: with
+/// `max_in_flight_per_caller` and `max_active_per_caller` at 1 of 2, a second call or watch of
+/// the same caller is refused with the usual reasons while another caller is still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_caller_cannot_hold_every_place() {
+    let gw = gateway(
+        "max_in_flight = 2\nmax_in_flight_per_caller = 1\n[watch]\nmax_active = 2\nmax_active_per_caller = 1\npoll_interval = \"50ms\"",
+        &callers_toml(),
+    )
+    .await;
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3)));
+    let held = {
+        let client = gw.client.clone();
+        tokio::spawn(async move {
+            call(
+                &client,
+                with_token(request("dds-sandbox01", "5.0"), BILLING_TOKEN),
+            )
+            .await
+        })
+    };
+    let sandbox = &gw.sandbox;
+    wait_until("billing's upgrade reaches the upstream", || {
+        sandbox.calls(UPGRADE) == 1
+    })
+    .await;
+    // A place is free, but not for billing.
+    let refused = call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox02", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap_err();
+    assert_error(&refused, Code::Unavailable, "GATEWAY_OVERLOADED");
+    assert!(refused.get_details_retry_info().is_some());
+    // Another caller takes it.
+    let ops = pb::UpgradeEngineVersionRequest {
+        region_id: "cn-shenzhen".into(),
+        ..validate_only("dds-sandboxsz", "7.0")
+    };
+    call(&gw.client, with_token(ops, OPS_TOKEN)).await.unwrap();
+    assert!(held.await.unwrap().is_ok());
+    // Back under its share, billing is served again.
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox02", "5.0"), BILLING_TOKEN),
+    )
+    .await
+    .unwrap();
+
+    // Watches: one for billing, and not a second, while ops still gets one.
+    let mut client = gw.client.clone();
+    let mut first = client
+        .watch_upgrade(with_token(
+            watch_request("dds-sandbox02", "8.0"),
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.message().await.unwrap().is_some());
+    let refused = client
+        .watch_upgrade(with_token(
+            watch_request("dds-sandbox03", "8.0"),
+            BILLING_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&refused, Code::ResourceExhausted, "WATCH_LIMIT_REACHED");
+    assert!(refused.get_details_retry_info().is_some());
+    let ops_watch = pb::WatchUpgradeRequest {
+        region_id: "cn-shenzhen".into(),
+        ..watch_request("dds-sandboxsz", "8.0")
+    };
+    let mut other = client
+        .watch_upgrade(with_token(ops_watch, OPS_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.message().await.unwrap().is_some());
 }

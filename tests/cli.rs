@@ -267,3 +267,127 @@ async fn status_and_watch_print_the_instance_and_its_changes() {
         "{stdout}"
     );
 }
+
+/// A gateway with one caller whose token is `token`, in front of a fresh sandbox.
+async fn gateway_with_caller(token: &str) -> Gateway {
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let toml = format!(
+        "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
+        sandbox.endpoint(),
+        dds_gateway::auth::hash_token(token)
+    );
+    let config = dds_gateway::config::Config::from_toml(
+        &toml,
+        "test",
+        |_| None,
+        &dds_gateway::config::Overrides::default(),
+    )
+    .unwrap();
+    let credentials = common::credentials_of(&sandbox);
+    Gateway::serve(config, credentials, sandbox).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
+    const TOKEN: &str = "cli-token-canary-0123456789";
+    let gw = gateway_with_caller(TOKEN).await;
+    let target = format!("http://{}", gw.addr);
+    let dir = std::env::temp_dir().join(format!("dds-gateway-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let validate = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "upgrade",
+            "--target",
+            &target,
+            "--instance",
+            "dds-sandbox01",
+            "--version",
+            "5.0",
+            "--validate-only",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, env: &'static [(&'static str, &'static str)]| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_cli(&args, env).await
+    };
+
+    // From a file: accepted, no warning.
+    let mut args = validate(&[]);
+    args.extend(["--token-file".to_string(), file.to_string()]);
+    let (code, stdout, stderr) = run(args, &[]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // From the environment: accepted, no warning.
+    let (code, stdout, stderr) = run(validate(&[]), &[("DDS_GATEWAY_TOKEN", TOKEN)]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // On the command line: still accepted (the CLI is a contract), with a warning that never
+    // repeats the token.
+    let (code, stdout, stderr) = run(validate(&["--token", TOKEN]), &[]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(
+        stderr.contains("warning: --token") && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+
+    // The file wins over the environment.
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let mut args = validate(&[]);
+    args.extend([
+        "--token-file".to_string(),
+        wrong.to_str().unwrap().to_string(),
+    ]);
+    let (code, _, stderr) = run(args, &[("DDS_GATEWAY_TOKEN", TOKEN)]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+
+    // A missing or empty file is a usage error naming the file.
+    for (name, content) in [("missing", None), ("empty", Some("\n"))] {
+        let path = dir.join(name);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        let mut args = validate(&[]);
+        args.extend([
+            "--token-file".to_string(),
+            path.to_str().unwrap().to_string(),
+        ]);
+        let (code, _, stderr) = run(args, &[]).await;
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    }
+    // Both flags at once are refused.
+    let mut args = validate(&["--token", TOKEN]);
+    args.extend(["--token-file".to_string(), file.to_string()]);
+    let (code, _, stderr) = run(args, &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(gw.sandbox.calls("UpgradeDBInstanceEngineVersion"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A duration that would overflow every deadline computed from it is refused at start-up,
+/// naming the key, instead of panicking each call later.
+#[tokio::test]
+async fn serve_refuses_an_overflowing_duration_at_start_up() {
+    let env = [("DDS_GATEWAY_SERVER_REQUEST_TIMEOUT", "300000000000y")];
+    let args = ["serve", "--sandbox", "--listen", "127.0.0.1:0"];
+    let (code, _, stderr) = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        common::run_cli(&args, &env),
+    )
+    .await
+    .expect("the gateway refuses to start instead of serving");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("server.request_timeout"), "{stderr}");
+}

@@ -687,3 +687,82 @@ async fn without_credentials_calls_fail_unavailable_and_nothing_is_sent() {
     assert!(status.get_details_retry_info().is_some());
     assert!(gw.sandbox.received().is_empty(), "nothing reached Alibaba");
 }
+
+/// A credentials URI that hands out credentials expiring within the 30 s margin (or already
+/// expired) is not asked again and again: after one fetch, calls fail at once with the reason
+/// until the backoff has passed.
+#[tokio::test]
+async fn a_source_of_near_expired_credentials_is_not_asked_in_a_loop() {
+    for lifetime in [Duration::ZERO, Duration::from_secs(20)] {
+        let fake = Fake::start().await;
+        fake.state().lifetime = Some(lifetime);
+        let uri = format!("{}creds?token=uri-canary", fake.url());
+        let from_uri = provider(
+            &format!("provider = \"credentials_uri\"\ncredentials_uri = \"{uri}\""),
+            &[],
+        );
+        for _ in 0..50 {
+            let err = from_uri.credential().await.unwrap_err().to_string();
+            assert!(err.contains("expires at"), "{err}");
+            assert!(!err.contains("canary"), "{err}");
+        }
+        assert_eq!(fake.state().uri_calls, 1, "lifetime {lifetime:?}");
+    }
+}
+
+/// Alibaba answers `InvalidSecurityToken.Expired` (its clock, not ours, says the STS token has
+/// expired): the gateway fetches a new credential at once and sends the upgrade once more,
+/// which is safe because Alibaba refused the first at authentication.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_answer_refreshes_and_the_upgrade_is_retried_once() {
+    use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+    const UPGRADE: &str = "UpgradeDBInstanceEngineVersion";
+    let fake = Fake::start().await;
+    let uri = format!("{}creds?token=uri-canary", fake.url());
+    let from_uri = provider(
+        &format!("provider = \"credentials_uri\"\ncredentials_uri = \"{uri}\""),
+        &[],
+    );
+    let sandbox = Sandbox::start(SandboxConfig {
+        extra_keys: (1..=3).map(fake_cloud::issued_credential).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    // Even with retries off: this one is a fresh signature, not a retry of a failure.
+    config.alibaba.retry.max_attempts = 1;
+    let gw = common::Gateway::serve(config, from_uri, sandbox).await;
+    gw.sandbox.push_fault_on(
+        UPGRADE,
+        Fault::Error {
+            status: 400,
+            code: "InvalidSecurityToken.Expired",
+            retry_after_ms: None,
+        },
+    );
+    let answer = gw
+        .upgrade(common::request("dds-sandbox01", "5.0"))
+        .await
+        .unwrap();
+    assert!(!answer.alibaba_request_id.is_empty());
+    let upgrades: Vec<String> = gw
+        .sandbox
+        .received()
+        .iter()
+        .filter(|r| r.action == UPGRADE)
+        .map(|r| r.params["AccessKeyId"].clone())
+        .collect();
+    assert_eq!(
+        upgrades,
+        [issued(1), issued(2)],
+        "refused, then sent with a new key"
+    );
+    assert_eq!(fake.state().uri_calls, 2);
+    // The next call uses the new credential without asking again.
+    gw.upgrade(common::request("dds-sandbox02", "5.0"))
+        .await
+        .unwrap();
+    assert_eq!(fake.state().uri_calls, 2);
+}

@@ -252,6 +252,55 @@ async fn upstream_business_errors_map_to_precise_codes() {
     gw.upgrade(req).await.unwrap();
 }
 
+/// Alibaba's `Message` reaches the caller only for the codes whose messages are known safe; any
+/// other code's message could echo what was signed, so the gateway writes its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn alibaba_messages_reach_callers_only_for_allow_listed_codes() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.alibaba.preflight = false),
+        ..Default::default()
+    })
+    .await;
+    let sandbox_message = "injected by the sandbox";
+    let cases = [
+        ("SomethingNew", Code::Unknown, "UPSTREAM_ERROR", false),
+        (
+            "InvalidParameter.Whatever",
+            Code::InvalidArgument,
+            "UPSTREAM_INVALID_ARGUMENT",
+            false,
+        ),
+        (
+            "IncorrectDBInstanceType",
+            Code::FailedPrecondition,
+            "UPSTREAM_FAILED_PRECONDITION",
+            true,
+        ),
+    ];
+    for (alibaba_code, code, reason, passed_on) in cases {
+        gw.sandbox.push_fault_on(
+            UPGRADE,
+            Fault::Error {
+                status: 400,
+                code: alibaba_code,
+                retry_after_ms: None,
+            },
+        );
+        let status = gw
+            .upgrade(request("dds-sandbox01", "5.0"))
+            .await
+            .unwrap_err();
+        assert_error(&status, code, reason);
+        assert!(status.message().contains(alibaba_code), "{status:?}");
+        assert_eq!(
+            status.message().contains(sandbox_message),
+            passed_on,
+            "{alibaba_code}: {}",
+            status.message()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn throttling_is_resource_exhausted_with_alibabas_retry_delay() {
     // One attempt: the throttled answer reaches the caller (retries: `tests/safe_upgrades.rs`).

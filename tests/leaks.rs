@@ -56,6 +56,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     };
     let gw = Gateway::start_with(Options {
         sandbox,
+        configure: Some(|config| config.audit.file = Some(audit_path())),
         ..Default::default()
     })
     .await;
@@ -162,6 +163,26 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         gw.sandbox,
         gw.sandbox.received()
     ));
+    // The audit trail (`sending` and outcome events) holds no secret either.
+    let audited = std::fs::read_to_string(audit_path()).unwrap();
+    assert!(audited.contains(r#""outcome":"sending""#), "{audited}");
+    answers.push(audited);
+    let _ = std::fs::remove_file(audit_path());
+    // A request signed but not yet sent prints without its signature or token.
+    let mut alibaba = common::default_config().alibaba;
+    alibaba.endpoint = Some(gw.sandbox.endpoint());
+    let client = dds_gateway::alibaba::AlibabaClient::new(
+        &alibaba,
+        Arc::new(dds_gateway::credentials::StaticProvider::new(
+            gw.sandbox.credential(),
+        )),
+    )
+    .unwrap();
+    let signed = client
+        .sign_upgrade("cn-hangzhou", "dds-sandbox01", "5.0", None)
+        .await
+        .unwrap();
+    answers.push(format!("{signed:?}"));
 
     // Signature V3: the token and signature travel in headers instead.
     let v3_sandbox = || SandboxConfig {
@@ -326,6 +347,14 @@ async fn redis_paths() -> Vec<String> {
     seen
 }
 
+/// This process's audit file for the leak test.
+fn audit_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "dds-gateway-leaks-audit-{}.jsonl",
+        std::process::id()
+    ))
+}
+
 /// Runs every credential provider that fetches over HTTP through success and failure, serving a
 /// gateway with each; returns everything a caller or operator would see besides the logs.
 async fn credential_chain_paths() -> Vec<String> {
@@ -435,4 +464,57 @@ async fn credential_chain_paths() -> Vec<String> {
         "the OIDC token was sent"
     );
     seen
+}
+
+/// The client's bearer token, from `--token-file`, `DDS_GATEWAY_TOKEN` or `--token`, appears
+/// nowhere in what the command prints (errors and trace logs included), nor in `Debug`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clients_bearer_token_is_never_printed() {
+    let target = dds_gateway::client::Target {
+        url: "http://127.0.0.1:9".into(),
+        token: Some(Secret::new(BEARER)),
+        ca_cert: None,
+        client_cert: None,
+    };
+    assert!(!format!("{target:?}").contains(BEARER));
+
+    let dir = std::env::temp_dir().join(format!("dds-gateway-leaks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{BEARER}\n")).unwrap();
+    // Nothing listens on port 9: the command fails after building the request.
+    let base = [
+        "upgrade",
+        "--target",
+        "http://127.0.0.1:9",
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "5.0",
+    ];
+    let file = file.to_str().unwrap().to_string();
+    let with = |extra: &[&str]| {
+        base.iter()
+            .chain(extra)
+            .map(|a| (*a).to_string())
+            .collect::<Vec<String>>()
+    };
+    let runs = [
+        (with(&["--token-file", &file]), vec![("RUST_LOG", "trace")]),
+        (
+            with(&[]),
+            vec![("RUST_LOG", "trace"), ("DDS_GATEWAY_TOKEN", BEARER)],
+        ),
+        (with(&["--token", BEARER]), vec![("RUST_LOG", "trace")]),
+    ];
+    for (args, env) in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = common::run_cli(&args, &env).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            !stdout.contains(BEARER) && !stderr.contains(BEARER),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -112,6 +112,7 @@ struct Traced {
     sandbox: Sandbox,
     telemetry: Telemetry,
     logs: Arc<Mutex<Vec<u8>>>,
+    channel: tonic::transport::Channel,
     client: EngineVersionServiceClient<tonic::transport::Channel>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
@@ -149,11 +150,13 @@ impl Traced {
             },
             telemetry.clone(),
         ));
-        let client = EngineVersionServiceClient::new(common::channel(addr).await);
+        let channel = common::channel(addr).await;
+        let client = EngineVersionServiceClient::new(channel.clone());
         Self {
             sandbox,
             telemetry,
             logs,
+            channel,
             client,
             stop: Some(stop),
             task,
@@ -608,10 +611,16 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
         ..request("dds-sandbox01", "4.4")
     };
     let answer = gateway.upgrade(keyed.clone()).await.unwrap().into_inner();
-    // On disk before the answer came back.
+    // On disk before the answer came back, after the `sending` event written before the send.
     let lines = read();
-    assert_eq!(lines.len(), 1);
-    let first = &lines[0];
+    assert_eq!(lines.len(), 2);
+    let sending = &lines[0];
+    assert_eq!(sending["outcome"], "sending");
+    assert_eq!(sending["from_version"], "4.2");
+    assert_eq!(sending["alibaba_request_id"], "");
+    assert_eq!(sending["request_id"], key.as_str());
+    assert_eq!(sending["trace_id"], TRACE_ID);
+    let first = &lines[1];
     assert_eq!(first["kind"], "upgrade");
     assert_eq!(first["outcome"], "accepted");
     assert_eq!(first["grpc_code"], "OK");
@@ -647,18 +656,18 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
         .unwrap_err();
 
     let lines = read();
-    assert_eq!(lines.len(), 4, "{lines:#?}");
-    assert_eq!(lines[1]["outcome"], "replayed");
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    assert_eq!(lines[2]["outcome"], "replayed");
     assert_eq!(
-        lines[1]["alibaba_request_id"],
+        lines[2]["alibaba_request_id"],
         answer.alibaba_request_id.as_str()
     );
-    assert_eq!(lines[2]["kind"], "validate_only");
-    assert_eq!(lines[2]["outcome"], "validated");
-    assert_eq!(lines[2]["from_version"], "4.4");
-    assert_eq!(lines[3]["outcome"], "failed");
-    assert_eq!(lines[3]["grpc_code"], "PERMISSION_DENIED");
-    assert_eq!(lines[3]["alibaba_code"], "Forbidden.RAM");
+    assert_eq!(lines[3]["kind"], "validate_only");
+    assert_eq!(lines[3]["outcome"], "validated");
+    assert_eq!(lines[3]["from_version"], "4.4");
+    assert_eq!(lines[4]["outcome"], "failed");
+    assert_eq!(lines[4]["grpc_code"], "PERMISSION_DENIED");
+    assert_eq!(lines[4]["alibaba_code"], "Forbidden.RAM");
     assert_eq!(
         gateway.sandbox.upgrades_started("dds-sandbox01"),
         1,
@@ -670,7 +679,7 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
         .iter()
         .filter(|l| l["target"] == "dds_gateway::audit")
         .count();
-    assert_eq!(audited, 4);
+    assert_eq!(audited, 5);
     gateway.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -679,26 +688,9 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
 async fn an_unwritable_audit_file_refuses_new_upgrades_before_sending() {
     // Every write to /dev/full fails (ENOSPC), as on a full disk.
     let gateway = Traced::start(|config| config.audit.file = Some("/dev/full".into())).await;
-    // The upgrade was sent before its record failed: its caller hears the truth...
-    let answer = gateway
-        .upgrade(request("dds-sandbox01", "4.4"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!answer.alibaba_request_id.is_empty());
-    assert_eq!(gateway.sandbox.upgrades_started("dds-sandbox01"), 1);
-    // ...and the lost record is still in the logs, whole, at ERROR.
-    assert!(gateway.log_lines().iter().any(|l| {
-        l["target"] == "dds_gateway::audit"
-            && l["level"] == "ERROR"
-            && l["event"]
-                .as_str()
-                .unwrap()
-                .contains(&answer.alibaba_request_id)
-    }));
-    // Later upgrades are refused before anything reaches Alibaba; validation still works.
+    // The `sending` event could not be written, so the upgrade was not sent...
     let refused = gateway
-        .upgrade(request("dds-sandbox03", "6.0"))
+        .upgrade(request("dds-sandbox01", "4.4"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
@@ -708,7 +700,30 @@ async fn an_unwritable_audit_file_refuses_new_upgrades_before_sending() {
             .reason,
         "AUDIT_UNAVAILABLE"
     );
-    assert_eq!(gateway.sandbox.upgrades_started("dds-sandbox03"), 0);
+    assert_eq!(
+        gateway
+            .sandbox
+            .calls(dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
+        0
+    );
+    // ...and the events that missed the file are in the logs, whole, at ERROR: the `sending`
+    // event and the refusal.
+    let lost: Vec<String> = gateway
+        .log_lines()
+        .iter()
+        .filter(|l| l["target"] == "dds_gateway::audit" && l["level"] == "ERROR")
+        .map(|l| l["event"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        lost.iter().any(|e| e.contains(r#""outcome":"sending""#)),
+        "{lost:#?}"
+    );
+    assert!(
+        lost.iter()
+            .any(|e| e.contains(r#""grpc_code":"UNAVAILABLE""#)),
+        "{lost:#?}"
+    );
+    // Validation still works.
     let validate = pb::UpgradeEngineVersionRequest {
         validate_only: true,
         ..request("dds-sandbox03", "6.0")
@@ -916,4 +931,73 @@ async fn access_lines_and_server_spans_name_the_admitted_caller() {
         })
         .collect();
     assert_eq!(named_callers, ["reporting"]);
+}
+
+/// Paths under `/dds.gateway.v1.` that name no method, sent without credentials: each would
+/// have been a new `rpc.method` value (and a new series on `/metrics`, for ever). They all
+/// count as `unknown`, and no log line carries the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_paths_fold_into_one_unknown_method() {
+    let gateway = Traced::start(|config| {
+        config.callers = Config::from_toml(
+            &format!(
+                "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
+                dds_gateway::auth::hash_token("reporting-token-0123456789")
+            ),
+            "test",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap()
+        .callers;
+    })
+    .await;
+    const JUNK: usize = 300;
+    for i in 0..JUNK {
+        let path = if i % 2 == 0 {
+            format!("/dds.gateway.v1.EngineVersionService/JunkMethod{i:04}")
+        } else {
+            format!("/dds.gateway.v1.JunkService{i:04}/Call")
+        };
+        let mut grpc = tonic::client::Grpc::new(gateway.channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<
+            pb::GetEngineVersionRequest,
+            pb::GetEngineVersionResponse,
+        >::default();
+        let status = grpc
+            .unary(
+                tonic::Request::new(pb::GetEngineVersionRequest::default()),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::Unimplemented
+            ),
+            "{status:?}"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    assert!(!metrics.contains("Junk"), "{metrics}");
+    let unknown: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dds_gateway_rpc_requests_total{"))
+        .filter(|l| l.contains("rpc_method=\"unknown\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unknown, JUNK as f64, "{metrics}");
+    let series = metrics
+        .lines()
+        .filter(|l| l.starts_with("dds_gateway_rpc_requests_total{"))
+        .count();
+    assert!(series <= 2, "one series per code of `unknown`: {metrics}");
+    assert!(metrics.len() < 64 * 1024, "{} bytes", metrics.len());
+    let logs = String::from_utf8(gateway.logs.lock().unwrap().clone()).unwrap();
+    assert!(!logs.contains("Junk"), "a path reached the logs");
+    assert!(logs.contains("\"method\":\"unknown\""), "{logs}");
+    gateway.shutdown().await;
 }

@@ -1,6 +1,5 @@
-//! Retries of Alibaba Cloud calls that cannot double-apply. Each attempt is a fresh call of
-//! [`AlibabaClient::call`](super::AlibabaClient::call), so it is signed anew (new
-//! `SignatureNonce` and `Timestamp`). Delays are exponential with full jitter, or exactly what
+//! Retries of Alibaba Cloud calls that cannot double-apply. Each attempt is signed anew (new
+//! `SignatureNonce` and `Timestamp`) by [`AlibabaClient::sign`](super::AlibabaClient::sign). Delays are exponential with full jitter, or exactly what
 //! Alibaba asked for in `x-acs-retry-after`, and no retry starts that could not finish before
 //! the caller's deadline.
 //!
@@ -8,6 +7,11 @@
 //! transient failure; `UpgradeDBInstanceEngineVersion`, which has no client token, only when
 //! Alibaba surely did not act on it (throttled, or the connection was refused before the request
 //! was sent). Anything else about an upgrade is for the caller of [`retry`] to reconcile.
+//!
+//! One more attempt is made at once, whatever the effect and beyond `max_attempts`, when
+//! Alibaba rejected the security token as expired ([`credential_expired`]): an authentication
+//! failure means Alibaba did not act, and the client has dropped the credential, so the attempt
+//! is signed with a fresh one.
 
 use std::future::Future;
 use std::time::Duration;
@@ -66,6 +70,15 @@ pub fn is_throttling(code: &str) -> bool {
     code.starts_with("Throttling") || code == "Rejected.Throttling"
 }
 
+/// Alibaba's answer when a request's STS security token has expired.
+pub const SECURITY_TOKEN_EXPIRED: &str = "InvalidSecurityToken.Expired";
+
+/// Whether Alibaba rejected the request's security token as expired: it refused the request at
+/// authentication, so it surely did not act on it (a 4xx answer; a 5xx is a server error first).
+pub fn credential_expired(err: &CallError) -> bool {
+    matches!(err, CallError::Upstream(e) if e.http_status < 500 && e.code == SECURITY_TOKEN_EXPIRED)
+}
+
 /// Whether Alibaba surely did not act on a request that failed this way: it was throttled
 /// (refused at Alibaba's front door), or the connection failed before the request was sent.
 ///
@@ -105,37 +118,65 @@ fn may_retry(effect: Effect, err: &CallError) -> bool {
     }
 }
 
+/// How an attempt failed: an Alibaba call's failure, or something else (e.g. the gateway
+/// decided not to send), which is never retried.
+pub trait AttemptError: std::fmt::Display {
+    fn call_error(&self) -> Option<&CallError>;
+}
+
+impl AttemptError for CallError {
+    fn call_error(&self) -> Option<&CallError> {
+        Some(self)
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails in a way [`Effect`] says not to retry, has been tried
 /// `policy.max_attempts` times, or the next delay would end after `deadline`; then returns the
 /// last failure.
-pub async fn retry<T, F, Fut>(
+pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     effect: Effect,
     deadline: Instant,
     action: &'static str,
     mut attempt: F,
-) -> Result<T, CallError>
+) -> Result<T, E>
 where
+    E: AttemptError,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, CallError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempts = 1;
+    // Whether the one attempt with a fresh credential was made.
+    let mut refreshed = false;
     loop {
         let err = match crate::telemetry::upstream::attempt(attempts, attempt()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };
-        if attempts >= policy.max_attempts || !may_retry(effect, &err) {
+        let Some(failed) = err.call_error() else {
+            return Err(err);
+        };
+        if !refreshed && credential_expired(failed) && Instant::now() < deadline {
+            refreshed = true;
+            tracing::info!(
+                action,
+                attempt = attempts,
+                "retrying alibaba cloud call with a fresh credential: the security token expired"
+            );
+            attempts += 1;
+            continue;
+        }
+        if attempts >= policy.max_attempts + u32::from(refreshed) || !may_retry(effect, failed) {
             return Err(err);
         }
-        let delay = match &err {
+        let delay = match failed {
             CallError::Upstream(UpstreamError {
                 retry_after: Some(after),
                 ..
             }) => *after,
             _ => policy.backoff(attempts, random()),
         };
-        if Instant::now() + delay >= deadline {
+        if crate::deadline::later(Instant::now(), delay) >= deadline {
             tracing::info!(
                 action,
                 attempts,
@@ -303,6 +344,48 @@ mod tests {
             assert!(result.is_err());
             assert_eq!(at.len(), 1, "never sent twice on a guess");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_security_token_is_retried_once_at_once_even_for_a_change() {
+        let expired = || upstream(SECURITY_TOKEN_EXPIRED, 400, None);
+        for effect in [Effect::Change, Effect::Read] {
+            let never_retry = RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            };
+            let (result, at) = run(
+                never_retry,
+                effect,
+                Duration::from_secs(60),
+                vec![expired()],
+            )
+            .await;
+            assert_eq!(result.unwrap(), "ok");
+            assert_eq!(at, [Duration::ZERO, Duration::ZERO], "at once");
+            // Only once: a second rejection is the answer.
+            let (result, at) = run(
+                RetryPolicy::default(),
+                effect,
+                Duration::from_secs(60),
+                vec![expired(), expired()],
+            )
+            .await;
+            assert!(
+                matches!(result, Err(CallError::Upstream(ref e)) if e.code == SECURITY_TOKEN_EXPIRED)
+            );
+            assert_eq!(at.len(), 2);
+        }
+        // The same code on a server error is not an authentication refusal.
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Change,
+            Duration::from_secs(60),
+            vec![upstream(SECURITY_TOKEN_EXPIRED, 500, None)],
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(at.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

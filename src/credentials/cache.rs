@@ -3,8 +3,14 @@
 //! A [`Refreshing`] provider asks its source once, keeps the answer, and refreshes it in the
 //! background a few minutes before it expires. Calls never wait for a refresh while the cached
 //! credential is still good; concurrent calls that find nothing usable wait for one fetch, not
-//! one each. A failed refresh is retried with backoff while the cached credential keeps serving
-//! until it expires; after that calls fail with a reason an operator can act on.
+//! one each.
+//!
+//! A failed fetch starts an episode: the source is asked again after a delay that doubles up to
+//! a minute (calls that find nothing usable meanwhile fail at once with the cause), the first
+//! failure is logged as a warning and the rest at debug level, and the first success ends it. A
+//! source that hands out a credential that is expired or about to expire counts as failing, as
+//! does one that hands out again the credential Alibaba Cloud just rejected as expired
+//! ([`CredentialsProvider::rejected_as_expired`]): otherwise each would be asked in a loop.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -14,12 +20,16 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber as _;
 
 use super::{Credential, CredentialsError, CredentialsProvider};
+use crate::deadline::later;
 
 /// A credential is treated as expired this long before its `Expiration`: a request signed just
 /// before expiry must still arrive in time.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
-/// First and largest wait between failed background refreshes.
-const MIN_BACKOFF: Duration = Duration::from_secs(5);
+/// A fetched credential must stay usable at least this long (after the margin); one that does
+/// not is stale, and counts as a failed fetch. Nor is a good one refreshed sooner than this after
+/// it was fetched: a source of short-lived credentials is asked at most once a second.
+const MIN_USEFUL_LIFE: Duration = Duration::from_secs(1);
+/// The largest wait between failed fetches.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A source of temporary credentials, asked each time a refresh is due.
@@ -37,8 +47,8 @@ pub trait Fetch: Send + Sync + fmt::Debug + 'static {
 pub struct RefreshPolicy {
     /// Refresh this long before a credential expires.
     pub refresh_ahead: Duration,
-    /// After a failed fetch with nothing usable cached, calls fail at once for this long instead
-    /// of each asking the source again.
+    /// The wait after a first failed fetch; it doubles with each failure after it, up to a
+    /// minute. Calls that find nothing usable meanwhile fail at once instead of asking again.
     pub retry_after_failure: Duration,
 }
 
@@ -48,6 +58,16 @@ impl Default for RefreshPolicy {
             refresh_ahead: Duration::from_secs(5 * 60),
             retry_after_failure: Duration::from_secs(5),
         }
+    }
+}
+
+impl RefreshPolicy {
+    /// The wait after the `failures`-th failed fetch in a row (1 for the first).
+    fn backoff(&self, failures: u32) -> Duration {
+        let doubling = 1u32 << failures.saturating_sub(1).min(16);
+        self.retry_after_failure
+            .saturating_mul(doubling)
+            .min(MAX_BACKOFF.max(self.retry_after_failure))
     }
 }
 
@@ -67,8 +87,10 @@ struct Shared<F> {
 #[derive(Default)]
 struct State {
     cached: Option<Cached>,
-    /// The last failed fetch with nothing usable cached: when, and why.
-    failure: Option<(Instant, String)>,
+    /// The current episode of failed fetches.
+    failing: Option<Failing>,
+    /// The credential Alibaba Cloud last rejected as expired, until a different one is fetched.
+    rejected: Option<Credential>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -77,6 +99,21 @@ struct Cached {
     /// `None` for credentials that do not expire.
     valid_until: Option<Instant>,
     refresh_at: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct Failing {
+    cause: String,
+    failures: u32,
+    /// No fetch before this.
+    retry_at: Instant,
+}
+
+/// Who asked the source: a call that found nothing usable, or the background refresher.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Call,
+    Refresher,
 }
 
 impl<F: Fetch> Refreshing<F> {
@@ -90,6 +127,11 @@ impl<F: Fetch> Refreshing<F> {
             }),
         }
     }
+}
+
+/// The same credential: same AccessKey ID and security token.
+fn same(a: &Credential, b: &Credential) -> bool {
+    a.access_key_id() == b.access_key_id() && a.security_token() == b.security_token()
 }
 
 impl<F> Shared<F> {
@@ -109,23 +151,56 @@ impl<F> Shared<F> {
         }
     }
 
-    fn store(&self, credential: Credential) {
-        let now = Instant::now();
-        let expiration = credential.expiration();
-        let valid_until = expiration.map(|at| {
-            let left = at
-                .duration_since(SystemTime::now())
+    /// How long `credential` may be used from `now`: its time to expiry less the margin.
+    fn useful_life(credential: &Credential) -> Option<Duration> {
+        credential.expiration().map(|at| {
+            at.duration_since(SystemTime::now())
                 .unwrap_or_default()
-                .saturating_sub(EXPIRY_MARGIN);
-            now + left
-        });
+                .saturating_sub(EXPIRY_MARGIN)
+        })
+    }
+
+    /// Why a credential the source handed out must not be used, if it must not.
+    fn stale(&self, credential: &Credential) -> Option<String> {
+        if self
+            .state()
+            .rejected
+            .as_ref()
+            .is_some_and(|rejected| same(rejected, credential))
+        {
+            return Some(
+                "the source handed out again the credential Alibaba Cloud rejected as expired"
+                    .to_string(),
+            );
+        }
+        let life = Self::useful_life(credential)?;
+        (life < MIN_USEFUL_LIFE).then(|| {
+            format!(
+                "the source handed out a credential that expires at {} (in less than {}s)",
+                credential
+                    .expiration()
+                    .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+                    .unwrap_or_default(),
+                (EXPIRY_MARGIN + MIN_USEFUL_LIFE).as_secs()
+            )
+        })
+    }
+
+    /// Caches a good credential; returns how many fetches had failed in a row before it.
+    fn store(&self, credential: Credential) -> Option<u32> {
+        let now = Instant::now();
+        let valid_until = Self::useful_life(&credential).map(|left| later(now, left));
         let refresh_at = valid_until.map(|until| {
             let lifetime = until - now;
             // Short-lived credentials are refreshed half-way through instead.
-            now + lifetime
-                .checked_sub(self.policy.refresh_ahead)
-                .filter(|early| *early >= lifetime / 2)
-                .unwrap_or(lifetime / 2)
+            later(
+                now,
+                lifetime
+                    .checked_sub(self.policy.refresh_ahead)
+                    .filter(|early| *early >= lifetime / 2)
+                    .unwrap_or(lifetime / 2)
+                    .max(MIN_USEFUL_LIFE),
+            )
         });
         let mut state = self.state();
         state.cached = Some(Cached {
@@ -133,16 +208,30 @@ impl<F> Shared<F> {
             valid_until,
             refresh_at,
         });
-        state.failure = None;
+        state.rejected = None;
+        state.failing.take().map(|f| f.failures)
     }
 
-    fn refresh_at(&self) -> Option<Instant> {
-        self.state().cached.as_ref()?.refresh_at
+    /// Records a failed fetch; returns whether it starts an episode, and the wait before the next.
+    fn fail(&self, cause: String) -> (bool, Duration) {
+        let mut state = self.state();
+        let failures = state.failing.as_ref().map_or(0, |f| f.failures) + 1;
+        let wait = self.policy.backoff(failures);
+        state.failing = Some(Failing {
+            cause,
+            failures,
+            retry_at: later(Instant::now(), wait),
+        });
+        (failures == 1, wait)
     }
 
-    fn postpone(&self, until: Instant) {
-        if let Some(cached) = self.state().cached.as_mut() {
-            cached.refresh_at = Some(until);
+    /// When the source is to be asked next: after a failure's wait, else at the refresh point
+    /// (`None`: never, the credential does not expire).
+    fn next_fetch(&self) -> Option<Instant> {
+        let state = self.state();
+        match &state.failing {
+            Some(failing) => Some(failing.retry_at),
+            None => state.cached.as_ref()?.refresh_at,
         }
     }
 }
@@ -167,6 +256,58 @@ impl<F: Fetch> Shared<F> {
             reason: format!("{expired}fetching a new one failed: {cause}"),
         }
     }
+
+    /// Asks the source once (the caller holds `single_flight`), caches a good answer, and
+    /// logs: each success, and the first failure of an episode (later ones at debug level,
+    /// still counted by the metrics).
+    async fn fetch_once(&self, asker: Asker) -> Result<Credential, String> {
+        let provider = self.fetch.name();
+        let fetched = match self.fetch.fetch().await {
+            Ok(credential) => match self.stale(&credential) {
+                Some(stale) => Err(stale),
+                None => Ok(credential),
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        match fetched {
+            Ok(credential) => {
+                if let Some(failures) = self.store(credential.clone()) {
+                    tracing::info!(provider, failures, "credential source answers again");
+                }
+                let expiration = credential
+                    .expiration()
+                    .map(humantime::format_rfc3339_seconds);
+                match asker {
+                    Asker::Call => {
+                        tracing::info!(provider, expiration = ?expiration, "credential fetched");
+                    }
+                    Asker::Refresher => {
+                        tracing::info!(provider, expiration = ?expiration, "credential refreshed");
+                    }
+                }
+                Ok(credential)
+            }
+            Err(cause) => {
+                let (first, retry_in) = self.fail(cause.clone());
+                let serving = self.usable(Instant::now()).is_some();
+                match (asker, first) {
+                    (Asker::Call, true) => {
+                        tracing::warn!(provider, error = %cause, ?retry_in, "credential fetch failed");
+                    }
+                    (Asker::Call, false) => {
+                        tracing::debug!(provider, error = %cause, ?retry_in, "credential fetch failed");
+                    }
+                    (Asker::Refresher, true) => {
+                        tracing::warn!(provider, error = %cause, ?retry_in, still_serving_cached = serving, "credential refresh failed");
+                    }
+                    (Asker::Refresher, false) => {
+                        tracing::debug!(provider, error = %cause, ?retry_in, still_serving_cached = serving, "credential refresh failed");
+                    }
+                }
+                Err(cause)
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -187,26 +328,39 @@ impl<F: Fetch> CredentialsProvider for Refreshing<F> {
             return Ok(credential);
         }
         // Bound first: the guard must be gone before `unavailable` locks the state again.
-        let failure = shared.state().failure.clone();
-        if let Some((at, cause)) = failure
-            && now < at + shared.policy.retry_after_failure
+        let failing = shared.state().failing.clone();
+        if let Some(failing) = failing
+            && now < failing.retry_at
         {
-            return Err(shared.unavailable(&cause));
+            return Err(shared.unavailable(&failing.cause));
         }
-        match shared.fetch.fetch().await {
+        match shared.fetch_once(Asker::Call).await {
             Ok(credential) => {
-                shared.store(credential.clone());
-                tracing::info!(provider = shared.fetch.name(), expiration = ?credential.expiration().map(humantime::format_rfc3339_seconds), "credential fetched");
                 self.start_refresher();
                 Ok(credential)
             }
-            Err(err) => {
-                let cause = err.to_string();
-                tracing::warn!(provider = shared.fetch.name(), error = %cause, "credential fetch failed");
-                shared.state().failure = Some((Instant::now(), cause.clone()));
-                Err(shared.unavailable(&cause))
-            }
+            Err(cause) => Err(shared.unavailable(&cause)),
         }
+    }
+
+    fn rejected_as_expired(&self, credential: &Credential) {
+        let mut state = self.shared.state();
+        let Some(cached) = state.cached.as_mut() else {
+            return;
+        };
+        if !same(&cached.credential, credential) || cached.valid_until.is_none() {
+            return;
+        }
+        // The next call fetches a new one (or fails at once if the source is in a failing
+        // episode): Alibaba's clock, not ours, decides when a token has expired.
+        let now = Instant::now();
+        cached.valid_until = Some(now);
+        cached.refresh_at = Some(now);
+        state.rejected = Some(credential.clone());
+        tracing::warn!(
+            provider = self.shared.fetch.name(),
+            "alibaba cloud rejected the credential as expired; fetching a new one"
+        );
     }
 }
 
@@ -230,9 +384,8 @@ impl<F: Fetch> Refreshing<F> {
 /// Refreshes ahead of expiry until the provider is dropped; failures back off and are retried
 /// while the cached credential keeps serving.
 async fn refresh_in_background<F: Fetch>(shared: Weak<Shared<F>>) {
-    let mut backoff = MIN_BACKOFF;
     loop {
-        let Some(at) = shared.upgrade().and_then(|s| s.refresh_at()) else {
+        let Some(at) = shared.upgrade().and_then(|s| s.next_fetch()) else {
             return;
         };
         tokio::time::sleep_until(at).await;
@@ -240,32 +393,11 @@ async fn refresh_in_background<F: Fetch>(shared: Weak<Shared<F>>) {
             return;
         };
         let _flight = shared.single_flight.lock().await;
-        if shared.refresh_at().is_some_and(|at| at > Instant::now()) {
-            continue; // a call refreshed it meanwhile
+        if shared.next_fetch().is_some_and(|at| at > Instant::now()) {
+            continue; // a call fetched meanwhile
         }
-        match shared.fetch.fetch().await {
-            Ok(credential) => {
-                tracing::info!(
-                    provider = shared.fetch.name(),
-                    expiration = ?credential.expiration().map(humantime::format_rfc3339_seconds),
-                    "credential refreshed"
-                );
-                shared.store(credential);
-                backoff = MIN_BACKOFF;
-            }
-            Err(err) => {
-                let still_valid = shared.usable(Instant::now()).is_some();
-                tracing::warn!(
-                    provider = shared.fetch.name(),
-                    error = %err,
-                    retry_in = ?backoff,
-                    still_serving_cached = still_valid,
-                    "credential refresh failed"
-                );
-                shared.postpone(Instant::now() + backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+        // The outcome is cached or recorded, and logged, by `fetch_once`.
+        let _ = shared.fetch_once(Asker::Refresher).await;
     }
 }
 
@@ -459,6 +591,107 @@ mod tests {
             provider.credential().await.unwrap().access_key_id(),
             "STS.key2"
         );
+    }
+
+    /// Log lines at every level, for tests of what is logged (and how often).
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn count(&self, level: &str, message: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(level) && l.contains(message))
+                .count()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_of_stale_credentials_is_asked_with_backoff_and_logged_once() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        for lifetime in [Duration::ZERO, Duration::from_secs(20)] {
+            let script = Arc::new(Script::default());
+            for _ in 0..1000 {
+                script.push(Ok(lifetime));
+            }
+            let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+            // A call every 100 ms for ten minutes.
+            for _ in 0..6000 {
+                let err = provider.credential().await.unwrap_err().to_string();
+                assert!(err.contains("expires at"), "{err}");
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            // 5, 10, 20, 40 s, then every minute: about a dozen fetches, not thousands.
+            let fetched = script.fetched.load(Ordering::SeqCst);
+            assert!((10..=14).contains(&fetched), "{fetched} fetches");
+        }
+        // Once per episode as a warning; the others only at debug level.
+        assert_eq!(lines.count("WARN", "credential fetch failed"), 2);
+        assert!(lines.count("DEBUG", "credential fetch failed") >= 18);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_rejected_as_expired_is_replaced_at_the_next_call() {
+        let script = Arc::new(Script::default());
+        for _ in 0..3 {
+            script.push(Ok(HOUR));
+        }
+        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let first = provider.credential().await.unwrap();
+        assert_eq!(first.access_key_id(), "STS.key1");
+        provider.rejected_as_expired(&first);
+        let second = provider.credential().await.unwrap();
+        assert_eq!(second.access_key_id(), "STS.key2");
+        // A late rejection of the credential already replaced changes nothing.
+        provider.rejected_as_expired(&first);
+        assert_eq!(
+            provider.credential().await.unwrap().access_key_id(),
+            "STS.key2"
+        );
+        assert_eq!(script.fetched.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_hands_back_the_rejected_credential_is_failing() {
+        let script = Arc::new(Script::default());
+        script.push(Ok(HOUR));
+        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let first = provider.credential().await.unwrap();
+        // The same credential as the source would hand it out again.
+        let again = Credential::new(
+            first.access_key_id(),
+            Secret::new("secret"),
+            Some(Secret::new("token")),
+            Some(SystemTime::now() + HOUR),
+            "script",
+        );
+        provider.rejected_as_expired(&first);
+        assert!(provider.shared.stale(&again).is_some());
+        let other = Credential::new(
+            "STS.other",
+            Secret::new("secret"),
+            Some(Secret::new("token")),
+            Some(SystemTime::now() + HOUR),
+            "script",
+        );
+        assert!(provider.shared.stale(&other).is_none());
     }
 
     #[tokio::test(start_paused = true)]

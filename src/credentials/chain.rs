@@ -419,6 +419,12 @@ impl CredentialsProvider for DefaultChain {
             provider.reload().await;
         }
     }
+
+    fn rejected_as_expired(&self, credential: &Credential) {
+        if let Some(chosen) = self.chosen() {
+            chosen.rejected_as_expired(credential);
+        }
+    }
 }
 
 impl std::fmt::Debug for DefaultChain {

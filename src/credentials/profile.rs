@@ -193,6 +193,10 @@ impl CredentialsProvider for FileProfile {
     async fn reload(&self) {
         self.shared.reload().await;
     }
+
+    fn rejected_as_expired(&self, credential: &Credential) {
+        self.shared.provider().rejected_as_expired(credential);
+    }
 }
 
 impl Drop for FileProfile {

@@ -15,6 +15,8 @@ use crate::config::ConfigError;
 
 /// `service.name` when neither the file nor `OTEL_SERVICE_NAME` says otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "dds-gateway";
+/// The longest metrics push interval accepted (every duration key has a bound).
+const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// OTLP/gRPC's default endpoint (used when an exporter is asked for without an endpoint).
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 /// OTLP/HTTP's default endpoint.
@@ -219,22 +221,22 @@ impl RawTelemetry {
                 .trim()
                 .parse::<u64>()
                 .ok()
-                .filter(|ms| *ms > 0)
                 .map(Duration::from_millis)
+                .filter(|d| !d.is_zero() && *d <= MAX_METRICS_INTERVAL)
                 .ok_or_else(|| {
                     invalid(
                         "OTEL_METRIC_EXPORT_INTERVAL",
-                        "expected milliseconds greater than zero",
+                        "expected milliseconds greater than zero, at most a day (86400000)",
                     )
                 })?,
             None => match self.metrics_interval {
                 Some(text) => humantime::parse_duration(&text)
                     .ok()
-                    .filter(|d| !d.is_zero())
+                    .filter(|d| !d.is_zero() && *d <= MAX_METRICS_INTERVAL)
                     .ok_or_else(|| {
                         invalid(
                             "telemetry.metrics_interval",
-                            format!("expected a duration such as 60s, got {text:?}"),
+                            format!("expected a duration such as 60s, at most a day, got {text:?}"),
                         )
                     })?,
                 None => TelemetryConfig::default().metrics_interval,
@@ -385,6 +387,21 @@ mod tests {
                 "",
                 &[("OTEL_METRIC_EXPORT_INTERVAL", "soon")][..],
                 "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                "",
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "86400001")][..],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                "metrics_interval = \"300000000000y\"",
+                &[][..],
+                "telemetry.metrics_interval",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_TELEMETRY_METRICS_INTERVAL", "1day 1s")][..],
+                "telemetry.metrics_interval",
             ),
         ] {
             match check(text, vars) {

@@ -40,6 +40,8 @@ pub struct Metrics {
     credential_refreshes: Counter<u64>,
     audit_write_failures: Counter<u64>,
     rate_limit_fallbacks: Counter<u64>,
+    connections_open: UpDownCounter<i64>,
+    connections_closed: Counter<u64>,
 }
 
 impl Metrics {
@@ -85,19 +87,44 @@ impl Metrics {
                     "Calls rate-limited by this replica's bucket because the shared store could not be reached",
                 )
                 .build(),
+            connections_open: meter
+                .i64_up_down_counter("dds_gateway.connections.open")
+                .with_description("Client connections open")
+                .build(),
+            connections_closed: meter
+                .u64_counter("dds_gateway.connections.closed")
+                .with_description(
+                    "Client connections the gateway closed, by reason (max_connections, preface_timeout)",
+                )
+                .build(),
         }
     }
 
-    pub(crate) fn rpc_started(&self, method: &str) {
-        self.rpc_in_flight
-            .add(1, &[KeyValue::new("rpc.method", method.to_string())]);
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.add(1, &[]);
     }
 
-    pub(crate) fn rpc_finished(&self, method: &str, code: &'static str, elapsed: Duration) {
+    pub(crate) fn connection_ended(&self) {
+        self.connections_open.add(-1, &[]);
+    }
+
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    /// `method` is one of a fixed set (see [`rpc::method_label`](super::rpc::method_label)), so
+    /// the label's values are bounded whatever paths callers send.
+    pub(crate) fn rpc_started(&self, method: &'static str) {
         self.rpc_in_flight
-            .add(-1, &[KeyValue::new("rpc.method", method.to_string())]);
+            .add(1, &[KeyValue::new("rpc.method", method)]);
+    }
+
+    pub(crate) fn rpc_finished(&self, method: &'static str, code: &'static str, elapsed: Duration) {
+        self.rpc_in_flight
+            .add(-1, &[KeyValue::new("rpc.method", method)]);
         let attributes = [
-            KeyValue::new("rpc.method", method.to_string()),
+            KeyValue::new("rpc.method", method),
             KeyValue::new("rpc.response.status_code", code),
         ];
         self.rpc_requests.add(1, &attributes);

@@ -33,6 +33,27 @@ use super::{Metrics, Telemetry};
 /// Calls under this path prefix are traced (health checks and reflection are not).
 const TRACED_PREFIX: &str = "/dds.gateway.v1.";
 
+/// The gateway's methods, the only values of the `rpc.method` label and attribute.
+const METHODS: &[&str] = &[
+    "dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
+    "dds.gateway.v1.EngineVersionService/GetEngineVersion",
+    "dds.gateway.v1.EngineVersionService/WatchUpgrade",
+];
+
+/// What stands for every other path: a path is whatever the caller sent, authenticated or not,
+/// so it never becomes a label, a span name or a log field as it is.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The `pkg.Service/Method` a request path names, or [`UNKNOWN_METHOD`].
+pub fn method_label(path: &str) -> &'static str {
+    let method = path.strip_prefix('/').unwrap_or(path);
+    METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or(UNKNOWN_METHOD)
+}
+
 /// What the service learns about a call that the access line and audit want: the caller.
 /// The layer puts one in the request's extensions; the service fills it in.
 #[derive(Debug, Clone, Default)]
@@ -120,12 +141,12 @@ where
         if !request.uri().path().starts_with(TRACED_PREFIX) {
             return Box::pin(inner.call(request).with_subscriber(dispatch));
         }
-        let method = request.uri().path().trim_start_matches('/').to_string();
-        let span = server_span(&request, &method);
+        let method = method_label(request.uri().path());
+        let span = server_span(&request, method);
         let note = CallNote::default();
         request.extensions_mut().insert(note.clone());
         let metrics = self.telemetry.metrics().clone();
-        metrics.rpc_started(&method);
+        metrics.rpc_started(method);
         let mut call = Call {
             span: span.clone(),
             dispatch: dispatch.clone(),
@@ -225,7 +246,7 @@ pub fn code_name(code: Code) -> &'static str {
 struct Call {
     span: Span,
     dispatch: Dispatch,
-    method: String,
+    method: &'static str,
     metrics: Metrics,
     note: CallNote,
     started: Instant,
@@ -254,7 +275,7 @@ impl Call {
             self.span.record("otel.status_code", "ERROR");
             self.span.record("error.type", name);
         }
-        self.metrics.rpc_finished(&self.method, name, elapsed);
+        self.metrics.rpc_finished(self.method, name, elapsed);
         let caller = self.note.caller();
         tracing::dispatcher::with_default(&self.dispatch, || {
             self.span.in_scope(|| {
@@ -314,5 +335,37 @@ impl HttpBody for Observed {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_services_methods_are_labels() {
+        // Every rpc of the proto is known: a new one must be added to METHODS.
+        let proto = include_str!("../../proto/dds/gateway/v1/gateway.proto");
+        let declared: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(declared.len(), METHODS.len(), "{declared:?}");
+        for name in declared {
+            let path = format!("/dds.gateway.v1.EngineVersionService/{name}");
+            assert_eq!(method_label(&path), &path[1..]);
+        }
+        for junk in [
+            "/dds.gateway.v1.EngineVersionService/Nope",
+            "/dds.gateway.v1.Junk/UpgradeEngineVersion",
+            "/dds.gateway.v1.EngineVersionService/UpgradeEngineVersion/x",
+            "/dds.gateway.v1.EngineVersionService/upgradeengineversion",
+            "",
+            "/",
+        ] {
+            assert_eq!(method_label(junk), UNKNOWN_METHOD, "{junk}");
+        }
     }
 }

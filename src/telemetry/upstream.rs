@@ -3,7 +3,7 @@
 //! redacted, `http.response.status_code`), `cloud.provider=alibaba_cloud`, `cloud.region`,
 //! Alibaba's `RequestId` and error `Code`, and the attempt number.
 //!
-//! `reqwest-tracing` lags OpenTelemetry 0.33, so [`AlibabaClient::call`](crate::alibaba::AlibabaClient::call)
+//! `reqwest-tracing` lags OpenTelemetry 0.33, so [`AlibabaClient::send`](crate::alibaba::AlibabaClient::send)
 //! opens this span itself around the send and injects `traceparent` (Alibaba ignores it; it is
 //! there for proxies and for symmetry).
 

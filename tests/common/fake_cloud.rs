@@ -41,6 +41,8 @@ pub struct FakeState {
     pub imds_v1_only: bool,
     pub imds_token_seen: Vec<Option<String>>,
     pub uri_calls: usize,
+    /// The credentials URI answers after this long (a slow sidecar).
+    pub uri_delay: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -218,6 +220,10 @@ async fn uri_credentials(
     method: Method,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let delay = state.lock().unwrap().uri_delay;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = state.lock().unwrap();
     state.uri_calls += 1;
     if method != Method::GET || query.as_deref() != Some("token=uri-canary") {
