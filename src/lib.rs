@@ -6,7 +6,7 @@
 //! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
 //!   section ([`config::server`], [`config::alibaba`], [`config::credentials`],
 //!   [`config::callers`], [`config::telemetry`] with `[audit]`, [`config::idempotency`],
-//!   [`config::watch`]), the region table ([`config::regions`]) and the environment table
+//!   [`config::watch`], [`config::state`]), the region table ([`config::regions`]) and the environment table
 //!   ([`config::env`]).
 //! - [`secret`]: a string that never prints itself, held by config and credentials alike.
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
@@ -15,12 +15,14 @@
 //! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
 //! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
-//! - [`limits`]: per-caller token buckets and the global in-flight limit.
+//! - [`limits`]: per-caller token buckets (local, or shared through the state store) and the
+//!   global in-flight limit.
 //! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
 //! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: the one mapping from failures to gRPC statuses.
-//! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
+//! - [`idempotency`]: `request_id` keys and per-instance upgrade locks (store trait, memory store).
+//! - [`state`]: `[state]`: the memory or Redis store, shared between replicas.
 //! - [`preflight`]: checks of the instance before an upgrade.
 //! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
 //! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
@@ -56,6 +58,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

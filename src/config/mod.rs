@@ -11,6 +11,7 @@ pub mod env;
 pub mod idempotency;
 pub mod regions;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod watch;
 
@@ -26,6 +27,7 @@ pub use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
 pub use credentials::{CredentialsConfig, ProviderKind};
 pub use idempotency::IdempotencyConfig;
 pub use server::{DEFAULT_LISTEN, ServerConfig, TlsConfig};
+pub use state::{RedisUrl, StateConfig, StoreKind};
 pub use telemetry::{AuditConfig, TelemetryConfig};
 pub use watch::WatchConfig;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub alibaba: AlibabaConfig,
     pub idempotency: IdempotencyConfig,
     pub watch: WatchConfig,
+    /// Where idempotency keys, upgrade locks and caller buckets live.
+    pub state: StateConfig,
     pub callers: Vec<CallerConfig>,
     pub credentials: CredentialsConfig,
     /// Traces, metrics and logs.
@@ -88,6 +92,8 @@ struct RawConfig {
     idempotency: idempotency::RawIdempotency,
     #[serde(default)]
     watch: watch::RawWatch,
+    #[serde(default)]
+    state: state::RawState,
     #[serde(default)]
     callers: Vec<CallerConfig>,
     #[serde(default)]
@@ -157,8 +163,9 @@ impl Config {
         Ok(Self {
             server,
             alibaba,
-            idempotency: idempotency::check(raw.idempotency)?,
+            idempotency: idempotency::check(raw.idempotency, raw.callers.len())?,
             watch: watch::check(raw.watch)?,
+            state: state::check(raw.state)?,
             callers: raw.callers,
             credentials: credentials::check(raw.credentials)?,
             // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
@@ -637,6 +644,64 @@ mod tests {
                 Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn state_and_settle_window_come_from_the_file_or_the_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.state.store, StoreKind::Memory);
+        assert_eq!(config.state.lease, Duration::from_secs(30));
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(120));
+        assert_eq!(config.idempotency.max_keys_per_caller, 100_000);
+        let config = load(
+            "[state]\nstore = \"redis\"\nredis_url = \"redis://:hunter2secret@10.0.0.5:6379/0\"",
+            &[
+                ("DDS_GATEWAY_STATE_LEASE", "5s"),
+                ("DDS_GATEWAY_STATE_KEY_PREFIX", "gw1:"),
+                ("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "5m"),
+                ("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "10"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.state.store, StoreKind::Redis);
+        assert_eq!(config.state.lease, Duration::from_secs(5));
+        assert_eq!(config.state.key_prefix, "gw1:");
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(300));
+        assert_eq!(config.idempotency.max_keys_per_caller, 10);
+        assert!(!format!("{config:?}").contains("hunter2secret"));
+        for (text, env, key) in [
+            ("[state]\nstore = \"etcd\"", &[][..], "state.store"),
+            ("[state]\nstore = \"redis\"", &[][..], "state.redis_url"),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_REDIS_URL", "http://:hunter2secret@host")][..],
+                "state.redis_url",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_KEY_PREFIX", "{x}")][..],
+                "state.key_prefix",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_LEASE", "soon")][..],
+                "state.lease",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "0s")][..],
+                "idempotency.settle_window",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "0")][..],
+                "idempotency.max_keys_per_caller",
+            ),
+        ] {
+            let message = load(text, env).unwrap_err().to_string();
+            assert!(message.contains(key), "{text:?}: {message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
         }
     }
 
