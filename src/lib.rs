@@ -22,6 +22,7 @@
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
+//! - [`rollout`]: connections that age out (rebalancing) and a hard end to shutdown.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
 //! - [`client`]: the `dds-gateway upgrade` command-line client.
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod policy;
 pub mod preflight;
 pub mod reload;
+pub mod rollout;
 pub mod sandbox;
 pub mod server;
 pub mod service;
