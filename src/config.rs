@@ -423,7 +423,12 @@ impl Config {
                 60,
             )?,
             shutdown_delay: match raw.server.shutdown_delay {
-                Some(delay) if delay.trim() == "0s" || delay.trim() == "0" => Duration::ZERO,
+                // Zero is the default, and a valid choice: stop accepting at once.
+                Some(delay)
+                    if humantime::parse_duration(delay.trim()).is_ok_and(|d| d.is_zero()) =>
+                {
+                    Duration::ZERO
+                }
                 delay => duration("server.shutdown_delay", delay, 0)?,
             },
         };
