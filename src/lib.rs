@@ -6,8 +6,8 @@
 //! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
 //!   section ([`config::server`], [`config::alibaba`], [`config::credentials`],
 //!   [`config::callers`], [`config::telemetry`] with `[audit]`, [`config::idempotency`],
-//!   [`config::watch`], [`config::state`]), the region table ([`config::regions`]) and the environment table
-//!   ([`config::env`]).
+//!   [`config::watch`], [`config::state`]), the region table ([`config::regions`]) and the
+//!   environment table ([`config::env`]).
 //! - [`secret`]: a string that never prints itself, held by config and credentials alike.
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
 //! - [`credentials`]: secret types and the credentials provider trait.
@@ -31,6 +31,7 @@
 //! - [`json`]: JSON over HTTP on the gRPC port, routed by the proto's `google.api.http` options.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
 //! - [`connections`]: accepted connections: the cap, and the deadline for the HTTP/2 preface.
+//! - [`rollout`]: connections that age out (rebalancing) and a hard end to shutdown.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
 //! - [`client`]: the `dds-gateway upgrade` command-line client.
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
@@ -53,6 +54,7 @@ pub mod limits;
 pub mod policy;
 pub mod preflight;
 pub mod reload;
+pub mod rollout;
 pub mod sandbox;
 pub mod secret;
 pub mod server;

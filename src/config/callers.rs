@@ -1,8 +1,10 @@
 //! `[[callers]]`: who may call and what each caller may do, checked at start-up and at reload.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, span_hint};
 
 /// A caller's sustained calls per second when `rate_per_second` is not set.
 pub const DEFAULT_CALLER_RATE: f64 = 5.0;
@@ -137,4 +139,29 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// `server.callers_file`: a TOML file of `[[callers]]` tables and nothing else.
+pub(super) fn read_file(path: &Path) -> Result<Vec<CallerConfig>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CallersFile {
+        #[serde(default)]
+        callers: Vec<CallerConfig>,
+    }
+    let key = "server.callers_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let file: CallersFile = toml::from_str(&text).map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "{}: {}{} (only [[callers]] tables belong here)",
+                path.display(),
+                e.message(),
+                span_hint(&text, e.span())
+            ),
+        )
+    })?;
+    Ok(file.callers)
 }

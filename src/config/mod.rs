@@ -158,15 +158,19 @@ impl Config {
     fn check(raw: RawConfig, env: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let server = server::check(raw.server)?;
         let alibaba = alibaba::check(raw.alibaba)?;
+        let mut callers = raw.callers;
+        if let Some(path) = &server.callers_file {
+            callers.extend(callers::read_file(path)?);
+        }
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        callers::check(&raw.callers, &alibaba.engine_versions, client_certs)?;
+        callers::check(&callers, &alibaba.engine_versions, client_certs)?;
         Ok(Self {
+            idempotency: idempotency::check(raw.idempotency, callers.len())?,
             server,
             alibaba,
-            idempotency: idempotency::check(raw.idempotency, raw.callers.len())?,
             watch: watch::check(raw.watch)?,
             state: state::check(raw.state)?,
-            callers: raw.callers,
+            callers,
             credentials: credentials::check(raw.credentials)?,
             // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
             telemetry: raw.telemetry.check(env)?,
@@ -703,6 +707,104 @@ mod tests {
             assert!(message.contains(key), "{text:?}: {message}");
             assert!(!message.contains("hunter2secret"), "{message}");
         }
+    }
+
+    #[test]
+    fn reads_the_rollout_keys_from_file_and_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.max_connection_age, None);
+        assert_eq!(
+            config.server.max_connection_age_grace,
+            Duration::from_secs(60)
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::ZERO);
+        let config = load(
+            "[server]\nmax_connection_age = \"5m\"\nmax_connection_age_grace = \"30s\"\nshutdown_delay = \"3s\"",
+            &[("DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE_GRACE", "2m")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.max_connection_age,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            config.server.max_connection_age_grace,
+            Duration::from_secs(120)
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::from_secs(3));
+        let config = load(
+            "",
+            &[
+                ("DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE", "10m"),
+                ("DDS_GATEWAY_SERVER_SHUTDOWN_DELAY", "0s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.max_connection_age,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::ZERO);
+        for (env, key) in [
+            (
+                "DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE",
+                "server.max_connection_age",
+            ),
+            (
+                "DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE_GRACE",
+                "server.max_connection_age_grace",
+            ),
+            ("DDS_GATEWAY_SERVER_SHUTDOWN_DELAY", "server.shutdown_delay"),
+        ] {
+            let message = load("", &[(env, "soonish")]).unwrap_err().to_string();
+            assert!(message.starts_with(key), "{env}: {message}");
+        }
+        let message = load("[server]\nmax_connection_age = \"0s\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("server.max_connection_age"), "{message}");
+    }
+
+    #[test]
+    fn callers_file_adds_callers_and_errors_name_it() {
+        let dir = std::env::temp_dir().join(format!("dds-gateway-callers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("callers.toml");
+        std::fs::write(
+            &file,
+            "[[callers]]\nname = \"from-secret\"\ntoken_sha256 = \"ca7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+        )
+        .unwrap();
+        let main = "[[callers]]\nname = \"inline\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n";
+        let path = file.to_str().unwrap();
+        let config = load(main, &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)]).unwrap();
+        let names: Vec<&str> = config.callers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["inline", "from-secret"]);
+        assert_eq!(config.server.callers_file.as_deref(), Some(file.as_path()));
+        let config = load(&format!("[server]\ncallers_file = {path:?}\n"), &[]).unwrap();
+        assert_eq!(config.callers.len(), 1);
+
+        // The same token twice across the two files is refused like within one.
+        let same = main.replace("inline", "again").replace("ba78", "ca78");
+        let message = load(&same, &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("token_sha256"), "{message}");
+
+        std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        let message = load("", &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)])
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("server.callers_file"), "{message}");
+        let missing = dir.join("missing.toml");
+        let message = load(
+            "",
+            &[("DDS_GATEWAY_SERVER_CALLERS_FILE", missing.to_str().unwrap())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.starts_with("server.callers_file"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

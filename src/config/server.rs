@@ -32,6 +32,18 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How often the config file is checked for changed `[[callers]]`.
     pub reload_interval: Duration,
+    /// A second file of `[[callers]]` (e.g. a mounted Kubernetes Secret), added to the config
+    /// file's callers and reloaded like them.
+    pub callers_file: Option<PathBuf>,
+    /// After this long a connection is asked to go away (HTTP/2 GOAWAY): its calls in flight
+    /// finish and the client reconnects, so clients spread over new replicas. `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls in flight may go on after `max_connection_age`; then the connection is
+    /// closed.
+    pub max_connection_age_grace: Duration,
+    /// At shutdown, how long the gateway keeps serving (health already `NOT_SERVING`) before it
+    /// stops accepting connections, so that balancers and health-checking clients move away.
+    pub shutdown_delay: Duration,
 }
 
 /// `server.tls_cert`, `server.tls_key`, `server.client_ca`: PEM files.
@@ -59,6 +71,10 @@ pub(super) struct RawServer {
     tls_key: Option<String>,
     client_ca: Option<String>,
     reload_interval: Option<String>,
+    callers_file: Option<String>,
+    max_connection_age: Option<String>,
+    max_connection_age_grace: Option<String>,
+    shutdown_delay: Option<String>,
 }
 
 pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -112,6 +128,27 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         )?,
         tls: tls(raw.tls_cert, raw.tls_key, raw.client_ca)?,
         reload_interval: duration("server.reload_interval", raw.reload_interval, 5, DAY)?,
+        callers_file: raw
+            .callers_file
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from),
+        max_connection_age: raw
+            .max_connection_age
+            .map(|age| duration("server.max_connection_age", Some(age), 0, DAY))
+            .transpose()?,
+        max_connection_age_grace: duration(
+            "server.max_connection_age_grace",
+            raw.max_connection_age_grace,
+            60,
+            HOUR,
+        )?,
+        shutdown_delay: match raw.shutdown_delay {
+            // Zero is the default, and a valid choice: stop accepting at once.
+            Some(delay) if humantime::parse_duration(delay.trim()).is_ok_and(|d| d.is_zero()) => {
+                Duration::ZERO
+            }
+            delay => duration("server.shutdown_delay", delay, 0, HOUR)?,
+        },
     })
 }
 
