@@ -530,17 +530,31 @@ mod tests {
             ("server", "shutdown_grace", "1h 1s"),
             ("server", "reload_interval", "1day 1s"),
             ("server", "preface_timeout", "5m 1s"),
+            ("server", "max_connection_age", "1day 1s"),
+            ("server", "max_connection_age_grace", "1h 1s"),
+            ("server", "shutdown_delay", "1h 1s"),
             ("alibaba", "connect_timeout", "5m 1s"),
             ("alibaba", "read_timeout", "10m 1s"),
             ("alibaba", "retry_base_delay", "1m 1s"),
             ("alibaba", "retry_max_delay", "10m 1s"),
             ("idempotency", "retention", "30days 1s"),
+            ("idempotency", "settle_window", "1day 1s"),
+            ("state", "lease", "1h 1s"),
             ("watch", "poll_interval", "1h 1s"),
             ("watch", "max_duration", "1day 1s"),
             ("credentials", "session_duration", "12h 1s"),
             ("credentials", "refresh_ahead", "12h 1s"),
             ("credentials", "file_poll_interval", "1day 1s"),
+            ("telemetry", "metrics_interval", "1day 1s"),
         ];
+        // Every duration key of the environment table is here.
+        let listed: BTreeSet<(&str, &str)> = keys.iter().map(|(s, k, _)| (*s, *k)).collect();
+        let durations: BTreeSet<(&str, &str)> = env::KEYS
+            .iter()
+            .filter(|(_, _, kind)| *kind == env::Kind::Duration)
+            .map(|(s, k, _)| (*s, *k))
+            .collect();
+        assert_eq!(listed, durations);
         for (section, key, over) in keys {
             let name = format!("{section}.{key}");
             let variable = format!("DDS_GATEWAY_{section}_{key}").to_uppercase();
