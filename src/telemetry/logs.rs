@@ -103,8 +103,18 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.push(field, format!("{value:?}"));
+            // Escaped as it is formatted: no string in between.
+            self.push(field, AsJsonString(value));
         }
+    }
+}
+
+/// A `Debug` value serialized as a JSON string of its `{:?}` text.
+struct AsJsonString<'a>(&'a dyn std::fmt::Debug);
+
+impl serde::Serialize for AsJsonString<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:?}", self.0))
     }
 }
 
@@ -271,7 +281,10 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         // serde_json prints a map with sorted keys: the same bytes mean the same order and escapes.
         assert_eq!(value.to_string(), line);
-        assert_eq!(value["level"], "shadowed", "a field wins over the standard key");
+        assert_eq!(
+            value["level"], "shadowed",
+            "a field wins over the standard key"
+        );
         assert_eq!(value["message"], "hello 1");
         assert_eq!(value["target"], "dds_gateway::access");
         assert_eq!(value["quote"], "a\"b\\\n\u{7}中");
@@ -288,6 +301,9 @@ mod tests {
         let line = one_line(LogFormat::Text, || {
             tracing::warn!(target: "t", who = "a\"\nb", n = 2u64, "said");
         });
-        assert!(line.ends_with(" WARN t: said who=\"a\\\"\\nb\" n=2"), "{line}");
+        assert!(
+            line.ends_with(" WARN t: said who=\"a\\\"\\nb\" n=2"),
+            "{line}"
+        );
     }
 }
