@@ -279,22 +279,16 @@ impl SigningKey {
         let mut mac = Chunked::new(self.mac.clone());
         mac.write(method.as_bytes());
         mac.write(b"&%2F&");
-        // The second percent-encoding of a canonicalized query string: see
-        // `percent_encode_encoded_into`.
-        let bytes = canonicalized_query_string.as_bytes();
-        let mut run = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let escaped: &[u8] = match b {
-                b'%' => b"%25",
-                b'=' => b"%3D",
-                b'&' => b"%26",
-                _ => continue,
-            };
-            mac.write(&bytes[run..i]);
-            mac.write(escaped);
-            run = i + 1;
+        // The second percent-encoding of a canonicalized query string (see
+        // `percent_encode_encoded_into`), one byte at a time straight into the block buffer.
+        for &b in canonicalized_query_string.as_bytes() {
+            match b {
+                b'%' => mac.push3(b"%25"),
+                b'=' => mac.push3(b"%3D"),
+                b'&' => mac.push3(b"%26"),
+                _ => mac.push(b),
+            }
         }
-        mac.write(&bytes[run..]);
         mac.finish().into()
     }
 }
@@ -327,6 +321,24 @@ impl Chunked {
         }
         self.buffer[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len == self.buffer.len() {
+            self.mac.update(&self.buffer);
+            self.len = 0;
+        }
+        self.buffer[self.len] = b;
+        self.len += 1;
+    }
+
+    fn push3(&mut self, bytes: &[u8; 3]) {
+        if self.len + 3 > self.buffer.len() {
+            self.mac.update(&self.buffer[..self.len]);
+            self.len = 0;
+        }
+        self.buffer[self.len..self.len + 3].copy_from_slice(bytes);
+        self.len += 3;
     }
 
     fn finish(mut self) -> hmac::digest::Output<Hmac<Sha1>> {
