@@ -318,7 +318,7 @@ fn sign_v2(
         time,
     );
     all.extend(params);
-    let signed = signer::sign("POST", &all, credential.signing_key());
+    let body = signer::sign_form_body("POST", &all, credential.signing_key());
     // Everything goes in the form body, none in the URL: URLs end up in proxy and error logs,
     // and the body carries the security token and signature. Alibaba signs the union of
     // query and body parameters, so both placements verify the same.
@@ -327,7 +327,7 @@ fn sign_v2(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         )
-        .body(signed.form_body())
+        .body(body)
 }
 
 /// Why a V3 request cannot be built: a credential part with bytes HTTP headers cannot carry.

@@ -93,7 +93,7 @@ impl Sts {
             std::time::SystemTime::now(),
         );
         push_session(&mut params, session);
-        let body = signer::sign("POST", &params, base.signing_key()).form_body();
+        let body = signer::sign_form_body("POST", &params, base.signing_key());
         self.post("AssumeRole", body, provider).await
     }
 
