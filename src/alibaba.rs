@@ -3,6 +3,7 @@
 //! configured), sends it to the region's endpoint, and classifies the answer. It decides nothing
 //! about gRPC: `error.rs` does.
 
+pub mod codes;
 pub mod endpoint;
 pub mod response;
 pub mod retry;
@@ -229,7 +230,7 @@ impl AlibabaClient {
         let answer = send(request).instrument(span.clone()).await;
         crate::telemetry::upstream::record(&span, &answer);
         if let Err(err) = &answer
-            && retry::credential_expired(err)
+            && codes::credential_expired(err)
         {
             // The retry that follows (see `retry`) signs with a fresh credential.
             self.credentials.rejected_as_expired(&credential);

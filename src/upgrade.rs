@@ -441,17 +441,10 @@ impl Upgrader {
     }
 }
 
-/// Whether Alibaba may have acted on an upgrade call that failed this way: no answer, a server
-/// error, or a success the gateway could not read.
+/// Whether Alibaba may have acted on an upgrade call that failed this way (no answer, a server
+/// error, a success the gateway could not read): [`codes`](crate::alibaba::codes) decides.
 fn outcome_unknown(err: &CallError) -> bool {
-    match err {
-        CallError::OutcomeUnknown(_) => true,
-        CallError::Upstream(e) => e.http_status >= 500,
-        CallError::Unreadable { http_status } => {
-            (200..300).contains(http_status) || *http_status >= 500
-        }
-        CallError::Unreachable(_) | CallError::Credentials(_) | CallError::Unsupported(_) => false,
-    }
+    crate::alibaba::codes::classify(err).outcome_unknown()
 }
 
 /// Whether the upgrade waits for the maintenance window. Until then the instance stays `Running`
