@@ -5,6 +5,7 @@
 //! The stages carry Alibaba's own names: the *canonicalized query string*, the *string to sign*
 //! and the *signature*. See `reference/alibaba-api.md` §1. Signature V3 (`ACS3-HMAC-SHA256`) is
 //! in [`v3`]; both share this module's percent-encoding.
+#![deny(clippy::disallowed_methods)]
 
 use std::fmt;
 use std::time::SystemTime;

@@ -156,6 +156,10 @@ where
 }
 
 /// A uniformly random number for jitter (not for anything secret): the random bits of a v4 UUID.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "backoff jitter, not a signature nonce: it need not come from the signing clock"
+)]
 fn random() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().1
 }
