@@ -7,6 +7,7 @@
 //! the wall clock or a random source for a signature (`clippy.toml` denies it).
 #![deny(clippy::disallowed_methods)]
 
+pub mod calls;
 pub mod clock;
 pub mod codes;
 pub mod endpoint;
@@ -16,6 +17,7 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use calls::Alibaba;
 pub use clock::{Clock, SystemClock};
 
 use reqwest::Url;

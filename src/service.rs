@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::alibaba::AlibabaClient;
+use crate::alibaba::{Alibaba, AlibabaClient};
 use crate::audit::{self, Audit, AuditEvent};
 use crate::auth::Caller;
 use crate::config::Config;
@@ -85,17 +85,17 @@ impl EngineVersionService {
         });
         let settings = UpgradeSettings {
             preflight: config.alibaba.preflight,
-            retry: config.alibaba.retry,
         };
+        let alibaba = Alibaba::new(client, config.alibaba.retry);
         Self {
             validator,
             upgrader: Upgrader::new(
-                Arc::clone(&client),
+                alibaba.clone(),
                 settings,
                 Idempotency::new(store),
                 Audit::log_only(),
             ),
-            status: StatusReader::new(client, config.alibaba.retry, &config.watch),
+            status: StatusReader::new(alibaba, &config.watch),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),

@@ -9,19 +9,16 @@
 //! passed, and the audit trail holds a `sending` event for it.
 //!
 //! `UpgradeDBInstanceEngineVersion` is retried only when Alibaba surely did not act on it (see
-//! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
+//! [`codes`](crate::alibaba::codes)). When the outcome is unknown (no answer, a 5xx, an
 //! unreadable success), the gateway looks at the instance instead of sending again: upgrading or
 //! already on the target means accepted (RequestId unknown); anything else is UNAVAILABLE with
 //! what it saw, and the key is marked unresolved so that a retry looks again first.
-
-use std::sync::Arc;
 
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
-use crate::alibaba::retry::{self, Effect, RetryPolicy};
-use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
+use crate::alibaba::{Alibaba, CallError, InstanceAttribute, action};
 use crate::audit::{self, Audit, AuditEvent};
 use crate::error::Error;
 use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Settlement};
@@ -51,13 +48,12 @@ pub struct Outcome {
 pub struct UpgradeSettings {
     /// Check the instance before upgrading (and for `validate_only`).
     pub preflight: bool,
-    pub retry: RetryPolicy,
 }
 
 /// Carries out upgrades for the service.
 #[derive(Debug, Clone)]
 pub struct Upgrader {
-    client: Arc<AlibabaClient>,
+    alibaba: Alibaba,
     settings: UpgradeSettings,
     idempotency: Idempotency,
     audit: Audit,
@@ -65,13 +61,13 @@ pub struct Upgrader {
 
 impl Upgrader {
     pub fn new(
-        client: Arc<AlibabaClient>,
+        alibaba: Alibaba,
         settings: UpgradeSettings,
         idempotency: Idempotency,
         audit: Audit,
     ) -> Self {
         Self {
-            client,
+            alibaba,
             settings,
             idempotency,
             audit,
@@ -321,26 +317,26 @@ impl Upgrader {
             outcome: "sending",
             ..event.clone()
         };
-        let client = &self.client;
-        let sent = retry::retry(
-            &self.settings.retry,
-            Effect::Change,
-            deadline,
-            action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
-            || async {
-                let signed = client
-                    .sign_upgrade(
-                        request.region_id(),
-                        request.db_instance_id(),
-                        target,
-                        request.switch_mode().map(|m| m.as_param()),
-                    )
-                    .await?;
-                self.point_of_no_return(&sending, deadline).await?;
-                client.send_upgrade(signed).await.map_err(Error::Call)
-            },
-        )
-        .await;
+        let client = self.alibaba.client();
+        let sent = self
+            .alibaba
+            .change(
+                deadline,
+                action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+                || async {
+                    let signed = client
+                        .sign_upgrade(
+                            request.region_id(),
+                            request.db_instance_id(),
+                            target,
+                            request.switch_mode().map(|m| m.as_param()),
+                        )
+                        .await?;
+                    self.point_of_no_return(&sending, deadline).await?;
+                    client.send_upgrade(signed).await.map_err(Error::Call)
+                },
+            )
+            .await;
         match sent {
             Ok(alibaba_request_id) => Ok(accepted(request, alibaba_request_id, previous, false)),
             Err(Error::Call(err)) if outcome_unknown(&err) => {
@@ -386,19 +382,12 @@ impl Upgrader {
             "upgrade outcome unknown; looking at the instance"
         );
         // One look even when the caller's deadline has passed: the key's record depends on it.
-        let observed: Option<InstanceAttribute> = retry::retry(
-            &self.settings.retry,
-            Effect::Read,
-            deadline,
-            action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
-            || {
-                self.client
-                    .describe_db_instance_attribute(request.region_id(), request.db_instance_id())
-            },
-        )
-        .await
-        .ok()
-        .flatten();
+        let observed: Option<InstanceAttribute> = self
+            .alibaba
+            .describe_db_instance_attribute(request.region_id(), request.db_instance_id(), deadline)
+            .await
+            .ok()
+            .flatten();
         match observed {
             Some(attribute) if preflight::shows_upgrade(&attribute, request.engine_version()) => {
                 Ok(accepted(request, String::new(), previous, true))
@@ -414,8 +403,7 @@ impl Upgrader {
         deadline: Instant,
     ) -> Result<InstanceAttribute, Error> {
         preflight::describe(
-            &self.client,
-            &self.settings.retry,
+            &self.alibaba,
             request.region_id(),
             request.db_instance_id(),
             deadline,
@@ -430,8 +418,7 @@ impl Upgrader {
         deadline: Instant,
     ) -> Result<(), Error> {
         preflight::check(
-            &self.client,
-            &self.settings.retry,
+            &self.alibaba,
             attribute,
             request.region_id(),
             request.engine_version(),
