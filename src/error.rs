@@ -77,6 +77,10 @@ pub enum Error {
     /// The audit file cannot take an upgrade's `sending` event, so the upgrade is not sent.
     #[error(transparent)]
     AuditUnavailable(#[from] crate::audit::AuditError),
+    /// A JSON over HTTP request that does not make a call: route, content type, size, body,
+    /// query.
+    #[error(transparent)]
+    Json(#[from] crate::json::RequestError),
 }
 
 impl Error {
@@ -243,6 +247,7 @@ impl From<Error> for Status {
                 &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),
+            Error::Json(err) => json_status(&err),
             Error::Store(StoreError::Unavailable(_)) => status(
                 Code::Unavailable,
                 "the gateway cannot reach its idempotency store; nothing was sent to Alibaba Cloud",
@@ -251,6 +256,54 @@ impl From<Error> for Status {
                 Some(DEFAULT_RETRY_DELAY),
             ),
         }
+    }
+}
+
+/// JSON over HTTP requests that never became a call, or whose message could not be read.
+fn json_status(err: &crate::json::RequestError) -> Status {
+    use crate::json::RequestError as E;
+    let message = err.to_string();
+    match err {
+        E::RouteNotFound { .. } => status(Code::NotFound, &message, "ROUTE_NOT_FOUND", &[], None),
+        E::MethodNotAllowed { allowed, .. } => status(
+            Code::Unimplemented,
+            &message,
+            "METHOD_NOT_ALLOWED",
+            &[("allowed", allowed.clone())],
+            None,
+        ),
+        E::UnsupportedMediaType { .. } => status(
+            Code::InvalidArgument,
+            &message,
+            "UNSUPPORTED_MEDIA_TYPE",
+            &[],
+            None,
+        ),
+        E::TooLarge { limit } => status(
+            Code::OutOfRange,
+            &message,
+            "REQUEST_TOO_LARGE",
+            &[("limit", limit.to_string())],
+            None,
+        ),
+        E::InvalidJson { line, column, .. } => status(
+            Code::InvalidArgument,
+            &message,
+            "INVALID_JSON",
+            &[("line", line.to_string()), ("column", column.to_string())],
+            None,
+        ),
+        E::InvalidParameter { name, detail } => {
+            let mut details = ErrorDetails::new();
+            details.add_bad_request_violation(name.clone(), detail.clone());
+            details.set_error_info(
+                "INVALID_PARAMETER",
+                DOMAIN,
+                [("fields".to_string(), name.clone())],
+            );
+            Status::with_error_details(Code::InvalidArgument, message, details)
+        }
+        E::BodyUnreadable(_) => status(Code::InvalidArgument, &message, "INVALID_JSON", &[], None),
     }
 }
 

@@ -24,6 +24,7 @@
 //! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
 //! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
 //! - [`service`]: the `EngineVersionService` implementation.
+//! - [`json`]: JSON over HTTP on the gRPC port, routed by the proto's `google.api.http` options.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
 //! - [`connections`]: accepted connections: the cap, and the deadline for the HTTP/2 preface.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
@@ -43,6 +44,7 @@ pub mod deadline;
 pub mod error;
 pub mod gate;
 pub mod idempotency;
+pub mod json;
 pub mod limits;
 pub mod policy;
 pub mod preflight;
@@ -62,7 +64,12 @@ pub mod validation;
 pub mod pb {
     tonic::include_proto!("dds.gateway.v1");
 
-    /// The encoded file descriptor set, for server reflection.
+    /// The encoded file descriptor set with its imports and options, for server reflection and
+    /// the JSON routes (`google.api.http`).
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/dds_gateway_descriptor.bin"));
+
+    /// `google.rpc.Status` and its details' types, to write errors as JSON.
+    pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
 }

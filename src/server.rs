@@ -189,6 +189,10 @@ async fn serve_inner(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
+    let json = crate::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
+        .map_err(ServeError::Refused)?;
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = tls {
@@ -207,6 +211,9 @@ async fn serve_inner(
     let server = builder
         // Outermost: the call's span, metrics and access line cover everything below.
         .layer(RpcLayer::new(telemetry.clone()))
+        // Before the layers below, which then see a JSON call as the gRPC call it becomes.
+        .layer(json.clone())
+        .accept_http1(true)
         .tcp_nodelay(true)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -228,6 +235,7 @@ async fn serve_inner(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
+    tracing::info!(routes = %json.describe(), "JSON over HTTP on the same port");
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "dds-gateway listening");
 
     tokio::select! {

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
+#[path = "common/http_client.rs"]
+mod http_client;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -789,6 +791,111 @@ async fn a_certificate_cannot_name_a_caller_without_the_opt_in() {
     assert_eq!(gw.sandbox.calls(UPGRADE), 0);
 }
 
+/// JSON over HTTPS (HTTP/2 by ALPN) with the client certificate presented in the handshake.
+async fn https_json(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    identity: Option<&Pem>,
+    instance: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> http_client::Answer {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(pem) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(pem.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    http_client::http2(
+        tls,
+        "POST",
+        &format!(
+            "https://localhost:{}/v1/instances/{instance}:upgradeEngineVersion",
+            addr.port()
+        ),
+        &all,
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_over_https_names_callers_by_certificate_or_token() {
+    let (pki, issuer, server_keys) = Pki::new(true);
+    let callers = format!(
+        "{}\n[[callers]]\nname = \"cert-only\"\nmtls = true\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
+        callers_toml()
+    );
+    let gw = gateway(&server_keys, &callers).await;
+    let client_auth = rcgen::ExtendedKeyUsagePurpose::ClientAuth;
+    let upgrade = r#"{"engineVersion":"5.0"}"#;
+
+    let by_cert = leaf(&issuer, "cert-only", &[], client_auth.clone());
+    let answer = https_json(&pki, gw.addr, Some(&by_cert), "dds-sandbox02", &[], upgrade).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.json()["engineVersion"], "5.0");
+
+    let token = format!("Bearer {BILLING_TOKEN}");
+    let by_token = https_json(
+        &pki,
+        gw.addr,
+        None,
+        "dds-sandbox01",
+        &[("authorization", token.as_str())],
+        r#"{"engineVersion":"6.0","validateOnly":true}"#,
+    )
+    .await;
+    assert_eq!(by_token.status, 200, "{:?}", by_token.body);
+    // The certificate's caller and another caller's token contradict each other.
+    https_json(
+        &pki,
+        gw.addr,
+        Some(&by_cert),
+        "dds-sandbox02",
+        &[("authorization", token.as_str())],
+        upgrade,
+    )
+    .await
+    .assert_error(401, 16, "CALLER_CREDENTIALS_INVALID");
+    let stranger = leaf(&issuer, "stranger", &[], client_auth);
+    https_json(
+        &pki,
+        gw.addr,
+        Some(&stranger),
+        "dds-sandbox02",
+        &[],
+        upgrade,
+    )
+    .await
+    .assert_error(401, 16, "CALLER_CREDENTIALS_INVALID");
+    https_json(&pki, gw.addr, None, "dds-sandbox02", &[], upgrade)
+        .await
+        .assert_error(401, 16, "CALLER_CREDENTIALS_MISSING");
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+}
 // ---- reload ----
 
 /// Polls a gRPC condition (the `wait_until` helper takes only plain closures).

@@ -148,6 +148,25 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
                 .await
         ));
     }
+    // The same over JSON/HTTP: answers, headers and logs.
+    for (token, body) in [
+        (BEARER, r#"{"engineVersion":"5.0","validateOnly":true}"#),
+        (WRONG_BEARER, r#"{"engineVersion":"5.0"}"#),
+    ] {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://{}/v1/instances/dds-sandbox01:upgradeEngineVersion",
+                callers_gateway.addr
+            ))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        answers.push(format!("{:?}", response.headers()));
+        answers.push(response.text().await.unwrap());
+    }
     assert_eq!(
         callers_gateway
             .sandbox

@@ -110,6 +110,7 @@ async fn http_receiver() -> (Received, SocketAddr) {
 /// telemetry pipeline (logs into a buffer).
 struct Traced {
     sandbox: Sandbox,
+    addr: SocketAddr,
     telemetry: Telemetry,
     logs: Arc<Mutex<Vec<u8>>>,
     channel: tonic::transport::Channel,
@@ -154,6 +155,7 @@ impl Traced {
         let client = EngineVersionServiceClient::new(channel.clone());
         Self {
             sandbox,
+            addr,
             telemetry,
             logs,
             channel,
@@ -1000,4 +1002,134 @@ async fn junk_paths_fold_into_one_unknown_method() {
     assert!(!logs.contains("Junk"), "a path reached the logs");
     assert!(logs.contains("\"method\":\"unknown\""), "{logs}");
     gateway.shutdown().await;
+}
+
+/// A JSON call over HTTP has one SERVER span with the HTTP semantic conventions (continuing the
+/// caller's trace, the upstream calls below it), the RPC metrics with its route as `http.route`,
+/// and an access line naming the route, the HTTP status and the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_calls_have_http_server_spans_and_the_rpc_metrics_by_route() {
+    const TOKEN: &str = "reporting-token-0123456789";
+    const ROUTE: &str = "/v1/instances/{db_instance_id}:upgradeEngineVersion";
+    let (received, receiver) = grpc_receiver().await;
+    let gateway = Traced::start(|config| {
+        config.telemetry.traces = Some(Otlp {
+            endpoint: format!("http://{receiver}"),
+            protocol: Protocol::Grpc,
+        });
+        config.callers = Config::from_toml(
+            &format!(
+                "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
+                dds_gateway::auth::hash_token(TOKEN)
+            ),
+            "test",
+            |_| None,
+            &dds_gateway::config::Overrides::default(),
+        )
+        .unwrap()
+        .callers;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let upgrade = client
+        .post(format!(
+            "http://{}/v1/instances/dds-sandbox01:upgradeEngineVersion",
+            gateway.addr
+        ))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01"))
+        .body(r#"{"engineVersion":"4.4"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upgrade.status(), 200);
+    let refused = client
+        .get(format!(
+            "http://{}/v1/instances/dds-sandbox01/engineVersion",
+            gateway.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "dds_gateway_rpc_requests_total",
+            &[
+                ("rpc_method", UPGRADE_METHOD),
+                ("http_route", ROUTE),
+                ("rpc_response_status_code", "OK")
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "dds_gateway_rpc_requests_total",
+            &[
+                ("http_route", "/v1/instances/{db_instance_id}/engineVersion"),
+                ("rpc_response_status_code", "UNAUTHENTICATED")
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "dds_gateway_rpc_in_flight",
+            &[("rpc_method", UPGRADE_METHOD), ("http_route", ROUTE)]
+        ),
+        Some(0.0)
+    );
+    let logs = gateway.log_lines();
+    gateway.shutdown().await;
+
+    let access: Vec<_> = logs
+        .iter()
+        .filter(|l| l["target"] == "dds_gateway::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{logs:#?}");
+    assert_eq!(access[0]["route"], ROUTE);
+    assert_eq!(access[0]["http_status"], 200);
+    assert_eq!(access[0]["caller"], "reporting");
+    assert_eq!(access[0]["trace_id"], TRACE_ID);
+    assert_eq!(access[1]["http_status"], 401);
+    assert_eq!(access[1]["grpc_code"], "UNAUTHENTICATED");
+
+    let spans = received.spans();
+    let servers = named(&spans, &format!("POST {ROUTE}"));
+    assert_eq!(servers.len(), 1, "{spans:#?}");
+    let server = servers[0];
+    assert_eq!(server.kind, SpanKind::Server as i32);
+    assert_eq!(hex(&server.trace_id), TRACE_ID);
+    assert_eq!(hex(&server.parent_span_id), PARENT_SPAN_ID);
+    assert_eq!(string(server, "http.request.method"), "POST");
+    assert_eq!(string(server, "http.route"), ROUTE);
+    assert_eq!(
+        string(server, "url.path"),
+        "/v1/instances/dds-sandbox01:upgradeEngineVersion"
+    );
+    assert_eq!(string(server, "url.scheme"), "http");
+    assert_eq!(string(server, "network.protocol.version"), "1.1");
+    assert_eq!(int(server, "http.response.status_code"), 200);
+    assert_eq!(string(server, "rpc.method"), UPGRADE_METHOD);
+    assert_eq!(string(server, "enduser.id"), "reporting");
+    assert_eq!(string(server, "client.address"), "127.0.0.1");
+    // No second SERVER span for the gRPC call it became; the upstream call is below this one.
+    assert!(named(&spans, UPGRADE_METHOD).is_empty(), "{spans:#?}");
+    let upstream = named(&spans, "Dds.UpgradeDBInstanceEngineVersion");
+    assert_eq!(upstream.len(), 1);
+    assert!(descends(&spans, upstream[0], server));
+    // A refusal is the caller's doing (4xx): not an error of the server's span.
+    let refused = named(&spans, "GET /v1/instances/{db_instance_id}/engineVersion");
+    assert_eq!(refused.len(), 1, "{spans:#?}");
+    assert_eq!(int(refused[0], "http.response.status_code"), 401);
+    assert_eq!(refused[0].status.as_ref().map_or(0, |s| s.code), 0);
 }

@@ -124,6 +124,29 @@ impl Metrics {
         self.rpc_duration.record(elapsed.as_secs_f64(), &attributes);
     }
 
+    /// A call over JSON/HTTP: the RPC metrics, also labelled with its route.
+    pub(crate) fn json_started(&self, method: &str, route: &str) {
+        self.rpc_in_flight.add(1, &json_labels(method, route));
+    }
+
+    pub(crate) fn json_finished(
+        &self,
+        method: &str,
+        route: &str,
+        code: &'static str,
+        elapsed: Duration,
+    ) {
+        let [method, route] = json_labels(method, route);
+        self.rpc_in_flight.add(-1, &[method.clone(), route.clone()]);
+        let attributes = [
+            method,
+            route,
+            KeyValue::new("rpc.response.status_code", code),
+        ];
+        self.rpc_requests.add(1, &attributes);
+        self.rpc_duration.record(elapsed.as_secs_f64(), &attributes);
+    }
+
     fn upstream_finished(&self, attempt: &UpstreamAttempt, elapsed: Duration) {
         let mut attributes = vec![
             KeyValue::new("alibaba_cloud.action", attempt.action.clone()),
@@ -136,6 +159,13 @@ impl Metrics {
         }
         self.upstream_requests.add(1, &attributes);
     }
+}
+
+fn json_labels(method: &str, route: &str) -> [KeyValue; 2] {
+    [
+        KeyValue::new("rpc.method", method.to_string()),
+        KeyValue::new("http.route", route.to_string()),
+    ]
 }
 
 /// Counts what other modules report through `tracing`: the CLIENT spans of upstream attempts

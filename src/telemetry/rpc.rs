@@ -67,7 +67,8 @@ impl CallNote {
         }
     }
 
-    fn caller(&self) -> String {
+    /// The caller recorded, or "" when none was.
+    pub fn caller(&self) -> String {
         self.0
             .lock()
             .ok()
