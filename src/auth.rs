@@ -56,6 +56,13 @@ impl Caller {
     pub fn take_call(&self) -> Result<(), std::time::Duration> {
         self.bucket.take(self.rate)
     }
+    /// [`take_call`](Self::take_call) from the shared buckets in `rates`, when there are any.
+    pub async fn take_call_from(
+        &self,
+        rates: &crate::limits::Rates,
+    ) -> Result<(), std::time::Duration> {
+        rates.take(&self.name, self.rate, &self.bucket).await
+    }
 }
 
 /// Why a call could not be tied to a caller.

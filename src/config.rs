@@ -69,6 +69,8 @@ pub struct Config {
     pub alibaba: AlibabaConfig,
     pub idempotency: IdempotencyConfig,
     pub watch: WatchConfig,
+    /// Where idempotency keys, upgrade locks and caller buckets live.
+    pub state: StateConfig,
     pub callers: Vec<CallerConfig>,
     pub credentials: CredentialsConfig,
     /// Traces, metrics and logs (issue 4).
@@ -84,6 +86,32 @@ pub struct Config {
 pub struct IdempotencyConfig {
     pub retention: Duration,
     pub max_keys: usize,
+    /// Keys one caller may hold at once, so that a noisy caller is refused before the others.
+    pub max_keys_per_caller: usize,
+    /// How long after an upgrade call with an unknown outcome a retry with its key only looks
+    /// at the instance, because Alibaba's view of it may still lag its own action.
+    pub settle_window: Duration,
+}
+
+/// `[state]`: the store of idempotency keys, per-instance upgrade locks and caller buckets.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub store: StoreKind,
+    /// `state.redis_url`, with its password: a secret.
+    pub redis_url: Option<crate::state::RedisUrl>,
+    /// Put before every Redis key, so that several gateways can share one Redis.
+    pub key_prefix: String,
+    /// How long a claim lives without renewal: how long after its owner died a key waits.
+    pub lease: Duration,
+}
+
+/// `state.store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// This process's memory: one replica.
+    Memory,
+    /// A Redis shared by every replica.
+    Redis,
 }
 
 /// `[watch]`: `WatchUpgrade` polling.
@@ -249,6 +277,8 @@ struct RawConfig {
     #[serde(default)]
     watch: RawWatch,
     #[serde(default)]
+    state: RawState,
+    #[serde(default)]
     callers: Vec<CallerConfig>,
     #[serde(default)]
     credentials: RawCredentials,
@@ -284,6 +314,17 @@ struct RawCredentials {
 struct RawIdempotency {
     retention: Option<String>,
     max_keys: Option<usize>,
+    max_keys_per_caller: Option<usize>,
+    settle_window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    store: Option<String>,
+    redis_url: Option<String>,
+    key_prefix: Option<String>,
+    lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -517,6 +558,19 @@ impl Config {
                 "expected a number of keys between 1 and 100000000",
             ));
         }
+        // A fair share by default: the configured callers split the store evenly.
+        let max_keys_per_caller = raw
+            .idempotency
+            .max_keys_per_caller
+            .unwrap_or(max_keys / raw.callers.len().max(1));
+        if !(1..=max_keys).contains(&max_keys_per_caller) {
+            return Err(invalid(
+                "idempotency.max_keys_per_caller",
+                format!(
+                    "expected a number of keys between 1 and idempotency.max_keys ({max_keys})"
+                ),
+            ));
+        }
         let idempotency = IdempotencyConfig {
             retention: duration_or(
                 "idempotency.retention",
@@ -525,7 +579,15 @@ impl Config {
                 Duration::from_secs(30 * DAY),
             )?,
             max_keys,
+            max_keys_per_caller,
+            settle_window: duration_or(
+                "idempotency.settle_window",
+                raw.idempotency.settle_window,
+                Duration::from_secs(120),
+                Duration::from_secs(DAY),
+            )?,
         };
+        let state = check_state(raw.state)?;
         let max_active = raw.watch.max_active.unwrap_or(64);
         if !(1..=100_000).contains(&max_active) {
             return Err(invalid(
@@ -562,6 +624,7 @@ impl Config {
             alibaba,
             idempotency,
             watch,
+            state,
             callers: raw.callers,
             credentials: check_credentials(raw.credentials)?,
             telemetry: crate::telemetry::TelemetryConfig::default(),
@@ -853,6 +916,55 @@ fn retry_policy(
     })
 }
 
+/// `[state]`: a Redis store needs a URL it can use; its password never appears in the error.
+fn check_state(raw: RawState) -> Result<StateConfig, ConfigError> {
+    let store = match raw.store.as_deref().map(str::trim) {
+        None | Some("memory") => StoreKind::Memory,
+        Some("redis") => StoreKind::Redis,
+        Some(other) => {
+            return Err(invalid(
+                "state.store",
+                format!("expected \"memory\" or \"redis\", got {other:?}"),
+            ));
+        }
+    };
+    let redis_url = raw
+        .redis_url
+        .map(|url| crate::state::RedisUrl::parse(&url).map_err(|e| invalid("state.redis_url", e)))
+        .transpose()?;
+    if store == StoreKind::Redis && redis_url.is_none() {
+        return Err(invalid(
+            "state.redis_url",
+            "required with state.store = \"redis\"",
+        ));
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "dds-gateway:".to_string());
+    if key_prefix.len() > 64
+        || key_prefix.contains(['{', '}'])
+        || key_prefix.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "state.key_prefix",
+            "expected at most 64 characters, without braces (they make Redis Cluster hash tags) or control characters",
+        ));
+    }
+    let lease = duration_or(
+        "state.lease",
+        raw.lease,
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    )?;
+    if lease < Duration::from_secs(1) {
+        return Err(invalid("state.lease", "expected at least 1s"));
+    }
+    Ok(StateConfig {
+        store,
+        redis_url,
+        key_prefix,
+        lease,
+    })
+}
+
 fn duration(
     key: &str,
     value: Option<String>,
@@ -986,6 +1098,17 @@ fn apply_env(
     );
     set(&mut raw.alibaba.retry_max_delay, "ALIBABA_RETRY_MAX_DELAY");
     set(&mut raw.idempotency.retention, "IDEMPOTENCY_RETENTION");
+    set(
+        &mut raw.idempotency.settle_window,
+        "IDEMPOTENCY_SETTLE_WINDOW",
+    );
+    if let Some(v) = var("IDEMPOTENCY_MAX_KEYS_PER_CALLER") {
+        raw.idempotency.max_keys_per_caller = Some(v.trim().parse().unwrap_or(0));
+    }
+    set(&mut raw.state.store, "STATE_STORE");
+    set(&mut raw.state.redis_url, "STATE_REDIS_URL");
+    set(&mut raw.state.key_prefix, "STATE_KEY_PREFIX");
+    set(&mut raw.state.lease, "STATE_LEASE");
     set(&mut raw.watch.poll_interval, "WATCH_POLL_INTERVAL");
     set(&mut raw.watch.max_duration, "WATCH_MAX_DURATION");
     if let Some(v) = var("WATCH_MAX_ACTIVE") {
@@ -1387,6 +1510,64 @@ mod tests {
                 Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn state_and_settle_window_come_from_the_file_or_the_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.state.store, StoreKind::Memory);
+        assert_eq!(config.state.lease, Duration::from_secs(30));
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(120));
+        assert_eq!(config.idempotency.max_keys_per_caller, 100_000);
+        let config = load(
+            "[state]\nstore = \"redis\"\nredis_url = \"redis://:hunter2secret@10.0.0.5:6379/0\"",
+            &[
+                ("DDS_GATEWAY_STATE_LEASE", "5s"),
+                ("DDS_GATEWAY_STATE_KEY_PREFIX", "gw1:"),
+                ("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "5m"),
+                ("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "10"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.state.store, StoreKind::Redis);
+        assert_eq!(config.state.lease, Duration::from_secs(5));
+        assert_eq!(config.state.key_prefix, "gw1:");
+        assert_eq!(config.idempotency.settle_window, Duration::from_secs(300));
+        assert_eq!(config.idempotency.max_keys_per_caller, 10);
+        assert!(!format!("{config:?}").contains("hunter2secret"));
+        for (text, env, key) in [
+            ("[state]\nstore = \"etcd\"", &[][..], "state.store"),
+            ("[state]\nstore = \"redis\"", &[][..], "state.redis_url"),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_REDIS_URL", "http://:hunter2secret@host")][..],
+                "state.redis_url",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_KEY_PREFIX", "{x}")][..],
+                "state.key_prefix",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_LEASE", "soon")][..],
+                "state.lease",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_SETTLE_WINDOW", "0s")][..],
+                "idempotency.settle_window",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_IDEMPOTENCY_MAX_KEYS_PER_CALLER", "0")][..],
+                "idempotency.max_keys_per_caller",
+            ),
+        ] {
+            let message = load(text, env).unwrap_err().to_string();
+            assert!(message.contains(key), "{text:?}: {message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
         }
     }
 

@@ -21,6 +21,9 @@ pub const DOMAIN: &str = "dds-gateway";
 
 /// How long a caller should wait before retrying when Alibaba did not say.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a caller should wait before retrying an upgrade refused because another is in
+/// flight: the other one's answer takes seconds.
+const UPGRADE_IN_PROGRESS_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// A failed RPC, before it is turned into a [`Status`].
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,18 @@ pub enum Error {
     ScheduledOutcomeUnknown { observed: Option<InstanceAttribute> },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another upgrade of the instance is in flight (any `request_id`, or none).
+    #[error("another upgrade of the instance is in flight")]
+    UpgradeInProgress,
+    /// An earlier attempt with this key sent the upgrade with an unknown outcome, within the
+    /// settle window, and the instance does not show it (yet): nothing is sent.
+    #[error(
+        "an earlier attempt's outcome is unknown and the instance does not show it yet; instance seen: {observed:?}"
+    )]
+    Settling {
+        observed: Option<InstanceAttribute>,
+        retry_after: Duration,
+    },
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
     #[error("watch deadline exceeded")]
     WatchDeadlineExceeded,
@@ -237,7 +252,7 @@ impl From<Error> for Status {
                 Code::ResourceExhausted,
                 "the gateway holds too many idempotency keys to take another; retry later",
                 "IDEMPOTENCY_STORE_FULL",
-                &[("keys", keys.to_string())],
+                &[("keys", keys.to_string()), ("scope", "gateway".to_string())],
                 Some(DEFAULT_RETRY_DELAY),
             ),
             Error::AuditUnavailable(_) => status(
@@ -248,13 +263,31 @@ impl From<Error> for Status {
                 Some(DEFAULT_RETRY_DELAY),
             ),
             Error::Json(err) => json_status(&err),
-            Error::Store(StoreError::Unavailable(_)) => status(
+            Error::Store(StoreError::CallerFull(keys)) => status(
+                Code::ResourceExhausted,
+                "the caller holds its share of idempotency keys (idempotency.max_keys_per_caller); retry later",
+                "IDEMPOTENCY_STORE_FULL",
+                &[("keys", keys.to_string()), ("scope", "caller".to_string())],
+                Some(DEFAULT_RETRY_DELAY),
+            ),
+            Error::Store(StoreError::Unavailable(_) | StoreError::Lapsed) => status(
                 Code::Unavailable,
-                "the gateway cannot reach its idempotency store; nothing was sent to Alibaba Cloud",
-                "IDEMPOTENCY_STORE_UNAVAILABLE",
+                "the gateway cannot reach its state store; nothing was sent to Alibaba Cloud",
+                "STATE_STORE_UNAVAILABLE",
                 &[],
                 Some(DEFAULT_RETRY_DELAY),
             ),
+            Error::UpgradeInProgress => status(
+                Code::Aborted,
+                "another upgrade of this instance is in flight; nothing was sent. Retry once it has ended",
+                "UPGRADE_IN_PROGRESS",
+                &[],
+                Some(UPGRADE_IN_PROGRESS_RETRY_DELAY),
+            ),
+            Error::Settling {
+                observed,
+                retry_after,
+            } => settling_status(observed.as_ref(), retry_after),
         }
     }
 }
@@ -442,6 +475,34 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
         "UPSTREAM_OUTCOME_UNKNOWN",
         &metadata,
         Some(cause_retry_delay(cause)),
+    )
+}
+
+/// A retry within the settle window of a send with an unknown outcome: the same answer as the
+/// unknown outcome itself, because that is what the gateway still knows.
+fn settling_status(observed: Option<&InstanceAttribute>, retry_after: Duration) -> Status {
+    let mut metadata = Vec::new();
+    let seen = match observed {
+        Some(a) => {
+            metadata.push(("instanceStatus", a.status.clone()));
+            metadata.push(("engineVersion", a.engine_version.clone()));
+            format!(
+                "the instance is {} on engine version {}, which does not show it yet",
+                a.status, a.engine_version
+            )
+        }
+        None => "the gateway could not look at the instance".to_string(),
+    };
+    status(
+        Code::Unavailable,
+        &format!(
+            "an earlier attempt with this request_id sent the upgrade without a definite answer; {seen}. \
+             Alibaba's view can lag its own action, so nothing is sent again within idempotency.settle_window; \
+             retry with the same request_id"
+        ),
+        "UPSTREAM_OUTCOME_UNKNOWN",
+        &metadata,
+        Some(retry_after.max(Duration::from_millis(100))),
     )
 }
 

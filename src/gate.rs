@@ -21,7 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::auth::{Caller, CallersHandle};
 use crate::deadline;
 use crate::error::{self, Error};
-use crate::limits::{Full, InFlight, Place};
+use crate::limits::{Full, InFlight, Place, Rates};
 
 /// The caller a call was admitted for, as a request extension (absent on an open gateway).
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Gate<S> {
     in_flight: InFlight,
     /// `server.request_timeout`: how long a message may take to arrive without a caller deadline.
     request_timeout: Duration,
+    /// Where callers' rates are kept.
+    rates: Rates,
 }
 
 impl<S> Gate<S> {
@@ -49,7 +51,15 @@ impl<S> Gate<S> {
             callers,
             in_flight,
             request_timeout,
+            rates: Rates::local(),
         }
+    }
+
+    /// Takes callers' calls from `rates` (shared between replicas) instead of this process's
+    /// buckets only.
+    pub fn with_rates(mut self, rates: Rates) -> Self {
+        self.rates = rates;
+        self
     }
 
     /// The caller (if the gateway has any configured) and a place among the calls in flight,
@@ -76,15 +86,6 @@ impl<S> Gate<S> {
             let caller = callers
                 .authenticate(request.headers(), leaf.map(|c| c.as_ref()))
                 .map_err(|e| refuse(e.into(), ""))?;
-            caller.take_call().map_err(|retry_after| {
-                refuse(
-                    Error::RateLimited {
-                        caller: caller.name().to_string(),
-                        retry_after,
-                    },
-                    caller.name(),
-                )
-            })?;
             Some(caller)
         };
         let name = caller.as_deref().map(Caller::name);
@@ -124,6 +125,9 @@ where
             Ok(admitted) => admitted,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
+        let rated = caller.clone();
+        let rates = self.rates.clone();
+        let method = crate::telemetry::rpc::method_label(request.uri().path());
         if let Some(caller) = caller {
             crate::telemetry::rpc::note_caller(request.extensions(), caller.name());
             request.extensions_mut().insert(Admitted(caller));
@@ -134,6 +138,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            // The caller's rate may live in the shared store: taken here, where waiting is allowed.
+            if let Some(caller) = rated
+                && let Err(retry_after) = caller.take_call_from(&rates).await
+            {
+                let err = Error::RateLimited {
+                    caller: caller.name().to_string(),
+                    retry_after,
+                };
+                tracing::warn!(method, caller = caller.name(), refused = %err, "call refused at the gate");
+                return Ok(tonic::Status::from(err).into_http());
+            }
             let response = inner.call(request).await;
             drop(permit);
             response

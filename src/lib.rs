@@ -13,12 +13,14 @@
 //!   [`alibaba::clock`], the time and nonces signatures are made with.
 //! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
-//! - [`limits`]: per-caller token buckets and the global in-flight limit.
+//! - [`limits`]: per-caller token buckets (local, or shared through the state store) and the
+//!   global in-flight limit.
 //! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
 //! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.
 //! - [`error`]: failures to gRPC statuses (codes and reasons from [`alibaba::codes`]).
-//! - [`idempotency`]: `request_id` keys: one upgrade per intended upgrade (store trait, memory store).
+//! - [`idempotency`]: `request_id` keys and per-instance upgrade locks (store trait, memory store).
+//! - [`state`]: `[state]`: the memory or Redis store, shared between replicas.
 //! - [`preflight`]: checks of the instance before an upgrade.
 //! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
 //! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
@@ -53,6 +55,7 @@ pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

@@ -2,8 +2,14 @@
 //! never by its peer address) and limits on how much runs at once (calls in flight, watches)
 //! that shed the excess at once instead of queueing it. Each caller may hold only its share of
 //! such a limit, so that one caller within its rate cannot take every place.
+//!
+//! With a shared state store the callers' rates are kept there ([`SharedRates`]), so that a
+//! caller's burst is shared by every replica; [`Rates`] falls back to this process's buckets
+//! while the store cannot be reached, because refusing every call would turn a store outage into
+//! a gateway outage.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +69,68 @@ impl SharedBucket {
         // A panic while holding this lock cannot leave the bucket half-updated in a harmful way.
         let mut bucket = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         bucket.take(rate, Instant::now())
+    }
+}
+
+/// The `tracing` target of the event each fallback to a local bucket emits (counted as the
+/// metric `dds_gateway.rate_limit.local_fallbacks`).
+pub const FALLBACK_TARGET: &str = "dds_gateway::limits::fallback";
+
+/// Callers' rates kept outside this process.
+#[async_trait::async_trait]
+pub trait SharedRates: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes one call from `caller`'s shared bucket: `Ok(Ok(()))` taken, `Ok(Err(wait))` over
+    /// its rate, `Err` when the store cannot be reached.
+    async fn take(&self, caller: &str, rate: Rate) -> Result<Result<(), Duration>, String>;
+}
+
+/// Where callers' calls are taken from: the shared buckets when there are any and they can be
+/// reached, else this process's.
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    shared: Option<Arc<dyn SharedRates>>,
+    /// Whether the last shared take failed: the outage is logged once, when it starts.
+    degraded: Arc<AtomicBool>,
+}
+
+impl Rates {
+    /// This process's buckets only.
+    pub fn local() -> Self {
+        Self::default()
+    }
+
+    pub fn shared(shared: Arc<dyn SharedRates>) -> Self {
+        Self {
+            shared: Some(shared),
+            degraded: Arc::default(),
+        }
+    }
+
+    /// Takes one call of `caller` (whose own bucket in this process is `local`).
+    pub async fn take(
+        &self,
+        caller: &str,
+        rate: Rate,
+        local: &SharedBucket,
+    ) -> Result<(), Duration> {
+        let Some(shared) = &self.shared else {
+            return local.take(rate);
+        };
+        match shared.take(caller, rate).await {
+            Ok(taken) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared caller rate limits can be reached again");
+                }
+                taken
+            }
+            Err(err) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "cannot reach the shared caller rate limits; each replica limits callers on its own until it can");
+                }
+                tracing::trace!(target: FALLBACK_TARGET, caller, "rate limited locally");
+                local.take(rate)
+            }
+        }
     }
 }
 

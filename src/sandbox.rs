@@ -6,7 +6,9 @@
 //! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
 //! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes. Faults can be queued
 //! (for any request or one action): error answers with `x-acs-retry-after`, raw bodies, delays,
-//! dropped connections, and any of those after acting on the request.
+//! dropped connections, and any of those after acting on the request. Its status can also lag
+//! its own action, as Alibaba's does: for a while after an accepted upgrade,
+//! `DescribeDBInstanceAttribute` still shows the instance as it was ([`Sandbox::lag_status`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -167,6 +169,11 @@ struct State_ {
     received: Vec<Received>,
     /// Instance ids of the upgrades started, in order.
     started: Vec<String>,
+    /// How long `DescribeDBInstanceAttribute` keeps showing an instance as it was before an
+    /// accepted upgrade.
+    status_lag: Duration,
+    /// What it shows until then, by instance id.
+    stale: HashMap<String, (Instance, Instant)>,
 }
 
 type Shared = Arc<Mutex<State_>>;
@@ -213,6 +220,8 @@ impl Sandbox {
             faults: VecDeque::new(),
             received: Vec::new(),
             started: Vec::new(),
+            status_lag: Duration::ZERO,
+            stale: HashMap::new(),
         }));
         let app = axum::Router::new()
             .fallback(handle)
@@ -248,6 +257,17 @@ impl Sandbox {
     /// Queues an answer for the next request that names `action`; others pass it by.
     pub fn push_fault_on(&self, action: &'static str, fault: Fault) {
         lock(&self.state).faults.push_back((Some(action), fault));
+    }
+
+    /// From now on, `DescribeDBInstanceAttribute` shows an instance as it was before an accepted
+    /// upgrade for `lag` after it: `Running` on the old version although the upgrade is under way.
+    /// `Duration::ZERO` ends every lag at once: the view catches up.
+    pub fn lag_status(&self, lag: Duration) {
+        let mut state = lock(&self.state);
+        state.status_lag = lag;
+        if lag.is_zero() {
+            state.stale.clear();
+        }
     }
 
     /// Every request received so far.
@@ -912,15 +932,19 @@ fn dispatch(
         .filter(|v| version_key(v) > version_key(&instance.engine_version))
         .collect();
 
+    let shown = match state.stale.get(id) {
+        Some((before, until)) if Instant::now() < *until => before.clone(),
+        _ => instance.clone(),
+    };
     match action {
         action::DESCRIBE_DB_INSTANCE_ATTRIBUTE => json_response(
             200,
             &json!({
                 "RequestId": new_request_id(),
                 "DBInstances": { "DBInstance": [ {
-                    "DBInstanceId": instance.db_instance_id,
-                    "DBInstanceStatus": instance.status,
-                    "EngineVersion": instance.engine_version,
+                    "DBInstanceId": shown.db_instance_id,
+                    "DBInstanceStatus": shown.status,
+                    "EngineVersion": shown.engine_version,
                     "Engine": "MongoDB",
                     "DBInstanceType": "replicate",
                     "RegionId": instance.region_id,
@@ -973,6 +997,12 @@ fn dispatch(
                     "EngineVersion.ERROR",
                     "Target engineVersion must be greater than the current one.",
                 );
+            }
+            if !state.status_lag.is_zero() {
+                let until = Instant::now() + state.status_lag;
+                state
+                    .stale
+                    .insert(id.to_string(), (instance.clone(), until));
             }
             // The maintenance window is not simulated: both switch modes start at once.
             if let Some((instance, upgrade)) = state.instances.get_mut(id) {

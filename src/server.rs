@@ -163,23 +163,36 @@ async fn serve_inner(
     };
     // ---- end issue 4 ----
 
+    let state = crate::state::State::open(&config)
+        .await
+        .map_err(ServeError::Refused)?;
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    let service = EngineVersionService::from_config(&config, client, None).with_audit(audit);
+    let service =
+        EngineVersionService::from_config(&config, client, Some(Arc::clone(&state.store)))
+            .with_audit(audit);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let rates = match &state.redis {
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        None => crate::limits::Rates::local(),
+    };
     let engine_versions = Gate::new(
         engine_versions,
         callers,
         in_flight,
         config.server.request_timeout,
-    );
+    )
+    .with_rates(rates);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
+    let store_health = AbortOnDrop(tokio::spawn(
+        report_store_health(state.clone(), health.clone()).with_current_subscriber(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -243,6 +256,7 @@ async fn serve_inner(
         () = shutdown => {}
     }
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
+    drop(store_health);
     health
         .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
@@ -253,6 +267,42 @@ async fn serve_inner(
         Err(_) => {
             tracing::warn!("grace period over with calls still in flight; stopping anyway");
             Ok(())
+        }
+    }
+}
+
+/// Keeps the engine service's health in step with its state store: `NOT_SERVING` while the
+/// store cannot be reached (upgrades would be refused), `SERVING` again once it can. The whole
+/// server's health ("") stays `SERVING`, so liveness probes do not restart a replica for it.
+async fn report_store_health(
+    state: crate::state::State,
+    health: tonic_health::server::HealthReporter,
+) {
+    if state.redis.is_none() {
+        return;
+    }
+    let mut serving = true;
+    let mut tick = tokio::time::interval(crate::state::HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reachable = state.reachable().await;
+        if reachable == serving {
+            continue;
+        }
+        serving = reachable;
+        if serving {
+            tracing::info!("the state store can be reached again: serving upgrades");
+            health
+                .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                .await;
+        } else {
+            tracing::warn!(
+                "the state store cannot be reached: health NOT_SERVING for the engine service"
+            );
+            health
+                .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                .await;
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::config::Config;
 use crate::deadline;
 use crate::error::Error;
-use crate::idempotency::{Idempotency, IdempotencyStore, MemoryStore};
+use crate::idempotency::{Idempotency, MemoryStore, StateStore, StoreLimits};
 use crate::pb;
 use crate::status::{StatusReader, WatchStream};
 use crate::telemetry;
@@ -62,11 +62,11 @@ impl EngineVersionService {
         Self::with_validator(validator, &config, client, None)
     }
 
-    /// The service `config` describes; `store` replaces the in-memory idempotency store.
+    /// The service `config` describes; `store` replaces the in-memory state store.
     pub fn from_config(
         config: &Config,
         client: Arc<AlibabaClient>,
-        store: Option<Arc<dyn IdempotencyStore>>,
+        store: Option<Arc<dyn StateStore>>,
     ) -> Self {
         Self::with_validator(Validator::new(config), config, client, store)
     }
@@ -75,16 +75,13 @@ impl EngineVersionService {
         validator: Validator,
         config: &Config,
         client: Arc<AlibabaClient>,
-        store: Option<Arc<dyn IdempotencyStore>>,
+        store: Option<Arc<dyn StateStore>>,
     ) -> Self {
-        let store = store.unwrap_or_else(|| {
-            Arc::new(MemoryStore::new(
-                config.idempotency.retention,
-                config.idempotency.max_keys,
-            ))
-        });
+        let store =
+            store.unwrap_or_else(|| Arc::new(MemoryStore::new(StoreLimits::from_config(config))));
         let settings = UpgradeSettings {
             preflight: config.alibaba.preflight,
+            settle_window: config.idempotency.settle_window,
         };
         let alibaba = Alibaba::new(client, config.alibaba.retry);
         Self {

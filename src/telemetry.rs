@@ -127,7 +127,8 @@ impl Telemetry {
                 // Failed fetches after the first of an episode are logged at debug level, and
                 // still counted.
                 .with_target("dds_gateway::credentials", LevelFilter::DEBUG)
-                .with_target(crate::audit::TARGET, LevelFilter::ERROR),
+                .with_target(crate::audit::TARGET, LevelFilter::ERROR)
+                .with_target(crate::limits::FALLBACK_TARGET, LevelFilter::TRACE),
         );
         let log_layer = logs::layer(logs, config.log_format).with_filter(log_filter);
         let subscriber = tracing_subscriber::registry()

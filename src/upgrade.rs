@@ -12,7 +12,14 @@
 //! [`codes`](crate::alibaba::codes)). When the outcome is unknown (no answer, a 5xx, an
 //! unreadable success), the gateway looks at the instance instead of sending again: upgrading or
 //! already on the target means accepted (RequestId unknown); anything else is UNAVAILABLE with
-//! what it saw, and the key is marked unresolved so that a retry looks again first.
+//! what it saw, and the key is marked unresolved so that a retry looks again first. Within
+//! `idempotency.settle_window` of that send a retry only looks (Alibaba's view can lag its own
+//! action); after it, the key may send again.
+//!
+//! One upgrade per instance is in flight at a time: the claim takes the instance's upgrade lock,
+//! and a second upgrade of the instance (any key, or none) is refused at once.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
@@ -21,7 +28,7 @@ use tracing::instrument::{Instrument as _, WithSubscriber as _};
 use crate::alibaba::{Alibaba, CallError, InstanceAttribute, action};
 use crate::audit::{self, Audit, AuditEvent};
 use crate::error::Error;
-use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Settlement};
+use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Lease, Settlement};
 use crate::pb;
 use crate::preflight;
 use crate::validation::{SwitchMode, ValidUpgradeRequest};
@@ -48,6 +55,8 @@ pub struct Outcome {
 pub struct UpgradeSettings {
     /// Check the instance before upgrading (and for `validate_only`).
     pub preflight: bool,
+    /// How long after a send with an unknown outcome a retry with its key only looks.
+    pub settle_window: Duration,
 }
 
 /// Carries out upgrades for the service.
@@ -94,13 +103,10 @@ impl Upgrader {
             let validated = self.validate(&request, deadline).await.map(fresh);
             return self.conclude(event, validated).await;
         }
-        let Some(request_id) = request.request_id() else {
-            return self.spawn(request, deadline, None, event).await;
-        };
+        let key = request.request_id().map(|id| Key::new(caller, id));
         let fingerprint = Fingerprint::of(&request);
-        let claim = self
-            .idempotency
-            .claim(Key::new(caller, request_id), &fingerprint);
+        let instance = format!("{}/{}", request.region_id(), request.db_instance_id());
+        let claim = self.idempotency.claim(key, &fingerprint, instance);
         let claimed = match tokio::time::timeout_at(deadline, claim).await {
             Ok(Ok(claimed)) => claimed,
             Ok(Err(err)) => return self.conclude(event, Err(err.into())).await,
@@ -115,7 +121,8 @@ impl Upgrader {
                 self.conclude(event, Ok(replayed)).await
             }
             Claimed::Conflict => self.conclude(event, Err(Error::RequestIdReused)).await,
-            Claimed::Owner(lease) => self.spawn(request, deadline, Some(lease), event).await,
+            Claimed::InstanceBusy => self.conclude(event, Err(Error::UpgradeInProgress)).await,
+            Claimed::Owner(lease) => self.spawn(request, deadline, lease, event).await,
         }
     }
 
@@ -218,7 +225,7 @@ impl Upgrader {
         &self,
         request: ValidUpgradeRequest,
         deadline: Instant,
-        lease: Option<crate::idempotency::Lease>,
+        lease: Lease,
         event: AuditEvent,
     ) -> Result<Outcome, Status> {
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -226,22 +233,19 @@ impl Upgrader {
         let this = self.clone();
         tokio::spawn(
             async move {
-                let look_first = lease
-                    .as_ref()
-                    .is_some_and(crate::idempotency::Lease::previous_unresolved);
-                let result = this.upgrade(&request, deadline, look_first, &event).await;
+                let result = this.upgrade(&request, deadline, &lease, &event).await;
                 let settlement = match &result {
                     Ok(accepted) => Settlement::Accepted(accepted.clone()),
-                    Err(Error::OutcomeUnknown { .. } | Error::ScheduledOutcomeUnknown { .. }) => {
-                        Settlement::Unresolved
-                    }
+                    Err(
+                        Error::OutcomeUnknown { .. }
+                        | Error::ScheduledOutcomeUnknown { .. }
+                        | Error::Settling { .. },
+                    ) => Settlement::Unresolved,
                     Err(_) => Settlement::NotApplied,
                 };
                 // Audited before the key settles, so a duplicate's replay follows it in the file.
                 let concluded = this.conclude(event, result.map(fresh)).await;
-                if let Some(lease) = lease {
-                    lease.settle(settlement);
-                }
+                lease.settle(settlement).await;
                 let _ = answer.send(concluded);
             }
             // The upgrade's spans belong to the call's trace, and to the call's gateway.
@@ -265,16 +269,20 @@ impl Upgrader {
         }
     }
 
-    /// Preflight, upgrade, reconcile. `look_first`: an earlier attempt with this key left the
-    /// outcome unknown, so an upgrade already under way is this request's.
+    /// Preflight, upgrade, reconcile. When an earlier attempt with this key left the outcome
+    /// unknown, an upgrade already under way is this request's, and within the settle window
+    /// of that attempt nothing is sent.
     async fn upgrade(
         &self,
         request: &ValidUpgradeRequest,
         deadline: Instant,
-        look_first: bool,
+        lease: &Lease,
         event: &AuditEvent,
     ) -> Result<Accepted, Error> {
         let target = request.engine_version();
+        let unresolved_for = lease.unresolved_for();
+        let look_first = unresolved_for.is_some();
+        let settling = unresolved_for.filter(|&ago| ago < self.settings.settle_window);
         let before = async {
             let attribute = if self.settings.preflight || look_first {
                 Some(self.describe(request, deadline).await?)
@@ -296,6 +304,12 @@ impl Upgrader {
             if look_first && scheduled(request) {
                 return Err(Error::ScheduledOutcomeUnknown {
                     observed: attribute,
+                });
+            }
+            if let Some(ago) = settling {
+                return Err(Error::Settling {
+                    observed: attribute,
+                    retry_after: (self.settings.settle_window - ago).min(SETTLING_RETRY_DELAY),
                 });
             }
             if self.settings.preflight
@@ -332,7 +346,7 @@ impl Upgrader {
                             request.switch_mode().map(|m| m.as_param()),
                         )
                         .await?;
-                    self.point_of_no_return(&sending, deadline).await?;
+                    self.point_of_no_return(&sending, deadline, lease).await?;
                     client.send_upgrade(signed).await.map_err(Error::Call)
                 },
             )
@@ -349,11 +363,14 @@ impl Upgrader {
     /// The last step before an upgrade request leaves, once per attempt, after it is signed
     /// (fetching the credential can take seconds): the caller's deadline has not passed, and the
     /// `sending` event is on disk (fail closed: no upgrade leaves that the audit trail does not
-    /// hold). Nothing after this step can stop the send.
+    /// hold), and the state store records that this key's upgrade is about to be sent (so that
+    /// if this replica dies now, the key's next holder knows it may have been). Nothing after
+    /// this step can stop the send.
     async fn point_of_no_return(
         &self,
         sending: &AuditEvent,
         deadline: Instant,
+        lease: &Lease,
     ) -> Result<(), Error> {
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
@@ -365,6 +382,7 @@ impl Upgrader {
         if Instant::now() >= deadline {
             return Err(Error::DeadlineExceeded);
         }
+        lease.about_to_send().await?;
         Ok(())
     }
 
@@ -427,6 +445,9 @@ impl Upgrader {
         .await
     }
 }
+
+/// The longest a caller is told to wait before looking again within the settle window.
+const SETTLING_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Whether Alibaba may have acted on an upgrade call that failed this way (no answer, a server
 /// error, a success the gateway could not read): [`codes`](crate::alibaba::codes) decides.

@@ -1,8 +1,10 @@
 //! Secrets never leak: the gateway runs with every log target at TRACE through success and each
 //! failure path (signatures V2 and V3, every credential provider: environment, OIDC role, RAM
 //! role, ECS metadata, credentials URI, and their failures; callers' bearer tokens;
-//! `check-credentials`), and nothing it logged, answered or printed with `Debug` contains an
-//! AccessKey secret, a security token, an OIDC or metadata token, or any request signature.
+//! `check-credentials`; a Redis state store with its password, a wrong password, and Redis
+//! gone), and nothing it logged, answered or printed with `Debug` contains an
+//! AccessKey secret, a security token, an OIDC or metadata token, a Redis password, or any
+//! request signature.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
@@ -23,6 +25,7 @@ const BEARER: &str = "CANARY-bearer-token-77aa";
 const WRONG_BEARER: &str = "CANARY-wrong-bearer-31cd";
 const OIDC_TOKEN: &str = "CANARY-oidc-token-0d3f";
 const BASE_TOKEN: &str = "CANARY-base-token-a41e";
+const WRONG_REDIS_PASSWORD: &str = "CANARY-wrong-redis-password-6c0a";
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -279,6 +282,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     signatures.extend(v3_signatures);
 
     answers.extend(credential_chain_paths().await);
+    answers.extend(redis_paths().await);
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
@@ -289,6 +293,10 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     assert!(
         logs.contains("credential fetched") && logs.contains("AssumeRole"),
         "the credential chain's logging was captured"
+    );
+    assert!(
+        logs.contains("redis://:***@127.0.0.1"),
+        "the Redis store's logging was captured"
     );
     for secret in [
         "testsecret",
@@ -302,6 +310,8 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         "uri-canary",
         "issued-secret-canary",
         "issued-token-canary",
+        common::redis::PASSWORD,
+        WRONG_REDIS_PASSWORD,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -319,6 +329,41 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
             );
         }
     }
+}
+
+/// Serves with a Redis state store (right password, wrong password, Redis killed) through an
+/// accepted upgrade and refusals; returns the answers and the configuration's `Debug`.
+async fn redis_paths() -> Vec<String> {
+    let mut redis = common::redis::RedisServer::start().await;
+    let mut seen = Vec::new();
+    let wrong = format!("redis://:{WRONG_REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port);
+    let right = redis.url();
+    for (url, killed) in [(right.clone(), false), (wrong, false), (right, true)] {
+        if killed {
+            redis.kill().await;
+        }
+        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+            .await
+            .unwrap();
+        let mut config = common::default_config();
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        config.state.store = dds_gateway::config::StoreKind::Redis;
+        config.state.redis_url = Some(dds_gateway::state::RedisUrl::parse(&url).unwrap());
+        seen.push(format!("{config:?}"));
+        let credentials = common::credentials_of(&sandbox);
+        let gw = Gateway::serve(config, credentials, sandbox).await;
+        for (instance, version) in [("dds-sandbox01", "4.4"), ("dds-sandbox02", "5.0")] {
+            let answer = gw
+                .upgrade(dds_gateway::pb::UpgradeEngineVersionRequest {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    ..request(instance, version)
+                })
+                .await;
+            assert!(!killed || answer.is_err(), "no Redis, no upgrade");
+            seen.push(format!("{answer:?}"));
+        }
+    }
+    seen
 }
 
 /// This process's audit file for the leak test.

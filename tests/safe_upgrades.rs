@@ -360,8 +360,11 @@ async fn unknown_outcomes_are_reconciled_by_looking_never_by_sending_again() {
             Fault::Delay(Duration::from_secs(3)),
         ]
     };
-    let configure: fn(&mut dds_gateway::config::Config) =
-        |config| config.alibaba.read_timeout = Duration::from_millis(300);
+    let configure: fn(&mut dds_gateway::config::Config) = |config| {
+        config.alibaba.read_timeout = Duration::from_millis(300);
+        // The retry below comes after the settle window (see the settle window's own tests).
+        config.idempotency.settle_window = Duration::ZERO;
+    };
     for (i, fault) in unknown().into_iter().enumerate() {
         for acted in [false, true] {
             let gw = Gateway::start_with(Options {
@@ -450,6 +453,133 @@ async fn a_retry_after_an_unresolved_outcome_looks_before_sending() {
     // And from now on that is the key's answer.
     let replay = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
     assert_eq!(replay.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+}
+
+/// Alibaba accepted the upgrade, the answer was lost, and its status still shows the instance
+/// `Running` on the old version. Retries with the same key within the settle window only look:
+/// UNAVAILABLE until the instance shows the upgrade, then success, and never a second send.
+#[tokio::test(flavor = "multi_thread")]
+async fn within_the_settle_window_a_retry_only_looks_while_the_status_lags() {
+    let gw = Gateway::start().await;
+    gw.sandbox.lag_status(Duration::from_secs(3600));
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::AfterActing(Box::new(Fault::Drop)));
+    let key = new_key();
+    let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+    assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN", "{status:?}");
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+    for attempt in 0..5 {
+        let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{attempt}: {status:?}");
+        assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN", "{attempt}");
+        assert_eq!(metadata(&status, "instanceStatus"), "Running", "{attempt}");
+        assert_eq!(metadata(&status, "engineVersion"), "4.2", "{attempt}");
+        assert!(status.message().contains("settle_window"), "{status:?}");
+        assert!(status.get_details_retry_info().is_some(), "{attempt}");
+        assert_eq!(
+            gw.sandbox.calls(UPGRADE),
+            1,
+            "{attempt}: nothing sent again"
+        );
+    }
+    // Alibaba's view catches up: the retry sees the upgrade and answers success.
+    gw.sandbox.lag_status(Duration::ZERO);
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(
+        answer.metadata().get(RECONCILED_HEADER).unwrap(),
+        "reconciled"
+    );
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+    let replay = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert_eq!(replay.metadata().get(REPLAYED_HEADER).unwrap(), "true");
+}
+
+/// The settle window ends: a key whose send surely did not land (the instance never showed it)
+/// may send again, once, after looking.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_settle_window_the_same_key_may_send_again() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.idempotency.settle_window = Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await;
+    gw.sandbox.push_fault_on(UPGRADE, Fault::Drop);
+    let key = new_key();
+    let started = tokio::time::Instant::now();
+    let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+    assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN", "{status:?}");
+    if started.elapsed() < Duration::from_millis(250) {
+        let status = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap_err();
+        assert!(status.message().contains("settle_window"), "{status:?}");
+    }
+    assert_eq!(gw.sandbox.calls(UPGRADE), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = call(&gw, keyed(INSTANCE, "4.4", &key)).await.unwrap();
+    assert!(!answer.get_ref().alibaba_request_id.is_empty());
+    assert_eq!(gw.sandbox.calls(UPGRADE), 2);
+    assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+/// Failures that did nothing hold no key, and a caller holds at most its share of keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_requests_hold_no_key_and_a_caller_is_refused_beyond_its_share() {
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| config.idempotency.max_keys_per_caller = 2),
+        ..Default::default()
+    })
+    .await;
+    // Refused by preflight (the instance is not Running): nothing happened, nothing kept.
+    for _ in 0..5 {
+        let status = call(&gw, keyed("dds-sandboxbusy", "5.0", &new_key()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+    call(&gw, keyed("dds-sandbox01", "4.4", &new_key()))
+        .await
+        .unwrap();
+    call(&gw, keyed("dds-sandbox02", "5.0", &new_key()))
+        .await
+        .unwrap();
+    let status = call(&gw, keyed("dds-sandbox03", "6.0", &new_key()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "IDEMPOTENCY_STORE_FULL");
+    assert_eq!(metadata(&status, "scope"), "caller");
+    assert!(status.get_details_retry_info().is_some());
+    assert_eq!(gw.sandbox.upgrades_started("dds-sandbox03"), 0);
+}
+
+/// Two upgrades of one instance at once, with different keys or none: one is sent, the other
+/// refused with ABORTED at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_upgrade_of_an_instance_in_flight_is_aborted() {
+    let gw = Gateway::start().await;
+    gw.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3600)));
+    let first = tokio::spawn({
+        let mut client = gw.client.clone();
+        let req = keyed(INSTANCE, "4.4", &new_key());
+        async move { client.upgrade_engine_version(req).await }
+    });
+    common::wait_until("the first upgrade is sent", || {
+        gw.sandbox.calls(UPGRADE) == 1
+    })
+    .await;
+    for other in [keyed(INSTANCE, "5.0", &new_key()), request(INSTANCE, "4.4")] {
+        let status = call(&gw, other).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert_eq!(reason(&status), "UPGRADE_IN_PROGRESS");
+        assert!(status.get_details_retry_info().is_some());
+    }
+    // Another instance is not held up.
+    call(&gw, keyed("dds-sandbox02", "5.0", &new_key()))
+        .await
+        .unwrap();
+    assert_eq!(gw.sandbox.calls(UPGRADE), 2);
+    first.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -588,4 +718,62 @@ async fn an_upgrade_answered_after_the_deadline_is_the_keys_answer() {
     assert!(!answer.get_ref().alibaba_request_id.is_empty());
     assert_eq!(gw.sandbox.calls(UPGRADE), 1);
     assert_eq!(gw.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+/// Two callers split `idempotency.max_keys` between them: the noisy one is refused at its share
+/// while the store still has room, and the quiet one still gets its keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_noisy_caller_is_refused_at_its_share_while_others_are_served() {
+    use sha2::Digest as _;
+    let digest = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let caller = |name: &str| {
+        format!(
+            "[[callers]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox0*\"]\n",
+            digest(&format!("{name}-token-0123456789"))
+        )
+    };
+    let toml = format!(
+        "[idempotency]\nmax_keys = 4\n[alibaba]\nendpoint = \"{}\"\n{}{}",
+        sandbox.endpoint(),
+        caller("noisy"),
+        caller("quiet")
+    );
+    let config = dds_gateway::config::Config::from_toml(
+        &toml,
+        "test",
+        |_| None,
+        &dds_gateway::config::Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.idempotency.max_keys_per_caller, 2, "a fair share");
+    let credentials = common::credentials_of(&sandbox);
+    let gw = Gateway::serve(config, credentials, sandbox).await;
+    let as_caller = |name: &str, instance: &str, version: &str| {
+        let mut request = tonic::Request::new(keyed(instance, version, &new_key()));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {name}-token-0123456789").parse().unwrap(),
+        );
+        let mut client = gw.client.clone();
+        async move { client.upgrade_engine_version(request).await }
+    };
+    as_caller("noisy", "dds-sandbox01", "4.4").await.unwrap();
+    as_caller("noisy", "dds-sandbox02", "5.0").await.unwrap();
+    let status = as_caller("noisy", "dds-sandbox03", "6.0")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "IDEMPOTENCY_STORE_FULL");
+    assert_eq!(metadata(&status, "scope"), "caller");
+    assert_eq!(gw.sandbox.upgrades_started("dds-sandbox03"), 0);
+    as_caller("quiet", "dds-sandbox03", "6.0").await.unwrap();
+    assert_eq!(gw.sandbox.upgrades_started("dds-sandbox03"), 1);
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     upstream_duration: Histogram<f64>,
     credential_refreshes: Counter<u64>,
     audit_write_failures: Counter<u64>,
+    rate_limit_fallbacks: Counter<u64>,
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
 }
@@ -79,6 +80,12 @@ impl Metrics {
             audit_write_failures: meter
                 .u64_counter("dds_gateway.audit.write_failures")
                 .with_description("Audit events that could not be written to the audit file")
+                .build(),
+            rate_limit_fallbacks: meter
+                .u64_counter("dds_gateway.rate_limit.local_fallbacks")
+                .with_description(
+                    "Calls rate-limited by this replica's bucket because the shared store could not be reached",
+                )
                 .build(),
             connections_open: meter
                 .i64_up_down_counter("dds_gateway.connections.open")
@@ -281,6 +288,10 @@ where
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let target = event.metadata().target();
+        if target == crate::limits::FALLBACK_TARGET {
+            self.metrics.rate_limit_fallbacks.add(1, &[]);
+            return;
+        }
         if target == crate::audit::TARGET {
             if *event.metadata().level() == tracing::Level::ERROR {
                 self.metrics.audit_write_failures.add(1, &[]);

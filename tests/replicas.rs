@@ -1,0 +1,527 @@
+//! Several replicas, one guarantee: two gateway processes share one real `redis-server` and one
+//! sandbox Dds API (in this process), and every duplicate, conflict, concurrent upgrade of one
+//! instance, dead owner and Redis outage still ends with at most one upstream upgrade.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::time::Duration;
+
+use common::ServingBinary;
+use common::redis::{PASSWORD, RedisServer};
+use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::pb;
+use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
+use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::service::RECONCILED_HEADER;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
+
+/// A gateway process on the shared Redis and sandbox.
+async fn replica(sandbox: &Sandbox, redis: &RedisServer, log_level: &str) -> ServingBinary {
+    replica_with(sandbox, redis, log_level, &[]).await
+}
+
+async fn replica_with(
+    sandbox: &Sandbox,
+    redis: &RedisServer,
+    log_level: &str,
+    args: &[&str],
+) -> ServingBinary {
+    let endpoint = sandbox.endpoint().to_string();
+    let url = redis.url();
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    ServingBinary::start(
+        &all,
+        &[
+            ("RUST_LOG", log_level),
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret"),
+            ("DDS_GATEWAY_ALIBABA_ENDPOINT", &endpoint),
+            ("DDS_GATEWAY_STATE_STORE", "redis"),
+            ("DDS_GATEWAY_STATE_REDIS_URL", &url),
+            ("DDS_GATEWAY_STATE_LEASE", "2s"),
+        ],
+    )
+    .await
+}
+
+async fn client(replica: &ServingBinary) -> EngineVersionServiceClient<Channel> {
+    EngineVersionServiceClient::new(common::channel(replica.addr.parse().unwrap()).await)
+}
+
+fn keyed(instance: &str, version: &str, key: &str) -> pb::UpgradeEngineVersionRequest {
+    pb::UpgradeEngineVersionRequest {
+        request_id: key.to_string(),
+        ..common::request(instance, version)
+    }
+}
+
+fn new_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo")
+        .reason
+}
+
+struct Setup {
+    sandbox: Sandbox,
+    redis: RedisServer,
+    a: ServingBinary,
+    b: ServingBinary,
+}
+
+async fn setup() -> Setup {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let redis = RedisServer::start().await;
+    let a = replica(&sandbox, &redis, "info").await;
+    let b = replica(&sandbox, &redis, "info").await;
+    Setup {
+        sandbox,
+        redis,
+        a,
+        b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_spread_over_two_replicas_upgrade_once_and_a_reused_key_is_refused() {
+    let s = setup().await;
+    // The upgrade call hangs a while, so every duplicate arrives while the first is in flight.
+    s.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_millis(500)));
+    let (a, b) = (client(&s.a).await, client(&s.b).await);
+    let key = new_key();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let req = keyed(INSTANCE, "5.0", &key);
+            tokio::spawn(async move { client.upgrade_engine_version(req).await })
+        })
+        .collect();
+    let mut answers = std::collections::HashSet::new();
+    for call in calls {
+        answers.insert(call.await.unwrap().unwrap().into_inner().alibaba_request_id);
+    }
+    assert_eq!(answers.len(), 1, "one answer for all: {answers:?}");
+    assert!(!answers.iter().next().unwrap().is_empty());
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    assert_eq!(s.sandbox.upgrades_started(INSTANCE), 1);
+
+    // The same key for another request, on either replica: refused.
+    for mut client in [a, b] {
+        let status = client
+            .upgrade_engine_version(keyed("dds-sandbox02", "5.0", &key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(reason(&status), "REQUEST_ID_REUSED");
+    }
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_keys_for_one_instance_on_two_replicas_send_one_upgrade() {
+    let s = setup().await;
+    s.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3600)));
+    let mut a = client(&s.a).await;
+    let first = tokio::spawn(async move {
+        a.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+            .await
+    });
+    common::wait_until("the first upgrade is sent", || {
+        s.sandbox.calls(UPGRADE) == 1
+    })
+    .await;
+    let mut b = client(&s.b).await;
+    for other in [
+        keyed(INSTANCE, "5.0", &new_key()),
+        common::request(INSTANCE, "4.4"),
+    ] {
+        let status = b.upgrade_engine_version(other).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert_eq!(reason(&status), "UPGRADE_IN_PROGRESS");
+        assert!(status.get_details_retry_info().is_some());
+    }
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    first.abort();
+}
+
+/// The owner dies (SIGKILL) after Alibaba acted on its upgrade and before it heard back. The
+/// caller's retries on the other replica wait for the dead owner's lease, then only look (the
+/// status still lags), and succeed once the instance shows the upgrade: one upgrade in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_killed_mid_call_leaves_retries_that_look_and_never_send_again() {
+    let mut s = setup().await;
+    s.sandbox.lag_status(Duration::from_secs(3600));
+    s.sandbox.push_fault_on(
+        UPGRADE,
+        Fault::AfterActing(Box::new(Fault::Delay(Duration::from_secs(3600)))),
+    );
+    let key = new_key();
+    let mut a = client(&s.a).await;
+    let request = keyed(INSTANCE, "4.4", &key);
+    let in_flight = tokio::spawn(async move { a.upgrade_engine_version(request).await });
+    common::wait_until("Alibaba acted on the upgrade", || {
+        s.sandbox.upgrades_started(INSTANCE) == 1
+    })
+    .await;
+    s.a.process.kill().await.unwrap();
+    let _ = in_flight.await;
+
+    let mut b = client(&s.b).await;
+    // Within the settle window, and while the status lags: only looks.
+    let status = b
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "UPSTREAM_OUTCOME_UNKNOWN");
+    assert_eq!(s.sandbox.calls(UPGRADE), 1, "nothing sent again");
+    // Another key for the instance is not held up by the dead owner's lock for long either,
+    // but it is a new intended upgrade: not part of this test.
+    s.sandbox.lag_status(Duration::ZERO);
+    let answer = b
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.metadata().get(RECONCILED_HEADER).unwrap(),
+        "reconciled"
+    );
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    assert_eq!(s.sandbox.upgrades_started(INSTANCE), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut s = setup().await;
+    let mut a = client(&s.a).await;
+    let mut health = HealthClient::new(common::channel(s.a.addr.parse().unwrap()).await);
+    let status_of = |service: &str| HealthCheckRequest {
+        service: service.to_string(),
+    };
+    s.redis.kill().await;
+    let status = a
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+    assert!(status.get_details_retry_info().is_some());
+    // Without a key too: the instance lock needs the store.
+    let status = a
+        .upgrade_engine_version(common::request(INSTANCE, "4.4"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+    assert_eq!(s.sandbox.calls(UPGRADE), 0);
+    // Validate-only needs no store.
+    a.upgrade_engine_version(pb::UpgradeEngineVersionRequest {
+        validate_only: true,
+        ..keyed(INSTANCE, "4.4", &new_key())
+    })
+    .await
+    .unwrap();
+
+    let service = dds_gateway::server::SERVICE_NAME;
+    let serving = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(status_of(service))
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while serving(service).await != ServingStatus::NotServing as i32 {
+        assert!(tokio::time::Instant::now() < deadline, "never NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(serving("").await, ServingStatus::Serving as i32);
+
+    s.redis = RedisServer::start_on(s.redis.port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while serving(service).await != ServingStatus::Serving as i32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap();
+    assert_eq!(s.sandbox.calls(UPGRADE), 1);
+    let _ = health.check(status_of("")).await;
+}
+
+/// One caller, one bucket: its burst is shared by both replicas (GCRA in Redis). Without Redis
+/// each replica limits the caller with its own bucket instead of refusing every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_burst_is_shared_by_the_replicas() {
+    use sha2::Digest as _;
+    const TOKEN: &str = "billing-token-0123456789";
+    let digest: String = sha2::Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("dds-gateway-replicas-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{digest}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\nrate_per_second = 0.001\nburst = 4\n"
+        ),
+    )
+    .unwrap();
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut redis = RedisServer::start().await;
+    let config = ["--config", file.to_str().unwrap()];
+    let mut a = replica_with(&sandbox, &redis, "info", &config).await;
+    let b = replica_with(&sandbox, &redis, "info", &config).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let read = |mut client: EngineVersionServiceClient<Channel>| async move {
+        let mut request = tonic::Request::new(pb::GetEngineVersionRequest {
+            db_instance_id: INSTANCE.to_string(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        client.get_engine_version(request).await
+    };
+    for i in 0..4 {
+        let client = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        read(client).await.unwrap();
+    }
+    for client in [ca.clone(), cb.clone()] {
+        let status = read(client).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(&status), "CALLER_RATE_LIMITED");
+    }
+    // Redis gone: this replica's own bucket (untouched so far) decides.
+    redis.kill().await;
+    read(ca.clone()).await.unwrap();
+    a.wait_for_log("cannot reach the shared caller rate limits")
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Redis that may evict keys is warned about at start-up: an evicted key can mean a second
+/// upgrade. One that does not is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicting_redis_is_warned_about_at_start_up() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let evicting = RedisServer::start_with(port, &["--maxmemory-policy", "allkeys-lru"]).await;
+    let gateway = replica(&sandbox, &evicting, "info").await;
+    assert!(
+        gateway.startup_log.contains("maxmemory-policy")
+            && gateway.startup_log.contains("allkeys-lru"),
+        "{}",
+        gateway.startup_log
+    );
+    let safe = RedisServer::start().await;
+    let gateway = replica(&sandbox, &safe, "info").await;
+    assert!(
+        !gateway.startup_log.contains("may evict keys"),
+        "{}",
+        gateway.startup_log
+    );
+}
+
+/// The Redis password appears nowhere in the log, even at TRACE, also when Redis is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_password_never_appears_in_the_log_at_trace() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut redis = RedisServer::start().await;
+    let mut gateway = replica(&sandbox, &redis, "trace").await;
+    let mut c = client(&gateway).await;
+    c.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+        .await
+        .unwrap();
+    redis.kill().await;
+    let _ = c
+        .upgrade_engine_version(keyed("dds-sandbox02", "5.0", &new_key()))
+        .await
+        .unwrap_err();
+    gateway.process.kill().await.unwrap();
+    let mut log = gateway.startup_log.clone();
+    while let Some(line) = gateway.log.recv().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("TRACE") || log.contains("\"level\":\"TRACE\""),
+        "the log is at TRACE"
+    );
+    assert!(!log.contains(PASSWORD), "the password leaked into the log");
+    assert!(
+        log.contains("redis://:***@127.0.0.1"),
+        "the URL appears masked"
+    );
+}
+
+/// The Redis store's scripts, one by one: a holder whose lease lapsed before its send mark is
+/// simply replaced (nothing was sent); after its mark, the key is unresolved; a stale holder can
+/// neither mark nor settle; a caller is held to its share of keys; a lapsed holder's instance
+/// lock passes to whoever replaced it on the key, and to no one else.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token() {
+    use dds_gateway::idempotency::{
+        Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    };
+    use dds_gateway::state::{RedisUrl, redis::RedisStore};
+    let redis = RedisServer::start().await;
+    let lease = Duration::from_millis(300);
+    let store = RedisStore::open(
+        &RedisUrl::parse(&redis.url()).unwrap(),
+        "test:",
+        StoreLimits {
+            retention: Duration::from_secs(3600),
+            max_keys: 100,
+            max_keys_per_caller: 3,
+            settle_window: Duration::from_secs(120),
+            lease,
+        },
+    )
+    .unwrap();
+    let validator = dds_gateway::validation::Validator::new(&common::default_config());
+    let fingerprint = Fingerprint::of(
+        &validator
+            .validate(common::request(INSTANCE, "4.4"))
+            .unwrap(),
+    );
+    let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
+    let owner = |claim: Claim| match claim {
+        Claim::Owner {
+            unresolved_for,
+            replaced,
+        } => (unresolved_for, replaced),
+        other => panic!("expected ownership, got {other:?}"),
+    };
+
+    // Lapsed before its mark: replaced, nothing unresolved.
+    let (a, b) = (Token::new(), Token::new());
+    owner(store.claim(&key(1), &fingerprint, &a).await.unwrap());
+    assert!(store.lock_instance("r/i1", &a, None).await.unwrap());
+    // Its lock outlives its key a little (renewed first), as a dead holder's may.
+    let store = std::sync::Arc::new(store);
+    let renewing = tokio::spawn({
+        let (store, a) = (std::sync::Arc::clone(&store), a.clone());
+        async move {
+            while store.renew_instance("r/i1", &a).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let (unresolved, replaced) = owner(store.claim(&key(1), &fingerprint, &b).await.unwrap());
+    assert!(started.elapsed() >= lease / 2, "waited for the lease");
+    assert_eq!(unresolved, None);
+    assert_eq!(replaced.as_ref(), Some(&a));
+    // The instance lock passes with the key, and to no one else.
+    assert!(
+        !store
+            .lock_instance("r/i1", &Token::new(), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .lock_instance("r/i1", &b, replaced.as_ref())
+            .await
+            .unwrap()
+    );
+    assert!(!store.renew_instance("r/i1", &a).await.unwrap());
+    renewing.await.unwrap();
+    // The stale holder can neither mark nor settle.
+    assert!(!store.mark_sending(&key(1), &a).await.unwrap());
+    store
+        .settle(&key(1), &a, Settlement::NotApplied)
+        .await
+        .unwrap();
+    assert!(store.renew(&key(1), &b).await.unwrap());
+
+    // Lapsed after its mark: unresolved since the mark.
+    let (c, d) = (Token::new(), Token::new());
+    owner(store.claim(&key(2), &fingerprint, &c).await.unwrap());
+    assert!(store.mark_sending(&key(2), &c).await.unwrap());
+    let (unresolved, _) = owner(store.claim(&key(2), &fingerprint, &d).await.unwrap());
+    assert!(
+        unresolved.is_some_and(|ago| ago >= lease / 2),
+        "{unresolved:?}"
+    );
+    // Failing without a send of its own keeps it unresolved, since the same mark.
+    store
+        .settle(&key(2), &d, Settlement::NotApplied)
+        .await
+        .unwrap();
+    let (unresolved, _) = owner(store.claim(&key(2), &fingerprint, &d).await.unwrap());
+    assert!(unresolved.is_some());
+
+    // The caller's share: keys 1 and 2 are held; a third fits, a fourth does not.
+    owner(
+        store
+            .claim(&key(3), &fingerprint, &Token::new())
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        store.claim(&key(4), &fingerprint, &Token::new()).await,
+        Err(StoreError::CallerFull(3))
+    ));
+    // A failure that did nothing gives its place back.
+    let e = Token::new();
+    store
+        .settle(&key(1), &b, Settlement::NotApplied)
+        .await
+        .unwrap();
+    owner(store.claim(&key(4), &fingerprint, &e).await.unwrap());
+    store
+        .settle(
+            &key(4),
+            &e,
+            Settlement::Accepted(dds_gateway::upgrade::Accepted {
+                response: pb::UpgradeEngineVersionResponse {
+                    alibaba_request_id: "R4".into(),
+                    ..Default::default()
+                },
+                reconciled: true,
+            }),
+        )
+        .await
+        .unwrap();
+    match store
+        .claim(&key(4), &fingerprint, &Token::new())
+        .await
+        .unwrap()
+    {
+        Claim::Replay(accepted) => {
+            assert_eq!(accepted.response.alibaba_request_id, "R4");
+            assert!(accepted.reconciled);
+        }
+        other => panic!("{other:?}"),
+    }
+}
