@@ -149,6 +149,18 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How often the config file is checked for changed `[[callers]]`.
     pub reload_interval: Duration,
+    /// A second file of `[[callers]]` (e.g. a mounted Kubernetes Secret), added to the config
+    /// file's callers and reloaded like them.
+    pub callers_file: Option<PathBuf>,
+    /// After this long a connection is asked to go away (HTTP/2 GOAWAY): its calls in flight
+    /// finish and the client reconnects, so clients spread over new replicas. `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls in flight may go on after `max_connection_age`; then the connection is
+    /// closed.
+    pub max_connection_age_grace: Duration,
+    /// At shutdown, how long the gateway keeps serving (health already `NOT_SERVING`) before it
+    /// stops accepting connections, so that balancers and health-checking clients move away.
+    pub shutdown_delay: Duration,
 }
 
 /// `server.tls_cert`, `server.tls_key`, `server.client_ca`: PEM files.
@@ -351,6 +363,10 @@ struct RawServer {
     tls_key: Option<String>,
     client_ca: Option<String>,
     reload_interval: Option<String>,
+    callers_file: Option<String>,
+    max_connection_age: Option<String>,
+    max_connection_age_grace: Option<String>,
+    shutdown_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -484,7 +500,36 @@ impl Config {
                 5,
                 DAY,
             )?,
+            callers_file: raw
+                .server
+                .callers_file
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
+            max_connection_age: raw
+                .server
+                .max_connection_age
+                .map(|age| duration("server.max_connection_age", Some(age), 0, DAY))
+                .transpose()?,
+            max_connection_age_grace: duration(
+                "server.max_connection_age_grace",
+                raw.server.max_connection_age_grace,
+                60,
+                HOUR,
+            )?,
+            shutdown_delay: match raw.server.shutdown_delay {
+                // Zero is the default, and a valid choice: stop accepting at once.
+                Some(delay)
+                    if humantime::parse_duration(delay.trim()).is_ok_and(|d| d.is_zero()) =>
+                {
+                    Duration::ZERO
+                }
+                delay => duration("server.shutdown_delay", delay, 0, HOUR)?,
+            },
         };
+        let mut callers = raw.callers;
+        if let Some(path) = &server.callers_file {
+            callers.extend(read_callers_file(path)?);
+        }
 
         let endpoint = raw
             .alibaba
@@ -562,7 +607,7 @@ impl Config {
         let max_keys_per_caller = raw
             .idempotency
             .max_keys_per_caller
-            .unwrap_or(max_keys / raw.callers.len().max(1));
+            .unwrap_or(max_keys / callers.len().max(1));
         if !(1..=max_keys).contains(&max_keys_per_caller) {
             return Err(invalid(
                 "idempotency.max_keys_per_caller",
@@ -618,14 +663,14 @@ impl Config {
             max_active_per_caller,
         };
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        check_callers(&raw.callers, &alibaba.engine_versions, client_certs)?;
+        check_callers(&callers, &alibaba.engine_versions, client_certs)?;
         Ok(Self {
             server,
             alibaba,
             idempotency,
             watch,
             state,
-            callers: raw.callers,
+            callers,
             credentials: check_credentials(raw.credentials)?,
             telemetry: crate::telemetry::TelemetryConfig::default(),
             audit: crate::telemetry::AuditConfig::default(),
@@ -650,6 +695,31 @@ fn share(
         ));
     }
     Ok(share)
+}
+
+/// `server.callers_file`: a TOML file of `[[callers]]` tables and nothing else.
+fn read_callers_file(path: &Path) -> Result<Vec<CallerConfig>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CallersFile {
+        #[serde(default)]
+        callers: Vec<CallerConfig>,
+    }
+    let key = "server.callers_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let file: CallersFile = toml::from_str(&text).map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "{}: {}{} (only [[callers]] tables belong here)",
+                path.display(),
+                e.message(),
+                span_hint(&text, e.span())
+            ),
+        )
+    })?;
+    Ok(file.callers)
 }
 
 fn check_credentials(raw: RawCredentials) -> Result<CredentialsConfig, ConfigError> {
@@ -1030,6 +1100,16 @@ fn apply_env(
     set(&mut raw.server.tls_key, "SERVER_TLS_KEY");
     set(&mut raw.server.client_ca, "SERVER_CLIENT_CA");
     set(&mut raw.server.reload_interval, "SERVER_RELOAD_INTERVAL");
+    set(&mut raw.server.callers_file, "SERVER_CALLERS_FILE");
+    set(
+        &mut raw.server.max_connection_age,
+        "SERVER_MAX_CONNECTION_AGE",
+    );
+    set(
+        &mut raw.server.max_connection_age_grace,
+        "SERVER_MAX_CONNECTION_AGE_GRACE",
+    );
+    set(&mut raw.server.shutdown_delay, "SERVER_SHUTDOWN_DELAY");
     set(&mut raw.server.preface_timeout, "SERVER_PREFACE_TIMEOUT");
     // An unparsable number becomes 0, which the range checks report with the key's name.
     let number = |key: &str| var(key).map(|v| v.trim().parse().unwrap_or(0));
@@ -1392,11 +1472,16 @@ mod tests {
             ("server", "shutdown_grace", "1h 1s"),
             ("server", "reload_interval", "1day 1s"),
             ("server", "preface_timeout", "5m 1s"),
+            ("server", "max_connection_age", "1day 1s"),
+            ("server", "max_connection_age_grace", "1h 1s"),
+            ("server", "shutdown_delay", "1h 1s"),
             ("alibaba", "connect_timeout", "5m 1s"),
             ("alibaba", "read_timeout", "10m 1s"),
             ("alibaba", "retry_base_delay", "1m 1s"),
             ("alibaba", "retry_max_delay", "10m 1s"),
             ("idempotency", "retention", "30days 1s"),
+            ("idempotency", "settle_window", "1day 1s"),
+            ("state", "lease", "1h 1s"),
             ("watch", "poll_interval", "1h 1s"),
             ("watch", "max_duration", "1day 1s"),
             ("credentials", "session_duration", "12h 1s"),
@@ -1569,6 +1654,104 @@ mod tests {
             assert!(message.contains(key), "{text:?}: {message}");
             assert!(!message.contains("hunter2secret"), "{message}");
         }
+    }
+
+    #[test]
+    fn reads_the_rollout_keys_from_file_and_environment() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.max_connection_age, None);
+        assert_eq!(
+            config.server.max_connection_age_grace,
+            Duration::from_secs(60)
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::ZERO);
+        let config = load(
+            "[server]\nmax_connection_age = \"5m\"\nmax_connection_age_grace = \"30s\"\nshutdown_delay = \"3s\"",
+            &[("DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE_GRACE", "2m")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.max_connection_age,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            config.server.max_connection_age_grace,
+            Duration::from_secs(120)
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::from_secs(3));
+        let config = load(
+            "",
+            &[
+                ("DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE", "10m"),
+                ("DDS_GATEWAY_SERVER_SHUTDOWN_DELAY", "0s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.max_connection_age,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(config.server.shutdown_delay, Duration::ZERO);
+        for (env, key) in [
+            (
+                "DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE",
+                "server.max_connection_age",
+            ),
+            (
+                "DDS_GATEWAY_SERVER_MAX_CONNECTION_AGE_GRACE",
+                "server.max_connection_age_grace",
+            ),
+            ("DDS_GATEWAY_SERVER_SHUTDOWN_DELAY", "server.shutdown_delay"),
+        ] {
+            let message = load("", &[(env, "soonish")]).unwrap_err().to_string();
+            assert!(message.starts_with(key), "{env}: {message}");
+        }
+        let message = load("[server]\nmax_connection_age = \"0s\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("server.max_connection_age"), "{message}");
+    }
+
+    #[test]
+    fn callers_file_adds_callers_and_errors_name_it() {
+        let dir = std::env::temp_dir().join(format!("dds-gateway-callers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("callers.toml");
+        std::fs::write(
+            &file,
+            "[[callers]]\nname = \"from-secret\"\ntoken_sha256 = \"ca7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+        )
+        .unwrap();
+        let main = "[[callers]]\nname = \"inline\"\ntoken_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n";
+        let path = file.to_str().unwrap();
+        let config = load(main, &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)]).unwrap();
+        let names: Vec<&str> = config.callers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["inline", "from-secret"]);
+        assert_eq!(config.server.callers_file.as_deref(), Some(file.as_path()));
+        let config = load(&format!("[server]\ncallers_file = {path:?}\n"), &[]).unwrap();
+        assert_eq!(config.callers.len(), 1);
+
+        // The same token twice across the two files is refused like within one.
+        let same = main.replace("inline", "again").replace("ba78", "ca78");
+        let message = load(&same, &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("token_sha256"), "{message}");
+
+        std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        let message = load("", &[("DDS_GATEWAY_SERVER_CALLERS_FILE", path)])
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("server.callers_file"), "{message}");
+        let missing = dir.join("missing.toml");
+        let message = load(
+            "",
+            &[("DDS_GATEWAY_SERVER_CALLERS_FILE", missing.to_str().unwrap())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.starts_with("server.callers_file"), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! - [`json`]: JSON over HTTP on the gRPC port, routed by the proto's `google.api.http` options.
 //! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
 //! - [`connections`]: accepted connections: the cap, and the deadline for the HTTP/2 preface.
+//! - [`rollout`]: connections that age out (rebalancing) and a hard end to shutdown.
 //! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
 //! - [`client`]: the `dds-gateway upgrade` command-line client.
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
@@ -51,6 +52,7 @@ pub mod limits;
 pub mod policy;
 pub mod preflight;
 pub mod reload;
+pub mod rollout;
 pub mod sandbox;
 pub mod server;
 pub mod service;

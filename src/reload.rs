@@ -1,10 +1,11 @@
 //! Reloading without a restart. On SIGHUP the gateway re-reads its credential files and, when it
-//! was started with a config file, its `[[callers]]`; the config file is also re-read when its
-//! content changes. New callers are built aside and swapped in whole; calls in flight keep the
+//! was started with a config file or `server.callers_file`, its `[[callers]]`; both files are
+//! also re-read when their content changes (a Kubernetes Secret mounted as a directory is
+//! updated in place). New callers are built aside and swapped in whole; calls in flight keep the
 //! table they started with. A file that does not load keeps what is current. (Credential files
 //! are also polled by their own provider, see `credentials::profile`.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use crate::auth::{Callers, CallersHandle};
 use crate::config::{Config, Overrides};
 use crate::credentials::CredentialsProvider;
 
-/// Reloads until the returned task is aborted: the callers from `file` (if any) on SIGHUP and
-/// when its content changes (checked every `interval`), the `credentials` on SIGHUP. Call
-/// within the runtime.
+/// Reloads until the returned task is aborted: the callers from `file` and `callers_file` (if
+/// any) on SIGHUP and when their content changes (checked every `interval`), the `credentials`
+/// on SIGHUP. Call within the runtime.
 pub fn spawn(
     file: Option<PathBuf>,
+    callers_file: Option<PathBuf>,
     interval: Duration,
     callers: CallersHandle,
     credentials: Arc<dyn CredentialsProvider>,
@@ -28,19 +30,23 @@ pub fn spawn(
         // Nothing seen yet, so the first tick (at once) reloads: the file may have changed since
         // the configuration the gateway started with was read, and that change must count.
         let mut seen: Option<Vec<u8>> = None;
+        // The config file may name another callers file: the one of the last good load counts.
+        let mut callers_file = callers_file;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let signalled = tokio::select! {
-                _ = tick.tick(), if file.is_some() => false,
+                _ = tick.tick(), if file.is_some() || callers_file.is_some() => false,
                 Some(()) = next_hangup(&mut hangup) => true,
             };
             if signalled {
                 tracing::info!("SIGHUP: re-reading credential files");
                 credentials.reload().await;
             }
-            let Some(file) = &file else { continue };
-            let now = std::fs::read(file).ok();
+            if file.is_none() && callers_file.is_none() {
+                continue;
+            }
+            let now = contents(file.as_deref(), callers_file.as_deref());
             if signalled || now != seen {
                 let trigger = match (signalled, &seen) {
                     (true, _) => "SIGHUP",
@@ -48,20 +54,43 @@ pub fn spawn(
                     (false, Some(_)) => "file changed",
                 };
                 seen = now;
-                reload(file, &callers, trigger);
+                if let Some(loaded) = reload(file.as_deref(), &callers, trigger) {
+                    callers_file = loaded;
+                }
             }
         }
     })
 }
 
-/// Loads the file and swaps in its callers, or says in the log why not.
-pub fn reload(file: &std::path::Path, callers: &CallersHandle, trigger: &str) {
+/// Both files' bytes, to notice a change in either; `None` when neither can be read.
+fn contents(file: Option<&Path>, callers_file: Option<&Path>) -> Option<Vec<u8>> {
+    let read = |path: Option<&Path>| path.and_then(|p| std::fs::read(p).ok());
+    match (read(file), read(callers_file)) {
+        (None, None) => None,
+        (a, b) => {
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            // The length keeps "ab" + "c" apart from "a" + "bc".
+            let mut both = (a.len() as u64).to_le_bytes().to_vec();
+            both.extend(a);
+            both.extend(b);
+            Some(both)
+        }
+    }
+}
+
+/// Loads the configuration (the file, if any, and the environment) and swaps in its callers, or
+/// says in the log why not. Answers the loaded `server.callers_file`, `None` when nothing loaded.
+pub fn reload(
+    file: Option<&Path>,
+    callers: &CallersHandle,
+    trigger: &str,
+) -> Option<Option<PathBuf>> {
     let env = |key: &str| std::env::var(key).ok();
-    let config = match Config::load(Some(file), env, &Overrides::default()) {
+    let config = match Config::load(file, env, &Overrides::default()) {
         Ok(config) => config,
         Err(err) => {
             tracing::error!(%trigger, error = %err, "config reload failed; keeping the current callers");
-            return;
+            return None;
         }
     };
     let current = callers.current();
@@ -70,10 +99,11 @@ pub fn reload(file: &std::path::Path, callers: &CallersHandle, trigger: &str) {
             %trigger,
             "config reload: the new file has no [[callers]], which would open the gateway to anyone; keeping the current callers (restart to serve without authentication)"
         );
-        return;
+        return None;
     }
     callers.replace(Callers::new(&config.callers, Some(&current)));
     tracing::info!(%trigger, callers = config.callers.len(), "callers reloaded");
+    Some(config.server.callers_file)
 }
 
 #[cfg(unix)]

@@ -1,6 +1,8 @@
 //! Builds and runs the tonic server: the engine version service, `grpc.health.v1`, server
-//! reflection (v1 and v1alpha), request size limits, and graceful shutdown (in-flight calls
-//! finish within a grace period; new connections and calls are refused).
+//! reflection (v1 and v1alpha), request size limits, connections that age out (see
+//! [`crate::rollout`]), and graceful shutdown: health turns `NOT_SERVING` at once, the gateway
+//! serves on for `server.shutdown_delay`, then refuses new connections and calls, in-flight calls
+//! finish within `server.shutdown_grace`, and whatever is left is closed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,6 +128,7 @@ async fn serve_inner(
         .map_err(ServeError::Refused)?;
     let _reloader = AbortOnDrop(crate::reload::spawn(
         config.file.clone(),
+        config.server.callers_file.clone(),
         config.server.reload_interval,
         callers.clone(),
         Arc::clone(&credentials),
@@ -207,7 +210,14 @@ async fn serve_inner(
         .map_err(ServeError::Refused)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = Server::builder();
+    let (close_all, incoming) = crate::rollout::bounded_connections(
+        incoming(listener, &config, &telemetry),
+        crate::rollout::age_limit(
+            config.server.max_connection_age,
+            config.server.max_connection_age_grace,
+        ),
+    );
+    let mut builder = with_connection_age(Server::builder(), &config.server);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -244,7 +254,7 @@ async fn serve_inner(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(engine_versions)
-        .serve_with_incoming_shutdown(incoming(listener, &config, &telemetry), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
@@ -255,19 +265,47 @@ async fn serve_inner(
         result = &mut server => return result.map_err(ServeError::from),
         () = shutdown => {}
     }
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
+    // The store's health reporter stops first, so that it cannot turn readiness back on.
     drop(store_health);
+    // Readiness first, while the listener still answers: balancers and health-checking clients
+    // see NOT_SERVING and move away before connections are refused.
     health
         .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
+    let delay = config.server.shutdown_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: health NOT_SERVING, still serving for the delay"
+        );
+        tokio::select! {
+            result = &mut server => return result.map_err(ServeError::from),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
     let _ = stop_tx.send(());
     let _ = admin_stop.send(());
-    match tokio::time::timeout(config.server.shutdown_grace, server).await {
+    let result = match tokio::time::timeout(config.server.shutdown_grace, server).await {
         Ok(result) => result.map_err(ServeError::from),
         Err(_) => {
-            tracing::warn!("grace period over with calls still in flight; stopping anyway");
+            tracing::warn!(
+                "grace period over with calls still in flight; closing their connections"
+            );
             Ok(())
         }
+    };
+    drop(close_all);
+    result
+}
+
+/// `server.max_connection_age`: tonic sends GOAWAY after the age and lets calls in flight finish.
+/// Its own grace timer is not used: with one set, tonic skips the GOAWAY and only closes the
+/// connection at age + grace. The grace is enforced by [`crate::rollout::Bounded`] instead.
+fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) -> Server {
+    match server.max_connection_age {
+        Some(age) => builder.max_connection_age(age),
+        None => builder,
     }
 }
 

@@ -983,6 +983,75 @@ async fn a_changed_file_reloads_callers_without_dropping_calls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes `callers` the way the kubelet updates a mounted Secret: a new timestamped directory,
+/// then an atomic swap of the `..data` link that `callers.toml` points through.
+fn write_secret(dir: &std::path::Path, generation: u32, callers: &str) {
+    let data = dir.join(format!("..gen{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("callers.toml"), callers).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..gen{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("callers.toml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/callers.toml", &link).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_from_a_mounted_secret_reload_when_it_changes() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let dir = temp_dir("reload-secret");
+    let secret = dir.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    write_secret(&secret, 1, &one_caller("old-token"));
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nreload_interval = \"50ms\"\ncallers_file = {:?}\n[alibaba]\nendpoint = \"{}\"\n",
+            secret.join("callers.toml"),
+            sandbox.endpoint()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
+    assert_eq!(config.callers.len(), 1);
+    let credentials = common::credentials_of(&sandbox);
+    let gw = Gateway::serve(config, credentials, sandbox).await;
+    call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox02", "5.0"), "old-token"),
+    )
+    .await
+    .unwrap();
+
+    write_secret(&secret, 2, &one_caller("new-token"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = call(
+            &gw.client,
+            with_token(validate_only("dds-sandbox02", "5.0"), "new-token"),
+        )
+        .await;
+        let Err(status) = answer else { break };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token from the updated Secret is never accepted; last answer: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = call(
+        &gw.client,
+        with_token(validate_only("dds-sandbox02", "5.0"), "old-token"),
+    )
+    .await
+    .unwrap_err();
+    assert_error(&old, Code::Unauthenticated, "CALLER_CREDENTIALS_INVALID");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The file can change between the moment the configuration is read and the moment the reloader
 /// starts watching it; that change must not be missed.
 #[tokio::test(flavor = "multi_thread")]
@@ -1029,7 +1098,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     ));
 
     std::fs::write(&file, &head).unwrap();
-    dds_gateway::reload::reload(&file, &callers, "test");
+    dds_gateway::reload::reload(Some(&file), &callers, "test");
     assert_eq!(
         callers.current().len(),
         1,
@@ -1040,7 +1109,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         format!("{head}[[callers]]\nname = \"x\"\ntoken_sha256 = \"short\"\n"),
     )
     .unwrap();
-    dds_gateway::reload::reload(&file, &callers, "test");
+    dds_gateway::reload::reload(Some(&file), &callers, "test");
     assert_eq!(
         callers.current().len(),
         1,
@@ -1055,7 +1124,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         ),
     )
     .unwrap();
-    dds_gateway::reload::reload(&file, &callers, "test");
+    dds_gateway::reload::reload(Some(&file), &callers, "test");
     assert_eq!(callers.current().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -149,6 +149,34 @@ async fn oidc_role_rereads_the_token_file_and_refreshes_before_expiry() {
     }
 }
 
+/// What the ACK pod identity webhook (RRSA) injects, and nothing else: the chain assumes the role
+/// at the STS endpoint it names, which wins over the region and VPC variables.
+#[tokio::test]
+async fn rrsa_webhook_variables_alone_assume_the_role_at_the_named_sts_endpoint() {
+    let fake = Fake::start().await;
+    let scratch = Scratch::new("rrsa");
+    let token_file = scratch.write("token", "rrsa-token-canary\n");
+    let sts = fake.url();
+    let env = [
+        ("ALIBABA_CLOUD_ROLE_ARN", ROLE_ARN),
+        ("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN),
+        (
+            "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            token_file.to_str().unwrap(),
+        ),
+        ("ALIBABA_CLOUD_STS_ENDPOINT", sts.as_str()),
+        ("ALIBABA_CLOUD_STS_REGION", "cn-hangzhou"),
+        ("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED", "true"),
+        ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
+    ];
+    let chain = provider("", &env);
+    let credential = chain.credential().await.unwrap();
+    assert_eq!(credential.access_key_id(), issued(1));
+    assert_eq!(chain.name(), "oidc_role_arn");
+    assert_eq!(fake.state().sts_actions, ["AssumeRoleWithOIDC"]);
+    assert_eq!(fake.state().oidc_tokens, ["rrsa-token-canary"]);
+}
+
 #[tokio::test]
 async fn concurrent_first_calls_assume_the_role_once() {
     let fake = Fake::start().await;

@@ -31,6 +31,7 @@ pub mod var {
     pub const ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
     pub const IMDSV1_DISABLED: &str = "ALIBABA_CLOUD_IMDSV1_DISABLED";
     pub const CREDENTIALS_URI: &str = "ALIBABA_CLOUD_CREDENTIALS_URI";
+    pub const STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
     pub const STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
     pub const VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
     pub const HOME: &str = "HOME";
@@ -42,7 +43,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// The metadata service answers in milliseconds or not at all: short timeouts.
     pub imds_http: reqwest::Client,
-    /// The configured STS endpoint, if any; it wins over a profile's `sts_region`.
+    /// The configured STS endpoint (`credentials.sts_endpoint`, else `ALIBABA_CLOUD_STS_ENDPOINT`),
+    /// if any; it wins over a profile's `sts_region` and `ALIBABA_CLOUD_STS_REGION`.
     pub sts_endpoint: Option<Url>,
     pub sts_region: Option<String>,
     pub vpc: bool,
@@ -108,34 +110,7 @@ pub fn build(
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let flag = |name: &str| var_of(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let http = super::http::client(Duration::from_secs(5), Duration::from_secs(15))
-        .map_err(|reason| unavailable("default", reason))?;
-    let imds_http = super::http::client(Duration::from_secs(1), Duration::from_secs(5))
-        .map_err(|reason| unavailable("ecs_ram_role", reason))?;
-    let context = Context {
-        http,
-        imds_http,
-        sts_endpoint: config.sts_endpoint.clone(),
-        sts_region: var_of(var::STS_REGION),
-        vpc: flag(var::VPC_ENDPOINT_ENABLED),
-        imds_endpoint: config.imds_endpoint.clone().unwrap_or_else(|| {
-            Url::parse(ecs::DEFAULT_ENDPOINT)
-                .unwrap_or_else(|_| unreachable!("the metadata endpoint is a valid URL"))
-        }),
-        imdsv1_disabled: config
-            .imdsv1_disabled
-            .unwrap_or_else(|| flag(var::IMDSV1_DISABLED)),
-        session_duration: config.session_duration,
-        role_session_name: config
-            .role_session_name
-            .clone()
-            .or_else(|| var_of(var::ROLE_SESSION_NAME)),
-        policy: RefreshPolicy {
-            refresh_ahead: config.refresh_ahead,
-            ..RefreshPolicy::default()
-        },
-    };
+    let context = context(config, &var_of)?;
     let builder = Builder {
         config,
         env: &var_of,
@@ -169,6 +144,54 @@ pub fn build(
             ))
         }),
     }
+}
+
+/// The shared settings of every provider, from `[credentials]` and the official variables.
+fn context(
+    config: &CredentialsConfig,
+    var_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<Context, CredentialsError> {
+    let flag = |name: &str| var_of(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let http = super::http::client(Duration::from_secs(5), Duration::from_secs(15))
+        .map_err(|reason| unavailable("default", reason))?;
+    let imds_http = super::http::client(Duration::from_secs(1), Duration::from_secs(5))
+        .map_err(|reason| unavailable("ecs_ram_role", reason))?;
+    let sts_endpoint = match (&config.sts_endpoint, var_of(var::STS_ENDPOINT)) {
+        (Some(configured), _) => Some(configured.clone()),
+        (None, Some(value)) => Some(sts::parse_endpoint(&value).ok_or_else(|| {
+            not_configured(
+                "default",
+                format!(
+                    "{}: expected a host such as sts-vpc.cn-hangzhou.aliyuncs.com or an http(s) URL, got {value:?}",
+                    var::STS_ENDPOINT
+                ),
+            )
+        })?),
+        (None, None) => None,
+    };
+    Ok(Context {
+        http,
+        imds_http,
+        sts_endpoint,
+        sts_region: var_of(var::STS_REGION),
+        vpc: flag(var::VPC_ENDPOINT_ENABLED),
+        imds_endpoint: config.imds_endpoint.clone().unwrap_or_else(|| {
+            Url::parse(ecs::DEFAULT_ENDPOINT)
+                .unwrap_or_else(|_| unreachable!("the metadata endpoint is a valid URL"))
+        }),
+        imdsv1_disabled: config
+            .imdsv1_disabled
+            .unwrap_or_else(|| flag(var::IMDSV1_DISABLED)),
+        session_duration: config.session_duration,
+        role_session_name: config
+            .role_session_name
+            .clone()
+            .or_else(|| var_of(var::ROLE_SESSION_NAME)),
+        policy: RefreshPolicy {
+            refresh_ahead: config.refresh_ahead,
+            ..RefreshPolicy::default()
+        },
+    })
 }
 
 fn not_configured(provider: &'static str, reason: String) -> CredentialsError {
@@ -432,5 +455,98 @@ impl std::fmt::Debug for DefaultChain {
         f.debug_struct("DefaultChain")
             .field("chosen", &self.chosen().map(|p| p.name()))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    /// The STS endpoint the chain uses with `[credentials]` `toml` and only `vars` set.
+    fn sts_endpoint(toml: &str, vars: &[(&str, &str)]) -> Result<String, CredentialsError> {
+        let config = Config::from_toml(
+            &format!("[credentials]\n{toml}"),
+            "test",
+            |_| None,
+            &Overrides::default(),
+        )
+        .unwrap();
+        let var_of = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        Ok(context(&config.credentials, &var_of)?
+            .sts(None)
+            .endpoint()
+            .to_string())
+    }
+
+    #[test]
+    fn sts_region_picks_the_regional_endpoint() {
+        assert_eq!(sts_endpoint("", &[]).unwrap(), "https://sts.aliyuncs.com/");
+        assert_eq!(
+            sts_endpoint("", &[(var::STS_REGION, "cn-shanghai")]).unwrap(),
+            "https://sts.cn-shanghai.aliyuncs.com/"
+        );
+    }
+
+    #[test]
+    fn vpc_endpoint_enabled_picks_the_regions_vpc_endpoint() {
+        assert_eq!(
+            sts_endpoint(
+                "",
+                &[
+                    (var::STS_REGION, "cn-shanghai"),
+                    (var::VPC_ENDPOINT_ENABLED, "true")
+                ]
+            )
+            .unwrap(),
+            "https://sts-vpc.cn-shanghai.aliyuncs.com/"
+        );
+        // Without a region there is no VPC endpoint to pick: the public one, as the official
+        // libraries do.
+        assert_eq!(
+            sts_endpoint("", &[(var::VPC_ENDPOINT_ENABLED, "true")]).unwrap(),
+            "https://sts.aliyuncs.com/"
+        );
+        assert_eq!(
+            sts_endpoint(
+                "",
+                &[
+                    (var::STS_REGION, "cn-shanghai"),
+                    (var::VPC_ENDPOINT_ENABLED, "false")
+                ]
+            )
+            .unwrap(),
+            "https://sts.cn-shanghai.aliyuncs.com/"
+        );
+    }
+
+    #[test]
+    fn sts_endpoint_variable_wins_over_region_and_loses_to_the_config_key() {
+        let webhook = [
+            (var::STS_ENDPOINT, "sts-vpc.cn-hangzhou.aliyuncs.com"),
+            (var::STS_REGION, "cn-shanghai"),
+            (var::VPC_ENDPOINT_ENABLED, "true"),
+        ];
+        assert_eq!(
+            sts_endpoint("", &webhook).unwrap(),
+            "https://sts-vpc.cn-hangzhou.aliyuncs.com/"
+        );
+        assert_eq!(
+            sts_endpoint("sts_endpoint = \"https://sts.example.internal\"", &webhook).unwrap(),
+            "https://sts.example.internal/"
+        );
+    }
+
+    #[test]
+    fn a_bad_sts_endpoint_variable_is_an_error_naming_it() {
+        let err = sts_endpoint("", &[(var::STS_ENDPOINT, "sts.aliyuncs.com/x?y=z")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ALIBABA_CLOUD_STS_ENDPOINT"), "{err}");
     }
 }

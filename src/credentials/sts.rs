@@ -35,6 +35,25 @@ pub fn regional_endpoint(region: &str, vpc: bool) -> Option<Url> {
         .flatten()
 }
 
+/// An STS endpoint as `ALIBABA_CLOUD_STS_ENDPOINT` gives it: a host (what the ACK pod identity
+/// webhook injects, e.g. `sts-vpc.cn-hangzhou.aliyuncs.com`, reached over HTTPS) or an http(s)
+/// URL. Only scheme, host and port: a path or query could smuggle parameters into the request.
+pub fn parse_endpoint(value: &str) -> Option<Url> {
+    let value = value.trim();
+    let url = if value.contains("://") {
+        Url::parse(value).ok()?
+    } else {
+        Url::parse(&format!("https://{value}/")).ok()?
+    };
+    let plain = matches!(url.scheme(), "https" | "http")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    plain.then_some(url)
+}
+
 /// Which role to assume, for how long, under what session name.
 #[derive(Debug, Clone)]
 pub struct RoleSession {
@@ -64,6 +83,11 @@ impl Sts {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Where the calls go.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
     }
 
     /// `AssumeRole`, signed with `base`.
@@ -283,6 +307,29 @@ mod tests {
         );
         assert!(regional_endpoint("evil.com/x", false).is_none());
         assert!(regional_endpoint("", false).is_none());
+    }
+
+    #[test]
+    fn sts_endpoint_variable_takes_a_host_or_a_plain_url() {
+        let parse = |v: &str| parse_endpoint(v).map(|u| u.to_string());
+        assert_eq!(
+            parse("sts-vpc.cn-hangzhou.aliyuncs.com").as_deref(),
+            Some("https://sts-vpc.cn-hangzhou.aliyuncs.com/")
+        );
+        assert_eq!(
+            parse("http://127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080/")
+        );
+        for bad in [
+            "",
+            "ftp://sts.aliyuncs.com",
+            "https://sts.aliyuncs.com/x?Action=y",
+            "sts.aliyuncs.com/path",
+            "user@sts.aliyuncs.com",
+            "sts aliyuncs com",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?} accepted");
+        }
     }
 
     #[test]
