@@ -12,6 +12,7 @@ pub mod profile;
 pub mod sts;
 pub mod uri;
 
+pub use crate::secret::Secret;
 pub use chain::build;
 pub use environment::{
     ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN, from_environment,
@@ -21,30 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use zeroize::Zeroizing;
-
 use crate::signer::SigningKey;
-
-/// A secret string: zeroized on drop, `***` in `Debug`, no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(Zeroizing::new(value.into()))
-    }
-
-    /// The secret itself; call only where it is used (signing, sending).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// One resolved credential: an AccessKey pair, possibly temporary (STS) with a security token.
 ///

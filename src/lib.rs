@@ -3,7 +3,12 @@
 //!
 //! # Layout
 //! - [`pb`]: the generated protobuf API (`dds.gateway.v1`), never edited.
-//! - [`config`]: the TOML file, environment overrides and start-up checks.
+//! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
+//!   section ([`config::server`], [`config::alibaba`], [`config::credentials`],
+//!   [`config::callers`], [`config::telemetry`] with `[audit]`, [`config::idempotency`],
+//!   [`config::watch`], [`config::state`]), the region table ([`config::regions`]) and the
+//!   environment table ([`config::env`]).
+//! - [`secret`]: a string that never prints itself, held by config and credentials alike.
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
 //! - [`credentials`]: secret types and the credentials provider trait.
 //! - [`signer`]: Alibaba RPC signatures V2 and V3 ([`signer::v3`]), pure functions.
@@ -54,6 +59,7 @@ pub mod preflight;
 pub mod reload;
 pub mod rollout;
 pub mod sandbox;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod signer;

@@ -83,7 +83,7 @@ impl EngineVersionService {
             preflight: config.alibaba.preflight,
             settle_window: config.idempotency.settle_window,
         };
-        let alibaba = Alibaba::new(client, config.alibaba.retry);
+        let alibaba = Alibaba::new(client, config.alibaba.retry.into());
         Self {
             validator,
             upgrader: Upgrader::new(

@@ -14,7 +14,6 @@
 //! - [`admin`]: the admin HTTP server (`GET /metrics`).
 
 pub mod admin;
-pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod rpc;
@@ -33,7 +32,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-pub use config::{AuditConfig, LogFormat, Otlp, Protocol, TelemetryConfig};
+pub use crate::config::telemetry::{AuditConfig, LogFormat, Otlp, Protocol, TelemetryConfig};
 pub use logs::LogOutput;
 pub use metrics::Metrics;
 

@@ -35,10 +35,16 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
+        crate::config::RetryConfig::default().into()
+    }
+}
+
+impl From<crate::config::RetryConfig> for RetryPolicy {
+    fn from(config: crate::config::RetryConfig) -> Self {
         Self {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(20),
+            max_attempts: config.max_attempts,
+            base_delay: config.base_delay,
+            max_delay: config.max_delay,
         }
     }
 }

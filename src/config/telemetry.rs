@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// `service.name` when neither the file nor `OTEL_SERVICE_NAME` says otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "dds-gateway";
@@ -137,28 +137,13 @@ const METRICS: Signal = Signal {
 };
 
 impl RawTelemetry {
-    /// Checks the section, applying `DDS_GATEWAY_TELEMETRY_*` and the standard `OTEL_*`
-    /// variables from `env` (both win over the file; `OTEL_*` wins over `DDS_GATEWAY_*`).
+    /// Checks the section (`DDS_GATEWAY_TELEMETRY_*` already applied), applying the standard
+    /// `OTEL_*` variables from `env`, which win over the file and `DDS_GATEWAY_*`.
     pub(crate) fn check(
-        mut self,
+        self,
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<TelemetryConfig, ConfigError> {
         let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
-        let ours = |key: &str| var(&format!("{}TELEMETRY_{key}", crate::config::ENV_PREFIX));
-        for (slot, key) in [
-            (&mut self.service_name, "SERVICE_NAME"),
-            (&mut self.otlp_endpoint, "OTLP_ENDPOINT"),
-            (&mut self.otlp_protocol, "OTLP_PROTOCOL"),
-            (&mut self.traces_exporter, "TRACES_EXPORTER"),
-            (&mut self.metrics_exporter, "METRICS_EXPORTER"),
-            (&mut self.metrics_interval, "METRICS_INTERVAL"),
-            (&mut self.admin_listen, "ADMIN_LISTEN"),
-            (&mut self.log_format, "LOG_FORMAT"),
-        ] {
-            if let Some(value) = ours(key) {
-                *slot = Some(value);
-            }
-        }
         let service_name = var("OTEL_SERVICE_NAME")
             .or(self.service_name)
             .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
@@ -278,10 +263,10 @@ impl RawTelemetry {
 }
 
 impl RawAudit {
-    /// Checks the section, applying `DDS_GATEWAY_AUDIT_FILE`.
-    pub(crate) fn check(self, env: &impl Fn(&str) -> Option<String>) -> AuditConfig {
-        let file = env(&format!("{}AUDIT_FILE", crate::config::ENV_PREFIX))
-            .or(self.file)
+    /// Checks the section (`DDS_GATEWAY_AUDIT_FILE` already applied).
+    pub(crate) fn check(self) -> AuditConfig {
+        let file = self
+            .file
             .filter(|f| !f.trim().is_empty())
             .map(PathBuf::from);
         AuditConfig { file }
@@ -396,11 +381,6 @@ mod tests {
             (
                 "metrics_interval = \"300000000000y\"",
                 &[][..],
-                "telemetry.metrics_interval",
-            ),
-            (
-                "",
-                &[("DDS_GATEWAY_TELEMETRY_METRICS_INTERVAL", "1day 1s")][..],
                 "telemetry.metrics_interval",
             ),
         ] {
