@@ -1,12 +1,14 @@
 //! The one place where a failure becomes a gRPC status. Every status carries
 //! `google.rpc.ErrorInfo` (domain `dds-gateway`); internal details never reach the caller.
-//! Alibaba errors are mapped on their `Code` (throttling comes back as HTTP 400), then status.
+//! Which code and reason an Alibaba failure gets is [`codes`](crate::alibaba::codes)' answer;
+//! this module writes the message and the details.
 
 use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::alibaba::codes::{self, Classification};
 use crate::alibaba::{CallError, InstanceAttribute, UpstreamError};
 use crate::auth::AuthError;
 use crate::idempotency::StoreError;
@@ -94,114 +96,6 @@ pub enum Error {
     /// query.
     #[error(transparent)]
     Json(#[from] crate::json::RequestError),
-}
-
-/// How an Alibaba error `Code` maps to gRPC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mapping {
-    code: Code,
-    reason: &'static str,
-    retryable: bool,
-}
-
-const fn mapping(code: Code, reason: &'static str, retryable: bool) -> Mapping {
-    Mapping {
-        code,
-        reason,
-        retryable,
-    }
-}
-
-/// The Alibaba error codes whose `Message` is passed to callers: each is a fixed sentence about
-/// the request or the instance (Alibaba's documented texts). Every other code gets a message the
-/// gateway writes, because some messages echo what was signed (the string to sign, naming the
-/// AccessKeyId) or name keys and accounts, and a code nobody has read cannot be trusted not to.
-pub const SAFE_MESSAGE_CODES: &[&str] = &[
-    "Throttling",
-    "Throttling.User",
-    "Throttling.Api",
-    "Forbidden.RAM",
-    "Forbidden.RiskControl",
-    "Forbedden.NotSupportRAM",
-    "InvalidInstanceId.NotFound",
-    "InvalidDbInstanceId.NotFound",
-    "InvalidDBInstanceId.NotFound",
-    "InvalidRegion.NotFound",
-    "EngineVersion.ERROR",
-    "IncorrectDBInstanceState",
-    "IncorrectDBInstanceType",
-    "IncorrectDBInstanceLockMode",
-];
-
-/// The contract's error table for upstream answers.
-fn map_upstream(code: &str, http_status: u16) -> Mapping {
-    // The gateway's own credentials or signing were rejected: our fault, never the caller's.
-    const CREDENTIAL_CODES: &[&str] = &[
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "SignatureNonceUsed",
-        "InvalidSignatureMethod",
-        "MissingSecurityToken",
-    ];
-    const CREDENTIAL_PREFIXES: &[&str] = &[
-        "InvalidAccessKeyId",
-        "InvalidTimeStamp",
-        "InvalidSecurityToken",
-    ];
-    if CREDENTIAL_CODES.contains(&code) || CREDENTIAL_PREFIXES.iter().any(|p| code.starts_with(p)) {
-        return mapping(Code::Internal, "GATEWAY_CREDENTIALS_REJECTED", false);
-    }
-    if code.starts_with("Throttling") || code == "Rejected.Throttling" {
-        return mapping(Code::ResourceExhausted, "UPSTREAM_THROTTLED", true);
-    }
-    // Requests the gateway built wrongly (unknown action, missing parameter): our bug.
-    if matches!(
-        code,
-        "InvalidApi.NotFound"
-            | "InvalidAction.NotFound"
-            | "MissingParameter"
-            | "UnsupportedHTTPMethod"
-            | "InvalidParameter.Format"
-    ) || code.starts_with("Missing")
-    {
-        return mapping(Code::Internal, "GATEWAY_REQUEST_REJECTED", false);
-    }
-    if code.starts_with("Forbidden") || code.starts_with("Forbedden") {
-        return mapping(Code::PermissionDenied, "UPSTREAM_PERMISSION_DENIED", false);
-    }
-    if code.ends_with(".NotFound") {
-        return mapping(Code::NotFound, "INSTANCE_NOT_FOUND", false);
-    }
-    match code {
-        "EngineVersion.ERROR" => {
-            return mapping(Code::FailedPrecondition, "ENGINE_VERSION_NOT_LATER", false);
-        }
-        "IncorrectDBInstanceState" => {
-            return mapping(Code::FailedPrecondition, "INSTANCE_STATE_INCORRECT", false);
-        }
-        "IncorrectDBInstanceType"
-        | "IncorrectDBInstanceLockMode"
-        | "InsufficientBalance"
-        | "RealNameAuthenticationError" => {
-            return mapping(
-                Code::FailedPrecondition,
-                "UPSTREAM_FAILED_PRECONDITION",
-                false,
-            );
-        }
-        "ServiceUnavailable" | "InternalError" | "System.Busy" | "Operation.Blocking" => {
-            return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", true);
-        }
-        _ => {}
-    }
-    if code.starts_with("InvalidParameter") || code.starts_with("Invalid") {
-        return mapping(Code::InvalidArgument, "UPSTREAM_INVALID_ARGUMENT", false);
-    }
-    if http_status >= 500 {
-        return mapping(Code::Unavailable, "UPSTREAM_UNAVAILABLE", true);
-    }
-    // An answer we have no row for: name Alibaba's code rather than guess a meaning.
-    mapping(Code::Unknown, "UPSTREAM_ERROR", false)
 }
 
 impl Error {
@@ -646,44 +540,34 @@ fn cause_retry_delay(cause: &CallError) -> Duration {
 }
 
 fn call_status(err: CallError) -> Status {
+    let class = codes::classify(&err);
+    let retry = class.retry_info.then_some(DEFAULT_RETRY_DELAY);
+    let answer = |message: &str, metadata: &[(&str, String)]| {
+        status(class.code, message, class.reason, metadata, retry)
+    };
     match err {
-        CallError::Upstream(upstream) => upstream_status(&upstream),
-        CallError::Unreachable(_) => status(
-            Code::Unavailable,
+        CallError::Upstream(upstream) => upstream_status(&upstream, class),
+        CallError::Unreachable(_) => answer(
             "Alibaba Cloud is unreachable; the request was not sent",
-            "UPSTREAM_UNREACHABLE",
             &[],
-            Some(DEFAULT_RETRY_DELAY),
         ),
-        CallError::OutcomeUnknown(_) => status(
-            Code::Unavailable,
+        CallError::OutcomeUnknown(_) => answer(
             "no definite answer from Alibaba Cloud (no answer, or a server error without a body); retry with the same request_id",
-            "UPSTREAM_OUTCOME_UNKNOWN",
             &[],
-            Some(DEFAULT_RETRY_DELAY),
         ),
-        CallError::Credentials(_) => status(
-            Code::Unavailable,
+        CallError::Credentials(_) => answer(
             "the gateway has no usable Alibaba Cloud credentials; its operators have been told in its logs",
-            "CREDENTIALS_UNAVAILABLE",
             &[],
-            Some(DEFAULT_RETRY_DELAY),
         ),
-        CallError::Unreadable { http_status } => status(
-            Code::Internal,
+        CallError::Unreadable { http_status } => answer(
             "the gateway could not read Alibaba Cloud's answer",
-            "UPSTREAM_RESPONSE_UNREADABLE",
             &[("httpStatus", http_status.to_string())],
-            None,
         ),
-        CallError::Unsupported(what) => {
-            status(Code::Internal, what, "GATEWAY_UNSUPPORTED", &[], None)
-        }
+        CallError::Unsupported(what) => answer(what, &[]),
     }
 }
 
-fn upstream_status(e: &UpstreamError) -> Status {
-    let m = map_upstream(&e.code, e.http_status);
+fn upstream_status(e: &UpstreamError, class: Classification) -> Status {
     let mut metadata = vec![("alibabaCode", e.code.clone())];
     if let Some(id) = &e.request_id {
         metadata.push(("alibabaRequestId", id.clone()));
@@ -693,15 +577,15 @@ fn upstream_status(e: &UpstreamError) -> Status {
         .as_deref()
         .map(|id| format!(" (RequestId {id})"))
         .unwrap_or_default();
-    let message = if SAFE_MESSAGE_CODES.contains(&e.code.as_str()) && !e.message.is_empty() {
+    let message = if class.safe_message && !e.message.is_empty() {
         format!("Alibaba Cloud answered {}: {}{request}", e.code, e.message)
     } else {
-        format!("{} ({}){request}", meaning(m.reason), e.code)
+        format!("{} ({}){request}", meaning(class.reason), e.code)
     };
-    let retry = m
-        .retryable
+    let retry = class
+        .retry_info
         .then(|| e.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
-    status(m.code, &message, m.reason, &metadata, retry)
+    status(class.code, &message, class.reason, &metadata, retry)
 }
 
 /// What the gateway says of an Alibaba error whose own message it does not pass on.
@@ -751,6 +635,7 @@ fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alibaba::codes::SAFE_MESSAGE_CODES;
 
     fn upstream(code: &str, http_status: u16, message: &str) -> Status {
         Error::Call(CallError::Upstream(UpstreamError {

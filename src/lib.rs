@@ -12,7 +12,10 @@
 //! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
 //! - [`credentials`]: secret types and the credentials provider trait.
 //! - [`signer`]: Alibaba RPC signatures V2 and V3 ([`signer::v3`]), pure functions.
-//! - [`alibaba`]: the Dds API client (endpoints, sending, answers).
+//! - [`alibaba`]: the Dds API client (endpoints, sending, answers); [`alibaba::codes`], the one
+//!   classification of Alibaba's answers (retry, did Alibaba act, gRPC code and reason);
+//!   [`alibaba::calls`], the facade that owns the client and its retry policy;
+//!   [`alibaba::clock`], the time and nonces signatures are made with.
 //! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
 //! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
 //! - [`limits`]: per-caller token buckets (local, or shared through the state store) and the
@@ -20,7 +23,7 @@
 //! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
 //! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
 //! - [`tls`]: TLS and mTLS for the listener.
-//! - [`error`]: the one mapping from failures to gRPC statuses.
+//! - [`error`]: failures to gRPC statuses (codes and reasons from [`alibaba::codes`]).
 //! - [`idempotency`]: `request_id` keys and per-instance upgrade locks (store trait, memory store).
 //! - [`state`]: `[state]`: the memory or Redis store, shared between replicas.
 //! - [`preflight`]: checks of the instance before an upgrade.

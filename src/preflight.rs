@@ -6,8 +6,7 @@
 
 use tokio::time::Instant;
 
-use crate::alibaba::retry::{self, Effect, RetryPolicy};
-use crate::alibaba::{AlibabaClient, InstanceAttribute, action};
+use crate::alibaba::{Alibaba, InstanceAttribute};
 use crate::error::Error;
 
 /// The state an instance must be in to be upgraded.
@@ -44,20 +43,14 @@ pub enum PreflightFailure {
 /// `DescribeDBInstanceAttribute`, retried as a read; an instance that is absent, or present in
 /// another region than the one asked for, is [`PreflightFailure::NotFound`].
 pub async fn describe(
-    client: &AlibabaClient,
-    policy: &RetryPolicy,
+    alibaba: &Alibaba,
     region_id: &str,
     db_instance_id: &str,
     deadline: Instant,
 ) -> Result<InstanceAttribute, Error> {
-    let found = retry::retry(
-        policy,
-        Effect::Read,
-        deadline,
-        action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
-        || client.describe_db_instance_attribute(region_id, db_instance_id),
-    )
-    .await?;
+    let found = alibaba
+        .describe_db_instance_attribute(region_id, db_instance_id, deadline)
+        .await?;
     match found {
         Some(attribute) if attribute.region_id.is_empty() || attribute.region_id == region_id => {
             Ok(attribute)
@@ -73,27 +66,20 @@ pub async fn describe(
 
 /// The versions Alibaba offers the instance (`DescribeAvailableEngineVersion`), retried as a read.
 pub async fn offered_versions(
-    client: &AlibabaClient,
-    policy: &RetryPolicy,
+    alibaba: &Alibaba,
     region_id: &str,
     db_instance_id: &str,
     deadline: Instant,
 ) -> Result<crate::alibaba::AvailableEngineVersions, Error> {
-    Ok(retry::retry(
-        policy,
-        Effect::Read,
-        deadline,
-        action::DESCRIBE_AVAILABLE_ENGINE_VERSION,
-        || client.describe_available_engine_version(region_id, db_instance_id),
-    )
-    .await?)
+    Ok(alibaba
+        .describe_available_engine_version(region_id, db_instance_id, deadline)
+        .await?)
 }
 
 /// Checks that `attribute`'s instance can be upgraded to `target`: `Running`, on an earlier
 /// version, and offered the target by `DescribeAvailableEngineVersion`.
 pub async fn check(
-    client: &AlibabaClient,
-    policy: &RetryPolicy,
+    alibaba: &Alibaba,
     attribute: &InstanceAttribute,
     region_id: &str,
     target: &str,
@@ -112,14 +98,7 @@ pub async fn check(
         }
         .into());
     }
-    let offered = offered_versions(
-        client,
-        policy,
-        region_id,
-        &attribute.db_instance_id,
-        deadline,
-    )
-    .await?;
+    let offered = offered_versions(alibaba, region_id, &attribute.db_instance_id, deadline).await?;
     if !offered.versions.iter().any(|v| v == target) {
         return Err(PreflightFailure::NotOffered {
             attribute: attribute.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::alibaba::AlibabaClient;
+use crate::alibaba::{Alibaba, AlibabaClient};
 use crate::audit::{self, Audit, AuditEvent};
 use crate::auth::Caller;
 use crate::config::Config;
@@ -81,18 +81,18 @@ impl EngineVersionService {
             store.unwrap_or_else(|| Arc::new(MemoryStore::new(StoreLimits::from_config(config))));
         let settings = UpgradeSettings {
             preflight: config.alibaba.preflight,
-            retry: config.alibaba.retry.into(),
             settle_window: config.idempotency.settle_window,
         };
+        let alibaba = Alibaba::new(client, config.alibaba.retry.into());
         Self {
             validator,
             upgrader: Upgrader::new(
-                Arc::clone(&client),
+                alibaba.clone(),
                 settings,
                 Idempotency::new(store),
                 Audit::log_only(),
             ),
-            status: StatusReader::new(client, config.alibaba.retry.into(), &config.watch),
+            status: StatusReader::new(alibaba, &config.watch),
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),

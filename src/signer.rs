@@ -5,13 +5,14 @@
 //! The stages carry Alibaba's own names: the *canonicalized query string*, the *string to sign*
 //! and the *signature*. See `reference/alibaba-api.md` §1. Signature V3 (`ACS3-HMAC-SHA256`) is
 //! in [`v3`]; both share this module's percent-encoding.
+#![deny(clippy::disallowed_methods)]
 
 use std::fmt;
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sha1::{Digest, Sha1};
+use sha1::Sha1;
 
 pub mod v3;
 
@@ -246,18 +247,11 @@ impl SigningKey {
 
     /// A key used exactly as given (no `&` appended), for the raw HMAC test vectors.
     pub fn from_raw_key(key: &[u8]) -> Self {
-        // HMAC (RFC 2104) hashes a key longer than the block and zero-pads a shorter one. Doing
-        // that here gives the infallible block-sized constructor, instead of `new_from_slice`'s
-        // `Result` that can never be an error.
-        let mut block = hmac::digest::Key::<Hmac<Sha1>>::default();
-        if key.len() > block.len() {
-            let digest = Sha1::digest(key);
-            block[..digest.len()].copy_from_slice(&digest);
-        } else {
-            block[..key.len()].copy_from_slice(key);
-        }
-        let mac = <Hmac<Sha1> as hmac::digest::KeyInit>::new(&block);
-        zeroize::Zeroize::zeroize(block.as_mut_slice());
+        #[expect(
+            clippy::expect_used,
+            reason = "HMAC takes a key of any length, so `new_from_slice` never fails"
+        )]
+        let mac = <Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
         Self { mac }
     }
 

@@ -3,7 +3,6 @@
 //! target or past it, the caller's deadline passes, or the caller goes away). Both read through
 //! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,8 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
-use crate::alibaba::AlibabaClient;
-use crate::alibaba::retry::RetryPolicy;
+use crate::alibaba::Alibaba;
 use crate::config::WatchConfig;
 use crate::error::Error;
 use crate::limits::InFlight;
@@ -27,18 +25,16 @@ pub type WatchStream = ReceiverStream<Result<pb::WatchUpgradeResponse, Status>>;
 /// Reads instance status for callers.
 #[derive(Debug, Clone)]
 pub struct StatusReader {
-    client: Arc<AlibabaClient>,
-    retry: RetryPolicy,
+    alibaba: Alibaba,
     poll_interval: Duration,
     /// A place per running watch (`watch.max_active`), held by its polling task.
     watches: InFlight,
 }
 
 impl StatusReader {
-    pub fn new(client: Arc<AlibabaClient>, retry: RetryPolicy, watch: &WatchConfig) -> Self {
+    pub fn new(alibaba: Alibaba, watch: &WatchConfig) -> Self {
         Self {
-            client,
-            retry,
+            alibaba,
             poll_interval: watch.poll_interval,
             watches: InFlight::new(watch.max_active, watch.max_active_per_caller),
         }
@@ -57,16 +53,14 @@ impl StatusReader {
     ) -> Result<pb::GetEngineVersionResponse, Error> {
         let read = async {
             let attribute = preflight::describe(
-                &self.client,
-                &self.retry,
+                &self.alibaba,
                 &instance.region_id,
                 &instance.db_instance_id,
                 deadline,
             )
             .await?;
             let offered = preflight::offered_versions(
-                &self.client,
-                &self.retry,
+                &self.alibaba,
                 &instance.region_id,
                 &instance.db_instance_id,
                 deadline,
@@ -138,8 +132,7 @@ impl StatusReader {
         let mut last: Option<(String, String)> = None;
         loop {
             let read = preflight::describe(
-                &self.client,
-                &self.retry,
+                &self.alibaba,
                 &instance.region_id,
                 &instance.db_instance_id,
                 deadline,

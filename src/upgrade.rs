@@ -9,7 +9,7 @@
 //! passed, and the audit trail holds a `sending` event for it.
 //!
 //! `UpgradeDBInstanceEngineVersion` is retried only when Alibaba surely did not act on it (see
-//! [`retry`](crate::alibaba::retry)). When the outcome is unknown (no answer, a 5xx, an
+//! [`codes`](crate::alibaba::codes)). When the outcome is unknown (no answer, a 5xx, an
 //! unreadable success), the gateway looks at the instance instead of sending again: upgrading or
 //! already on the target means accepted (RequestId unknown); anything else is UNAVAILABLE with
 //! what it saw, and the key is marked unresolved so that a retry looks again first. Within
@@ -19,15 +19,13 @@
 //! One upgrade per instance is in flight at a time: the claim takes the instance's upgrade lock,
 //! and a second upgrade of the instance (any key, or none) is refused at once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::instrument::{Instrument as _, WithSubscriber as _};
 
-use crate::alibaba::retry::{self, Effect, RetryPolicy};
-use crate::alibaba::{AlibabaClient, CallError, InstanceAttribute, action};
+use crate::alibaba::{Alibaba, CallError, InstanceAttribute, action};
 use crate::audit::{self, Audit, AuditEvent};
 use crate::error::Error;
 use crate::idempotency::{Claimed, Fingerprint, Idempotency, Key, Lease, Settlement};
@@ -57,7 +55,6 @@ pub struct Outcome {
 pub struct UpgradeSettings {
     /// Check the instance before upgrading (and for `validate_only`).
     pub preflight: bool,
-    pub retry: RetryPolicy,
     /// How long after a send with an unknown outcome a retry with its key only looks.
     pub settle_window: Duration,
 }
@@ -65,7 +62,7 @@ pub struct UpgradeSettings {
 /// Carries out upgrades for the service.
 #[derive(Debug, Clone)]
 pub struct Upgrader {
-    client: Arc<AlibabaClient>,
+    alibaba: Alibaba,
     settings: UpgradeSettings,
     idempotency: Idempotency,
     audit: Audit,
@@ -73,13 +70,13 @@ pub struct Upgrader {
 
 impl Upgrader {
     pub fn new(
-        client: Arc<AlibabaClient>,
+        alibaba: Alibaba,
         settings: UpgradeSettings,
         idempotency: Idempotency,
         audit: Audit,
     ) -> Self {
         Self {
-            client,
+            alibaba,
             settings,
             idempotency,
             audit,
@@ -334,26 +331,26 @@ impl Upgrader {
             outcome: "sending",
             ..event.clone()
         };
-        let client = &self.client;
-        let sent = retry::retry(
-            &self.settings.retry,
-            Effect::Change,
-            deadline,
-            action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
-            || async {
-                let signed = client
-                    .sign_upgrade(
-                        request.region_id(),
-                        request.db_instance_id(),
-                        target,
-                        request.switch_mode().map(|m| m.as_param()),
-                    )
-                    .await?;
-                self.point_of_no_return(&sending, deadline, lease).await?;
-                client.send_upgrade(signed).await.map_err(Error::Call)
-            },
-        )
-        .await;
+        let client = self.alibaba.client();
+        let sent = self
+            .alibaba
+            .change(
+                deadline,
+                action::UPGRADE_DB_INSTANCE_ENGINE_VERSION,
+                || async {
+                    let signed = client
+                        .sign_upgrade(
+                            request.region_id(),
+                            request.db_instance_id(),
+                            target,
+                            request.switch_mode().map(|m| m.as_param()),
+                        )
+                        .await?;
+                    self.point_of_no_return(&sending, deadline, lease).await?;
+                    client.send_upgrade(signed).await.map_err(Error::Call)
+                },
+            )
+            .await;
         match sent {
             Ok(alibaba_request_id) => Ok(accepted(request, alibaba_request_id, previous, false)),
             Err(Error::Call(err)) if outcome_unknown(&err) => {
@@ -403,19 +400,12 @@ impl Upgrader {
             "upgrade outcome unknown; looking at the instance"
         );
         // One look even when the caller's deadline has passed: the key's record depends on it.
-        let observed: Option<InstanceAttribute> = retry::retry(
-            &self.settings.retry,
-            Effect::Read,
-            deadline,
-            action::DESCRIBE_DB_INSTANCE_ATTRIBUTE,
-            || {
-                self.client
-                    .describe_db_instance_attribute(request.region_id(), request.db_instance_id())
-            },
-        )
-        .await
-        .ok()
-        .flatten();
+        let observed: Option<InstanceAttribute> = self
+            .alibaba
+            .describe_db_instance_attribute(request.region_id(), request.db_instance_id(), deadline)
+            .await
+            .ok()
+            .flatten();
         match observed {
             Some(attribute) if preflight::shows_upgrade(&attribute, request.engine_version()) => {
                 Ok(accepted(request, String::new(), previous, true))
@@ -431,8 +421,7 @@ impl Upgrader {
         deadline: Instant,
     ) -> Result<InstanceAttribute, Error> {
         preflight::describe(
-            &self.client,
-            &self.settings.retry,
+            &self.alibaba,
             request.region_id(),
             request.db_instance_id(),
             deadline,
@@ -447,8 +436,7 @@ impl Upgrader {
         deadline: Instant,
     ) -> Result<(), Error> {
         preflight::check(
-            &self.client,
-            &self.settings.retry,
+            &self.alibaba,
             attribute,
             request.region_id(),
             request.engine_version(),
@@ -461,17 +449,10 @@ impl Upgrader {
 /// The longest a caller is told to wait before looking again within the settle window.
 const SETTLING_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// Whether Alibaba may have acted on an upgrade call that failed this way: no answer, a server
-/// error, or a success the gateway could not read.
+/// Whether Alibaba may have acted on an upgrade call that failed this way (no answer, a server
+/// error, a success the gateway could not read): [`codes`](crate::alibaba::codes) decides.
 fn outcome_unknown(err: &CallError) -> bool {
-    match err {
-        CallError::OutcomeUnknown(_) => true,
-        CallError::Upstream(e) => e.http_status >= 500,
-        CallError::Unreadable { http_status } => {
-            (200..300).contains(http_status) || *http_status >= 500
-        }
-        CallError::Unreachable(_) | CallError::Credentials(_) | CallError::Unsupported(_) => false,
-    }
+    crate::alibaba::codes::classify(err).outcome_unknown()
 }
 
 /// Whether the upgrade waits for the maintenance window. Until then the instance stays `Running`

@@ -610,3 +610,84 @@ async fn unauthenticated_gateway_refuses_a_non_loopback_listener() {
         .unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
 }
+
+/// A clock with one time and one nonce, so every signature it stamps is the same.
+#[derive(Debug)]
+struct FixedClock {
+    time: std::time::SystemTime,
+    nonce: uuid::Uuid,
+}
+
+impl dds_gateway::alibaba::Clock for FixedClock {
+    fn now(&self) -> std::time::SystemTime {
+        self.time
+    }
+    fn nonce(&self) -> uuid::Uuid {
+        self.nonce
+    }
+}
+
+/// The client signs with the time and nonce of the clock it is given, and only with them: the
+/// sandbox (checking like Alibaba) sees that clock's nonce, refuses it the second time, and
+/// refuses a clock 20 minutes behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_signed_with_the_injected_clock() {
+    for version in [
+        dds_gateway::config::SignatureVersion::V2,
+        dds_gateway::config::SignatureVersion::V3,
+    ] {
+        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+            .await
+            .unwrap();
+        let mut config = common::default_config();
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        config.alibaba.signature_version = version;
+        let client = |clock: FixedClock| {
+            dds_gateway::alibaba::AlibabaClient::new(
+                &config.alibaba,
+                common::credentials_of(&sandbox),
+            )
+            .unwrap()
+            .with_clock(std::sync::Arc::new(clock))
+        };
+        let nonce = uuid::Uuid::from_u128(0x5eed);
+        let now = client(FixedClock {
+            time: std::time::SystemTime::now(),
+            nonce,
+        });
+        let found = now
+            .describe_db_instance_attribute("cn-hangzhou", "dds-sandbox01")
+            .await
+            .unwrap();
+        assert!(found.is_some(), "{version:?}");
+        let received = sandbox.received();
+        let sent_nonce = received[0]
+            .params
+            .get("SignatureNonce")
+            .or_else(|| received[0].headers.get("x-acs-signature-nonce"))
+            .unwrap();
+        assert!(
+            *sent_nonce == nonce.to_string() || *sent_nonce == nonce.simple().to_string(),
+            "{version:?}: {sent_nonce}"
+        );
+        let again = now
+            .describe_db_instance_attribute("cn-hangzhou", "dds-sandbox01")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&again, dds_gateway::alibaba::CallError::Upstream(e) if e.code == "SignatureNonceUsed"),
+            "{version:?}: {again}"
+        );
+        let late = client(FixedClock {
+            time: std::time::SystemTime::now() - Duration::from_secs(20 * 60),
+            nonce: uuid::Uuid::from_u128(0x1a7e),
+        })
+        .describe_db_instance_attribute("cn-hangzhou", "dds-sandbox01")
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&late, dds_gateway::alibaba::CallError::Upstream(e) if e.code.starts_with("InvalidTimeStamp")),
+            "{version:?}: {late}"
+        );
+    }
+}

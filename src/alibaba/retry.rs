@@ -7,6 +7,7 @@
 //! transient failure; `UpgradeDBInstanceEngineVersion`, which has no client token, only when
 //! Alibaba surely did not act on it (throttled, or the connection was refused before the request
 //! was sent). Anything else about an upgrade is for the caller of [`retry`] to reconcile.
+//! [`codes`](super::codes) decides which failure is which.
 //!
 //! One more attempt is made at once, whatever the effect and beyond `max_attempts`, when
 //! Alibaba rejected the security token as expired ([`credential_expired`]): an authentication
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::codes::{self, credential_expired};
 use super::{CallError, UpstreamError};
 
 /// How often and how patiently to retry.
@@ -71,56 +73,12 @@ pub enum Effect {
     Change,
 }
 
-/// Alibaba's throttling codes (`Throttling`, `Throttling.User`, `Throttling.Api`, ...).
-pub fn is_throttling(code: &str) -> bool {
-    code.starts_with("Throttling") || code == "Rejected.Throttling"
-}
-
-/// Alibaba's answer when a request's STS security token has expired.
-pub const SECURITY_TOKEN_EXPIRED: &str = "InvalidSecurityToken.Expired";
-
-/// Whether Alibaba rejected the request's security token as expired: it refused the request at
-/// authentication, so it surely did not act on it (a 4xx answer; a 5xx is a server error first).
-pub fn credential_expired(err: &CallError) -> bool {
-    matches!(err, CallError::Upstream(e) if e.http_status < 500 && e.code == SECURITY_TOKEN_EXPIRED)
-}
-
-/// Whether Alibaba surely did not act on a request that failed this way: it was throttled
-/// (refused at Alibaba's front door), or the connection failed before the request was sent.
-///
-/// A throttling code counts only in a 4xx answer. The same code in a 5xx answer is a server
-/// error first (a backend or proxy that failed, whatever it wrote in the body), and after a
-/// server error the upgrade may have been applied: it is for the caller to reconcile, like any
-/// other 5xx (`upgrade::outcome_unknown` says the same).
-pub fn surely_not_applied(err: &CallError) -> bool {
-    match err {
-        CallError::Unreachable(_) => true,
-        CallError::Upstream(e) => e.http_status < 500 && is_throttling(&e.code),
-        _ => false,
-    }
-}
-
-/// Whether a read that failed this way is worth trying again.
-fn transient(err: &CallError) -> bool {
-    match err {
-        CallError::Unreachable(_) | CallError::OutcomeUnknown(_) => true,
-        CallError::Upstream(e) => {
-            is_throttling(&e.code)
-                || e.http_status >= 500
-                || matches!(
-                    e.code.as_str(),
-                    "ServiceUnavailable" | "InternalError" | "System.Busy"
-                )
-        }
-        CallError::Unreadable { http_status } => *http_status >= 500,
-        CallError::Credentials(_) | CallError::Unsupported(_) => false,
-    }
-}
-
 fn may_retry(effect: Effect, err: &CallError) -> bool {
+    let class = codes::classify(err);
     match effect {
-        Effect::Read => transient(err),
-        Effect::Change => surely_not_applied(err),
+        Effect::Read => class.retry_read,
+        // Only when Alibaba surely did not act is a change sent again.
+        Effect::Change => class.surely_not_applied(),
     }
 }
 
@@ -204,6 +162,10 @@ where
 }
 
 /// A uniformly random number for jitter (not for anything secret): the random bits of a v4 UUID.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "backoff jitter, not a signature nonce: it need not come from the signing clock"
+)]
 fn random() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().1
 }
@@ -212,6 +174,7 @@ fn random() -> u64 {
 mod tests {
     use super::*;
     use crate::alibaba::UpstreamError;
+    use crate::alibaba::codes::SECURITY_TOKEN_EXPIRED;
     use std::sync::Mutex;
 
     fn upstream(code: &str, http_status: u16, retry_after: Option<Duration>) -> CallError {
@@ -313,6 +276,16 @@ mod tests {
         )
         .await;
         assert_eq!((result.unwrap(), at.len()), ("ok", 3));
+
+        // Answered UNAVAILABLE with RetryInfo to callers, so worth a retry of a read too.
+        let (result, at) = run(
+            RetryPolicy::default(),
+            Effect::Read,
+            Duration::from_secs(60),
+            vec![upstream("Operation.Blocking", 400, None)],
+        )
+        .await;
+        assert_eq!((result.unwrap(), at.len()), ("ok", 2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -339,6 +312,7 @@ mod tests {
             upstream("InternalError", 500, None),
             CallError::Unreadable { http_status: 200 },
             upstream("IncorrectDBInstanceState", 400, None),
+            upstream("Operation.Blocking", 400, None),
         ] {
             let (result, at) = run(
                 RetryPolicy::default(),

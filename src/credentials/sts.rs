@@ -1,18 +1,20 @@
-//! Alibaba Cloud STS (`2015-04-01`): `AssumeRole`, signed with a base credential by the gateway's
-//! own V2 signer, and the anonymous `AssumeRoleWithOIDC` (RRSA on Kubernetes, the token file
-//! re-read for every call because the kubelet rotates it).
+//! Alibaba Cloud STS (`2015-04-01`): `AssumeRole`, signed with a base credential on the same V2
+//! path as Dds calls, and the anonymous `AssumeRoleWithOIDC` (RRSA on Kubernetes, the token file
+//! re-read for every call because the kubelet rotates it). Time and nonces come from a
+//! [`Clock`].
+#![deny(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 
 use super::cache::Fetch;
 use super::http::{read_capped, send_error};
 use super::{Credential, CredentialsError, CredentialsProvider, Secret};
+use crate::alibaba::{Clock, SystemClock, form_post, v2_form_body};
 use crate::signer::{self, param};
 
 /// STS API version.
@@ -65,11 +67,22 @@ pub struct RoleSession {
 pub struct Sts {
     http: reqwest::Client,
     endpoint: Url,
+    clock: Arc<dyn Clock>,
 }
 
 impl Sts {
     pub fn new(http: reqwest::Client, endpoint: Url) -> Self {
-        Self { http, endpoint }
+        Self {
+            http,
+            endpoint,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Signs with the time and nonces of `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where the calls go.
@@ -84,16 +97,16 @@ impl Sts {
         session: &RoleSession,
         provider: &'static str,
     ) -> Result<Credential, CredentialsError> {
-        let mut params = signer::common_params(
+        let mut params = Vec::new();
+        push_session(&mut params, session);
+        let body = v2_form_body(
             "AssumeRole",
             API_VERSION,
-            base.access_key_id(),
-            base.security_token().map(Secret::expose),
-            uuid::Uuid::new_v4().to_string(),
-            std::time::SystemTime::now(),
+            base,
+            params,
+            self.clock.now(),
+            self.clock.nonce(),
         );
-        push_session(&mut params, session);
-        let body = signer::sign_form_body("POST", &params, base.signing_key());
         self.post("AssumeRole", body, provider).await
     }
 
@@ -105,7 +118,7 @@ impl Sts {
         oidc_token: &Secret,
         provider: &'static str,
     ) -> Result<Credential, CredentialsError> {
-        let mut params = anonymous_params("AssumeRoleWithOIDC");
+        let mut params = anonymous_params("AssumeRoleWithOIDC", self.clock.now());
         params.push(("OIDCProviderArn", oidc_provider_arn.to_string()));
         params.push(("OIDCToken", oidc_token.expose().to_string()));
         push_session(&mut params, session);
@@ -123,14 +136,7 @@ impl Sts {
         let body = zeroize::Zeroizing::new(body);
         let host = self.endpoint.host_str().unwrap_or("sts").to_string();
         let unavailable = |reason: String| CredentialsError::Unavailable { provider, reason };
-        let response = self
-            .http
-            .post(self.endpoint.clone())
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            )
-            .body(body.as_bytes().to_vec())
+        let response = form_post(&self.http, self.endpoint.clone(), body.as_bytes().to_vec())
             .send()
             .await
             .map_err(|e| unavailable(format!("STS {action} at {host}: {}", send_error(e))))?;
@@ -163,15 +169,12 @@ impl Sts {
 }
 
 /// The parameters of the anonymous `AssumeRoleWithOIDC`: no key, no signature.
-fn anonymous_params(action: &'static str) -> Vec<(&'static str, String)> {
+fn anonymous_params(action: &'static str, time: SystemTime) -> Vec<(&'static str, String)> {
     vec![
         (param::ACTION, action.to_string()),
         (param::VERSION, API_VERSION.to_string()),
         (param::FORMAT, "JSON".to_string()),
-        (
-            param::TIMESTAMP,
-            signer::format_timestamp(std::time::SystemTime::now()),
-        ),
+        (param::TIMESTAMP, signer::format_timestamp(time)),
     ]
 }
 

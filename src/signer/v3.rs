@@ -379,18 +379,12 @@ pub struct SigningKey {
 
 impl SigningKey {
     pub fn new(access_key_secret: &str) -> Self {
-        // As in V2's key: pad or hash the key into one block by hand (RFC 2104), which gives the
-        // infallible constructor instead of `new_from_slice`'s never-failing `Result`.
         let key = access_key_secret.as_bytes();
-        let mut block = hmac::digest::Key::<Hmac<Sha256>>::default();
-        if key.len() > block.len() {
-            let digest = Sha256::digest(key);
-            block[..digest.len()].copy_from_slice(&digest);
-        } else {
-            block[..key.len()].copy_from_slice(key);
-        }
-        let mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&block);
-        zeroize::Zeroize::zeroize(block.as_mut_slice());
+        #[expect(
+            clippy::expect_used,
+            reason = "HMAC takes a key of any length, so `new_from_slice` never fails"
+        )]
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
         Self { mac }
     }
 

@@ -1,0 +1,88 @@
+//! The one owner of the gateway's Dds calls: the client and how to retry, so that preflight,
+//! upgrade and status ask for an answer by deadline instead of each threading a client, a retry
+//! policy and an effect into [`retry`](super::retry).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::retry::{self, AttemptError, Effect, RetryPolicy};
+use super::{AlibabaClient, AvailableEngineVersions, CallError, InstanceAttribute, action};
+
+/// The Dds client with its retry policy. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Alibaba {
+    client: Arc<AlibabaClient>,
+    retry: RetryPolicy,
+}
+
+impl Alibaba {
+    pub fn new(client: Arc<AlibabaClient>, retry: RetryPolicy) -> Self {
+        Self { client, retry }
+    }
+
+    /// The client, for a change whose attempts sign and send in steps.
+    pub fn client(&self) -> &AlibabaClient {
+        &self.client
+    }
+
+    /// `DescribeDBInstanceAttribute`, retried as a read within `deadline`; `Ok(None)` when the
+    /// answer lists no such instance.
+    pub async fn describe_db_instance_attribute(
+        &self,
+        region_id: &str,
+        db_instance_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<InstanceAttribute>, CallError> {
+        self.read(deadline, action::DESCRIBE_DB_INSTANCE_ATTRIBUTE, || {
+            self.client
+                .describe_db_instance_attribute(region_id, db_instance_id)
+        })
+        .await
+    }
+
+    /// `DescribeAvailableEngineVersion`, retried as a read within `deadline`.
+    pub async fn describe_available_engine_version(
+        &self,
+        region_id: &str,
+        db_instance_id: &str,
+        deadline: Instant,
+    ) -> Result<AvailableEngineVersions, CallError> {
+        self.read(deadline, action::DESCRIBE_AVAILABLE_ENGINE_VERSION, || {
+            self.client
+                .describe_available_engine_version(region_id, db_instance_id)
+        })
+        .await
+    }
+
+    /// A read: retried on any failure worth retrying.
+    async fn read<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        action: &'static str,
+        attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        retry::retry(&self.retry, Effect::Read, deadline, action, attempt).await
+    }
+
+    /// A change (one `attempt` signs and sends it): retried only when Alibaba surely did not act
+    /// on the failed attempt.
+    pub async fn change<T, E, F, Fut>(
+        &self,
+        deadline: Instant,
+        action: &'static str,
+        attempt: F,
+    ) -> Result<T, E>
+    where
+        E: AttemptError,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        retry::retry(&self.retry, Effect::Change, deadline, action, attempt).await
+    }
+}
