@@ -8,7 +8,7 @@ pub mod redis;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::config::state::RedisUrl;
+pub use crate::config::state::{RedisCa, RedisUrl};
 use crate::config::{Config, StoreKind};
 use crate::idempotency::{MemoryStore, StateStore, StoreLimits};
 
@@ -29,6 +29,7 @@ impl State {
             (StoreKind::Redis, Some(url)) => {
                 let store = Arc::new(redis::RedisStore::open(
                     url,
+                    config.state.redis_ca.as_ref(),
                     &config.state.key_prefix,
                     limits,
                 )?);

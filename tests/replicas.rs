@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::ServingBinary;
-use common::redis::{PASSWORD, RedisServer};
+use common::redis::{PASSWORD, RedisPki, RedisServer};
 use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
@@ -22,32 +22,32 @@ const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
 
 /// A gateway process on the shared Redis and sandbox.
 async fn replica(sandbox: &Sandbox, redis: &RedisServer, log_level: &str) -> ServingBinary {
-    replica_with(sandbox, redis, log_level, &[]).await
+    replica_with(sandbox, redis, log_level, &[], &[]).await
 }
 
+/// A replica with more command-line arguments and environment variables.
 async fn replica_with(
     sandbox: &Sandbox,
     redis: &RedisServer,
     log_level: &str,
     args: &[&str],
+    env: &[(&str, &str)],
 ) -> ServingBinary {
     let endpoint = sandbox.endpoint().to_string();
     let url = redis.url();
     let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    ServingBinary::start(
-        &all,
-        &[
-            ("RUST_LOG", log_level),
-            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
-            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret"),
-            ("DDS_GATEWAY_ALIBABA_ENDPOINT", &endpoint),
-            ("DDS_GATEWAY_STATE_STORE", "redis"),
-            ("DDS_GATEWAY_STATE_REDIS_URL", &url),
-            ("DDS_GATEWAY_STATE_LEASE", "2s"),
-        ],
-    )
-    .await
+    let mut vars = vec![
+        ("RUST_LOG", log_level),
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret"),
+        ("DDS_GATEWAY_ALIBABA_ENDPOINT", &endpoint),
+        ("DDS_GATEWAY_STATE_STORE", "redis"),
+        ("DDS_GATEWAY_STATE_REDIS_URL", &url),
+        ("DDS_GATEWAY_STATE_LEASE", "2s"),
+    ];
+    vars.extend_from_slice(env);
+    ServingBinary::start(&all, &vars).await
 }
 
 async fn client(replica: &ServingBinary) -> EngineVersionServiceClient<Channel> {
@@ -294,8 +294,8 @@ async fn a_callers_burst_is_shared_by_the_replicas() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let mut redis = RedisServer::start().await;
     let config = ["--config", file.to_str().unwrap()];
-    let mut a = replica_with(&sandbox, &redis, "info", &config).await;
-    let b = replica_with(&sandbox, &redis, "info", &config).await;
+    let mut a = replica_with(&sandbox, &redis, "info", &config, &[]).await;
+    let b = replica_with(&sandbox, &redis, "info", &config, &[]).await;
     let (ca, cb) = (client(&a).await, client(&b).await);
     let read = |mut client: EngineVersionServiceClient<Channel>| async move {
         let mut request = tonic::Request::new(pb::GetEngineVersionRequest {
@@ -397,6 +397,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
     let lease = Duration::from_millis(300);
     let store = RedisStore::open(
         &RedisUrl::parse(&redis.url()).unwrap(),
+        None,
         "test:",
         StoreLimits {
             retention: Duration::from_secs(3600),
@@ -523,5 +524,65 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
             assert!(accepted.reconciled);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// `rediss://` over loopback: a TLS-only `redis-server` whose certificate a test CA signed. With
+/// that CA in `state.redis_ca_file` a duplicate is deduplicated through it (one upstream upgrade,
+/// the answer replayed); trusting only the system roots, or another CA, the store cannot be
+/// reached, so upgrades are refused and nothing is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_verifies_redis_with_the_configured_ca() {
+    let pki = RedisPki::new();
+    let redis = RedisServer::start_tls(&pki).await;
+    assert!(redis.url().starts_with("rediss://"));
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+
+    let ca_file = pki.ca_file();
+    let ca = ("DDS_GATEWAY_STATE_REDIS_CA_FILE", ca_file.to_str().unwrap());
+    let gateway = replica_with(&sandbox, &redis, "info", &[], &[ca]).await;
+    assert!(
+        !gateway.startup_log.contains("cannot be reached"),
+        "{}",
+        gateway.startup_log
+    );
+    let mut trusting = client(&gateway).await;
+    let key = new_key();
+    let first = trusting
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = trusting
+        .upgrade_engine_version(keyed(INSTANCE, "4.4", &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.alibaba_request_id.is_empty());
+    assert_eq!(again.alibaba_request_id, first.alibaba_request_id);
+    assert_eq!(sandbox.calls(UPGRADE), 1);
+
+    let other_ca = pki.other_ca_file();
+    let wrong = (
+        "DDS_GATEWAY_STATE_REDIS_CA_FILE",
+        other_ca.to_str().unwrap(),
+    );
+    for env in [&[][..], &[wrong][..]] {
+        let gateway = replica_with(&sandbox, &redis, "info", &[], env).await;
+        let mut refused = client(&gateway).await;
+        assert!(
+            gateway
+                .startup_log
+                .contains("invalid peer certificate: UnknownIssuer"),
+            "refused for its certificate: {}",
+            gateway.startup_log
+        );
+        let status = refused
+            .upgrade_engine_version(keyed("dds-sandbox02", "5.0", &new_key()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+        assert_eq!(sandbox.calls(UPGRADE), 1, "nothing more is sent");
     }
 }

@@ -54,6 +54,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("idempotency", "settle_window", Kind::Duration),
     ("state", "store", Kind::Text),
     ("state", "redis_url", Kind::Text),
+    ("state", "redis_ca_file", Kind::Text),
     ("state", "key_prefix", Kind::Text),
     ("state", "lease", Kind::Duration),
     ("watch", "poll_interval", Kind::Duration),

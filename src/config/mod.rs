@@ -27,7 +27,7 @@ pub use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
 pub use credentials::{CredentialsConfig, ProviderKind};
 pub use idempotency::IdempotencyConfig;
 pub use server::{DEFAULT_LISTEN, ServerConfig, TlsConfig};
-pub use state::{RedisUrl, StateConfig, StoreKind};
+pub use state::{RedisCa, RedisUrl, StateConfig, StoreKind};
 pub use telemetry::{AuditConfig, TelemetryConfig};
 pub use watch::WatchConfig;
 
@@ -721,6 +721,58 @@ mod tests {
             assert!(message.contains(key), "{text:?}: {message}");
             assert!(!message.contains("hunter2secret"), "{message}");
         }
+    }
+
+    #[test]
+    fn redis_ca_file_is_read_at_start_up_and_only_with_rediss() {
+        let dir = std::env::temp_dir().join(format!("dds-gateway-redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, &ca).unwrap();
+        let empty = dir.join("key-only.pem");
+        std::fs::write(&empty, key.serialize_pem()).unwrap();
+        let missing = dir.join("missing.pem");
+        let (good, empty, missing) = (
+            good.to_str().unwrap(),
+            empty.to_str().unwrap(),
+            missing.to_str().unwrap(),
+        );
+        let tls = (
+            "DDS_GATEWAY_STATE_REDIS_URL",
+            "rediss://:hunter2secret@redis.local:6380/0",
+        );
+        let plain = (
+            "DDS_GATEWAY_STATE_REDIS_URL",
+            "redis://:hunter2secret@10.0.0.5:6379/0",
+        );
+        let with = |path| ("DDS_GATEWAY_STATE_REDIS_CA_FILE", path);
+
+        let config = load("[state]\nstore = \"redis\"", &[tls, with(good)]).unwrap();
+        let read = config.state.redis_ca.as_ref().unwrap();
+        assert_eq!(read.pem, ca.as_bytes());
+        assert!(!format!("{config:?}").contains("BEGIN CERTIFICATE"));
+        assert!(load("", &[tls]).unwrap().state.redis_ca.is_none());
+        for (env, says) in [
+            (&[tls, with(missing)][..], "cannot read"),
+            (&[tls, with(empty)][..], "holds no PEM certificate"),
+            (&[plain, with(good)][..], "rediss://"),
+            (&[with(good)][..], "rediss://"),
+        ] {
+            let message = load("", env).unwrap_err().to_string();
+            assert!(
+                message.contains("state.redis_ca_file"),
+                "{env:?}: {message}"
+            );
+            assert!(message.contains(says), "{env:?}: {message}");
+            assert!(!message.contains("hunter2secret"), "{message}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

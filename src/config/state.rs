@@ -1,7 +1,10 @@
 //! `[state]`: where idempotency keys, per-instance upgrade locks and caller buckets live.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -13,6 +16,9 @@ pub struct StateConfig {
     pub store: StoreKind,
     /// `state.redis_url`, with its password: a secret.
     pub redis_url: Option<RedisUrl>,
+    /// `state.redis_ca_file`: the CAs a `rediss://` Redis is verified with, instead of the
+    /// system's roots.
+    pub redis_ca: Option<RedisCa>,
     /// Put before every Redis key, so that several gateways can share one Redis.
     pub key_prefix: String,
     /// How long a claim lives without renewal: how long after its owner died a key waits.
@@ -59,6 +65,13 @@ impl RedisUrl {
         Ok(Self(Zeroizing::new(text.to_string())))
     }
 
+    /// Whether it is a `rediss://` (TLS) URL.
+    pub fn is_tls(&self) -> bool {
+        self.0
+            .get(..9)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
+    }
+
     /// The URL with any user name and password replaced by `***`.
     pub fn masked(&self) -> String {
         match reqwest::Url::parse(&self.0) {
@@ -87,12 +100,49 @@ impl std::fmt::Debug for RedisUrl {
     }
 }
 
+/// `state.redis_ca_file`: a PEM bundle of CA certificates, read at start-up.
+#[derive(Clone)]
+pub struct RedisCa {
+    pub path: PathBuf,
+    /// The file's PEM text, holding at least one certificate.
+    pub pem: Vec<u8>,
+}
+
+impl RedisCa {
+    fn read(path: &str) -> Result<Self, String> {
+        let path = PathBuf::from(path);
+        let pem =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut certificates = 0;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            certificate.map_err(|e| format!("{} is not valid PEM ({e})", path.display()))?;
+            certificates += 1;
+        }
+        if certificates == 0 {
+            return Err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        Ok(Self { path, pem })
+    }
+}
+
+impl std::fmt::Debug for RedisCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `[state]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     store: Option<String>,
     redis_url: Option<String>,
+    redis_ca_file: Option<String>,
     key_prefix: Option<String>,
     lease: Option<String>,
 }
@@ -119,6 +169,17 @@ pub(super) fn check(raw: RawState) -> Result<StateConfig, ConfigError> {
             "required with state.store = \"redis\"",
         ));
     }
+    let redis_ca = raw
+        .redis_ca_file
+        .filter(|path| !path.trim().is_empty())
+        .map(|path| RedisCa::read(path.trim()).map_err(|e| invalid("state.redis_ca_file", e)))
+        .transpose()?;
+    if redis_ca.is_some() && !redis_url.as_ref().is_some_and(RedisUrl::is_tls) {
+        return Err(invalid(
+            "state.redis_ca_file",
+            "only used with a rediss:// (TLS) state.redis_url",
+        ));
+    }
     let key_prefix = raw.key_prefix.unwrap_or_else(|| "dds-gateway:".to_string());
     if key_prefix.len() > 64
         || key_prefix.contains(['{', '}'])
@@ -141,6 +202,7 @@ pub(super) fn check(raw: RawState) -> Result<StateConfig, ConfigError> {
     Ok(StateConfig {
         store,
         redis_url,
+        redis_ca,
         key_prefix,
         lease,
     })

@@ -23,7 +23,7 @@ use crate::idempotency::{
 use crate::pb;
 use crate::upgrade::Accepted;
 
-use super::RedisUrl;
+use super::{RedisCa, RedisUrl};
 
 /// How long one Redis command may take before the store counts as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -180,11 +180,28 @@ fn millis(duration: Duration) -> u64 {
 
 impl RedisStore {
     /// A store on `url`; connects on first use (and reconnects after a failure).
-    pub fn open(url: &RedisUrl, prefix: &str, limits: StoreLimits) -> Result<Self, String> {
+    /// `ca`, for a `rediss://` URL, holds the CAs the server is verified with, instead of the
+    /// system's roots.
+    pub fn open(
+        url: &RedisUrl,
+        ca: Option<&RedisCa>,
+        prefix: &str,
+        limits: StoreLimits,
+    ) -> Result<Self, String> {
         // `rediss://` builds a rustls client with the process's provider.
         crate::tls::install_crypto_provider();
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| format!("state.redis_url: {:?}", e.kind()))?;
+        let client = match ca {
+            None => redis::Client::open(url.expose())
+                .map_err(|e| format!("state.redis_url: {:?}", e.kind()))?,
+            Some(ca) => redis::Client::build_with_tls(
+                url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem.clone()),
+                },
+            )
+            .map_err(|e| format!("state.redis_ca_file ({}): {e}", ca.path.display()))?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))

@@ -1,6 +1,8 @@
 //! A real `redis-server` for the tests (Debian package `redis-server`; `scripts/test` installs
-//! it), on an ephemeral loopback port, persistence off, with a password. Killed when dropped.
+//! it), on an ephemeral loopback port, persistence off, with a password, in plain TCP or TLS
+//! only. Killed when dropped.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,17 +13,105 @@ pub const PASSWORD: &str = "testredispassword";
 pub struct RedisServer {
     process: Option<tokio::process::Child>,
     pub port: u16,
+    tls: bool,
+}
+
+/// A test PKI for a TLS Redis: a CA and a server certificate for `localhost` and `127.0.0.1`
+/// signed by it, as PEM files in a directory of their own.
+pub struct RedisPki {
+    pub dir: PathBuf,
+}
+
+impl RedisPki {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "dds-gateway-redis-pki-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca_key, ca) = certificate_authority("dds-gateway test redis ca");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = rcgen::Issuer::new(ca.1, ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.0).unwrap();
+        std::fs::write(dir.join("redis.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("redis.key"), key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    /// The CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes another CA, one that signed nothing here, and returns its file.
+    pub fn other_ca_file(&self) -> PathBuf {
+        let (_, (pem, _)) = certificate_authority("dds-gateway test other ca");
+        let path = self.dir.join("other-ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+}
+
+impl Drop for RedisPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A self-signed CA: its key, its PEM and its parameters (to sign with).
+fn certificate_authority(name: &str) -> (rcgen::KeyPair, (String, rcgen::CertificateParams)) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let pem = params.self_signed(&key).unwrap().pem();
+    (key, (pem, params))
+}
+
+/// A port the kernel just handed out and took back: free, unless taken in the meantime.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
-        // A port the kernel just handed out and took back: free, unless taken in the meantime.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_with(port, &[]).await
+        Self::start_with(free_port(), &[]).await
+    }
+
+    /// Starts with TLS only (no plain port), with `pki`'s server certificate; clients need no
+    /// certificate of their own.
+    pub async fn start_tls(pki: &RedisPki) -> Self {
+        let port = free_port();
+        let file = |name: &str| path_arg(&pki.dir.join(name));
+        let options = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            file("redis.pem"),
+            "--tls-key-file".to_string(),
+            file("redis.key"),
+            "--tls-ca-cert-file".to_string(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        Self::spawn(port, 0, &options, true).await
     }
 
     /// Starts (again) on `port`.
@@ -31,10 +121,20 @@ impl RedisServer {
 
     /// Starts on `port` with more `redis-server` options.
     pub async fn start_with(port: u16, options: &[&str]) -> Self {
+        Self::spawn(port, port, options, false).await
+    }
+
+    /// `port` is where clients connect; `plain_port` is redis-server's `--port` (0: none).
+    async fn spawn<S: AsRef<std::ffi::OsStr>>(
+        port: u16,
+        plain_port: u16,
+        options: &[S],
+        tls: bool,
+    ) -> Self {
         let process = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
-                &port.to_string(),
+                &plain_port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -52,14 +152,16 @@ impl RedisServer {
         let server = Self {
             process: Some(process),
             port,
+            tls,
         };
         server.wait_ready().await;
         server
     }
 
-    /// `redis://:password@127.0.0.1:port/0`.
+    /// `redis://:password@127.0.0.1:port/0`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://:{PASSWORD}@127.0.0.1:{}/0", self.port)
     }
 
     async fn wait_ready(&self) {
@@ -76,11 +178,15 @@ impl RedisServer {
         }
     }
 
-    /// Whether it answers `PING` (after `AUTH`).
+    /// Whether it answers `PING` (after `AUTH`); with TLS, whether it accepts connections
+    /// (it listens once it is ready to serve).
     pub async fn ping(&self) -> bool {
         let Ok(mut socket) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
+        if self.tls {
+            return true;
+        }
         let command = format!("AUTH {PASSWORD}\r\nPING\r\n");
         if socket.write_all(command.as_bytes()).await.is_err() {
             return false;
@@ -102,4 +208,8 @@ impl RedisServer {
             process.kill().await.unwrap();
         }
     }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().expect("a UTF-8 temporary path").to_string()
 }
