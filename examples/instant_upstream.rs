@@ -12,6 +12,7 @@
 //! `UpgradeDBInstanceEngineVersion` posts the way the gateway does (pooled HTTP/1.1 over
 //! reqwest) and prints the latency percentiles: the baseline for the gateway's added latency.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,10 +85,20 @@ async fn answer(headers: HeaderMap, body: Bytes) -> Response {
         None => form_value(&body, b"Action").unwrap_or_default().to_vec(),
     };
     let (status, body) = match action.as_slice() {
-        b"UpgradeDBInstanceEngineVersion" => (StatusCode::OK, UPGRADE),
-        b"DescribeDBInstanceAttribute" => (StatusCode::OK, DESCRIBE),
-        b"DescribeAvailableEngineVersion" => (StatusCode::OK, OFFERED),
-        _ => (StatusCode::NOT_FOUND, UNKNOWN),
+        b"UpgradeDBInstanceEngineVersion" => (StatusCode::OK, Cow::Borrowed(UPGRADE)),
+        b"DescribeDBInstanceAttribute" => {
+            // The instance asked about, whatever its id: every instance is the same one.
+            let id = form_value(&body, b"DBInstanceId")
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+                .unwrap_or("dds-bp1234567890ab");
+            (
+                StatusCode::OK,
+                Cow::Owned(DESCRIBE.replace("dds-bp1234567890ab", id)),
+            )
+        }
+        b"DescribeAvailableEngineVersion" => (StatusCode::OK, Cow::Borrowed(OFFERED)),
+        _ => (StatusCode::NOT_FOUND, Cow::Borrowed(UNKNOWN)),
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -66,7 +66,9 @@ struct Args {
     /// A file holding the bearer token to send.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
-    /// The instance to upgrade.
+    /// The instance to upgrade. Each call in flight upgrades its own instance (this id followed by
+    /// the call's slot number), because the gateway refuses a second upgrade of an instance while
+    /// one is in flight (`ABORTED` / `UPGRADE_IN_PROGRESS`).
     #[arg(long, default_value = "dds-bp1234567890ab")]
     instance: String,
     /// The target engine version.
@@ -262,7 +264,7 @@ async fn drive(
         let shared = shared.clone();
         let issued = issued.clone();
         workers.push(tokio::spawn(async move {
-            worker(&shared, clients, &issued, requests, deadline).await
+            worker(&shared, i, clients, &issued, requests, deadline).await
         }));
     }
     let mut tallies = Vec::with_capacity(concurrency);
@@ -276,6 +278,7 @@ async fn drive(
 
 async fn worker(
     shared: &Shared,
+    slot: usize,
     mut clients: Clients,
     issued: &AtomicU64,
     requests: u64,
@@ -286,6 +289,8 @@ async fn worker(
             .unwrap_or_else(|_| unreachable!("the bounds are valid")),
         codes: [0; 17],
     };
+    let mut upgrade = shared.request.clone();
+    upgrade.db_instance_id = format!("{}{slot:04}", upgrade.db_instance_id);
     while issued.fetch_add(1, Ordering::Relaxed) < requests {
         let now = Instant::now();
         if now >= deadline {
@@ -302,7 +307,7 @@ async fn worker(
                 code_of(clients.health.check(request).await)
             }
             Call::Upgrade => {
-                let mut request = tonic::Request::new(shared.request.clone());
+                let mut request = tonic::Request::new(upgrade.clone());
                 request.set_timeout(timeout);
                 if let Some(token) = &shared.token {
                     request
