@@ -446,6 +446,27 @@ fn preflight_status(failure: &PreflightFailure) -> Status {
     Status::with_error_details(Code::FailedPrecondition, message, details)
 }
 
+/// What the gateway saw of the instance, for a message (`the instance is S on engine version V,
+/// {meaning}`, or `unseen`), with metadata `instanceStatus` and `engineVersion` when it saw it.
+fn seen(
+    observed: Option<&InstanceAttribute>,
+    metadata: &mut Vec<(&'static str, String)>,
+    meaning: &str,
+    unseen: &str,
+) -> String {
+    match observed {
+        Some(a) => {
+            metadata.push(("instanceStatus", a.status.clone()));
+            metadata.push(("engineVersion", a.engine_version.clone()));
+            format!(
+                "the instance is {} on engine version {}, {meaning}",
+                a.status, a.engine_version
+            )
+        }
+        None => unseen.to_string(),
+    }
+}
+
 /// An upgrade call whose outcome is unknown, after the gateway looked at the instance and did
 /// not see the upgrade: UNAVAILABLE, safe to retry with the same `request_id`.
 fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute>) -> Status {
@@ -456,17 +477,12 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
             metadata.push(("alibabaRequestId", id.clone()));
         }
     }
-    let seen = match observed {
-        Some(a) => {
-            metadata.push(("instanceStatus", a.status.clone()));
-            metadata.push(("engineVersion", a.engine_version.clone()));
-            format!(
-                "the instance is {} on engine version {}, which does not show the upgrade",
-                a.status, a.engine_version
-            )
-        }
-        None => "the gateway could not look at the instance either".to_string(),
-    };
+    let seen = seen(
+        observed,
+        &mut metadata,
+        "which does not show the upgrade",
+        "the gateway could not look at the instance either",
+    );
     status(
         Code::Unavailable,
         &format!(
@@ -482,17 +498,12 @@ fn outcome_unknown_status(cause: &CallError, observed: Option<&InstanceAttribute
 /// unknown outcome itself, because that is what the gateway still knows.
 fn settling_status(observed: Option<&InstanceAttribute>, retry_after: Duration) -> Status {
     let mut metadata = Vec::new();
-    let seen = match observed {
-        Some(a) => {
-            metadata.push(("instanceStatus", a.status.clone()));
-            metadata.push(("engineVersion", a.engine_version.clone()));
-            format!(
-                "the instance is {} on engine version {}, which does not show it yet",
-                a.status, a.engine_version
-            )
-        }
-        None => "the gateway could not look at the instance".to_string(),
-    };
+    let seen = seen(
+        observed,
+        &mut metadata,
+        "which does not show it yet",
+        "the gateway could not look at the instance",
+    );
     status(
         Code::Unavailable,
         &format!(
@@ -510,17 +521,12 @@ fn settling_status(observed: Option<&InstanceAttribute>, retry_after: Duration) 
 /// with the same `request_id` cannot resolve it and the gateway will not send it again on a guess.
 fn scheduled_outcome_unknown_status(observed: Option<&InstanceAttribute>) -> Status {
     let mut metadata = Vec::new();
-    let seen = match observed {
-        Some(a) => {
-            metadata.push(("instanceStatus", a.status.clone()));
-            metadata.push(("engineVersion", a.engine_version.clone()));
-            format!(
-                "the instance is {} on engine version {}, as it would be with the upgrade scheduled or not",
-                a.status, a.engine_version
-            )
-        }
-        None => "the gateway could not look at the instance either".to_string(),
-    };
+    let seen = seen(
+        observed,
+        &mut metadata,
+        "as it would be with the upgrade scheduled or not",
+        "the gateway could not look at the instance either",
+    );
     status(
         Code::FailedPrecondition,
         &format!(

@@ -421,7 +421,10 @@ impl StateStore for RedisStore {
             match self.try_claim(key, fingerprint, token).await? {
                 Ok(claim) => return Ok(claim),
                 Err(lease_left) => {
-                    tokio::time::sleep(pause.min(lease_left + Duration::from_millis(5))).await;
+                    tokio::time::sleep(
+                        pause.min(lease_left.saturating_add(Duration::from_millis(5))),
+                    )
+                    .await;
                     pause = (pause * 2).min(MAX_POLL);
                 }
             }
