@@ -9,7 +9,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 
-use crate::credentials::Secret;
+use crate::alibaba::credentials::Secret;
 use crate::pb;
 use crate::pb::engine_version_service_client::EngineVersionServiceClient;
 

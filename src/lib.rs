@@ -42,33 +42,19 @@
 #![forbid(unsafe_code)]
 
 pub mod alibaba;
+pub mod api;
 pub mod audit;
-pub mod auth;
 pub mod client;
 pub mod config;
-pub mod connections;
-pub mod credentials;
 pub mod deadline;
-pub mod error;
-pub mod gate;
-pub mod idempotency;
-pub mod json;
 pub mod limits;
-pub mod policy;
-pub mod preflight;
-pub mod reload;
-pub mod rollout;
 pub mod sandbox;
 pub mod secret;
 pub mod server;
-pub mod service;
-pub mod signer;
 pub mod state;
-pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
-pub mod validation;
 
 /// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use dds_gateway::client::{self, Outcome, StatusArgs, UpgradeArgs};
-use dds_gateway::config::{Config, Overrides};
-use dds_gateway::credentials::{
+use dds_gateway::alibaba::credentials::{
     self, Credential, CredentialsError, CredentialsProvider, StaticProvider,
 };
+use dds_gateway::client::{self, Outcome, StatusArgs, UpgradeArgs};
+use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
 use dds_gateway::server;
@@ -325,7 +325,7 @@ fn report(outcome: Outcome) -> ExitCode {
 
 /// The token is read from stdin, never the command line, so it stays out of shell history and `ps`.
 fn hash_token(generate: bool) -> ExitCode {
-    use dds_gateway::auth;
+    use dds_gateway::api::auth;
     if generate {
         let token = auth::generate_token();
         println!("token:        {token}");

@@ -23,11 +23,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::alibaba::credentials::{Credential, Secret};
+use crate::alibaba::signer::{self, param, v3};
 use crate::alibaba::{API_VERSION, action};
 use crate::config::SignatureVersion;
-use crate::credentials::{Credential, Secret};
-use crate::preflight::version_key;
-use crate::signer::{self, param, v3};
+use crate::upgrade::instance::version_key;
 
 /// The sandbox's AccessKey ID: obviously fake, accepted only by the sandbox.
 pub const ACCESS_KEY_ID: &str = "testid";

@@ -17,11 +17,11 @@ use common::Gateway;
 use dds_gateway::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
+use dds_gateway::alibaba::credentials::CredentialsProvider;
+use dds_gateway::api::service::REPLAYED_HEADER;
 use dds_gateway::config::{Config, Overrides};
-use dds_gateway::credentials::CredentialsProvider;
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
-use dds_gateway::service::REPLAYED_HEADER;
 use serde_json::Value;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -232,7 +232,8 @@ async fn a_credential_that_arrives_after_the_deadline_sends_nothing() {
         fake.url()
     );
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    let credentials = dds_gateway::credentials::build(&config.credentials, &|_| None).unwrap();
+    let credentials =
+        dds_gateway::alibaba::credentials::build(&config.credentials, &|_| None).unwrap();
     let sandbox = Sandbox::start(SandboxConfig {
         extra_keys: vec![fake_cloud::issued_credential(1)],
         ..Default::default()

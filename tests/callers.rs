@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Gateway, request, wait_until};
-use dds_gateway::auth::hash_token;
+use dds_gateway::api::auth::hash_token;
 use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
@@ -1092,13 +1092,13 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     let head = format!("[alibaba]\nendpoint = \"{}\"\n", sandbox.endpoint());
     std::fs::write(&file, format!("{head}{}", one_caller("old-token"))).unwrap();
     let config = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
-    let callers = dds_gateway::auth::CallersHandle::new(dds_gateway::auth::Callers::new(
+    let callers = dds_gateway::api::auth::CallersHandle::new(dds_gateway::api::auth::Callers::new(
         &config.callers,
         None,
     ));
 
     std::fs::write(&file, &head).unwrap();
-    dds_gateway::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
     assert_eq!(
         callers.current().len(),
         1,
@@ -1109,7 +1109,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         format!("{head}[[callers]]\nname = \"x\"\ntoken_sha256 = \"short\"\n"),
     )
     .unwrap();
-    dds_gateway::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
     assert_eq!(
         callers.current().len(),
         1,
@@ -1124,7 +1124,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         ),
     )
     .unwrap();
-    dds_gateway::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
     assert_eq!(callers.current().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1148,7 +1148,7 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     std::fs::write(pki.dir.join("client.key"), &identity.key).unwrap();
     let target = |token: Option<&str>, mtls: bool| Target {
         url: format!("https://localhost:{}", gw.addr.port()),
-        token: token.map(dds_gateway::credentials::Secret::new),
+        token: token.map(dds_gateway::alibaba::credentials::Secret::new),
         ca_cert: Some(pki.dir.join("ca.pem")),
         client_cert: mtls.then(|| (pki.dir.join("client.pem"), pki.dir.join("client.key"))),
     };

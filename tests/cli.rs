@@ -132,7 +132,7 @@ async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {
     let token = value("token:");
     assert_eq!(
         value("token_sha256:"),
-        dds_gateway::auth::hash_token(&token)
+        dds_gateway::api::auth::hash_token(&token)
     );
 }
 
@@ -180,7 +180,7 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
     let caller = |token: &str| {
         format!(
             "[server]\nreload_interval = \"1h\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
-            dds_gateway::auth::hash_token(token)
+            dds_gateway::api::auth::hash_token(token)
         )
     };
     std::fs::write(&file, caller("first-token")).unwrap();
@@ -276,7 +276,7 @@ async fn gateway_with_caller(token: &str) -> Gateway {
     let toml = format!(
         "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
         sandbox.endpoint(),
-        dds_gateway::auth::hash_token(token)
+        dds_gateway::api::auth::hash_token(token)
     );
     let config = dds_gateway::config::Config::from_toml(
         &toml,

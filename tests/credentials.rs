@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dds_gateway::alibaba::credentials::{self, CredentialsProvider};
 use dds_gateway::config::{Config, Overrides};
-use dds_gateway::credentials::{self, CredentialsProvider};
 use fake_cloud::{
     BASE_ID, BASE_SECRET, Fake, IMDS_TOKEN, OIDC_PROVIDER_ARN, ROLE_ARN, ROLE_NAME, Scratch, issued,
 };
@@ -540,10 +540,10 @@ fn access_key_ini(id: &str) -> String {
     format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = secret-{id}\n")
 }
 
-fn plain_key(id: &str) -> dds_gateway::credentials::Credential {
-    dds_gateway::credentials::Credential::new(
+fn plain_key(id: &str) -> dds_gateway::alibaba::credentials::Credential {
+    dds_gateway::alibaba::credentials::Credential::new(
         id,
-        dds_gateway::credentials::Secret::new(format!("secret-{id}")),
+        dds_gateway::alibaba::credentials::Secret::new(format!("secret-{id}")),
         None,
         None,
         "test",

@@ -11,7 +11,7 @@ use common::{Gateway, Options, request, wait_until};
 use dds_gateway::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
-use dds_gateway::credentials::{Credential, Secret};
+use dds_gateway::alibaba::credentials::{Credential, Secret};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Fault, SandboxConfig};
 use tonic::Code;
@@ -465,8 +465,8 @@ async fn callers_deadline_is_answered_with_deadline_exceeded() {
     config.alibaba.endpoint = Some(sandbox.endpoint());
     let credentials = common::credentials_of(&sandbox);
     let client = dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, credentials).unwrap();
-    let service = dds_gateway::service::EngineVersionService::new(
-        dds_gateway::validation::Validator::new(&config),
+    let service = dds_gateway::api::service::EngineVersionService::new(
+        dds_gateway::upgrade::validation::Validator::new(&config),
         std::sync::Arc::new(client),
         Duration::from_secs(60),
     );

@@ -11,7 +11,7 @@ mod http_client;
 use std::time::Duration;
 
 use common::{Gateway, wait_until};
-use dds_gateway::auth::hash_token;
+use dds_gateway::api::auth::hash_token;
 use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};

@@ -15,8 +15,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{Gateway, Options, request};
+use dds_gateway::alibaba::credentials::{Credential, Secret};
 use dds_gateway::config::SignatureVersion;
-use dds_gateway::credentials::{Credential, Secret};
 use dds_gateway::sandbox::{Fault, SandboxConfig};
 
 const TOKEN: &str = "CANARY-security-token-5f1e";
@@ -126,7 +126,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         let toml = format!(
             "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"c\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
             sandbox.endpoint(),
-            dds_gateway::auth::hash_token(BEARER)
+            dds_gateway::api::auth::hash_token(BEARER)
         );
         let config = dds_gateway::config::Config::from_toml(
             &toml,
@@ -192,7 +192,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     alibaba.endpoint = Some(gw.sandbox.endpoint());
     let client = dds_gateway::alibaba::AlibabaClient::new(
         &alibaba,
-        Arc::new(dds_gateway::credentials::StaticProvider::new(
+        Arc::new(dds_gateway::alibaba::credentials::StaticProvider::new(
             gw.sandbox.credential(),
         )),
     )
@@ -251,9 +251,11 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     let v3_signatures: Vec<String> = v3_received
         .iter()
         .map(|r| {
-            dds_gateway::signer::v3::ParsedAuthorization::parse(&r.headers["authorization"])
-                .unwrap()
-                .signature
+            dds_gateway::alibaba::signer::v3::ParsedAuthorization::parse(
+                &r.headers["authorization"],
+            )
+            .unwrap()
+            .signature
         })
         .collect();
 
@@ -276,7 +278,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         signatures
             .clone()
             .iter()
-            .map(|s| dds_gateway::signer::percent_encode(s)),
+            .map(|s| dds_gateway::alibaba::signer::percent_encode(s)),
     );
 
     signatures.extend(v3_signatures);
@@ -348,7 +350,7 @@ async fn redis_paths() -> Vec<String> {
         let mut config = common::default_config();
         config.alibaba.endpoint = Some(sandbox.endpoint());
         config.state.store = dds_gateway::config::StoreKind::Redis;
-        config.state.redis_url = Some(dds_gateway::state::RedisUrl::parse(&url).unwrap());
+        config.state.redis_url = Some(dds_gateway::config::RedisUrl::parse(&url).unwrap());
         seen.push(format!("{config:?}"));
         let credentials = common::credentials_of(&sandbox);
         let gw = Gateway::serve(config, credentials, sandbox).await;
@@ -402,9 +404,10 @@ async fn credential_chain_paths() -> Vec<String> {
             &dds_gateway::config::Overrides::default(),
         )
         .unwrap();
-        let provider =
-            dds_gateway::credentials::build(&config.credentials, &|k: &str| env.get(k).cloned())
-                .unwrap();
+        let provider = dds_gateway::alibaba::credentials::build(&config.credentials, &|k: &str| {
+            env.get(k).cloned()
+        })
+        .unwrap();
         (config, provider)
     };
     let oidc = format!(

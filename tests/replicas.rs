@@ -10,10 +10,10 @@ use std::time::Duration;
 use common::ServingBinary;
 use common::redis::{PASSWORD, RedisPki, RedisServer};
 use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::api::service::RECONCILED_HEADER;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
-use dds_gateway::service::RECONCILED_HEADER;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -236,7 +236,7 @@ async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back
     .await
     .unwrap();
 
-    let service = dds_gateway::server::SERVICE_NAME;
+    let service = dds_gateway::api::service::SERVICE_NAME;
     let serving = |service: &'static str| {
         let mut health = health.clone();
         async move {
@@ -389,10 +389,12 @@ async fn the_redis_password_never_appears_in_the_log_at_trace() {
 /// lock passes to whoever replaced it on the key, and to no one else.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token() {
-    use dds_gateway::idempotency::{
-        Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    use dds_gateway::config::RedisUrl;
+    use dds_gateway::state::redis::RedisStore;
+    use dds_gateway::state::store::{
+        Claim, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
     };
-    use dds_gateway::state::{RedisUrl, redis::RedisStore};
+    use dds_gateway::upgrade::idempotency::fingerprint;
     let redis = RedisServer::start().await;
     let lease = Duration::from_millis(300);
     let store = RedisStore::open(
@@ -408,8 +410,8 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
         },
     )
     .unwrap();
-    let validator = dds_gateway::validation::Validator::new(&common::default_config());
-    let fingerprint = Fingerprint::of(
+    let validator = dds_gateway::upgrade::validation::Validator::new(&common::default_config());
+    let fingerprint = fingerprint(
         &validator
             .validate(common::request(INSTANCE, "4.4"))
             .unwrap(),
@@ -504,7 +506,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
         .settle(
             &key(4),
             &e,
-            Settlement::Accepted(dds_gateway::upgrade::Accepted {
+            Settlement::Accepted(dds_gateway::state::store::Accepted {
                 response: pb::UpgradeEngineVersionResponse {
                     alibaba_request_id: "R4".into(),
                     ..Default::default()

@@ -14,9 +14,9 @@ use dds_gateway::alibaba::action::{
     DESCRIBE_AVAILABLE_ENGINE_VERSION as AVAILABLE, DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE,
     UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
+use dds_gateway::api::service::{RECONCILED_HEADER, REPLAYED_HEADER};
 use dds_gateway::pb;
 use dds_gateway::sandbox::Fault;
-use dds_gateway::service::{RECONCILED_HEADER, REPLAYED_HEADER};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -666,7 +666,7 @@ async fn no_upgrade_is_sent_after_the_callers_deadline() {
     let client =
         dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
             .unwrap();
-    let service = dds_gateway::service::EngineVersionService::from_config(
+    let service = dds_gateway::api::service::EngineVersionService::from_config(
         &config,
         std::sync::Arc::new(client),
         None,

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use dds_gateway::alibaba::signer::{self, SigningKey};
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-use dds_gateway::signer::{self, SigningKey};
 use serde_json::Value;
 
 /// Signs `params` plus the common parameters with `secret` and POSTs them as a form.

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use dds_gateway::alibaba::credentials::{Credential, Secret};
+use dds_gateway::alibaba::signer::{self, SigningKey, v3};
 use dds_gateway::config::SignatureVersion;
-use dds_gateway::credentials::{Credential, Secret};
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-use dds_gateway::signer::{self, SigningKey, v3};
 use serde_json::Value;
 
 /// A V3 request signed by this test, its parts open to tampering before it is sent.

@@ -180,8 +180,11 @@ async fn a_watch_stops_polling_when_the_caller_goes_away() {
     let client =
         dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
             .unwrap();
-    let service =
-        dds_gateway::service::EngineVersionService::from_config(&config, Arc::new(client), None);
+    let service = dds_gateway::api::service::EngineVersionService::from_config(
+        &config,
+        Arc::new(client),
+        None,
+    );
     let mut stream = service
         .watch_upgrade(tonic::Request::new(watch("dds-sandbox02", "8.0")))
         .await

@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use common::{default_config, request, wait_until};
+use dds_gateway::alibaba::credentials::StaticProvider;
 use dds_gateway::config::Config;
-use dds_gateway::credentials::StaticProvider;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{self, Sandbox, SandboxConfig};
@@ -643,7 +643,7 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
     assert_eq!(
         replay
             .metadata()
-            .get(dds_gateway::service::REPLAYED_HEADER)
+            .get(dds_gateway::api::service::REPLAYED_HEADER)
             .unwrap(),
         "true"
     );
@@ -760,7 +760,8 @@ async fn background_credential_refreshes_report_to_the_gateways_telemetry() {
         &dds_gateway::config::Overrides::default(),
     )
     .unwrap();
-    let provider = dds_gateway::credentials::build(&config.credentials, &|_| None).unwrap();
+    let provider =
+        dds_gateway::alibaba::credentials::build(&config.credentials, &|_| None).unwrap();
     let telemetry = Telemetry::new(
         &default_config().telemetry,
         LogOutput::Buffer(Arc::default()),
@@ -875,7 +876,7 @@ async fn access_lines_and_server_spans_name_the_admitted_caller() {
         let callers = Config::from_toml(
             &format!(
                 "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\nvalidate_only = true\n",
-                dds_gateway::auth::hash_token(TOKEN)
+                dds_gateway::api::auth::hash_token(TOKEN)
             ),
             "test",
             |_| None,
@@ -944,7 +945,7 @@ async fn junk_paths_fold_into_one_unknown_method() {
         config.callers = Config::from_toml(
             &format!(
                 "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
-                dds_gateway::auth::hash_token("reporting-token-0123456789")
+                dds_gateway::api::auth::hash_token("reporting-token-0123456789")
             ),
             "test",
             |_| None,
@@ -1020,7 +1021,7 @@ async fn json_calls_have_http_server_spans_and_the_rpc_metrics_by_route() {
         config.callers = Config::from_toml(
             &format!(
                 "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
-                dds_gateway::auth::hash_token(TOKEN)
+                dds_gateway::api::auth::hash_token(TOKEN)
             ),
             "test",
             |_| None,

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::client::AlibabaClient;
+use super::dds::action;
+use super::response::{AvailableEngineVersions, CallError, InstanceAttribute};
 use super::retry::{self, AttemptError, Effect, RetryPolicy};
-use super::{AlibabaClient, AvailableEngineVersions, CallError, InstanceAttribute, action};
 
 /// The Dds client with its retry policy. Cheap to clone.
 #[derive(Debug, Clone)]

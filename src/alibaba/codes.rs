@@ -9,7 +9,7 @@
 
 use tonic::Code;
 
-use super::CallError;
+use super::response::CallError;
 
 /// Alibaba's answer when a request's STS security token has expired.
 pub const SECURITY_TOKEN_EXPIRED: &str = "InvalidSecurityToken.Expired";
@@ -247,7 +247,7 @@ fn status_of(code: &str, http_status: u16) -> (Code, &'static str) {
 mod tests {
     use super::*;
     use crate::alibaba::UpstreamError;
-    use crate::credentials::CredentialsError;
+    use crate::alibaba::credentials::CredentialsError;
 
     fn up(code: &str, http_status: u16) -> CallError {
         CallError::Upstream(UpstreamError {

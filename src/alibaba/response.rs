@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::credentials::credential::CredentialsError;
+
 /// An error answer from the Alibaba Cloud API. `message` is Alibaba's text: for signature errors
 /// it echoes the server's string to sign (AccessKeyId, security token), so `Debug` leaves it out
 /// and `error.rs` passes it to callers only for codes that cannot carry one.
@@ -228,6 +230,37 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
         .ok()
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
+}
+
+/// Why a call produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Alibaba answered with an error `Code`.
+    #[error("alibaba cloud answered {}: {}", .0.http_status, .0.code)]
+    Upstream(UpstreamError),
+    /// The request was never sent (connection refused, DNS, TLS handshake): safe to retry.
+    #[error("alibaba cloud unreachable: {0}")]
+    Unreachable(String),
+    /// The request may have been sent but no answer came back (timeout, reset): the outcome
+    /// is unknown.
+    #[error("no answer from alibaba cloud: {0}")]
+    OutcomeUnknown(String),
+    /// An answer came back that the gateway cannot read.
+    #[error("unreadable answer from alibaba cloud (http {http_status})")]
+    Unreadable { http_status: u16 },
+    /// The gateway has no usable credential.
+    #[error("no credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The gateway cannot send what was asked (e.g. a signature version it does not speak).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A successful answer's status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub http_status: u16,
+    pub bytes: Vec<u8>,
 }
 
 #[cfg(test)]

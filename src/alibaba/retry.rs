@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::codes::{self, credential_expired};
-use super::{CallError, UpstreamError};
+use super::response::{CallError, UpstreamError};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ where
     // Whether the one attempt with a fresh credential was made.
     let mut refreshed = false;
     loop {
-        let err = match crate::telemetry::upstream::attempt(attempts, attempt()).await {
+        let err = match crate::alibaba::trace::attempt(attempts, attempt()).await {
             Ok(answer) => return Ok(answer),
             Err(err) => err,
         };

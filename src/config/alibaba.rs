@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, MINUTE, duration, duration_or, invalid, regions};
+use super::regions;
+use super::value::{ConfigError, MINUTE, duration, duration_or, invalid};
 
 /// Engine versions accepted when `alibaba.engine_versions` is not set.
 pub const DEFAULT_ENGINE_VERSIONS: &[&str] =

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ConfigError, invalid, span_hint};
+use super::value::{ConfigError, invalid, span_hint};
 
 /// A caller's sustained calls per second when `rate_per_second` is not set.
 pub const DEFAULT_CALLER_RATE: f64 = 5.0;

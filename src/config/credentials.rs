@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DAY, HOUR, duration, invalid};
+use super::value::{ConfigError, DAY, HOUR, duration, invalid};
 use crate::secret::Secret;
 
 /// Which source of Alibaba Cloud credentials the gateway uses (`credentials.provider`).

@@ -3,7 +3,10 @@
 //! file's document before the one deserialisation, so that file and environment values meet the
 //! same typed checks. A value that does not parse is refused, naming the key and the variable.
 
-use super::{ConfigError, ENV_PREFIX, invalid};
+use super::value::{ConfigError, invalid};
+
+/// Prefix of the environment variables that override file keys.
+pub const ENV_PREFIX: &str = "DDS_GATEWAY_";
 
 /// How a variable's text becomes a TOML value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DAY, duration_or, invalid};
+use super::value::{ConfigError, DAY, duration_or, invalid};
 
 /// `[idempotency]`: how long `request_id` keys are kept, and how many at most.
 #[derive(Debug, Clone)]

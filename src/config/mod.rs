@@ -13,10 +13,10 @@ pub mod regions;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod value;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -25,41 +25,15 @@ pub use alibaba::{
 };
 pub use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
 pub use credentials::{CredentialsConfig, ProviderKind};
+pub use env::ENV_PREFIX;
 pub use idempotency::IdempotencyConfig;
 pub use server::{DEFAULT_LISTEN, ServerConfig, TlsConfig};
 pub use state::{RedisCa, RedisUrl, StateConfig, StoreKind};
 pub use telemetry::{AuditConfig, TelemetryConfig};
+pub use value::ConfigError;
 pub use watch::WatchConfig;
 
-/// Seconds in a minute, an hour, a day: the bounds of duration keys.
-const MINUTE: u64 = 60;
-const HOUR: u64 = 3600;
-const DAY: u64 = 24 * HOUR;
-
-/// Prefix of the environment variables that override file keys.
-pub const ENV_PREFIX: &str = "DDS_GATEWAY_";
-
-/// A configuration problem, naming the key (or variable) and what is expected.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
+use value::span_hint;
 
 /// The whole, checked configuration.
 #[derive(Debug, Clone)]
@@ -194,70 +168,6 @@ fn name_the_variable(error: ConfigError, from_env: &[env::FromEnv]) -> ConfigErr
     }
 }
 
-/// One caller's share of a global limit: at most the limit, by default half of it (at least 1),
-/// so that one caller cannot hold every place.
-fn share(
-    key: &str,
-    value: Option<usize>,
-    limit: usize,
-    limit_key: &str,
-) -> Result<usize, ConfigError> {
-    let share = value.unwrap_or((limit / 2).max(1));
-    if !(1..=limit).contains(&share) {
-        return Err(invalid(
-            key,
-            format!("expected a number between 1 and {limit_key} ({limit})"),
-        ));
-    }
-    Ok(share)
-}
-
-fn duration(
-    key: &str,
-    value: Option<String>,
-    default_secs: u64,
-    max_secs: u64,
-) -> Result<Duration, ConfigError> {
-    duration_or(
-        key,
-        value,
-        Duration::from_secs(default_secs),
-        Duration::from_secs(max_secs),
-    )
-}
-
-/// A duration key's value: its default when unset, else greater than zero and at most `max`.
-/// Every duration key has a bound, so that no deadline or timer computed from one can overflow.
-fn duration_or(
-    key: &str,
-    value: Option<String>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(value) = value else {
-        return Ok(default);
-    };
-    let parsed = humantime::parse_duration(value.trim()).map_err(|_| {
-        invalid(
-            key,
-            format!("expected a duration such as \"10s\" or \"500ms\", got {value:?}"),
-        )
-    })?;
-    if parsed.is_zero() {
-        return Err(invalid(key, "expected a duration greater than zero"));
-    }
-    if parsed > max {
-        return Err(invalid(
-            key,
-            format!(
-                "expected at most {}, got {value:?}",
-                humantime::format_duration(max)
-            ),
-        ));
-    }
-    Ok(parsed)
-}
-
 /// A mistake in the file: what is wrong, the key when the value is at fault, and the line.
 fn file_error(text: &str, origin: &str, mut error: toml::de::Error) -> ConfigError {
     let message = error.message().to_string() + &span_hint(text, error.span());
@@ -276,17 +186,10 @@ fn file_error(text: &str, origin: &str, mut error: toml::de::Error) -> ConfigErr
     }
 }
 
-/// ` (line N)` for a TOML error span, so the message points into the file.
-fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.map(|s| {
-        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-        format!(" (line {line})")
-    })
-    .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use std::collections::{BTreeSet, HashMap};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DAY, HOUR, MINUTE, duration, invalid, share};
+use super::value::{ConfigError, DAY, HOUR, MINUTE, duration, invalid, share};
 
 /// Where the gateway listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";

@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{ConfigError, duration_or, invalid};
+use super::value::{ConfigError, duration_or, invalid};
 
 /// `[state]`: the store of idempotency keys, per-instance upgrade locks and caller buckets.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DAY, HOUR, duration_or, invalid, share};
+use super::value::{ConfigError, DAY, HOUR, duration_or, invalid, share};
 
 /// `[watch]`: `WatchUpgrade` polling.
 #[derive(Debug, Clone)]

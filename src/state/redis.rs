@@ -17,13 +17,13 @@ use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
-use crate::idempotency::{
+use crate::pb;
+use crate::state::store::Accepted;
+use crate::state::store::{
     Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
 };
-use crate::pb;
-use crate::upgrade::Accepted;
 
-use super::{RedisCa, RedisUrl};
+use crate::config::{RedisCa, RedisUrl};
 
 /// How long one Redis command may take before the store counts as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -16,7 +16,7 @@ use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::LogFormat;
+use crate::config::telemetry::LogFormat;
 
 /// Where log lines go.
 #[derive(Debug, Clone, Default)]

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dds_gateway::alibaba::credentials::{Credential, CredentialsProvider, StaticProvider};
 use dds_gateway::config::{Config, Overrides, SignatureVersion};
-use dds_gateway::credentials::{Credential, CredentialsProvider, StaticProvider};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};

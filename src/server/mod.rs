@@ -1,0 +1,395 @@
+//! Builds and runs the tonic server: the engine version service, `grpc.health.v1`, server
+//! reflection (v1 and v1alpha), request size limits, connections that age out (see
+//! [`crate::server::rollout`]), and graceful shutdown: health turns `NOT_SERVING` at once, the gateway
+//! serves on for `server.shutdown_delay`, then refuses new connections and calls, in-flight calls
+//! finish within `server.shutdown_grace`, and whatever is left is closed.
+
+pub mod connections;
+pub mod reload;
+pub mod rollout;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tracing::instrument::WithSubscriber as _;
+
+use crate::alibaba::AlibabaClient;
+use crate::alibaba::credentials::CredentialsProvider;
+use crate::api::auth::{Callers, CallersHandle};
+use crate::api::gate::{self, Gate};
+use crate::api::service::EngineVersionService;
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::deadline;
+use crate::limits::InFlight;
+use crate::pb::engine_version_service_server::EngineVersionServiceServer;
+use crate::telemetry::Telemetry;
+use crate::telemetry::rpc::RpcLayer;
+
+/// Largest metadata (headers) block accepted from a caller.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Concurrent calls one connection may have open.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 pings on idle connections, so that a caller that vanished without closing its
+/// connection (a killed pod, a dropped NAT entry) frees what it held, such as a watch's place,
+/// within a minute instead of at the kernel's TCP timeout.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot read the listener's address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
+/// at most `server.shutdown_grace`. Telemetry is built from `config` and flushed at the end; log
+/// events go to the subscriber in place when this is called. [`serve_with`] takes a pipeline
+/// built by the caller.
+pub async fn serve(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    // Logs keep going to the caller's subscriber, which filters them itself.
+    let ambient = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+    let (logs, filter) = if ambient.is::<tracing::subscriber::NoSubscriber>() {
+        (crate::telemetry::LogOutput::Off, "off")
+    } else {
+        (crate::telemetry::LogOutput::Forward(ambient), "trace")
+    };
+    let telemetry = Telemetry::new(
+        &config.telemetry,
+        logs,
+        tracing_subscriber::EnvFilter::new(filter),
+    )
+    .map_err(|e| ServeError::Refused(e.to_string()))?;
+    let served = serve_with(config, credentials, listener, shutdown, telemetry.clone()).await;
+    telemetry.shutdown().await;
+    served
+}
+
+/// [`serve`] with the caller's telemetry pipeline, which the caller shuts down (flushes) after.
+pub async fn serve_with(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    telemetry: Telemetry,
+) -> Result<(), ServeError> {
+    // Everything the server logs or traces goes to this gateway's pipeline.
+    serve_inner(config, credentials, listener, shutdown, telemetry.clone())
+        .with_subscriber(telemetry.dispatch().clone())
+        .await
+}
+
+async fn serve_inner(
+    config: Config,
+    credentials: Arc<dyn CredentialsProvider>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    telemetry: Telemetry,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    // ---- callers, limits, TLS (issue 5) ----
+    if config.callers.is_empty() {
+        if !local.ip().is_loopback() {
+            return Err(ServeError::Refused(format!(
+                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+            )));
+        }
+        tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
+    } else {
+        tracing::info!(callers = config.callers.len(), "caller authentication on");
+    }
+    let callers = CallersHandle::new(Callers::new(&config.callers, None));
+    let in_flight = InFlight::new(
+        config.server.max_in_flight,
+        config.server.max_in_flight_per_caller,
+    );
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()
+        .map_err(ServeError::Refused)?;
+    let _reloader = AbortOnDrop(crate::server::reload::spawn(
+        config.file.clone(),
+        config.server.callers_file.clone(),
+        config.server.reload_interval,
+        callers.clone(),
+        Arc::clone(&credentials),
+    ));
+    // ---- end issue 5 ----
+
+    // ---- telemetry and audit (issue 4) ----
+    let audit = match &config.audit.file {
+        Some(path) => {
+            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))?
+        }
+        None => Audit::log_only(),
+    };
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let _admin = match config.telemetry.admin_listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr).await.map_err(|e| {
+                ServeError::Refused(format!(
+                    "cannot listen on {addr} (telemetry.admin_listen): {e}"
+                ))
+            })?;
+            let task = tokio::spawn(
+                crate::telemetry::admin::serve(telemetry.clone(), admin, async {
+                    let _ = admin_stopped.await;
+                })
+                .with_current_subscriber(),
+            );
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Ok(Err(err)) = task.await {
+                    tracing::error!(error = %err, "admin endpoint failed");
+                }
+            })))
+        }
+        None => None,
+    };
+    // ---- end issue 4 ----
+
+    let state = crate::state::State::open(&config)
+        .await
+        .map_err(ServeError::Refused)?;
+    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let service =
+        EngineVersionService::from_config(&config, client, Some(Arc::clone(&state.store)))
+            .with_audit(audit);
+    let engine_versions = EngineVersionServiceServer::new(service)
+        // Larger messages are refused with OUT_OF_RANGE before they are decoded.
+        .max_decoding_message_size(config.server.max_request_bytes);
+    // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let rates = match &state.redis {
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        None => crate::limits::Rates::local(),
+    };
+    let engine_versions = Gate::new(
+        engine_versions,
+        callers,
+        in_flight,
+        config.server.request_timeout,
+    )
+    .with_rates(rates);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    let store_health = AbortOnDrop(tokio::spawn(
+        report_store_health(state.clone(), health.clone()).with_current_subscriber(),
+    ));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
+    let json = crate::api::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
+        .map_err(ServeError::Refused)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (close_all, incoming) = crate::server::rollout::bounded_connections(
+        incoming(listener, &config, &telemetry),
+        crate::server::rollout::age_limit(
+            config.server.max_connection_age,
+            config.server.max_connection_age_grace,
+        ),
+    );
+    let mut builder = with_connection_age(Server::builder(), &config.server);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
+        tracing::info!(
+            client_certificates = config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
+            "TLS on"
+        );
+    }
+    let server = builder
+        // Outermost: the call's span, metrics and access line cover everything below.
+        .layer(RpcLayer::new(telemetry.clone()))
+        // Before the layers below, which then see a JSON call as the gRPC call it becomes.
+        .layer(json.clone())
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
+        .layer(tower::util::MapRequestLayer::new(
+            deadline::record::<tonic::body::Body>,
+        ))
+        // Every error carries ErrorInfo, also those tonic answers itself.
+        .layer(tower::util::MapResponseLayer::new(
+            gate::error_info::<tonic::body::Body>,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(engine_versions)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(routes = %json.describe(), "JSON over HTTP on the same port");
+    tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "dds-gateway listening");
+
+    tokio::select! {
+        result = &mut server => return result.map_err(ServeError::from),
+        () = shutdown => {}
+    }
+    // The store's health reporter stops first, so that it cannot turn readiness back on.
+    drop(store_health);
+    // Readiness first, while the listener still answers: balancers and health-checking clients
+    // see NOT_SERVING and move away before connections are refused.
+    health
+        .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    let delay = config.server.shutdown_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "shutting down: health NOT_SERVING, still serving for the delay"
+        );
+        tokio::select! {
+            result = &mut server => return result.map_err(ServeError::from),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
+    let _ = stop_tx.send(());
+    let _ = admin_stop.send(());
+    let result = match tokio::time::timeout(config.server.shutdown_grace, server).await {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(_) => {
+            tracing::warn!(
+                "grace period over with calls still in flight; closing their connections"
+            );
+            Ok(())
+        }
+    };
+    drop(close_all);
+    result
+}
+
+/// `server.max_connection_age`: tonic sends GOAWAY after the age and lets calls in flight finish.
+/// Its own grace timer is not used: with one set, tonic skips the GOAWAY and only closes the
+/// connection at age + grace. The grace is enforced by [`crate::server::rollout::Bounded`] instead.
+fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) -> Server {
+    match server.max_connection_age {
+        Some(age) => builder.max_connection_age(age),
+        None => builder,
+    }
+}
+
+/// Keeps the engine service's health in step with its state store: `NOT_SERVING` while the
+/// store cannot be reached (upgrades would be refused), `SERVING` again once it can. The whole
+/// server's health ("") stays `SERVING`, so liveness probes do not restart a replica for it.
+async fn report_store_health(
+    state: crate::state::State,
+    health: tonic_health::server::HealthReporter,
+) {
+    if state.redis.is_none() {
+        return;
+    }
+    let mut serving = true;
+    let mut tick = tokio::time::interval(crate::state::HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reachable = state.reachable().await;
+        if reachable == serving {
+            continue;
+        }
+        serving = reachable;
+        if serving {
+            tracing::info!("the state store can be reached again: serving upgrades");
+            health
+                .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                .await;
+        } else {
+            tracing::warn!(
+                "the state store cannot be reached: health NOT_SERVING for the engine service"
+            );
+            health
+                .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                .await;
+        }
+    }
+}
+
+/// The listener's connections, capped and held to the preface deadline.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    telemetry: &Telemetry,
+) -> crate::server::connections::Incoming {
+    crate::server::connections::Incoming::new(
+        listener,
+        config.server.max_connections,
+        config.server.preface_timeout,
+        telemetry.metrics().clone(),
+    )
+}
+
+/// Stops a background task when the server stops.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

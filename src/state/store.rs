@@ -1,0 +1,227 @@
+//! The state store's contract: idempotency keys and their claims, settlements and limits, the
+//! per-instance upgrade locks, and the [`StateStore`] trait the memory and Redis stores
+//! implement.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::pb;
+
+/// An accepted upgrade (or a passed validation), as first answered: what a key replays.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub response: pb::UpgradeEngineVersionResponse,
+    /// The gateway did not get Alibaba's answer but saw the upgrade under way, so the
+    /// `RequestId` is unknown.
+    pub reconciled: bool,
+}
+
+/// Who asked, and their idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    caller: String,
+    request_id: uuid::Uuid,
+}
+
+impl Key {
+    /// `caller` names the authenticated caller ("" while callers are anonymous), so that two
+    /// callers can never collide on a key.
+    pub fn new(caller: &str, request_id: uuid::Uuid) -> Self {
+        Self {
+            caller: caller.to_string(),
+            request_id,
+        }
+    }
+
+    pub fn request_id(&self) -> uuid::Uuid {
+        self.request_id
+    }
+
+    pub fn caller(&self) -> &str {
+        &self.caller
+    }
+}
+
+/// SHA-256 of a normalised request (instance, target, region after defaulting, switch mode).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl Fingerprint {
+    /// Lower-case hex, for stores that keep text.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The hash of `fields`, each length-prefixed so that no two different lists hash alike.
+    pub fn of_fields(fields: &[&str]) -> Self {
+        let mut hash = Sha256::new();
+        for field in fields {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field.as_bytes());
+        }
+        Self(hash.finalize().into())
+    }
+}
+
+/// A claim's owner token: random, so that a stale owner (its lease lapsed, another took over)
+/// can never settle or mark the key it no longer holds.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A token read back from a store.
+    pub fn from_stored(text: &str) -> Self {
+        Self(text.to_string())
+    }
+}
+
+impl Default for Token {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}…)", &self.0[..8.min(self.0.len())])
+    }
+}
+
+/// What a store answers to a claim.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The caller's token now holds the key and must settle it.
+    Owner {
+        /// How long ago an earlier holder sent an upgrade whose outcome is still unknown.
+        unresolved_for: Option<Duration>,
+        /// The holder whose lease ran out and who was replaced: its instance lock, too, is
+        /// taken over.
+        replaced: Option<Token>,
+    },
+    /// The key's request was accepted before: this is that answer.
+    Replay(Accepted),
+    /// The key belongs to a different request.
+    Conflict,
+}
+
+/// How a holder's request ended.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// The upgrade was accepted (or found under way): the key's answer from now on.
+    Accepted(Accepted),
+    /// It failed and surely upgraded nothing: the key is forgotten (unless an earlier attempt's
+    /// outcome is still unknown), and the next request with it tries again.
+    NotApplied,
+    /// It failed and the upgrade may or may not have been applied. Without a send marked by
+    /// [`Lease::about_to_send`] nothing can have been applied, and this counts as `NotApplied`.
+    Unresolved,
+}
+
+/// Why the store could not take a key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the idempotency store is full ({0} keys)")]
+    Full(usize),
+    #[error("the caller holds its share of the idempotency store ({0} keys)")]
+    CallerFull(usize),
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
+    /// The claim lapsed (its lease ran out while the store could not be reached) and another
+    /// holder may have the key: nothing may be sent under it.
+    #[error("the claim on the idempotency key lapsed")]
+    Lapsed,
+}
+
+/// The bounds every store keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// How long a settled key is kept.
+    pub retention: Duration,
+    /// Keys held at once (memory store).
+    pub max_keys: usize,
+    /// Keys one caller may hold at once.
+    pub max_keys_per_caller: usize,
+    /// How long after a send with an unknown outcome its key only looks; an unresolved key is
+    /// kept at least this long, so that it never expires into a re-send inside the window.
+    pub settle_window: Duration,
+    /// A claim's life without renewal (Redis; in memory the owner settles when it is dropped).
+    pub lease: Duration,
+}
+
+impl StoreLimits {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            retention: config.idempotency.retention,
+            max_keys: config.idempotency.max_keys,
+            max_keys_per_caller: config.idempotency.max_keys_per_caller,
+            settle_window: config.idempotency.settle_window,
+            lease: config.state.lease,
+        }
+    }
+
+    /// How long an unresolved key is kept after it settles.
+    pub fn unresolved_retention(&self) -> Duration {
+        self.retention.max(self.settle_window)
+    }
+}
+
+/// Where keys and per-instance upgrade locks live.
+///
+/// `claim` must be atomic: of concurrent claims with one key, exactly one becomes the owner, and
+/// the others wait while it holds the key. Every change after a claim is compare-and-set on the
+/// owner's [`Token`]. A store whose claims can lapse ([`lease`](Self::lease)) gets them renewed
+/// by the owner while it works.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Claims `key` for `token`, waiting while a live holder has it.
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        token: &Token,
+    ) -> Result<Claim, StoreError>;
+    /// Records that `token` is about to send the upgrade. `false`: it no longer holds the key.
+    async fn mark_sending(&self, key: &Key, token: &Token) -> Result<bool, StoreError>;
+    /// Extends `token`'s lease on `key`. `false`: it no longer holds it.
+    async fn renew(&self, key: &Key, token: &Token) -> Result<bool, StoreError>;
+    /// Ends `token`'s hold on `key`; does nothing when another token holds it.
+    async fn settle(
+        &self,
+        key: &Key,
+        token: &Token,
+        settlement: Settlement,
+    ) -> Result<(), StoreError>;
+    /// Takes the upgrade lock of `instance` for `token` (also from `replaced`, a holder whose
+    /// claim of the same key lapsed). `false`: another upgrade holds it.
+    async fn lock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        replaced: Option<&Token>,
+    ) -> Result<bool, StoreError>;
+    /// Extends `token`'s lock of `instance`. `false`: it no longer holds it.
+    async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
+    /// Releases `token`'s lock of `instance`, if it holds it.
+    async fn unlock_instance(&self, instance: &str, token: &Token) -> Result<(), StoreError>;
+    /// How long a claim or lock lives without renewal; `None` when it lives until settled.
+    fn lease(&self) -> Option<Duration>;
+}
