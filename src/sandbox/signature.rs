@@ -270,10 +270,10 @@ fn check_timestamp(text: &str) -> Result<SystemTime, Box<Response>> {
         ));
     };
     let now = SystemTime::now();
-    // However far off, before or after.
+    // A timestamp ahead of the clock is off by as much as one behind it.
     let skew = now
         .duration_since(timestamp)
-        .unwrap_or_else(|early| early.duration());
+        .unwrap_or_else(|ahead| ahead.duration());
     if skew > MAX_CLOCK_SKEW {
         return Err(reject(
             400,
