@@ -1,0 +1,185 @@
+//! A loopback-only simulation of the Dds API (2015-12-01) for trying the gateway without a cloud
+//! account, and for the integration tests. It verifies signatures V2 and V3 (chosen, as Alibaba
+//! does, by an `Authorization: ACS3-...` header) exactly as Alibaba Cloud does
+//! (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys, STS tokens),
+//! keeps a few demo instances (`Running` → `EngineVersionUpgrading` → `Running` on the new
+//! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
+//! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes. Faults can be queued
+//! (for any request or one action): error answers with `x-acs-retry-after`, raw bodies, delays,
+//! dropped connections, and any of those after acting on the request. Its status can also lag
+//! its own action, as Alibaba's does: for a while after an accepted upgrade,
+//! `DescribeDBInstanceAttribute` still shows the instance as it was ([`Sandbox::lag_status`]).
+//!
+//! One file per concern, each importing only those below it: `listener` (reads, records and
+//! routes requests) over `faults`, `signature` and `dds`, over `request`, `answer` and
+//! `connection`.
+
+mod answer;
+mod connection;
+mod dds;
+mod faults;
+mod listener;
+mod request;
+mod signature;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::alibaba::credentials::{Credential, Secret};
+pub use dds::Instance;
+pub use faults::Fault;
+use listener::{SandboxState, Shared, lock};
+pub use request::Received;
+use signature::Verifier;
+
+/// The sandbox's AccessKey ID: obviously fake, accepted only by the sandbox.
+pub const ACCESS_KEY_ID: &str = "testid";
+/// The sandbox's AccessKey secret.
+pub const ACCESS_KEY_SECRET: &str = "testsecret";
+
+/// Settings of a sandbox.
+#[derive(Clone)]
+pub struct SandboxConfig {
+    /// How long an upgrade keeps an instance in `EngineVersionUpgrading`.
+    pub upgrade_duration: Duration,
+    /// The STS security token the sandbox's credential must carry, if any.
+    pub security_token: Option<String>,
+    /// More AccessKeys accepted besides `testid` (e.g. ones an STS double issued), each with
+    /// the security token it must be sent with, if any. Same-id entries replace `testid`.
+    pub extra_keys: Vec<Credential>,
+}
+
+impl std::fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("upgrade_duration", &self.upgrade_duration)
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "***"),
+            )
+            .field("extra_keys", &self.extra_keys)
+            .finish()
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            upgrade_duration: Duration::from_secs(20),
+            security_token: None,
+            extra_keys: Vec::new(),
+        }
+    }
+}
+
+/// A running sandbox; stops when dropped.
+pub struct Sandbox {
+    addr: SocketAddr,
+    endpoint: reqwest::Url,
+    credential: Credential,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+// Only the address: the state holds received requests, with their signatures and tokens.
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sandbox {
+    /// Starts a sandbox on an ephemeral loopback port.
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let endpoint =
+            reqwest::Url::parse(&format!("http://{addr}/")).map_err(std::io::Error::other)?;
+        let credential = Credential::new(
+            ACCESS_KEY_ID,
+            Secret::new(ACCESS_KEY_SECRET),
+            config.security_token.clone().map(Secret::new),
+            None,
+            "sandbox",
+        );
+        let state = Arc::new(Mutex::new(SandboxState {
+            verifier: Verifier::new(
+                std::iter::once(credential.clone()).chain(config.extra_keys.iter().cloned()),
+            ),
+            dds: dds::Dds::new(config.upgrade_duration),
+            faults: faults::FaultQueue::default(),
+            received: Vec::new(),
+        }));
+        let task = listener::spawn(listener, Arc::clone(&state));
+        tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
+        Ok(Self {
+            addr,
+            endpoint,
+            credential,
+            state,
+            task,
+        })
+    }
+
+    /// The endpoint URL to configure as `alibaba.endpoint`.
+    pub fn endpoint(&self) -> reqwest::Url {
+        self.endpoint.clone()
+    }
+
+    /// The sandbox's own credential (`testid`, with `SandboxConfig::security_token`).
+    pub fn credential(&self) -> Credential {
+        self.credential.clone()
+    }
+
+    /// Queues an answer for the next request.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.state).faults.push(None, fault);
+    }
+
+    /// Queues an answer for the next request that names `action`; others pass it by.
+    pub fn push_fault_on(&self, action: &'static str, fault: Fault) {
+        lock(&self.state).faults.push(Some(action), fault);
+    }
+
+    /// From now on, `DescribeDBInstanceAttribute` shows an instance as it was before an accepted
+    /// upgrade for `lag` after it: `Running` on the old version although the upgrade is under way.
+    /// `Duration::ZERO` ends every lag at once: the view catches up.
+    pub fn lag_status(&self, lag: Duration) {
+        lock(&self.state).dds.lag_status(lag);
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state).received.clone()
+    }
+
+    /// How many requests named `action`.
+    pub fn calls(&self, action: &str) -> usize {
+        lock(&self.state)
+            .received
+            .iter()
+            .filter(|r| r.action == action)
+            .count()
+    }
+
+    /// How many upgrades of `id` the sandbox started (acted on, whatever the client heard).
+    pub fn upgrades_started(&self, id: &str) -> usize {
+        lock(&self.state).dds.upgrades_started(id)
+    }
+
+    /// An instance as it is now.
+    pub fn instance(&self, id: &str) -> Option<Instance> {
+        lock(&self.state).dds.instance(id)
+    }
+}
