@@ -94,7 +94,7 @@ async fn serve_sandbox_with_signature_v3_upgrades() {
     assert!(stdout.contains("engine_version: 4.4"), "{stdout}");
 }
 
-// ---- callers (issue 5) ----
+// ---- callers ----
 
 #[tokio::test]
 async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {

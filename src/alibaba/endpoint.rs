@@ -1,7 +1,8 @@
 //! Where a region's Dds API lives. The table is the only source of hosts (besides an explicitly
 //! configured endpoint), so a request's region can never steer it to any other host.
-//! Source: `reference/alibaba-api.md` §4 (the generated SDK's map, with the 2024 Hong Kong and
-//! Singapore moves and the regional hosts of the endpoint doc page).
+//! Sources: the generated SDK's endpoint map, Alibaba's notice of the 2024 Hong Kong and Singapore
+//! moves (<https://alibabacloud.com/help/en/mongodb/product-overview/notice-update-of-the-api-endpoints-of-the-china-hong-kong-and-singapore-regions>)
+//! and the endpoint page (<https://alibabacloud.com/help/en/mongodb/developer-reference/api-dds-2015-12-01-endpoint>).
 
 pub use crate::config::regions::{
     CENTRAL_REGIONS, MAX_REGION_LEN, REGIONAL_REGIONS, check_region, is_well_formed,

@@ -52,6 +52,10 @@ pub struct EngineVersionService {
 
 impl EngineVersionService {
     /// A service with the default settings of every configuration key not given here.
+    #[expect(
+        clippy::expect_used,
+        reason = "the empty configuration is the defaults, valid by construction (a config test loads it)"
+    )]
     pub fn new(
         validator: Validator,
         client: Arc<AlibabaClient>,
@@ -63,7 +67,7 @@ impl EngineVersionService {
             |_| None,
             &crate::config::Overrides::default(),
         )
-        .unwrap_or_else(|_| unreachable!("the defaults are a valid configuration"));
+        .expect("the default configuration is valid");
         config.server.request_timeout = request_timeout;
         Self::with_validator(validator, &config, client, None)
     }

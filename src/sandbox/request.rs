@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
 use super::answer::reject;
-use crate::config::SignatureVersion;
 use crate::alibaba::signer::{self, param, v3};
+use crate::config::SignatureVersion;
 
 /// A request the sandbox received, signature included or not.
 #[derive(Clone)]

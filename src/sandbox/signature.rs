@@ -9,9 +9,9 @@ use axum::response::Response;
 
 use super::answer::reject;
 use super::request::{Incoming, header_of, parse_pairs};
-use crate::config::SignatureVersion;
 use crate::alibaba::credentials::Credential;
 use crate::alibaba::signer::{self, param, v3};
+use crate::config::SignatureVersion;
 
 /// Alibaba refuses timestamps further than this from its clock.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);

@@ -103,18 +103,7 @@ async fn serve_inner(
     telemetry: Telemetry,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
-    // ---- callers, limits, TLS (issue 5) ----
-    if config.callers.is_empty() {
-        if !local.ip().is_loopback() {
-            return Err(ServeError::Refused(format!(
-                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
-                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
-            )));
-        }
-        tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
-    } else {
-        tracing::info!(callers = config.callers.len(), "caller authentication on");
-    }
+    check_listen(local, &config)?;
     let callers = CallersHandle::new(Callers::new(&config.callers, None));
     let in_flight = InFlight::new(
         config.server.max_in_flight,
@@ -134,61 +123,18 @@ async fn serve_inner(
         callers.clone(),
         Arc::clone(&credentials),
     ));
-    // ---- end issue 5 ----
-
-    // ---- telemetry and audit (issue 4) ----
-    let audit = match &config.audit.file {
-        Some(path) => {
-            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))?
-        }
-        None => Audit::log_only(),
-    };
+    let audit = open_audit(&config)?;
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let _admin = match config.telemetry.admin_listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr).await.map_err(|e| {
-                ServeError::Refused(format!(
-                    "cannot listen on {addr} (telemetry.admin_listen): {e}"
-                ))
-            })?;
-            let task = tokio::spawn(
-                crate::telemetry::admin::serve(telemetry.clone(), admin, async {
-                    let _ = admin_stopped.await;
-                })
-                .with_current_subscriber(),
-            );
-            Some(AbortOnDrop(tokio::spawn(async move {
-                if let Ok(Err(err)) = task.await {
-                    tracing::error!(error = %err, "admin endpoint failed");
-                }
-            })))
-        }
-        None => None,
-    };
-    // ---- end issue 4 ----
+    let _admin = spawn_admin(&config, &telemetry, async {
+        let _ = admin_stopped.await;
+    })
+    .await?;
 
     let state = crate::state::State::open(&config)
         .await
         .map_err(ServeError::Refused)?;
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    let service =
-        EngineVersionService::from_config(&config, client, Some(Arc::clone(&state.store)))
-            .with_audit(audit);
-    let engine_versions = EngineVersionServiceServer::new(service)
-        // Larger messages are refused with OUT_OF_RANGE before they are decoded.
-        .max_decoding_message_size(config.server.max_request_bytes);
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let rates = match &state.redis {
-        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
-        None => crate::limits::Rates::local(),
-    };
-    let engine_versions = Gate::new(
-        engine_versions,
-        callers,
-        in_flight,
-        config.server.request_timeout,
-    )
-    .with_rates(rates);
+    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -218,20 +164,7 @@ async fn serve_inner(
             config.server.max_connection_age_grace,
         ),
     );
-    let mut builder = with_connection_age(Server::builder(), &config.server);
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
-        tracing::info!(
-            client_certificates = config
-                .server
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca.is_some()),
-            "TLS on"
-        );
-    }
+    let builder = listener_builder(&config.server, tls)?;
     let server = builder
         // Outermost: the call's span, metrics and access line cover everything below.
         .layer(RpcLayer::new(telemetry.clone()))
@@ -266,6 +199,144 @@ async fn serve_inner(
         result = &mut server => return result.map_err(ServeError::from),
         () = shutdown => {}
     }
+    drain(
+        server,
+        &config.server,
+        Draining {
+            store_health,
+            health,
+            stop: stop_tx,
+            admin_stop,
+            close_all,
+        },
+    )
+    .await
+}
+
+/// The engine version service behind the gate: callers, rates (shared through Redis when the
+/// state is there), the in-flight limit and the request deadline.
+fn gated_service(
+    config: &Config,
+    state: &crate::state::State,
+    credentials: Arc<dyn CredentialsProvider>,
+    audit: Audit,
+    callers: CallersHandle,
+    in_flight: InFlight,
+) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
+    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
+        .with_audit(audit);
+    let engine_versions = EngineVersionServiceServer::new(service)
+        // Larger messages are refused with OUT_OF_RANGE before they are decoded.
+        .max_decoding_message_size(config.server.max_request_bytes);
+    let rates = match &state.redis {
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        None => crate::limits::Rates::local(),
+    };
+    Ok(Gate::new(
+        engine_versions,
+        callers,
+        in_flight,
+        config.server.request_timeout,
+    )
+    .with_rates(rates))
+}
+
+/// The listener's settings: connection age, and TLS when configured.
+fn listener_builder(
+    server: &crate::config::ServerConfig,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<Server, ServeError> {
+    let builder = with_connection_age(Server::builder(), server);
+    let Some(tls) = tls else {
+        return Ok(builder);
+    };
+    let builder = builder
+        .tls_config(tls)
+        .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
+    tracing::info!(
+        client_certificates = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "TLS on"
+    );
+    Ok(builder)
+}
+
+/// An unauthenticated gateway listens on loopback only.
+fn check_listen(local: std::net::SocketAddr, config: &Config) -> Result<(), ServeError> {
+    if config.callers.is_empty() {
+        if !local.ip().is_loopback() {
+            return Err(ServeError::Refused(format!(
+                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+            )));
+        }
+        tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
+    } else {
+        tracing::info!(callers = config.callers.len(), "caller authentication on");
+    }
+    Ok(())
+}
+
+/// `audit.file`, or the audit log target alone.
+fn open_audit(config: &Config) -> Result<Audit, ServeError> {
+    match &config.audit.file {
+        Some(path) => {
+            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))
+        }
+        None => Ok(Audit::log_only()),
+    }
+}
+
+/// `telemetry.admin_listen`: the Prometheus endpoint, until `stopped`.
+async fn spawn_admin(
+    config: &Config,
+    telemetry: &Telemetry,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<AbortOnDrop>, ServeError> {
+    let Some(addr) = config.telemetry.admin_listen else {
+        return Ok(None);
+    };
+    let admin = TcpListener::bind(addr).await.map_err(|e| {
+        ServeError::Refused(format!(
+            "cannot listen on {addr} (telemetry.admin_listen): {e}"
+        ))
+    })?;
+    let task = tokio::spawn(
+        crate::telemetry::admin::serve(telemetry.clone(), admin, stopped).with_current_subscriber(),
+    );
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        if let Ok(Err(err)) = task.await {
+            tracing::error!(error = %err, "admin endpoint failed");
+        }
+    }))))
+}
+
+/// What shutting down stops, in order.
+struct Draining {
+    store_health: AbortOnDrop,
+    health: tonic_health::server::HealthReporter,
+    stop: tokio::sync::oneshot::Sender<()>,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    close_all: crate::server::rollout::CloseAll,
+}
+
+/// Graceful shutdown: NOT_SERVING at once, serving on for `server.shutdown_delay`, then no new
+/// calls, in-flight ones finishing within `server.shutdown_grace`, and whatever is left closed.
+async fn drain<F>(
+    mut server: std::pin::Pin<&mut F>,
+    config: &crate::config::ServerConfig,
+    draining: Draining,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = Result<(), tonic::transport::Error>>,
+{
+    let Draining {
+        store_health,
+        health,
+        stop,
+        admin_stop,
+        close_all,
+    } = draining;
     // The store's health reporter stops first, so that it cannot turn readiness back on.
     drop(store_health);
     // Readiness first, while the listener still answers: balancers and health-checking clients
@@ -273,21 +344,21 @@ async fn serve_inner(
     health
         .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
-    let delay = config.server.shutdown_delay;
+    let delay = config.shutdown_delay;
     if !delay.is_zero() {
         tracing::info!(
             ?delay,
             "shutting down: health NOT_SERVING, still serving for the delay"
         );
         tokio::select! {
-            result = &mut server => return result.map_err(ServeError::from),
+            result = server.as_mut() => return result.map_err(ServeError::from),
             () = tokio::time::sleep(delay) => {}
         }
     }
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
-    let _ = stop_tx.send(());
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
+    let _ = stop.send(());
     let _ = admin_stop.send(());
-    let result = match tokio::time::timeout(config.server.shutdown_grace, server).await {
+    let result = match tokio::time::timeout(config.shutdown_grace, server.as_mut()).await {
         Ok(result) => result.map_err(ServeError::from),
         Err(_) => {
             tracing::warn!(

@@ -87,6 +87,10 @@ pub fn build(
 }
 
 /// The shared settings of every provider, from `[credentials]` and the official variables.
+#[expect(
+    clippy::expect_used,
+    reason = "a constant URL, pinned by a test, always parses"
+)]
 fn context(
     config: &CredentialsConfig,
     var_of: &dyn Fn(&str) -> Option<String>,
@@ -117,7 +121,7 @@ fn context(
         vpc: flag(var::VPC_ENDPOINT_ENABLED),
         imds_endpoint: config.imds_endpoint.clone().unwrap_or_else(|| {
             Url::parse(ecs::DEFAULT_ENDPOINT)
-                .unwrap_or_else(|_| unreachable!("the metadata endpoint is a valid URL"))
+                .expect("the metadata endpoint constant is a valid URL")
         }),
         imdsv1_disabled: config
             .imdsv1_disabled

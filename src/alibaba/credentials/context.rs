@@ -29,6 +29,10 @@ pub struct Context {
 impl Context {
     /// The STS endpoint: configured, else the region's (a profile's or `ALIBABA_CLOUD_STS_REGION`),
     /// else the public one.
+    #[expect(
+        clippy::expect_used,
+        reason = "a constant URL, pinned by a test, always parses"
+    )]
     pub fn sts(&self, profile_region: Option<&str>) -> Sts {
         let endpoint = self
             .sts_endpoint
@@ -40,7 +44,7 @@ impl Context {
             })
             .unwrap_or_else(|| {
                 Url::parse(sts::DEFAULT_ENDPOINT)
-                    .unwrap_or_else(|_| unreachable!("the default STS endpoint is a valid URL"))
+                    .expect("the default STS endpoint constant is a valid URL")
             });
         Sts::new(self.http.clone(), endpoint)
     }
@@ -68,4 +72,17 @@ fn default_session_name() -> String {
         .unwrap_or_default()
         .as_secs();
     format!("dds-gateway-{now}")
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::Url;
+
+    use super::super::{ecs, sts};
+
+    #[test]
+    fn the_default_endpoints_are_urls() {
+        assert!(Url::parse(sts::DEFAULT_ENDPOINT).is_ok());
+        assert!(Url::parse(ecs::DEFAULT_ENDPOINT).is_ok());
+    }
 }

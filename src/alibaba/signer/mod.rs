@@ -3,7 +3,8 @@
 //! signature comes out. Nothing here reads the clock, the environment or a random source.
 //!
 //! The stages carry Alibaba's own names: the *canonicalized query string*, the *string to sign*
-//! and the *signature*. See `reference/alibaba-api.md` §1. Signature V3 (`ACS3-HMAC-SHA256`) is
+//! and the *signature*. See Alibaba's
+//! [RPC signature mechanism](https://help.aliyun.com/en/sdk/product-overview/rpc-mechanism). Signature V3 (`ACS3-HMAC-SHA256`) is
 //! in [`v3`]; both share this module's percent-encoding.
 #![deny(clippy::disallowed_methods)]
 

@@ -5,7 +5,7 @@
 //!
 //! The stages carry Alibaba's names: *CanonicalRequest*, *HashedRequestPayload*,
 //! *CanonicalHeaders* / *SignedHeaders*, *StringToSign*, *Signature* and *Authorization*.
-//! See `reference/alibaba-api.md` §2:
+//! See Alibaba's [V3 request structure and signature](https://alibabacloud.com/help/en/sdk/product-overview/v3-request-structure-and-signature):
 //!
 //! ```text
 //! CanonicalRequest = Method \n CanonicalURI \n CanonicalQueryString \n CanonicalHeaders \n
@@ -59,7 +59,7 @@ pub fn hashed_request_payload(body: &[u8]) -> String {
 }
 
 /// `CanonicalQueryString`: parameters sorted by name, `name=value` with both percent-encoded by
-/// the rules shared with V2 (`reference/alibaba-api.md` §1.2), joined with `&`; an empty value
+/// the rules shared with V2 ([`percent_encode`](super::percent_encode)), joined with `&`; an empty value
 /// gives `name=`, no parameters the empty string. The same text V2 calls the canonicalized query
 /// string, so it is the same function.
 pub fn canonical_query_string<K, V>(params: &[(K, V)]) -> String
