@@ -190,21 +190,6 @@ impl Telemetry {
         let _ = self.inner.admin_addr.set(addr);
     }
 
-    /// Exports every finished span and the current metrics now (tests; before shutdown).
-    pub async fn flush(&self) {
-        let this = self.clone();
-        // The SDK blocks until its export threads are done; keep that off the async workers.
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(err) = this.inner.tracer_provider.force_flush() {
-                tracing::warn!(error = %err, "cannot flush spans");
-            }
-            if let Err(err) = this.inner.meter_provider.force_flush() {
-                tracing::warn!(error = %err, "cannot flush metrics");
-            }
-        })
-        .await;
-    }
-
     /// Flushes and stops the exporters; spans ended before this are sent (graceful shutdown).
     pub async fn shutdown(&self) {
         let this = self.clone();

@@ -355,4 +355,87 @@ mod tests {
             .is_err()
         );
     }
+
+    /// The time and nonces of an injected clock.
+    #[derive(Debug)]
+    struct FixedClock;
+
+    impl Clock for FixedClock {
+        fn now(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)
+        }
+        fn nonce(&self) -> uuid::Uuid {
+            uuid::Uuid::from_u128(42)
+        }
+    }
+
+    /// One fake STS exchange over loopback: the form body the request carried.
+    async fn one_exchange(listener: &tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let body_start = loop {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            received.extend_from_slice(&chunk[..n]);
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&received[..body_start]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        while received.len() < body_start + length {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..n]);
+        }
+        let answer = r#"{"RequestId":"r","Credentials":{"AccessKeyId":"STS.a","AccessKeySecret":"s","SecurityToken":"t","Expiration":"2030-01-01T00:00:00Z"}}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        socket.write_all(response.as_bytes()).await.unwrap();
+        String::from_utf8(received[body_start..].to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn assume_role_is_signed_with_the_injected_clock() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let sts = Sts::new(reqwest::Client::new(), endpoint).with_clock(Arc::new(FixedClock));
+        let base = Credential::new("testid", Secret::new("testsecret"), None, None, "test");
+        let session = RoleSession {
+            role_arn: "acs:ram::123:role/r".into(),
+            role_session_name: "s".into(),
+            duration: Duration::from_secs(3600),
+        };
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let (body, answer) = tokio::join!(
+                one_exchange(&listener),
+                sts.assume_role(&base, &session, "test")
+            );
+            assert_eq!(answer.unwrap().access_key_id(), "STS.a");
+            bodies.push(body);
+        }
+        // Signed from the clock alone: the same time and nonce give the same bytes.
+        assert_eq!(bodies[0], bodies[1]);
+        let params: std::collections::BTreeMap<String, String> =
+            form_urlencoded::parse(bodies[0].as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(params["Timestamp"], "2030-03-17T17:46:40Z");
+        assert_eq!(
+            params["SignatureNonce"],
+            "00000000-0000-0000-0000-00000000002a"
+        );
+        assert_eq!(params["Action"], "AssumeRole");
+    }
 }
