@@ -7,19 +7,15 @@ mod common;
 
 use common::otlp::{attributes, grpc_receiver, named};
 use common::request;
-use common::traced::{REPORTING_TOKEN, TRACE_ID, Traced, reporting_caller, sample};
+use common::traced::{REPORTING_TOKEN, TRACE_ID, Traced, grpc_traces, reporting_caller, sample};
 use dds_gateway::pb;
-use dds_gateway::telemetry::{Otlp, Protocol};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_lines_and_server_spans_name_the_admitted_caller() {
     let (received, receiver) = grpc_receiver().await;
     let gateway = Traced::start(|config| {
-        config.telemetry.traces = Some(Otlp {
-            endpoint: format!("http://{receiver}"),
-            protocol: Protocol::Grpc,
-        });
+        grpc_traces(config, receiver);
         reporting_caller(config, "validate_only = true\n");
     })
     .await;

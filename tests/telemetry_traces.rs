@@ -9,7 +9,7 @@ mod common;
 use common::otlp::{attributes, descends, grpc_receiver, hex, http_receiver, int, named, string};
 use common::request;
 use common::traced::{
-    PARENT_SPAN_ID, REPORTING_TOKEN, SECURITY_TOKEN, TRACE_ID, Traced, UPGRADE_METHOD,
+    PARENT_SPAN_ID, REPORTING_TOKEN, SECURITY_TOKEN, TRACE_ID, Traced, UPGRADE_METHOD, grpc_traces,
     reporting_caller, sample,
 };
 use dds_gateway::sandbox;
@@ -22,10 +22,7 @@ use tokio::net::TcpListener;
 async fn otlp_grpc_span_tree_continues_the_callers_trace() {
     let (received, receiver) = grpc_receiver().await;
     let gateway = Traced::start(|config| {
-        config.telemetry.traces = Some(Otlp {
-            endpoint: format!("http://{receiver}"),
-            protocol: Protocol::Grpc,
-        });
+        grpc_traces(config, receiver);
     })
     .await;
     let answer = gateway
@@ -186,10 +183,7 @@ async fn otlp_http_protobuf_exports_the_same_trace() {
 async fn each_upstream_attempt_has_its_own_client_span() {
     let (received, receiver) = grpc_receiver().await;
     let gateway = Traced::start(|config| {
-        config.telemetry.traces = Some(Otlp {
-            endpoint: format!("http://{receiver}"),
-            protocol: Protocol::Grpc,
-        });
+        grpc_traces(config, receiver);
     })
     .await;
     gateway.sandbox.push_fault_on(
@@ -229,10 +223,7 @@ async fn an_unreachable_collector_never_fails_a_call() {
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let gateway = Traced::start(|config| {
-        config.telemetry.traces = Some(Otlp {
-            endpoint: format!("http://{addr}"),
-            protocol: Protocol::Grpc,
-        });
+        grpc_traces(config, addr);
     })
     .await;
     gateway
@@ -250,10 +241,7 @@ async fn json_calls_have_http_server_spans_and_the_rpc_metrics_by_route() {
     const ROUTE: &str = "/v1/instances/{db_instance_id}:upgradeEngineVersion";
     let (received, receiver) = grpc_receiver().await;
     let gateway = Traced::start(|config| {
-        config.telemetry.traces = Some(Otlp {
-            endpoint: format!("http://{receiver}"),
-            protocol: Protocol::Grpc,
-        });
+        grpc_traces(config, receiver);
         reporting_caller(config, "");
     })
     .await;

@@ -11,7 +11,7 @@ use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
 use dds_gateway::server;
-use dds_gateway::telemetry::{LogOutput, Telemetry};
+use dds_gateway::telemetry::{LogOutput, Otlp, Protocol, Telemetry};
 use tokio::net::TcpListener;
 
 use super::{default_config, wait_until};
@@ -135,6 +135,14 @@ impl Traced {
         self.telemetry.shutdown().await;
         self.sandbox
     }
+}
+
+/// Sets `config` to export traces over OTLP/gRPC to `receiver`.
+pub fn grpc_traces(config: &mut Config, receiver: SocketAddr) {
+    config.telemetry.traces = Some(Otlp {
+        endpoint: format!("http://{receiver}"),
+        protocol: Protocol::Grpc,
+    });
 }
 
 /// Sets `config.callers` to one caller, `reporting`, known by [`REPORTING_TOKEN`] and allowed the
