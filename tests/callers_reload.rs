@@ -11,14 +11,26 @@ use common::callers::{UPGRADE, call, validate_only, with_token};
 use common::{Gateway, assert_error, eventually, request, wait_until};
 use dds_gateway::auth::hash_token;
 use dds_gateway::config::{Config, Overrides};
+use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
 use tonic::Code;
+use tonic::transport::Channel;
 
 fn one_caller(token: &str) -> String {
     format!(
         "[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox0*\"]\n",
         hash_token(token)
     )
+}
+
+/// Whether the gateway serves a validate-only call made with `token`.
+async fn accepts(client: &EngineVersionServiceClient<Channel>, token: &str) -> bool {
+    call(
+        client,
+        with_token(validate_only("dds-sandbox02", "5.0"), token),
+    )
+    .await
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,17 +66,8 @@ async fn a_changed_file_reloads_callers_without_dropping_calls() {
     .await;
 
     std::fs::write(&file, format!("{head}{}", one_caller("new-token"))).unwrap();
-    let client = gw.client.clone();
     eventually("the new token is accepted", || {
-        let client = client.clone();
-        async move {
-            call(
-                &client,
-                with_token(validate_only("dds-sandbox02", "5.0"), "new-token"),
-            )
-            .await
-            .is_ok()
-        }
+        accepts(&gw.client, "new-token")
     })
     .await;
     let old = call(
@@ -166,17 +169,8 @@ async fn a_change_made_while_the_gateway_starts_is_picked_up() {
     std::fs::write(&file, format!("{head}{}", one_caller("new-token"))).unwrap();
     let credentials = common::credentials_of(&sandbox);
     let gw = Gateway::serve(config, credentials, sandbox).await;
-    let client = gw.client.clone();
     eventually("the token written during start-up is accepted", || {
-        let client = client.clone();
-        async move {
-            call(
-                &client,
-                with_token(validate_only("dds-sandbox02", "5.0"), "new-token"),
-            )
-            .await
-            .is_ok()
-        }
+        accepts(&gw.client, "new-token")
     })
     .await;
 }
