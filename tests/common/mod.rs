@@ -1,6 +1,6 @@
 //! Shared test harness: the gateway on an ephemeral loopback port in front of a sandbox (a real
-//! HTTP server that verifies signatures), plus a connected client, condition waits and the
-//! `dds-gateway` binary run as a child process. Its modules:
+//! HTTP server that verifies signatures), plus a connected client, condition waits, `ErrorInfo`
+//! checks and the `dds-gateway` binary run as a child process. Its modules:
 //! - `callers`: two `[[callers]]` known by bearer tokens, and gRPC calls made with a token;
 //! - `fake_cloud`: fake STS, ECS metadata and credentials URI servers, and scratch files;
 //! - `http_client`: HTTP/1.1, HTTP/2 and raw-bytes clients of the JSON routes;
