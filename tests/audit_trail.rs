@@ -6,14 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
-#[path = "common/fake_cloud.rs"]
-mod fake_cloud;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::Gateway;
+use common::fake_cloud;
 use dds_gateway::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
@@ -28,18 +27,17 @@ use tonic_types::StatusExt;
 
 const INSTANCE: &str = "dds-sandbox01"; // Running, 4.2
 
-/// An audit file in a scratch directory, removed when dropped.
+/// An audit file in a temporary directory, removed when dropped.
 struct AuditFile {
-    dir: PathBuf,
+    _dir: tempfile::TempDir,
     path: PathBuf,
 }
 
 impl AuditFile {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("dds-gateway-audit-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
-        Self { dir, path }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        Self { _dir: dir, path }
     }
 
     fn lines(&self) -> Vec<Value> {
@@ -64,12 +62,6 @@ impl AuditFile {
         };
         common::wait_until("the upgrade's outcome is audited", || found().is_some()).await;
         found().unwrap()
-    }
-}
-
-impl Drop for AuditFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

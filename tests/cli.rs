@@ -174,9 +174,8 @@ impl Child {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
-    let dir = std::env::temp_dir().join(format!("dds-gateway-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("gateway.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
     let caller = |token: &str| {
         format!(
             "[server]\nreload_interval = \"1h\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
@@ -212,7 +211,6 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
         gateway.0.process.try_wait().unwrap().is_none(),
         "SIGHUP reloads, it does not stop the gateway"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,9 +292,8 @@ async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
     const TOKEN: &str = "cli-token-canary-0123456789";
     let gw = gateway_with_caller(TOKEN).await;
     let target = format!("http://{}", gw.addr);
-    let dir = std::env::temp_dir().join(format!("dds-gateway-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
     let file = file.to_str().unwrap();
     let validate = |extra: &'static [&'static str]| {
@@ -341,7 +338,7 @@ async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
     assert!(!stderr.contains(TOKEN), "{stderr}");
 
     // The file wins over the environment.
-    let wrong = dir.join("wrong");
+    let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     let mut args = validate(&[]);
     args.extend([
@@ -354,7 +351,7 @@ async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
 
     // A missing or empty file is a usage error naming the file.
     for (name, content) in [("missing", None), ("empty", Some("\n"))] {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         if let Some(content) = content {
             std::fs::write(&path, content).unwrap();
         }
@@ -373,7 +370,6 @@ async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
     let (code, _, stderr) = run(args, &[]).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(gw.sandbox.calls("UpgradeDBInstanceEngineVersion"), 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A duration that would overflow every deadline computed from it is refused at start-up,

@@ -6,18 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
-#[path = "common/fake_cloud.rs"]
-mod fake_cloud;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::fake_cloud::{
+    self, BASE_ID, BASE_SECRET, Fake, IMDS_TOKEN, OIDC_PROVIDER_ARN, ROLE_ARN, ROLE_NAME, Scratch,
+    issued,
+};
 use dds_gateway::alibaba::credentials::{self, CredentialsProvider};
 use dds_gateway::config::{Config, Overrides};
-use fake_cloud::{
-    BASE_ID, BASE_SECRET, Fake, IMDS_TOKEN, OIDC_PROVIDER_ARN, ROLE_ARN, ROLE_NAME, Scratch, issued,
-};
 use serde_json::json;
 
 /// Builds the provider of a `[credentials]` section with only `env` as the environment.

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, Options, request, wait_until};
+use common::{Gateway, Options, assert_error, request, upgrade_in_flight};
 use dds_gateway::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
@@ -16,15 +16,6 @@ use dds_gateway::pb;
 use dds_gateway::sandbox::{Fault, SandboxConfig};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn assert_error(status: &tonic::Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let info = status
-        .get_details_error_info()
-        .expect("every error carries ErrorInfo");
-    assert_eq!(info.domain, "dds-gateway");
-    assert_eq!(info.reason, reason, "{status:?}");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_is_signed_sent_once_and_answered_with_the_request_id() {
@@ -568,18 +559,11 @@ async fn shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
     let mut gw = Gateway::start().await;
     gw.sandbox
         .push_fault(Fault::Delay(Duration::from_millis(500)));
-    let in_flight = tokio::spawn({
-        let mut client = gw.client.clone();
-        async move {
-            client
-                .upgrade_engine_version(request("dds-sandbox01", "5.0"))
-                .await
-        }
-    });
-    let sandbox = &gw.sandbox;
-    wait_until("the call reaches the upstream", || {
-        !sandbox.received().is_empty()
-    })
+    let in_flight = upgrade_in_flight(
+        gw.client.clone(),
+        &gw.sandbox,
+        request("dds-sandbox01", "5.0"),
+    )
     .await;
     let addr = gw.addr;
     gw.stop_signal();

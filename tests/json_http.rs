@@ -5,17 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
-#[path = "common/http_client.rs"]
-mod http_client;
 
 use std::time::Duration;
 
+use common::http_client::{Answer, http1, http2, post, raw, read_until};
 use common::{Gateway, wait_until};
 use dds_gateway::api::auth::hash_token;
-use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
-use http_client::{Answer, http1, http2, post, raw, read_until};
+use dds_gateway::sandbox::{Fault, SandboxConfig};
 use tokio::io::AsyncReadExt as _;
 
 const UPGRADE: &str = "UpgradeDBInstanceEngineVersion";
@@ -27,19 +24,11 @@ const REQUEST_ID: &str = "5f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f";
 /// The gateway in front of a sandbox whose upgrades take `upgrade_duration`; `alibaba` are
 /// extra `[alibaba]` keys, `rest` further tables.
 async fn gateway(upgrade_duration: Duration, alibaba: &str, rest: &str) -> Gateway {
-    let sandbox = Sandbox::start(SandboxConfig {
+    let sandbox = SandboxConfig {
         upgrade_duration,
         ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let toml = format!(
-        "[alibaba]\nendpoint = \"{}\"\n{alibaba}\n{rest}",
-        sandbox.endpoint()
-    );
-    let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    let credentials = common::credentials_of(&sandbox);
-    Gateway::serve(config, credentials, sandbox).await
+    };
+    Gateway::from_toml(sandbox, &format!("{alibaba}\n{rest}")).await
 }
 
 /// `billing` may upgrade the sandbox's instances; `slow` may make one call, then waits long.
@@ -692,9 +681,8 @@ async fn curl_upgrades_the_sandbox_instance() {
         return;
     }
     let gw = gateway(Duration::from_secs(20), "", &callers()).await;
-    let dir = std::env::temp_dir().join(format!("dds-gateway-curl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let header_file = dir.join("auth-header");
+    let dir = tempfile::tempdir().unwrap();
+    let header_file = dir.path().join("auth-header");
     std::fs::write(&header_file, format!("Authorization: Bearer {TOKEN}\n")).unwrap();
     let auth = format!("@{}", header_file.display());
     let curl = |args: Vec<String>| async move {
@@ -734,5 +722,4 @@ async fn curl_upgrades_the_sandbox_instance() {
     ])
     .await;
     assert_eq!(read["status"], "EngineVersionUpgrading", "{read}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

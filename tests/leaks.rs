@@ -8,12 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
-#[path = "common/fake_cloud.rs"]
-mod fake_cloud;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use common::fake_cloud;
 use common::{Gateway, Options, request};
 use dds_gateway::alibaba::credentials::{Credential, Secret};
 use dds_gateway::config::SignatureVersion;
@@ -54,12 +53,9 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         security_token: Some(TOKEN.into()),
         ..Default::default()
     };
-    let gw = Gateway::start_with(Options {
-        sandbox,
-        configure: Some(|config| config.audit.file = Some(audit_path())),
-        ..Default::default()
-    })
-    .await;
+    let audit = tempfile::tempdir().unwrap();
+    let audit_file = audit.path().join("audit.jsonl");
+    let gw = Gateway::from_toml(sandbox, &format!("[audit]\nfile = {audit_file:?}\n")).await;
     let mut answers = Vec::new();
     answers.push(format!(
         "{:?}",
@@ -183,10 +179,9 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         gw.sandbox.received()
     ));
     // The audit trail (`sending` and outcome events) holds no secret either.
-    let audited = std::fs::read_to_string(audit_path()).unwrap();
+    let audited = std::fs::read_to_string(&audit_file).unwrap();
     assert!(audited.contains(r#""outcome":"sending""#), "{audited}");
     answers.push(audited);
-    let _ = std::fs::remove_file(audit_path());
     // A request signed but not yet sent prints without its signature or token.
     let mut alibaba = common::default_config().alibaba;
     alibaba.endpoint = Some(gw.sandbox.endpoint());
@@ -368,14 +363,6 @@ async fn redis_paths() -> Vec<String> {
     seen
 }
 
-/// This process's audit file for the leak test.
-fn audit_path() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "dds-gateway-leaks-audit-{}.jsonl",
-        std::process::id()
-    ))
-}
-
 /// Runs every credential provider that fetches over HTTP through success and failure, serving a
 /// gateway with each; returns everything a caller or operator would see besides the logs.
 async fn credential_chain_paths() -> Vec<String> {
@@ -500,9 +487,8 @@ async fn the_clients_bearer_token_is_never_printed() {
     };
     assert!(!format!("{target:?}").contains(BEARER));
 
-    let dir = std::env::temp_dir().join(format!("dds-gateway-leaks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
     std::fs::write(&file, format!("{BEARER}\n")).unwrap();
     // Nothing listens on port 9: the command fails after building the request.
     let base = [
@@ -538,5 +524,4 @@ async fn the_clients_bearer_token_is_never_printed() {
             "{stderr}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

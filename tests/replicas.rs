@@ -281,9 +281,8 @@ async fn a_callers_burst_is_shared_by_the_replicas() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let dir = std::env::temp_dir().join(format!("dds-gateway-replicas-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("gateway.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
     std::fs::write(
         &file,
         format!(
@@ -321,7 +320,6 @@ async fn a_callers_burst_is_shared_by_the_replicas() {
     read(ca.clone()).await.unwrap();
     a.wait_for_log("cannot reach the shared caller rate limits")
         .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Redis that may evict keys is warned about at start-up: an evicted key can mean a second

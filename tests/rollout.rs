@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Gateway, Options, request, wait_until};
+use common::{Gateway, Options, request, upgrade_in_flight};
 use dds_gateway::config::Config;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::Fault;
@@ -78,18 +78,11 @@ async fn an_aged_connection_gets_goaway_and_its_calls_in_flight_finish() {
     let connects = Arc::new(AtomicUsize::new(0));
     let channel = counting_channel(gw.addr, Arc::clone(&connects));
     gw.sandbox.push_fault(Fault::Delay(Duration::from_secs(6)));
-    let in_flight = tokio::spawn({
-        let mut client = EngineVersionServiceClient::new(channel.clone());
-        async move {
-            client
-                .upgrade_engine_version(request("dds-sandbox01", "5.0"))
-                .await
-        }
-    });
-    let sandbox = &gw.sandbox;
-    wait_until("the call reaches the upstream", || {
-        !sandbox.received().is_empty()
-    })
+    let in_flight = upgrade_in_flight(
+        EngineVersionServiceClient::new(channel.clone()),
+        &gw.sandbox,
+        request("dds-sandbox01", "5.0"),
+    )
     .await;
     assert_eq!(connects.load(Ordering::SeqCst), 1);
 
@@ -197,18 +190,11 @@ async fn shutdown_ends_within_its_grace_and_closes_a_stuck_call() {
     })
     .await;
     gw.sandbox.push_fault(Fault::Delay(STUCK));
-    let stuck = tokio::spawn({
-        let mut client = gw.client.clone();
-        async move {
-            client
-                .upgrade_engine_version(request("dds-sandbox01", "5.0"))
-                .await
-        }
-    });
-    let sandbox = &gw.sandbox;
-    wait_until("the call reaches the upstream", || {
-        !sandbox.received().is_empty()
-    })
+    let stuck = upgrade_in_flight(
+        gw.client.clone(),
+        &gw.sandbox,
+        request("dds-sandbox01", "5.0"),
+    )
     .await;
 
     tokio::time::timeout(PATIENCE, gw.shutdown())

@@ -2,7 +2,8 @@
 //! with its HTTP status, or a transport failure) it answers, once for the whole gateway:
 //! is a read worth retrying, did Alibaba act (may an upgrade be sent again), which gRPC code and
 //! `ErrorInfo.reason` the caller gets (with or without `RetryInfo`), and whether Alibaba's own
-//! `Message` is safe to pass on. `retry.rs`, `upgrade.rs` and `error.rs` ask it.
+//! `Message` is safe to pass on. [`retry`](super::retry), the [`upgrader`](crate::upgrade::upgrader) and the
+//! statuses ([`upgrade::details`](crate::upgrade::details)) ask it.
 //!
 //! Alibaba answers throttling with HTTP 400 or 403, so the `Code` decides first; a server error
 //! (5xx) is a server error whatever its body says: after one, Alibaba may have acted.

@@ -1,5 +1,5 @@
-//! The HTTP client every call to Alibaba Cloud starts from, and the form `POST` that Dds and STS
-//! requests signed with V2 travel in.
+//! The HTTP client every call to Alibaba Cloud starts from, the form `POST` that Dds and STS
+//! requests signed with V2 travel in, and error chains for logs.
 
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};

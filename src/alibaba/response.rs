@@ -10,7 +10,7 @@ use super::credentials::credential::CredentialsError;
 
 /// An error answer from the Alibaba Cloud API. `message` is Alibaba's text: for signature errors
 /// it echoes the server's string to sign (AccessKeyId, security token), so `Debug` leaves it out
-/// and `error.rs` passes it to callers only for codes that cannot carry one.
+/// and the gateway passes it to callers only for codes that cannot carry one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamError {
     pub http_status: u16,

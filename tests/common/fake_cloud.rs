@@ -235,39 +235,35 @@ async fn uri_credentials(
 }
 
 /// A scratch directory for credential files, removed when dropped.
-pub struct Scratch(PathBuf);
+pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
+    /// A new temporary directory, removed when dropped (named after `name`, for whoever looks).
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "dds-gateway-credentials-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dds-gateway-credentials-{name}-"))
+            .tempdir()
+            .unwrap();
         Self(dir)
     }
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.0.path().join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).unwrap();
         }
         // Write then rename, as a secret mount or a careful operator does.
-        let staged = self.0.join(format!(".{}.tmp", name.replace('/', "_")));
+        let staged = self
+            .0
+            .path()
+            .join(format!(".{}.tmp", name.replace('/', "_")));
         std::fs::write(&staged, text).unwrap();
         std::fs::rename(&staged, &path).unwrap();
         path
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

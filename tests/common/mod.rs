@@ -1,9 +1,25 @@
 //! Shared test harness: the gateway on an ephemeral loopback port in front of a sandbox (a real
-//! HTTP server that verifies signatures), plus a connected client.
+//! HTTP server that verifies signatures), plus a connected client, condition waits, `ErrorInfo`
+//! checks and the `dds-gateway` binary run as a child process. Its modules:
+//! - `callers`: two `[[callers]]` known by bearer tokens, and gRPC calls made with a token;
+//! - `fake_cloud`: fake STS, ECS metadata and credentials URI servers, and scratch files;
+//! - `http_client`: HTTP/1.1, HTTP/2 and raw-bytes clients of the JSON routes;
+//! - `otlp`: in-process OTLP receivers (traces over gRPC and http/protobuf, metrics over gRPC);
+//! - `pki`: a CA and certificates (rcgen) for TLS and mTLS;
+//! - `redis`: a real `redis-server`, plain or TLS;
+//! - `traced`: the gateway with a telemetry pipeline of its own.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod callers;
+pub mod fake_cloud;
+pub mod http_client;
+pub mod otlp;
+pub mod pki;
 pub mod redis;
+pub mod traced;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
 
 pub struct Gateway {
     pub sandbox: Sandbox,
@@ -61,6 +78,16 @@ impl Gateway {
         }
         let credential = options.credential.unwrap_or_else(|| sandbox.credential());
         Self::serve(config, Arc::new(StaticProvider::new(credential)), sandbox).await
+    }
+
+    /// Serves the configuration `toml` in front of a sandbox started with `sandbox`. `toml` follows
+    /// an `[alibaba]` table that points at the sandbox, so it may begin with more `[alibaba]` keys.
+    pub async fn from_toml(sandbox: SandboxConfig, toml: &str) -> Self {
+        let sandbox = Sandbox::start(sandbox).await.unwrap();
+        let toml = format!("[alibaba]\nendpoint = \"{}\"\n{toml}", sandbox.endpoint());
+        let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
+        let credentials = credentials_of(&sandbox);
+        Self::serve(config, credentials, sandbox).await
     }
 
     /// Serves exactly `config` (no endpoint override) with `credentials`.
@@ -152,6 +179,37 @@ pub fn request(instance: &str, version: &str) -> pb::UpgradeEngineVersionRequest
     }
 }
 
+/// Sends `request` from a task of its own and returns once the sandbox has received a call, so
+/// that the upgrade is in flight while the test goes on (it has made the sandbox slow to answer).
+pub async fn upgrade_in_flight(
+    mut client: EngineVersionServiceClient<Channel>,
+    sandbox: &Sandbox,
+    request: pb::UpgradeEngineVersionRequest,
+) -> JoinHandle<Result<tonic::Response<pb::UpgradeEngineVersionResponse>, tonic::Status>> {
+    let in_flight = tokio::spawn(async move { client.upgrade_engine_version(request).await });
+    wait_until("the call reaches the upstream", || {
+        !sandbox.received().is_empty()
+    })
+    .await;
+    in_flight
+}
+
+/// Asserts that `status` has `code` and an `ErrorInfo` of domain `dds-gateway` with `reason`;
+/// returns the `ErrorInfo`'s metadata.
+pub fn assert_error(
+    status: &tonic::Status,
+    code: tonic::Code,
+    reason: &str,
+) -> HashMap<String, String> {
+    assert_eq!(status.code(), code, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "dds-gateway");
+    assert_eq!(info.reason, reason, "{status:?}");
+    info.metadata
+}
+
 /// Waits until `condition` holds, checking often, failing after five seconds.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -161,6 +219,23 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until an asynchronous `condition` holds (a call is answered...), failing after ten
+/// seconds.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

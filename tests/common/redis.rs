@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::pki;
 
 /// The password every test Redis requires: obviously fake, and searched for in logs.
 pub const PASSWORD: &str = "testredispassword";
@@ -17,67 +20,39 @@ pub struct RedisServer {
 }
 
 /// A test PKI for a TLS Redis: a CA and a server certificate for `localhost` and `127.0.0.1`
-/// signed by it, as PEM files in a directory of their own.
+/// signed by it, as PEM files in a temporary directory of their own.
 pub struct RedisPki {
-    pub dir: PathBuf,
+    pub dir: TempDir,
 }
 
 impl RedisPki {
     pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "dds-gateway-redis-pki-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (ca_key, ca) = certificate_authority("dds-gateway test redis ca");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let issuer = rcgen::Issuer::new(ca.1, ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.0).unwrap();
-        std::fs::write(dir.join("redis.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("redis.key"), key.serialize_pem()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (issuer, ca) = pki::ca("dds-gateway test redis ca");
+        let server = pki::leaf(
+            &issuer,
+            "redis",
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.path().join("redis.pem"), server.cert).unwrap();
+        std::fs::write(dir.path().join("redis.key"), server.key).unwrap();
         Self { dir }
     }
 
     /// The CA that signed the server's certificate.
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.dir.path().join("ca.pem")
     }
 
     /// Writes another CA, one that signed nothing here, and returns its file.
     pub fn other_ca_file(&self) -> PathBuf {
-        let (_, (pem, _)) = certificate_authority("dds-gateway test other ca");
-        let path = self.dir.join("other-ca.pem");
+        let (_, pem) = pki::ca("dds-gateway test other ca");
+        let path = self.dir.path().join("other-ca.pem");
         std::fs::write(&path, pem).unwrap();
         path
     }
-}
-
-impl Drop for RedisPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A self-signed CA: its key, its PEM and its parameters (to sign with).
-fn certificate_authority(name: &str) -> (rcgen::KeyPair, (String, rcgen::CertificateParams)) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let pem = params.self_signed(&key).unwrap().pem();
-    (key, (pem, params))
 }
 
 /// A port the kernel just handed out and took back: free, unless taken in the meantime.
@@ -98,7 +73,7 @@ impl RedisServer {
     /// certificate of their own.
     pub async fn start_tls(pki: &RedisPki) -> Self {
         let port = free_port();
-        let file = |name: &str| path_arg(&pki.dir.join(name));
+        let file = |name: &str| path_arg(&pki.dir.path().join(name));
         let options = [
             "--tls-port".to_string(),
             port.to_string(),

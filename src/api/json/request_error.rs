@@ -1,6 +1,7 @@
 //! Why a JSON over HTTP request makes no call: route, method, content type, size, body, query.
 
-/// What is wrong with a JSON request before it reaches the service; `error.rs` maps it.
+/// What is wrong with a JSON request before it reaches the service; [`api::error`](crate::api::error)
+/// maps it to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error("no route for {method} {path}; the routes are: {routes}")]
