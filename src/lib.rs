@@ -2,43 +2,34 @@
 //! instances through signed Alibaba Cloud API calls, so that no caller holds an AccessKey.
 //!
 //! # Layout
-//! - [`pb`]: the generated protobuf API (`dds.gateway.v1`), never edited.
-//! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
-//!   section ([`config::server`], [`config::alibaba`], [`config::credentials`],
-//!   [`config::callers`], [`config::telemetry`] with `[audit]`, [`config::idempotency`],
-//!   [`config::watch`], [`config::state`]), the region table ([`config::regions`]) and the
-//!   environment table ([`config::env`]).
-//! - [`secret`]: a string that never prints itself, held by config and credentials alike.
-//! - [`validation`]: wire request → [`validation::ValidUpgradeRequest`], every violation at once.
-//! - [`credentials`]: secret types and the credentials provider trait.
-//! - [`signer`]: Alibaba RPC signatures V2 and V3 ([`signer::v3`]), pure functions.
-//! - [`alibaba`]: the Dds API client (endpoints, sending, answers); [`alibaba::codes`], the one
-//!   classification of Alibaba's answers (retry, did Alibaba act, gRPC code and reason);
-//!   [`alibaba::calls`], the facade that owns the client and its retry policy;
-//!   [`alibaba::clock`], the time and nonces signatures are made with.
-//! - [`auth`]: caller identity from bearer tokens and client certificates; the callers table.
-//! - [`policy`]: what each caller may do (regions, instance globs, versions, validate-only).
-//! - [`limits`]: per-caller token buckets (local, or shared through the state store) and the
-//!   global in-flight limit.
-//! - [`gate`]: the tower service that authenticates, rate-limits and sheds before decoding.
-//! - [`reload`]: SIGHUP and config-file changes: `[[callers]]` and credential files reloaded.
-//! - [`tls`]: TLS and mTLS for the listener.
-//! - [`error`]: failures to gRPC statuses (codes and reasons from [`alibaba::codes`]).
-//! - [`idempotency`]: `request_id` keys and per-instance upgrade locks (store trait, memory store).
-//! - [`state`]: `[state]`: the memory or Redis store, shared between replicas.
-//! - [`preflight`]: checks of the instance before an upgrade.
-//! - [`upgrade`]: one intended upgrade: idempotency, preflight, upgrade, reconcile.
-//! - [`status`]: `GetEngineVersion` and `WatchUpgrade`.
-//! - [`deadline`]: the caller's `grpc-timeout`, read at the edge, enforced by the handler.
-//! - [`service`]: the `EngineVersionService` implementation.
-//! - [`json`]: JSON over HTTP on the gRPC port, routed by the proto's `google.api.http` options.
-//! - [`server`]: the tonic server: health, reflection, limits, graceful shutdown.
-//! - [`connections`]: accepted connections: the cap, and the deadline for the HTTP/2 preface.
-//! - [`rollout`]: connections that age out (rebalancing) and a hard end to shutdown.
-//! - [`sandbox`]: a loopback simulation of the Dds API that checks signatures like Alibaba.
-//! - [`client`]: the `dds-gateway upgrade` command-line client.
+//! One folder per stage, in the order a request travels; a module imports only from its own
+//! stage and the ones below it (`scripts/layout.py` checks this and that there is no cycle).
+//! - [`server`]: the listener: [`server::connections`] (the cap, the HTTP/2 preface deadline),
+//!   [`server::rollout`] (connections that age out, the hard end of shutdown),
+//!   [`server::reload`] (`[[callers]]` and credential files reloaded), health, reflection and
+//!   graceful shutdown.
+//! - [`api`]: the edge of a call: [`api::gate`] (authenticate, rate-limit and shed before
+//!   decoding) with [`api::auth`] and [`api::policy`], [`api::service`] (the gRPC service),
+//!   [`api::json`] (the same calls as JSON over HTTP) and [`api::error`] (the API's refusals as
+//!   statuses).
+//! - [`upgrade`]: the work of a call: [`upgrade::validation`], [`upgrade::idempotency`],
+//!   [`upgrade::preflight`] with [`upgrade::instance`], [`upgrade::upgrader`] (one upgrade, sent
+//!   at most once), [`upgrade::status`] (`GetEngineVersion`, `WatchUpgrade`),
+//!   [`upgrade::error`] and the statuses' details ([`upgrade::details`]).
+//! - [`state`]: where keys, upgrade locks and shared rates live: [`state::store`] (the
+//!   contract), [`state::memory`], [`state::redis`].
+//! - [`alibaba`]: calls to the Dds API: [`alibaba::signer`] (V2, V3, pure),
+//!   [`alibaba::credentials`] (the official chain), [`alibaba::sign`], [`alibaba::client`],
+//!   [`alibaba::codes`] (the one classification of answers), [`alibaba::retry`] and the facade
+//!   [`alibaba::calls`].
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
-//! - [`audit`]: the audit trail of upgrades and validate-only checks.
+//! - Primitives every stage may use: [`limits`] (token buckets, places in flight), [`audit`]
+//!   (the audit trail), [`tls`] (rustls set-up), [`deadline`] (the caller's deadline).
+//! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
+//!   section. [`secret`]: a string that never prints itself.
+//! - Beside the request's path: [`sandbox`] (a loopback simulation of the Dds API that checks
+//!   signatures like Alibaba), [`client`] (the `dds-gateway upgrade` command-line client), and
+//!   [`pb`], the generated protobuf API (`dds.gateway.v1`), never edited.
 #![forbid(unsafe_code)]
 
 pub mod alibaba;

@@ -593,60 +593,6 @@ mod tests {
         );
     }
 
-    /// Log lines at every level, for tests of what is logged (and how often).
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Lines {
-        fn count(&self, level: &str, message: &str) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter(|l| l.contains(level) && l.contains(message))
-                .count()
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_source_of_stale_credentials_is_asked_with_backoff_and_logged_once() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        for lifetime in [Duration::ZERO, Duration::from_secs(20)] {
-            let script = Arc::new(Script::default());
-            for _ in 0..1000 {
-                script.push(Ok(lifetime));
-            }
-            let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
-            // A call every 100 ms for ten minutes.
-            for _ in 0..6000 {
-                let err = provider.credential().await.unwrap_err().to_string();
-                assert!(err.contains("expires at"), "{err}");
-                tokio::time::advance(Duration::from_millis(100)).await;
-            }
-            // 5, 10, 20, 40 s, then every minute: about a dozen fetches, not thousands.
-            let fetched = script.fetched.load(Ordering::SeqCst);
-            assert!((10..=14).contains(&fetched), "{fetched} fetches");
-        }
-        // Once per episode as a warning; the others only at debug level.
-        assert_eq!(lines.count("WARN", "credential fetch failed"), 2);
-        assert!(lines.count("DEBUG", "credential fetch failed") >= 18);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_credential_rejected_as_expired_is_replaced_at_the_next_call() {
         let script = Arc::new(Script::default());
