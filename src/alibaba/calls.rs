@@ -1,6 +1,6 @@
 //! The one owner of the gateway's Dds calls: the client and how to retry, so that preflight,
 //! upgrade and status ask for an answer by deadline instead of each threading a client, a retry
-//! policy and an effect into [`retry`](super::retry).
+//! policy and an effect into [`retry`].
 
 use std::future::Future;
 use std::sync::Arc;

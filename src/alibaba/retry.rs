@@ -7,7 +7,7 @@
 //! transient failure; `UpgradeDBInstanceEngineVersion`, which has no client token, only when
 //! Alibaba surely did not act on it (throttled, or the connection was refused before the request
 //! was sent). Anything else about an upgrade is for the caller of [`retry`] to reconcile.
-//! [`codes`](super::codes) decides which failure is which.
+//! [`codes`] decides which failure is which.
 //!
 //! One more attempt is made at once, whatever the effect and beyond `max_attempts`, when
 //! Alibaba rejected the security token as expired ([`credential_expired`]): an authentication

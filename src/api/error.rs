@@ -2,7 +2,7 @@
 //! JSON requests) and the work's failures ([`UpgradeError`]). Every status carries
 //! `google.rpc.ErrorInfo` (domain `dds-gateway`); internal details never reach the caller. Which
 //! code and reason an Alibaba failure gets is [`codes`](crate::alibaba::codes)' answer; the
-//! messages and details are written by [`details`](super::details).
+//! messages and details are written by [`details`](crate::upgrade::details).
 
 use std::time::Duration;
 

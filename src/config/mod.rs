@@ -1,5 +1,5 @@
 //! Configuration: one TOML file, every scalar key overridable from the environment
-//! (`DDS_GATEWAY_<SECTION>_<KEY>`, see [`env`]), then command-line flags. Built and checked once
+//! (`DDS_GATEWAY_<SECTION>_<KEY>`, see [`env`](mod@env)), then command-line flags. Built and checked once
 //! at start-up; a wrong or missing value is an error that names the key and what is expected.
 //!
 //! A leaf: plain values only. The runtime modules build their own types from these.

@@ -3,7 +3,8 @@
 //!
 //! RPC metrics are recorded by [`rpc`](super::rpc)'s layer. Upstream calls, credential
 //! refreshes and audit write failures are counted from the spans and events those modules
-//! emit anyway ([`EventCounter`]), so they need no handle to the metrics.
+//! emit anyway (by their [`names`], never by message text), so they need no handle
+//! to the metrics.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Weak};

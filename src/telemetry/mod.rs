@@ -6,9 +6,11 @@
 //! The binary installs that dispatcher globally; [`rpc`]'s layer also enters it for every call,
 //! because tonic runs connections on tasks that know no dispatcher of their own.
 //!
-//! - [`config`]: `[telemetry]` / `[audit]` and the standard `OTEL_*` variables.
+//! - [`config::telemetry`](crate::config::telemetry): `[telemetry]` / `[audit]` and the standard
+//!   `OTEL_*` variables.
 //! - [`rpc`]: the SERVER span, metrics and access log line of every gRPC call.
-//! - [`upstream`]: the CLIENT span of every Alibaba Cloud request attempt.
+//! - [`alibaba::trace`](crate::alibaba::trace): the CLIENT span of every Alibaba Cloud request
+//!   attempt; [`names`] the span and field names the metrics read.
 //! - [`metrics`]: the instruments, counting from spans and events, the Prometheus text.
 //! - [`logs`]: JSON or text log lines with trace ids.
 //! - [`admin`]: the admin HTTP server (`GET /metrics`).

@@ -11,7 +11,7 @@
 //! at the instance before anything else. An owner also holds its instance's upgrade lock, so
 //! that one upgrade per instance is in flight at a time, whatever its key.
 //!
-//! [`StateStore`] is the storage seam; [`MemoryStore`] keeps keys in this process only, and
+//! [`StateStore`] is the storage seam; [`MemoryStore`](crate::state::memory::MemoryStore) keeps keys in this process only, and
 //! [`RedisStore`](crate::state::redis::RedisStore) shares them between replicas.
 
 use std::sync::Arc;
