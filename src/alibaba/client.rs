@@ -1,7 +1,7 @@
 //! The Alibaba Cloud API client: one pooled HTTPS client that turns a Dds operation into a
 //! signed RPC-style request (`POST`, product `Dds`, version `2015-12-01`, signature V2 or V3 as
-//! configured), sends it to the region's endpoint, and classifies the answer. It decides nothing
-//! about gRPC: [`api::error`](crate::api::error) does.
+//! configured), sends it to the region's endpoint, and reads the answer ([`response`]).
+//! What a failure means, down to its gRPC status, is [`codes`]' answer.
 //!
 //! Requests are signed with the time and a nonce from one injected [`Clock`]: nothing here reads
 //! the wall clock or a random source for a signature (`clippy.toml` denies it).
