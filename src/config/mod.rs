@@ -2,7 +2,9 @@
 //! (`DDS_GATEWAY_<SECTION>_<KEY>`, see [`env`](mod@env)), then command-line flags. Built and checked once
 //! at start-up; a wrong or missing value is an error that names the key and what is expected.
 //!
-//! A leaf: plain values only. The runtime modules build their own types from these.
+//! A leaf: plain values only. The runtime modules build their own types from these. One file per
+//! section; [`value`] reads values the same way for all of them, [`env`](mod@env) is the table of
+//! environment variables, [`regions`] the region table.
 
 pub mod alibaba;
 pub mod callers;

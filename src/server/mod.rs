@@ -1,8 +1,9 @@
-//! Builds and runs the tonic server: the engine version service, `grpc.health.v1`, server
-//! reflection (v1 and v1alpha), request size limits, connections that age out (see
-//! [`crate::server::rollout`]), and graceful shutdown: health turns `NOT_SERVING` at once, the gateway
-//! serves on for `server.shutdown_delay`, then refuses new connections and calls, in-flight calls
-//! finish within `server.shutdown_grace`, and whatever is left is closed.
+//! The listener stage: builds and runs the tonic server with the engine version service behind
+//! its gate, `grpc.health.v1`, server reflection (v1 and v1alpha), JSON over HTTP and request size
+//! limits; accepted connections are capped ([`connections`]) and age out ([`rollout`]); callers
+//! and credential files reload ([`reload`]). Graceful shutdown: health turns `NOT_SERVING` at
+//! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
+//! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
 pub mod connections;
 pub mod reload;

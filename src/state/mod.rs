@@ -1,6 +1,6 @@
 //! Where shared state lives (`[state]`): idempotency keys, per-instance upgrade locks and caller
-//! rate buckets. `memory` keeps them in this process (one replica); `redis` shares them between
-//! replicas ([`redis::RedisStore`]). This module builds the store the configuration names and
+//! rate buckets. [`store`] is the contract; [`memory`] keeps them in this process (one replica);
+//! [`redis`] shares them between replicas. This module builds the store the configuration names and
 //! watches whether it can be reached, for health checks.
 
 pub mod memory;
