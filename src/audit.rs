@@ -215,9 +215,8 @@ mod tests {
 
     #[tokio::test]
     async fn appends_one_synced_json_line_per_event() {
-        let dir = std::env::temp_dir().join(format!("dds-audit-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
         let audit = Audit::open(&path).unwrap();
         audit.record(event()).await.unwrap();
         audit.record(event()).await.unwrap();
@@ -229,14 +228,12 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["outcome"], "accepted");
         assert_eq!(lines[1]["to_version"], "4.4");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn a_failed_write_is_an_error_and_the_next_write_reopens_the_file() {
-        let dir = std::env::temp_dir().join(format!("dds-audit-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("audit.jsonl");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
         let audit = Audit::open(&path).unwrap();
         // Make the next write fail: the file is gone and a directory stands in its place.
         audit.file.as_ref().unwrap().lock().unwrap().file = None;
@@ -247,6 +244,5 @@ mod tests {
         std::fs::remove_dir(&path).unwrap();
         audit.record(event()).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -630,8 +630,8 @@ mod tests {
 
     #[test]
     fn redis_ca_file_is_read_at_start_up_and_only_with_rediss() {
-        let dir = std::env::temp_dir().join(format!("dds-gateway-redis-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let key = rcgen::KeyPair::generate().unwrap();
         let ca = rcgen::CertificateParams::new(Vec::<String>::new())
             .unwrap()
@@ -677,7 +677,6 @@ mod tests {
             assert!(message.contains(says), "{env:?}: {message}");
             assert!(!message.contains("hunter2secret"), "{message}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -738,8 +737,8 @@ mod tests {
 
     #[test]
     fn callers_file_adds_callers_and_errors_name_it() {
-        let dir = std::env::temp_dir().join(format!("dds-gateway-callers-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let file = dir.join("callers.toml");
         std::fs::write(
             &file,
@@ -775,7 +774,6 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.starts_with("server.callers_file"), "{message}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
