@@ -62,8 +62,8 @@ def test_an_upward_import_is_found(tmp_path):
 
 def test_test_modules_are_not_part_of_the_graph(tmp_path):
     src = copy_of_src(tmp_path)
-    limits = src / "limits.rs"
-    limits.write_text(
-        limits.read_text() + "\n#[cfg(test)]\nmod more_tests {\n    use crate::api::service;\n}\n"
+    audit = src / "audit.rs"
+    audit.write_text(
+        audit.read_text() + "\n#[cfg(test)]\nmod more_tests {\n    use crate::api::service;\n}\n"
     )
     assert problems(src) == []
