@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the crate's layout: no import cycle among the modules of src/ (each file a node; an
-edge for every `crate::`, `super::`, `self::` or child-module path in code outside test modules),
-and every folder (stage) importing only the stages below it in LAYERS.
+edge for every `crate::`, `super::`, `self::` or child-module path, test modules included), and
+every folder (stage) importing only the stages below it in LAYERS (test modules excepted: a test
+may drive its module from above, e.g. a sandbox).
 
 Usage: scripts/layout.py [--edges] [SRC]   (exit 1 with the offending paths on a violation)
 """
@@ -42,11 +43,15 @@ def modules(root):
 
 
 def code_of(path):
+    """A file's code without comments: (outside test modules, inside them)."""
     text = open(path, encoding="utf-8").read()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     text = "\n".join(re.sub(r"//.*", "", line) for line in text.split("\n"))
-    # Test modules are not part of the graph.
-    return re.split(r"#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*mod\s", text)[0]
+    parts = re.split(r"#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*mod\s", text)
+    tests = "\n".join(parts[1:])
+    # In `mod tests`, `super` is the file's own module.
+    tests = re.sub(r"\bsuper::(super::)?", lambda m: "super::" if m.group(1) else "self::", tests)
+    return parts[0], tests
 
 
 def use_paths(code):
@@ -105,17 +110,25 @@ def graph(root):
                 return candidate
         return None
 
-    edges = collections.defaultdict(dict)
-    for m, path in mods.items():
-        code = code_of(path)
+    def targets(m, code):
         paths = use_paths(code) + re.findall(r"\b(?:crate|super|self)(?:::\w+)+", code)
         for child in children.get(m, ()):
             paths += re.findall(r"(?<![:\w])" + child + r"(?:::\w+)+", code)
         for p in paths:
             target = resolve(m, p)
             if target and target != m:
-                edges[m].setdefault(target, p)
-    return mods, edges
+                yield target, p
+
+    # `edges`: code outside test modules; `test_edges`: inside them.
+    edges = collections.defaultdict(dict)
+    test_edges = collections.defaultdict(dict)
+    for m, path in mods.items():
+        code, tests = code_of(path)
+        for target, p in targets(m, code):
+            edges[m].setdefault(target, p)
+        for target, p in targets(m, tests):
+            test_edges[m].setdefault(target, p)
+    return mods, edges, test_edges
 
 
 def cycles(mods, edges):
@@ -159,15 +172,20 @@ def layer_of(module):
     return None
 
 
-def violations(mods, edges):
+def violations(mods, edges, test_edges):
     problems = []
+    everything = collections.defaultdict(dict)
+    for graph_edges in (edges, test_edges):
+        for a, targets in graph_edges.items():
+            for b, why in targets.items():
+                everything[a].setdefault(b, why)
     for m in sorted(mods):
         if layer_of(m) is None:
             problems.append(f"{m}: its stage {m.split('::')[0]!r} is not in LAYERS")
-    for c in cycles(mods, edges):
+    for c in cycles(mods, everything):
         lines = [f"import cycle: {' '.join(c)}"]
         for a in c:
-            for b, why in sorted(edges[a].items()):
+            for b, why in sorted(everything[a].items()):
                 if b in c:
                     lines.append(f"    {a} -> {b}  ({why})")
         problems.append("\n".join(lines))
@@ -181,11 +199,11 @@ def violations(mods, edges):
 
 def main(argv):
     root = next((a for a in argv if not a.startswith("-")), "src")
-    mods, edges = graph(root)
+    mods, edges, test_edges = graph(root)
     if "--edges" in argv:
         for a in sorted(edges):
             print(a, "->", ", ".join(sorted(edges[a])))
-    problems = violations(mods, edges)
+    problems = violations(mods, edges, test_edges)
     for problem in problems:
         print(problem)
     print(f"{len(mods)} modules, {len(problems)} problems")

@@ -247,8 +247,8 @@ fn status_of(code: &str, http_status: u16) -> (Code, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alibaba::UpstreamError;
     use crate::alibaba::credentials::CredentialsError;
+    use crate::alibaba::response::UpstreamError;
 
     fn up(code: &str, http_status: u16) -> CallError {
         CallError::Upstream(UpstreamError {

@@ -173,8 +173,8 @@ fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alibaba::UpstreamError;
     use crate::alibaba::codes::SECURITY_TOKEN_EXPIRED;
+    use crate::alibaba::response::UpstreamError;
     use std::sync::Mutex;
 
     fn upstream(code: &str, http_status: u16, retry_after: Option<Duration>) -> CallError {

@@ -571,8 +571,14 @@ mod tests {
     #[test]
     fn credential_refreshes_are_counted_from_a_field_not_from_message_text() {
         // Written as the emitters write it (an identifier): the layer must read the same name.
-        let telemetry = crate::telemetry::Telemetry::quiet();
-        crate::telemetry::with(&telemetry, || {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let reader = PrometheusReader::new();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader.clone())
+            .build();
+        let metrics = Metrics::new(&provider.meter("test"));
+        let subscriber = tracing_subscriber::registry().with(EventCounter::new(metrics));
+        tracing::subscriber::with_default(subscriber, || {
             tracing::info!(
                 provider = "x",
                 credential_outcome = "ok",
@@ -584,7 +590,7 @@ mod tests {
             // The old wording alone no longer counts.
             tracing::info!(target: "dds_gateway::alibaba::credentials::cache", "credential refreshed");
         });
-        let text = telemetry.prometheus_text();
+        let text = reader.render();
         assert!(
             text.contains("dds_gateway_credentials_refreshes_total{outcome=\"ok\"} 2"),
             "{text}"
