@@ -22,6 +22,6 @@ pub mod trace;
 
 pub use calls::Alibaba;
 pub use client::AlibabaClient;
-pub use clock::{Clock, SystemClock};
-pub use dds::{API_VERSION, PRODUCT, action};
-pub use response::{Answer, AvailableEngineVersions, CallError, InstanceAttribute, UpstreamError};
+pub use clock::Clock;
+pub use dds::{API_VERSION, action};
+pub use response::{AvailableEngineVersions, CallError, InstanceAttribute, UpstreamError};

@@ -49,24 +49,6 @@ pub enum Error {
     Json(#[from] RequestError),
 }
 
-impl Error {
-    /// The Alibaba error code, when there was an upstream answer.
-    pub fn alibaba_code(&self) -> Option<&str> {
-        match self {
-            Self::Upgrade(err) => err.alibaba_code(),
-            _ => None,
-        }
-    }
-
-    /// Alibaba's `RequestId`, when there was an upstream answer.
-    pub fn alibaba_request_id(&self) -> Option<&str> {
-        match self {
-            Self::Upgrade(err) => err.alibaba_request_id(),
-            _ => None,
-        }
-    }
-}
-
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
