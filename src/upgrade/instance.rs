@@ -34,8 +34,9 @@ pub enum PreflightFailure {
     },
 }
 
-/// Orders `major.minor` versions numerically (`4.10` after `4.9`); unparsable parts count 0.
+/// Orders `major.minor` versions numerically (`4.10` after `4.9`); a patch level after them is
+/// ignored, and a missing or unparsable part counts 0.
 pub fn version_key(version: &str) -> (u32, u32) {
-    let (major, minor) = version.split_once('.').unwrap_or((version, "0"));
-    (major.parse().unwrap_or(0), minor.parse().unwrap_or(0))
+    let mut parts = version.split('.').map(|part| part.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }

@@ -97,6 +97,9 @@ mod tests {
         assert!(version_key("10.0") > version_key("8.0"));
         assert!(version_key("4.4") < version_key("5.0"));
         assert_eq!(version_key("5"), (5, 0));
+        // A patch level never hides the minor version: 4.4.1 is later than 4.2.
+        assert_eq!(version_key("4.4.1"), (4, 4));
+        assert!(version_key("4.4.1") > version_key("4.2"));
     }
 
     #[test]
