@@ -337,8 +337,9 @@ impl RedisStore {
                 number(1).ok_or_else(malformed)?.unsigned_abs(),
             )),
             b"full" => {
+                let keys = number(1).ok_or_else(malformed)?;
                 return Err(StoreError::CallerFull(
-                    number(1).ok_or_else(malformed)?.try_into().unwrap_or(0),
+                    usize::try_from(keys).map_err(|_| malformed())?,
                 ));
             }
             _ => return Err(malformed()),
