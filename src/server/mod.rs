@@ -150,14 +150,8 @@ async fn serve_inner(
         )
         .with_current_subscriber(),
     ));
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
     let json = crate::api::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
@@ -218,6 +212,16 @@ async fn serve_inner(
         },
     )
     .await
+}
+
+/// What server reflection serves: the API, health, and `google/rpc/error_details.proto`, which
+/// no service names but every error's details use (`ErrorInfo`, `BadRequest`, `RetryInfo`), so
+/// that reflection clients such as grpcurl can decode them.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::GOOGLE_RPC_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The engine version service behind the gate: callers, rates (shared through Redis when the
