@@ -435,7 +435,9 @@ async fn report_store_health(
                     .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
                     .await;
             }
-            (true, false) => tracing::info!("the state store can be reached again: serving upgrades"),
+            (true, false) => {
+                tracing::info!("the state store can be reached again: serving upgrades")
+            }
             (false, false) => tracing::warn!(
                 "the state store cannot be reached: upgrades are refused until it is back; reads and validate-only calls go on"
             ),
