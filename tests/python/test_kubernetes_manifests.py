@@ -135,7 +135,7 @@ def pod(base):
 
 @pytest.mark.parametrize(
     "kustomization",
-    ["base", "overlays/production", "components/observability", "components/redis-tls", "redis-example"],
+    ["", "base", "overlays/production", "components/observability", "components/redis-tls", "redis-example"],
 )
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(kustomization, version, tmp_path):
@@ -155,6 +155,11 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(kustomiza
         kubernetes_validate.validate(obj, version, strict=True)
         validated += 1
     assert validated >= 1
+
+
+def test_the_top_level_kustomization_applies_the_base_as_the_contract_says(base):
+    # DESIGN.md: `kubectl apply -k deploy/kubernetes`.
+    assert render(KUBERNETES) == base
 
 
 def test_the_base_has_every_piece(base):
