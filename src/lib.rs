@@ -35,10 +35,13 @@
 pub mod alibaba;
 pub mod api;
 pub mod audit;
+pub(crate) mod backoff;
 pub mod client;
 pub mod config;
 pub mod deadline;
+pub mod exit;
 pub mod limits;
+pub mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod server;
