@@ -23,7 +23,7 @@
 //!   [`alibaba::codes`] (the one classification of answers), [`alibaba::retry`] and the facade
 //!   [`alibaba::calls`].
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
-//! - Primitives every stage may use: [`limits`] (token buckets, places in flight), [`audit`]
+//! - Primitives every stage may use: [`limits`] (callers' rates, places in flight), [`audit`]
 //!   (the audit trail), [`tls`] (rustls set-up), [`deadline`] (the caller's deadline).
 //! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
 //!   section. [`secret`]: a string that never prints itself.
