@@ -151,8 +151,8 @@ impl GatewayArgs {
         let token = match (&self.token_file, self.token) {
             (Some(path), _) => Some(client::read_token_file(path)?),
             (None, Some(token)) => {
-                eprintln!(
-                    "warning: --token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
+                tracing::warn!(
+                    "--token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
                 );
                 Some(credentials::Secret::new(token))
             }
@@ -189,29 +189,24 @@ impl From<SwitchModeArg> for pb::SwitchMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` logs through its telemetry pipeline, set up once the configuration is read.
-    if !matches!(cli.command, Command::Serve { .. }) {
-        tracing_subscriber::fmt()
-            .with_env_filter(run::log_filter())
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
     // A multi-thread runtime: telemetry exporters need one, and the gateway serves many callers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start the async runtime: {err}");
-            return ExitCode::from(EX_SOFTWARE);
-        }
+        Err(err) => return fail(&err, EX_SOFTWARE),
     };
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> ExitCode {
+    // `serve` logs through its telemetry pipeline, set up once the configuration is read; the
+    // other commands log the same way, with the default settings.
+    let _logs = match &command {
+        Command::Serve { .. } => None,
+        _ => run::command_logs(),
+    };
     match command {
         Command::Serve {
             config,
@@ -303,9 +298,11 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-/// Prints why the command failed and exits with `code`.
+/// Logs why the command failed, as its other log lines look, and exits with `code`.
 fn fail(err: &dyn std::error::Error, code: u8) -> ExitCode {
-    eprintln!("{err}");
+    // `serve` may have failed before its logs were set up.
+    let _logs = (!tracing::dispatcher::has_been_set()).then(run::command_logs);
+    tracing::error!(exit_code = code, "{err}");
     ExitCode::from(code)
 }
 

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::exit::{EX_CONFIG, EX_UNAVAILABLE};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::server::{self, ServeError};
-use crate::telemetry::{LogOutput, Telemetry, TelemetryError};
+use crate::telemetry::{LogOutput, Telemetry, TelemetryConfig, TelemetryError};
 
 /// What `dds-gateway serve` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +80,16 @@ impl StartError {
             Self::Serve(err) => err.exit_code(),
         }
     }
+}
+
+/// Logs on standard error for a command other than `serve`, or for a failure before `serve` has
+/// read its configuration: the same lines as `serve` writes with the default settings (text on
+/// a terminal, JSON otherwise). The pipeline is returned to be kept while the command runs.
+pub fn command_logs() -> Option<Telemetry> {
+    let telemetry =
+        Telemetry::new(&TelemetryConfig::default(), LogOutput::Stderr, log_filter()).ok()?;
+    tracing::dispatcher::set_global_default(telemetry.dispatch().clone()).ok()?;
+    Some(telemetry)
 }
 
 /// `RUST_LOG`, or `info`.
@@ -226,7 +236,10 @@ pub async fn resolve_credentials(
         provider = credential.provider(),
         access_key_id = %credentials::masked(credential.access_key_id()),
         temporary = credential.security_token().is_some(),
-        expiration = ?credential.expiration().map(humantime::format_rfc3339_seconds),
+        // Absent for a credential that does not expire (never "None").
+        expiration = credential
+            .expiration()
+            .map(|at| tracing::field::display(humantime::format_rfc3339_seconds(at))),
         "credentials resolved"
     );
     Ok((provider, credential))

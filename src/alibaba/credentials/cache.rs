@@ -275,15 +275,26 @@ impl<F: Fetch> Shared<F> {
                 if let Some(failures) = self.store(credential.clone()) {
                     tracing::info!(provider, failures, "credential source answers again");
                 }
+                // Absent for a credential that does not expire (never "None").
                 let expiration = credential
                     .expiration()
-                    .map(humantime::format_rfc3339_seconds);
+                    .map(|at| tracing::field::display(humantime::format_rfc3339_seconds(at)));
                 match asker {
                     Asker::Call => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential fetched");
+                        tracing::info!(
+                            provider,
+                            expiration,
+                            credential_outcome = "ok",
+                            "credential fetched"
+                        );
                     }
                     Asker::Refresher => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential refreshed");
+                        tracing::info!(
+                            provider,
+                            expiration,
+                            credential_outcome = "ok",
+                            "credential refreshed"
+                        );
                     }
                 }
                 Ok(credential)
