@@ -27,6 +27,9 @@
 //!   (the audit trail), [`tls`] (rustls set-up), [`deadline`] (the caller's deadline).
 //! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
 //!   section. [`secret`]: a string that never prints itself.
+//! - [`run`]: start-up of the commands (configuration, credentials, sandbox, serving), so that
+//!   the binary only parses arguments; [`exit`]: the exit codes (sysexits). `backoff`: the one
+//!   jittered exponential backoff.
 //! - Beside the request's path: [`sandbox`] (a loopback simulation of the Dds API that checks
 //!   signatures like Alibaba), [`client`] (the `dds-gateway upgrade` command-line client), and
 //!   [`pb`], the generated protobuf API (`dds.gateway.v1`), never edited.
