@@ -39,11 +39,58 @@ pub struct UpgradeArgs {
     pub timeout: Duration,
 }
 
-/// The outcome, ready to print: `Ok` on stdout, `Err` on stderr with a non-zero exit.
+/// The outcome, ready to print: `Answered` on stdout; `Failed` (the gateway answered with an
+/// error, exit 1) and `NotSent` (no call could be made) on stderr.
 #[derive(Debug)]
 pub enum Outcome {
     Answered(String),
     Failed(String),
+    NotSent(ClientError),
+}
+
+/// Why no call could be made: a flag to fix (`EX_USAGE`), or a gateway that cannot be reached
+/// (`EX_UNAVAILABLE`).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{flag} {path}: {source}")]
+    ReadFile {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--token-file {path}: expected the token on the first line, found none")]
+    EmptyTokenFile { path: std::path::PathBuf },
+    #[error("the token contains characters not allowed in a header")]
+    TokenNotAHeader,
+    #[error("--ca-cert, --cert and --key need an https:// --target")]
+    TlsFlagsWithoutHttps,
+    #[error("an https:// --target needs --ca-cert (the CA that signed the gateway's certificate)")]
+    NoCaCert,
+    #[error("invalid --target {url:?}: {source}")]
+    Target {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("TLS settings: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ClientError {
+    /// The process's exit code (sysexits): 69 when the gateway cannot be reached, else 64.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Connect { .. } => crate::exit::EX_UNAVAILABLE,
+            _ => crate::exit::EX_USAGE,
+        }
+    }
 }
 
 /// What `status` and `watch` ask about.
@@ -68,26 +115,30 @@ async fn prepare<T>(
         EngineVersionServiceClient<tonic::transport::Channel>,
         tonic::Request<T>,
     ),
-    String,
+    ClientError,
 > {
     let url = &target.url;
     let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|err| format!("invalid --target {url:?}: {err}"))?
+        .map_err(|source| ClientError::Target {
+            url: url.clone(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5));
     if let Some(tls) = tls(target)? {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|err| format!("TLS settings: {err}"))?;
+        endpoint = endpoint.tls_config(tls).map_err(ClientError::Tls)?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|err| format!("cannot connect to {url}: {err}"))?;
+        .map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     if let Some(token) = &target.token {
         let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
-            .map_err(|_| "the token contains characters not allowed in a header".to_string())?;
+            .map_err(|_| ClientError::TokenNotAHeader)?;
         value.set_sensitive(true);
         request.metadata_mut().insert("authorization", value);
     }
@@ -96,16 +147,19 @@ async fn prepare<T>(
 
 /// The bearer token in `path`: its first line, without surrounding whitespace. The error names
 /// the file, never its content.
-pub fn read_token_file(path: &std::path::Path) -> Result<Secret, String> {
+pub fn read_token_file(path: &std::path::Path) -> Result<Secret, ClientError> {
     let text = std::fs::read_to_string(path)
         .map(Secret::new)
-        .map_err(|err| format!("--token-file {}: {err}", path.display()))?;
+        .map_err(|source| ClientError::ReadFile {
+            flag: "--token-file",
+            path: path.to_path_buf(),
+            source,
+        })?;
     let token = text.expose().lines().next().unwrap_or_default().trim();
     if token.is_empty() {
-        return Err(format!(
-            "--token-file {}: expected the token on the first line, found none",
-            path.display()
-        ));
+        return Err(ClientError::EmptyTokenFile {
+            path: path.to_path_buf(),
+        });
     }
     Ok(Secret::new(token))
 }
@@ -118,7 +172,7 @@ pub async fn status(args: StatusArgs) -> Outcome {
     };
     let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Outcome::NotSent(problem),
     };
     match client.get_engine_version(request).await {
         Ok(response) => {
@@ -148,7 +202,7 @@ pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
     };
     let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Outcome::NotSent(problem),
     };
     let mut stream = match client.watch_upgrade(request).await {
         Ok(response) => response.into_inner(),
@@ -182,7 +236,7 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
     };
     let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Outcome::NotSent(problem),
     };
     match client.upgrade_engine_version(request).await {
         Ok(response) => Outcome::Answered(describe_response(&response.into_inner())),
@@ -191,23 +245,24 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
 }
 
 /// TLS settings for an `https://` target: the CA to trust and, for mTLS, the client identity.
-fn tls(args: &Target) -> Result<Option<ClientTlsConfig>, String> {
+fn tls(args: &Target) -> Result<Option<ClientTlsConfig>, ClientError> {
     if !args.url.starts_with("https://") {
         if args.ca_cert.is_some() || args.client_cert.is_some() {
-            return Err("--ca-cert, --cert and --key need an https:// --target".to_string());
+            return Err(ClientError::TlsFlagsWithoutHttps);
         }
         return Ok(None);
     }
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClientError::ReadFile {
+            flag,
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let mut tls = ClientTlsConfig::new();
     match &args.ca_cert {
         Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
-        None => return Err(
-            "an https:// --target needs --ca-cert (the CA that signed the gateway's certificate)"
-                .to_string(),
-        ),
+        None => return Err(ClientError::NoCaCert),
     }
     if let Some((cert, key)) = &args.client_cert {
         tls = tls.identity(Identity::from_pem(

@@ -96,9 +96,10 @@ async fn a_source_of_stale_credentials_is_asked_with_backoff_and_logged_once() {
             assert!(err.contains("expires at"), "{err}");
             tokio::time::advance(Duration::from_millis(100)).await;
         }
-        // 5, 10, 20, 40 s, then every minute: about a dozen fetches, not thousands.
+        // Up to 5, 10, 20, 40 s, then up to a minute (each wait at least half of that): a
+        // dozen or two fetches, not thousands.
         let fetched = script.fetched.load(Ordering::SeqCst);
-        assert!((10..=14).contains(&fetched), "{fetched} fetches");
+        assert!((10..=25).contains(&fetched), "{fetched} fetches");
     }
     // Once per episode as a warning; the others only at debug level.
     assert_eq!(lines.count("WARN", "credential fetch failed"), 2);

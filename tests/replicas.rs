@@ -596,3 +596,65 @@ async fn rediss_verifies_redis_with_the_configured_ca() {
         assert_eq!(sandbox.calls(UPGRADE), 1, "nothing more is sent");
     }
 }
+
+/// A caller's rate means the same in one process and in Redis: the same burst and rate admit
+/// the same calls and name the same wait, because both run GCRA with the same parameters (the
+/// memory one on this process's clock, the script on Redis's).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_admits_the_same_calls_in_memory_and_in_redis() {
+    use dds_gateway::config::RedisUrl;
+    use dds_gateway::limits::{Rate, SharedBucket, SharedRates};
+    use dds_gateway::state::redis::RedisStore;
+    use dds_gateway::state::store::StoreLimits;
+    let redis = RedisServer::start().await;
+    let store = RedisStore::open(
+        &RedisUrl::parse(&redis.url()).unwrap(),
+        None,
+        "rates:",
+        StoreLimits::from_config(&common::default_config()),
+    )
+    .unwrap();
+    // One call a second: the margins are wide against a slow machine.
+    let rate = Rate {
+        per_second: 1.0,
+        burst: 3,
+    };
+    let local = SharedBucket::new(rate);
+    // One round: five calls at once in each, then the wait each names for the next.
+    let round = async |caller: &str| {
+        let mut in_memory = Vec::new();
+        let mut in_redis = Vec::new();
+        for _ in 0..5 {
+            in_memory.push(local.take(rate));
+            in_redis.push(SharedRates::take(&store, caller, rate).await.unwrap());
+        }
+        (in_memory, in_redis)
+    };
+    let admitted =
+        |takes: &[Result<(), Duration>]| takes.iter().map(Result::is_ok).collect::<Vec<_>>();
+    let (memory, shared) = round("billing").await;
+    assert_eq!(admitted(&memory), [true, true, true, false, false]);
+    assert_eq!(admitted(&shared), admitted(&memory));
+    // The waits named agree (to the time the calls themselves took).
+    let wait = |takes: &[Result<(), Duration>]| takes[3].unwrap_err();
+    let (a, b) = (wait(&memory), wait(&shared));
+    assert!(a.abs_diff(b) < Duration::from_millis(100), "{a:?} vs {b:?}");
+    assert!(
+        a <= Duration::from_secs(1) && a > Duration::from_millis(800),
+        "{a:?}"
+    );
+    // After the wait named, one more call is admitted in each, and only one.
+    tokio::time::sleep(a.max(b) + Duration::from_millis(20)).await;
+    assert_eq!(local.take(rate), Ok(()));
+    assert_eq!(
+        SharedRates::take(&store, "billing", rate).await.unwrap(),
+        Ok(())
+    );
+    assert!(local.take(rate).is_err());
+    assert!(
+        SharedRates::take(&store, "billing", rate)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}

@@ -294,13 +294,23 @@ fn logged(what: &str, db_instance_id: &str, err: UpgradeError) -> Status {
     let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
     let detail = err.to_string();
     let status = Status::from(err);
-    tracing::warn!(
-        db_instance_id = %short(db_instance_id),
-        grpc_code = ?status.code(),
-        alibaba_code = %alibaba_code,
-        error = %detail,
-        "{what} failed"
-    );
+    // A caller's invalid request is its own business (info); anything else is ours (warn).
+    macro_rules! failed {
+        ($level:ident) => {
+            tracing::$level!(
+                db_instance_id = %short(db_instance_id),
+                grpc_code = crate::telemetry::rpc::code_name(status.code()),
+                alibaba_code = %alibaba_code,
+                error = %detail,
+                "{what} failed"
+            )
+        };
+    }
+    if crate::telemetry::rpc::callers_mistake(status.code()) {
+        failed!(info);
+    } else {
+        failed!(warn);
+    }
     status
 }
 

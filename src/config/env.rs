@@ -81,6 +81,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("credentials", "session_duration", Kind::Duration),
     ("credentials", "refresh_ahead", Kind::Duration),
     ("credentials", "file_poll_interval", Kind::Duration),
+    ("credentials", "startup_timeout", Kind::Duration),
     ("telemetry", "service_name", Kind::Text),
     ("telemetry", "otlp_endpoint", Kind::Text),
     ("telemetry", "otlp_protocol", Kind::Text),
@@ -134,6 +135,65 @@ pub(super) fn overlay(
     Ok(set)
 }
 
+/// `DDS_GATEWAY_*` variables that are no configuration key: the config file and the client's
+/// token, and the project's test and image scripts, which pass their own through.
+const OTHER_VARIABLES: &[&str] = &[
+    "DDS_GATEWAY_CONFIG",
+    "DDS_GATEWAY_TOKEN",
+    "DDS_GATEWAY_BIN",
+    "DDS_GATEWAY_SIGN_BIN",
+    "DDS_GATEWAY_IMAGE_CACHE",
+];
+
+/// Refuses a `DDS_GATEWAY_*` variable in `names` that the gateway does not know, as a misspelt
+/// key in the file is refused: a typo would otherwise leave the default in force unnoticed.
+pub fn check_variable_names<I, S>(names: I) -> Result<(), ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let known: Vec<String> = KEYS
+        .iter()
+        .map(|&(section, key, _)| variable(section, key))
+        .chain(OTHER_VARIABLES.iter().map(|v| (*v).to_string()))
+        .collect();
+    for name in names {
+        let name = name.as_ref();
+        if !name.starts_with(ENV_PREFIX) || known.iter().any(|k| k == name) {
+            continue;
+        }
+        let nearest = known
+            .iter()
+            .map(|k| (edit_distance(k, name), k))
+            .min()
+            .filter(|(distance, _)| *distance <= 3)
+            .map(|(_, k)| k.clone());
+        return Err(ConfigError::UnknownVariable {
+            variable: name.to_string(),
+            nearest,
+        });
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for the "did you mean" of an unknown variable.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// The TOML value of a variable's text, or what was expected.
 fn parse(kind: Kind, text: &str) -> Result<toml::Value, &'static str> {
     let trimmed = text.trim();
@@ -158,5 +218,48 @@ fn parse(kind: Kind, text: &str) -> Result<toml::Value, &'static str> {
                 .map(|s| toml::Value::String(s.to_string()))
                 .collect(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_and_foreign_variables_pass() {
+        let names = [
+            "DDS_GATEWAY_SERVER_LISTEN",
+            "DDS_GATEWAY_TOKEN",
+            "DDS_GATEWAY_CONFIG",
+            "PATH",
+            "ALIBABA_CLOUD_ACCESS_KEY_ID",
+        ];
+        check_variable_names(names).unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_naming_it_and_the_nearest_key() {
+        let err = check_variable_names(["HOME", "DDS_GATEWAY_SERVER_LISTNE"]).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("DDS_GATEWAY_SERVER_LISTNE"), "{shown}");
+        assert!(
+            shown.contains("did you mean DDS_GATEWAY_SERVER_LISTEN"),
+            "{shown}"
+        );
+        // Far from every known name: named, without a guess.
+        let shown = check_variable_names(["DDS_GATEWAY_FROBNICATE"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("DDS_GATEWAY_FROBNICATE") && !shown.contains("did you mean"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 }

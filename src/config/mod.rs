@@ -450,6 +450,7 @@ mod tests {
             ("credentials", "session_duration", "12h 1s"),
             ("credentials", "refresh_ahead", "12h 1s"),
             ("credentials", "file_poll_interval", "1day 1s"),
+            ("credentials", "startup_timeout", "1h 1s"),
             ("telemetry", "metrics_interval", "1day 1s"),
         ];
         // Every duration key of the environment table is here.

@@ -42,8 +42,28 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// An unauthenticated gateway on a non-loopback address.
+    #[error(
+        "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+         an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+    )]
+    Unauthenticated { local: std::net::SocketAddr },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("audit.file: {0}")]
+    Audit(#[source] crate::audit::AuditError),
+    #[error("cannot listen on {addr} (telemetry.admin_listen): {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
-    Refused(String),
+    StateStore(String),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("cannot build the JSON routes: {0}")]
+    Routes(String),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("cannot build server reflection: {0}")]
@@ -52,6 +72,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ServeError {
+    /// The process's exit code for this error (sysexits): a setting to fix is `EX_CONFIG`
+    /// (78), something the gateway needs that is not there now is `EX_UNAVAILABLE` (69), a
+    /// fault of the gateway itself is `EX_SOFTWARE` (70).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Unauthenticated { .. }
+            | Self::Tls(_)
+            | Self::Audit(_)
+            | Self::StateStore(_)
+            | Self::Telemetry(_) => crate::exit::EX_CONFIG,
+            Self::AdminListen { .. } | Self::Transport(_) | Self::Io(_) => {
+                crate::exit::EX_UNAVAILABLE
+            }
+            Self::Routes(_) | Self::HttpClient(_) | Self::Reflection(_) => crate::exit::EX_SOFTWARE,
+        }
+    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
@@ -75,8 +114,7 @@ pub async fn serve(
         &config.telemetry,
         logs,
         tracing_subscriber::EnvFilter::new(filter),
-    )
-    .map_err(|e| ServeError::Refused(e.to_string()))?;
+    )?;
     let served = serve_with(config, credentials, listener, shutdown, telemetry.clone()).await;
     telemetry.shutdown().await;
     served
@@ -115,8 +153,7 @@ async fn serve_inner(
         .tls
         .as_ref()
         .map(crate::tls::server_config)
-        .transpose()
-        .map_err(ServeError::Refused)?;
+        .transpose()?;
     let _reloader = AbortOnDrop(crate::server::reload::spawn(
         config.file.clone(),
         config.server.callers_file.clone(),
@@ -133,7 +170,7 @@ async fn serve_inner(
 
     let state = crate::state::State::open(&config)
         .await
-        .map_err(ServeError::Refused)?;
+        .map_err(ServeError::StateStore)?;
     // Health and reflection stay open (probes carry no token); the engine service is gated.
     let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
 
@@ -155,7 +192,7 @@ async fn serve_inner(
 
     // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
     let json = crate::api::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
-        .map_err(ServeError::Refused)?;
+        .map_err(ServeError::Routes)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (close_all, incoming) = crate::server::rollout::bounded_connections(
@@ -264,7 +301,7 @@ fn listener_builder(
     };
     let builder = builder
         .tls_config(tls)
-        .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
+        .map_err(crate::tls::TlsError::Settings)?;
     tracing::info!(
         client_certificates = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "TLS on"
@@ -276,10 +313,7 @@ fn listener_builder(
 fn check_listen(local: std::net::SocketAddr, config: &Config) -> Result<(), ServeError> {
     if config.callers.is_empty() {
         if !local.ip().is_loopback() {
-            return Err(ServeError::Refused(format!(
-                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
-                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
-            )));
+            return Err(ServeError::Unauthenticated { local });
         }
         tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
     } else {
@@ -291,9 +325,7 @@ fn check_listen(local: std::net::SocketAddr, config: &Config) -> Result<(), Serv
 /// `audit.file`, or the audit log target alone.
 fn open_audit(config: &Config) -> Result<Audit, ServeError> {
     match &config.audit.file {
-        Some(path) => {
-            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))
-        }
+        Some(path) => Audit::open(path).map_err(ServeError::Audit),
         None => Ok(Audit::log_only()),
     }
 }
@@ -307,11 +339,9 @@ async fn spawn_admin(
     let Some(addr) = config.telemetry.admin_listen else {
         return Ok(None);
     };
-    let admin = TcpListener::bind(addr).await.map_err(|e| {
-        ServeError::Refused(format!(
-            "cannot listen on {addr} (telemetry.admin_listen): {e}"
-        ))
-    })?;
+    let admin = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::AdminListen { addr, source })?;
     let task = tokio::spawn(
         crate::telemetry::admin::serve(telemetry.clone(), admin, stopped).with_current_subscriber(),
     );

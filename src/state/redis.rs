@@ -417,16 +417,19 @@ impl StateStore for RedisStore {
     ) -> Result<Claim, StoreError> {
         // Another replica's holder does not notify this one: look again, more slowly each time,
         // and at the latest when its lease runs out.
-        let mut pause = Duration::from_millis(20);
+        let backoff = crate::backoff::Backoff::new(Duration::from_millis(20), MAX_POLL);
+        let mut looks = 0;
         loop {
             match self.try_claim(key, fingerprint, token).await? {
                 Ok(claim) => return Ok(claim),
                 Err(lease_left) => {
+                    looks += 1;
                     tokio::time::sleep(
-                        pause.min(lease_left.saturating_add(Duration::from_millis(5))),
+                        backoff
+                            .half_jittered(looks)
+                            .min(lease_left.saturating_add(Duration::from_millis(5))),
                     )
                     .await;
-                    pause = (pause * 2).min(MAX_POLL);
                 }
             }
         }

@@ -220,6 +220,16 @@ fn header_status(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from_i32(value.trim().parse().ok()?))
 }
 
+/// Whether a call that ended with `code` failed by the caller's own mistake (a request that is
+/// not valid, names nothing that exists, or is out of range): worth an info line, not a warning
+/// for whoever runs the gateway.
+pub fn callers_mistake(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound
+    )
+}
+
 /// The UPPER_SNAKE_CASE name of a gRPC code, as `rpc.response.status_code` spells it.
 pub fn code_name(code: Code) -> &'static str {
     match code {

@@ -198,18 +198,28 @@ impl Upgrader {
         } = refusal;
         event.time = audit::now();
         event.alibaba_request_id = alibaba_request_id;
-        tracing::warn!(
-            caller = %event.caller,
-            db_instance_id = %event.db_instance_id,
-            engine_version = %event.to_version,
-            region_id = %event.region_id,
-            grpc_code = ?status.code(),
-            alibaba_code = %alibaba_code,
-            error = %detail,
-            "upgrade failed"
-        );
-        event.outcome = "failed";
         event.grpc_code = crate::telemetry::rpc::code_name(status.code());
+        // A caller's invalid request is its own business (info); anything else is ours (warn).
+        macro_rules! failed {
+            ($level:ident) => {
+                tracing::$level!(
+                    caller = %event.caller,
+                    db_instance_id = %event.db_instance_id,
+                    engine_version = %event.to_version,
+                    region_id = %event.region_id,
+                    grpc_code = event.grpc_code,
+                    alibaba_code = %alibaba_code,
+                    error = %detail,
+                    "upgrade failed"
+                )
+            };
+        }
+        if crate::telemetry::rpc::callers_mistake(status.code()) {
+            failed!(info);
+        } else {
+            failed!(warn);
+        }
+        event.outcome = "failed";
         event.alibaba_code = alibaba_code;
         let _ = self.audit.record(event).await;
         status

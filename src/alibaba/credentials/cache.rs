@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber as _;
 
 use super::credential::{Credential, CredentialsError, CredentialsProvider};
+use crate::backoff::Backoff;
 use crate::deadline::later;
 
 /// A credential is treated as expired this long before its `Expiration`: a request signed just
@@ -47,8 +48,9 @@ pub trait Fetch: Send + Sync + fmt::Debug + 'static {
 pub struct RefreshPolicy {
     /// Refresh this long before a credential expires.
     pub refresh_ahead: Duration,
-    /// The wait after a first failed fetch; it doubles with each failure after it, up to a
-    /// minute. Calls that find nothing usable meanwhile fail at once instead of asking again.
+    /// The wait after a first failed fetch (at most this, at least half of it); it doubles
+    /// with each failure after it, up to a minute. Calls that find nothing usable meanwhile fail
+    /// at once instead of asking again.
     pub retry_after_failure: Duration,
 }
 
@@ -62,12 +64,11 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    /// The wait after the `failures`-th failed fetch in a row (1 for the first).
+    /// The wait after the `failures`-th failed fetch in a row (1 for the first): the doubling
+    /// ceiling, less up to half of it, so that replicas whose source failed together do not ask
+    /// it again together.
     fn backoff(&self, failures: u32) -> Duration {
-        let doubling = 1u32 << failures.saturating_sub(1).min(16);
-        self.retry_after_failure
-            .saturating_mul(doubling)
-            .min(MAX_BACKOFF.max(self.retry_after_failure))
+        Backoff::new(self.retry_after_failure, MAX_BACKOFF).half_jittered(failures)
     }
 }
 
@@ -274,15 +275,26 @@ impl<F: Fetch> Shared<F> {
                 if let Some(failures) = self.store(credential.clone()) {
                     tracing::info!(provider, failures, "credential source answers again");
                 }
+                // Absent for a credential that does not expire (never "None").
                 let expiration = credential
                     .expiration()
-                    .map(humantime::format_rfc3339_seconds);
+                    .map(|at| tracing::field::display(humantime::format_rfc3339_seconds(at)));
                 match asker {
                     Asker::Call => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential fetched");
+                        tracing::info!(
+                            provider,
+                            expiration,
+                            credential_outcome = "ok",
+                            "credential fetched"
+                        );
                     }
                     Asker::Refresher => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential refreshed");
+                        tracing::info!(
+                            provider,
+                            expiration,
+                            credential_outcome = "ok",
+                            "credential refreshed"
+                        );
                     }
                 }
                 Ok(credential)

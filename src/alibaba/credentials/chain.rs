@@ -356,6 +356,10 @@ impl CredentialsProvider for DefaultChain {
             return chosen.credential().await;
         }
         let mut reasons = Vec::new();
+        // A source set up for this gateway (an OIDC role, a credentials URI, a profile) that
+        // cannot be reached makes the chain unavailable, not unconfigured: it may answer later.
+        // The metadata service is tried on every machine, so its silence says nothing.
+        let mut unreachable = false;
         for candidate in &self.candidates {
             match candidate {
                 Ok(provider) => match provider.credential().await {
@@ -367,17 +371,29 @@ impl CredentialsProvider for DefaultChain {
                             Some(Arc::clone(provider));
                         return Ok(credential);
                     }
-                    Err(err) => reasons.push(err.to_string()),
+                    Err(err) => {
+                        unreachable |= matches!(err, CredentialsError::Unavailable { .. })
+                            && provider.name() != "ecs_ram_role";
+                        reasons.push(err.to_string());
+                    }
                 },
                 Err(err) => reasons.push(err.to_string()),
             }
         }
-        Err(CredentialsError::NotConfigured {
-            provider: "default",
-            reason: format!(
-                "no provider in the default chain has credentials: {}",
-                reasons.join("; ")
-            ),
+        let reason = format!(
+            "no provider in the default chain has credentials: {}",
+            reasons.join("; ")
+        );
+        Err(if unreachable {
+            CredentialsError::Unavailable {
+                provider: "default",
+                reason,
+            }
+        } else {
+            CredentialsError::NotConfigured {
+                provider: "default",
+                reason,
+            }
         })
     }
 

@@ -94,18 +94,10 @@ impl Routes {
                     method.name()
                 )));
             };
-            let mut rules = vec![rule.clone()];
-            if let Some(more) = rule.get_field_by_name("additional_bindings")
-                && let Value::List(more) = more.as_ref()
-            {
-                rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
-            }
-            for rule in &rules {
-                routes.push(
-                    route(&method, rule)
-                        .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
-                );
-            }
+            routes.push(
+                route(&method, &rule)
+                    .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
+            );
         }
         if routes.is_empty() {
             return Err(fail(format!("no method has a {HTTP_OPTION} option")));
@@ -233,6 +225,10 @@ fn route(method: &MethodDescriptor, rule: &DynamicMessage) -> Result<Route, Stri
     };
     if !text("response_body").is_empty() {
         return Err("response_body is not supported".to_string());
+    }
+    // One route per method: nothing here uses more, so nothing would test them.
+    if rule.has_field_by_name("additional_bindings") {
+        return Err("additional_bindings are not supported".to_string());
     }
     let input = method.input();
     let (segments, verb) = parse_template(&template, &input)?;
