@@ -17,7 +17,7 @@ use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
 use dds_gateway::sandbox::{Sandbox, SandboxConfig};
 use dds_gateway::server;
-use dds_gateway::telemetry::{LogOutput, Telemetry};
+use dds_gateway::telemetry::{LogOutput, Metrics, Telemetry};
 
 /// mimalloc instead of the system allocator: a call allocates and frees hundreds of small
 /// buffers (HTTP/2 frames, spans, log lines), where glibc's malloc spent a fifth of the CPU.
@@ -396,7 +396,7 @@ async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetr
             Some(simulation),
         )
     } else {
-        match resolve_credentials(&config).await {
+        match resolve_credentials(&config, telemetry.metrics()).await {
             Ok((provider, _)) => (provider, None),
             Err(err) => {
                 eprintln!(
@@ -438,12 +438,14 @@ async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetr
     }
 }
 
-/// Builds the configured provider and resolves one credential, logging which provider answered.
+/// Builds the configured provider (counting in `metrics`) and resolves one credential, logging
+/// which provider answered.
 async fn resolve_credentials(
     config: &Config,
+    metrics: &Metrics,
 ) -> Result<(Arc<dyn CredentialsProvider>, Credential), CredentialsError> {
     let env = |key: &str| std::env::var(key).ok();
-    let provider = credentials::build(&config.credentials, &env)?;
+    let provider = credentials::build(&config.credentials, &env, metrics)?;
     let credential = provider.credential().await?;
     tracing::info!(
         provider = credential.provider(),
@@ -464,7 +466,7 @@ async fn check_credentials(config_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    match resolve_credentials(&config).await {
+    match resolve_credentials(&config, &Metrics::default()).await {
         Ok((_, credential)) => {
             println!(
                 "credentials OK: provider {}, AccessKeyId {}{}",

@@ -34,7 +34,11 @@ fn try_provider(
         .collect();
     let toml = format!("[credentials]\n{credentials_toml}\n");
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    credentials::build(&config.credentials, &|k: &str| env.get(k).cloned())
+    credentials::build(
+        &config.credentials,
+        &|k: &str| env.get(k).cloned(),
+        &dds_gateway::telemetry::Metrics::default(),
+    )
 }
 
 /// Waits (bounded) until the provider hands out a credential with this AccessKeyId.

@@ -14,4 +14,4 @@ pub mod in_flight;
 pub mod rate;
 
 pub use in_flight::{Full, InFlight, Place};
-pub use rate::{FALLBACK_TARGET, Rate, Rates, SharedBucket, SharedRates, TokenBucket};
+pub use rate::{Rate, Rates, SharedBucket, SharedRates, TokenBucket};

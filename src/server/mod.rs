@@ -26,8 +26,8 @@ use crate::config::Config;
 use crate::deadline;
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
-use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::RpcLayer;
+use crate::telemetry::{Metrics, Telemetry};
 
 /// Largest metadata (headers) block accepted from a caller.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -123,8 +123,9 @@ async fn serve_inner(
         config.server.reload_interval,
         callers.clone(),
         Arc::clone(&credentials),
+        telemetry.metrics().clone(),
     ));
-    let audit = open_audit(&config)?;
+    let audit = open_audit(&config)?.counting_failures(telemetry.metrics().audit_write_failures());
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = spawn_admin(&config, &telemetry, async {
         let _ = admin_stopped.await;
@@ -135,14 +136,23 @@ async fn serve_inner(
         .await
         .map_err(ServeError::Refused)?;
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
+    let engine_versions = gated_service(
+        &config,
+        &state,
+        credentials,
+        audit,
+        callers,
+        in_flight,
+        telemetry.metrics(),
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
     let store_health = AbortOnDrop(tokio::spawn(
-        report_store_health(state.clone(), health.clone()).with_current_subscriber(),
+        report_store_health(state.clone(), health.clone(), telemetry.metrics().clone())
+            .with_current_subscriber(),
     ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -223,15 +233,18 @@ fn gated_service(
     audit: Audit,
     callers: CallersHandle,
     in_flight: InFlight,
+    metrics: &Metrics,
 ) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let client =
+        Arc::new(AlibabaClient::new(&config.alibaba, credentials)?.with_metrics(metrics.clone()));
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     let rates = match &state.redis {
-        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _)
+            .counting_fallbacks(metrics.rate_limit_fallbacks()),
         None => crate::limits::Rates::local(),
     };
     Ok(Gate::new(
@@ -385,11 +398,14 @@ fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) ->
 /// Keeps the engine service's health in step with its state store: `NOT_SERVING` while the
 /// store cannot be reached (upgrades would be refused), `SERVING` again once it can. The whole
 /// server's health ("") stays `SERVING`, so liveness probes do not restart a replica for it.
+/// Each probe also sets `dds_gateway_state_store_reachable` (always 1 for the memory store).
 async fn report_store_health(
     state: crate::state::State,
     health: tonic_health::server::HealthReporter,
+    metrics: Metrics,
 ) {
     if state.redis.is_none() {
+        metrics.state_store_reachable(true);
         return;
     }
     let mut serving = true;
@@ -398,6 +414,7 @@ async fn report_store_health(
     loop {
         tick.tick().await;
         let reachable = state.reachable().await;
+        metrics.state_store_reachable(reachable);
         if reachable == serving {
             continue;
         }
