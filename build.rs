@@ -38,15 +38,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The git revision `dds_gateway_build_info` shows: `DDS_GATEWAY_GIT_REVISION` when the build
-/// sets it (e.g. an image built without `.git`), else, in release builds only, `git rev-parse
+/// The git revision `dds_gateway_build_info` shows: `GIT_REVISION` when the build's environment
+/// has it (e.g. an image built without `.git`), else, in release builds only, `git rev-parse
 /// HEAD` (a debug build would otherwise recompile the crate after every commit). Without either,
 /// the metric carries the version alone.
 fn git_revision() {
-    println!("cargo:rerun-if-env-changed=DDS_GATEWAY_GIT_REVISION");
-    if env::var_os("DDS_GATEWAY_GIT_REVISION").is_some()
-        || env::var("PROFILE").as_deref() != Ok("release")
-    {
+    println!("cargo:rerun-if-env-changed=GIT_REVISION");
+    if let Ok(revision) = env::var("GIT_REVISION") {
+        println!(
+            "cargo:rustc-env=DDS_GATEWAY_GIT_REVISION={}",
+            revision.trim()
+        );
+        return;
+    }
+    if env::var("PROFILE").as_deref() != Ok("release") {
         return;
     }
     let git = |args: &[&str]| -> Option<String> {

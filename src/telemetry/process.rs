@@ -6,7 +6,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
-/// The git revision the binary was built from, when the build could tell (see `build.rs`).
+/// The git revision the binary was built from, when the build could tell (set by `build.rs`).
 const GIT_REVISION: Option<&str> = option_env!("DDS_GATEWAY_GIT_REVISION");
 
 /// Registers the build information and the process metrics on `meter`.
@@ -96,8 +96,35 @@ mod linux {
 }
 
 #[cfg(test)]
-#[cfg(target_os = "linux")]
 mod tests {
+    #[test]
+    fn build_info_names_the_version_and_the_revision_the_build_knew() {
+        use opentelemetry::metrics::MeterProvider as _;
+        let reader = crate::telemetry::prometheus::PrometheusReader::new();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(reader.clone())
+            .build();
+        super::register(&provider.meter("test"));
+        let text = reader.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("dds_gateway_build_info{"))
+            .unwrap_or_else(|| panic!("no build info in {text}"));
+        assert!(line.ends_with("} 1"), "{line}");
+        assert!(
+            line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{line}"
+        );
+        match super::GIT_REVISION {
+            Some(revision) => assert!(line.contains(&format!("revision=\"{revision}\"")), "{line}"),
+            None => assert!(!line.contains("revision="), "{line}"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod proc_tests {
     use super::linux::Stat;
 
     #[test]
