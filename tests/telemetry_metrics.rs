@@ -462,7 +462,7 @@ async fn store_reachability_and_local_rate_fallbacks_follow_redis() {
         reporting_caller(config, "rate_per_second = 100.0\nburst = 100");
     })
     .await;
-    let reachable = |text: &str| sample(text, "dds_gateway_state_store_reachable", &[]);
+    let reachable = |text: &str| sample(text, "dds_gateway_state_store_up", &[]);
     let fallbacks = |text: &str| {
         sample(text, "dds_gateway_rate_limit_local_fallbacks_total", &[]).unwrap_or_default()
     };

@@ -33,7 +33,7 @@ pub struct Metrics {
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
     export_failures: Counter<u64>,
-    state_store_reachable: Gauge<u64>,
+    state_store_up: Gauge<u64>,
     config_reloads: Counter<u64>,
 }
 
@@ -102,10 +102,10 @@ impl Metrics {
                     "OTLP exports (batches of spans or metrics) that failed, by signal (traces, metrics)",
                 )
                 .build(),
-            state_store_reachable: meter
-                .u64_gauge("dds_gateway.state_store.reachable")
+            state_store_up: meter
+                .u64_gauge("dds_gateway.state_store.up")
                 .with_description(
-                    "Whether the shared state store answered its last health probe (1) or not (0)",
+                    "Whether the state store could be reached at the last check (1) or not (0); always 1 for the memory store",
                 )
                 .build(),
             config_reloads: meter
@@ -218,7 +218,7 @@ impl Metrics {
 
     /// What the last health probe of the shared state store found.
     pub(crate) fn state_store_reachable(&self, reachable: bool) {
-        self.state_store_reachable.record(u64::from(reachable), &[]);
+        self.state_store_up.record(u64::from(reachable), &[]);
     }
 
     /// A reload of `file` (`callers`, `credentials`) that took effect (`ok`) or was refused.
