@@ -8,12 +8,13 @@
 //! Fail closed for what has not happened yet: an upgrade request leaves only once its `sending`
 //! event is on disk (the upgrade's caller checks [`Audit::record`]'s result). Never lie about what
 //! has: an outcome event that cannot be written is logged whole at ERROR on [`TARGET`] (and
-//! counted), and the caller still hears the truth.
+//! counted, see [`Audit::counting_failures`]), and the caller still hears the truth.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use opentelemetry::metrics::Counter;
 use serde::Serialize;
 
 /// The log target of audit events.
@@ -61,6 +62,8 @@ pub struct AuditError {
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
     file: Option<Arc<Mutex<AuditFile>>>,
+    /// Adds one for each event that could not be written to the file.
+    write_failures: Option<Counter<u64>>,
 }
 
 #[derive(Debug)]
@@ -122,7 +125,14 @@ impl Audit {
                 path: path.to_path_buf(),
                 file: Some(file),
             }))),
+            write_failures: None,
         })
+    }
+
+    /// Adds one to `write_failures` for each event that cannot be written to the file.
+    pub fn counting_failures(mut self, write_failures: Counter<u64>) -> Self {
+        self.write_failures = Some(write_failures);
+        self
     }
 
     /// Records `event`: logs it and, with a file, appends and syncs it before returning.
@@ -162,6 +172,9 @@ impl Audit {
         })
         .await;
         if let Err(err) = &result {
+            if let Some(failures) = &self.write_failures {
+                failures.add(1, &[]);
+            }
             // The event still exists in the logs, whole.
             tracing::error!(
                 target: TARGET,

@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::exit::{EX_CONFIG, EX_UNAVAILABLE};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::server::{self, ServeError};
-use crate::telemetry::{LogOutput, Telemetry, TelemetryConfig, TelemetryError};
+use crate::telemetry::{LogOutput, Metrics, Telemetry, TelemetryConfig, TelemetryError};
 
 /// What `dds-gateway serve` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -156,8 +156,12 @@ async fn serve_configured(
             Some(simulation),
         )
     } else {
-        let (provider, _) =
-            resolve_credentials(&config, config.credentials.startup_timeout).await?;
+        let (provider, _) = resolve_credentials(
+            &config,
+            config.credentials.startup_timeout,
+            telemetry.metrics(),
+        )
+        .await?;
         (provider, None)
     };
     let addr = config.server.listen;
@@ -197,13 +201,14 @@ const STARTUP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Durati
 pub async fn resolve_credentials(
     config: &Config,
     patience: Duration,
+    metrics: &Metrics,
 ) -> Result<(Arc<dyn CredentialsProvider>, Credential), StartError> {
     let env = |key: &str| std::env::var(key).ok();
     let started = Instant::now();
     let mut failures = 0;
     let (provider, credential) = loop {
         // A provider of its own for each try: a failed one holds its failure for a while.
-        let answer = match credentials::build(&config.credentials, &env) {
+        let answer = match credentials::build(&config.credentials, &env, metrics) {
             Ok(provider) => provider.credential().await.map(|c| (provider, c)),
             Err(err) => Err(err),
         };
@@ -249,7 +254,7 @@ pub async fn resolve_credentials(
 /// for a source that does not answer, and describes the one found (never its secret).
 pub async fn check_credentials(config: Option<PathBuf>) -> Result<String, StartError> {
     let config = load_config(config.as_deref(), &Overrides::default())?;
-    let (_, credential) = resolve_credentials(&config, Duration::ZERO).await?;
+    let (_, credential) = resolve_credentials(&config, Duration::ZERO, &Metrics::default()).await?;
     Ok(format!(
         "credentials OK: provider {}, AccessKeyId {}{}",
         credential.provider(),

@@ -224,8 +224,12 @@ async fn a_credential_that_arrives_after_the_deadline_sends_nothing() {
         fake.url()
     );
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    let credentials =
-        dds_gateway::alibaba::credentials::build(&config.credentials, &|_| None).unwrap();
+    let credentials = dds_gateway::alibaba::credentials::build(
+        &config.credentials,
+        &|_| None,
+        &dds_gateway::telemetry::Metrics::default(),
+    )
+    .unwrap();
     let sandbox = Sandbox::start(SandboxConfig {
         extra_keys: vec![fake_cloud::issued_credential(1)],
         ..Default::default()

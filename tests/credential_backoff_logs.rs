@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use dds_gateway::alibaba::credentials::cache::{Fetch, RefreshPolicy, Refreshing};
 use dds_gateway::alibaba::credentials::{Credential, CredentialsError, CredentialsProvider};
 use dds_gateway::secret::Secret;
+use dds_gateway::telemetry::Metrics;
 
 /// A source that answers credentials with the scripted lifetimes and counts how often it was
 /// asked.
@@ -89,7 +90,11 @@ async fn a_source_of_stale_credentials_is_asked_with_backoff_and_logged_once() {
     for lifetime in [Duration::ZERO, Duration::from_secs(20)] {
         let script = Arc::new(Script::default());
         script.lifetimes.lock().unwrap().extend([lifetime; 1000]);
-        let provider = Refreshing::new(Source(Arc::clone(&script)), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Source(Arc::clone(&script)),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
         // A call every 100 ms for ten minutes.
         for _ in 0..6000 {
             let err = provider.credential().await.unwrap_err().to_string();

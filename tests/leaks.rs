@@ -391,9 +391,11 @@ async fn credential_chain_paths() -> Vec<String> {
             &dds_gateway::config::Overrides::default(),
         )
         .unwrap();
-        let provider = dds_gateway::alibaba::credentials::build(&config.credentials, &|k: &str| {
-            env.get(k).cloned()
-        })
+        let provider = dds_gateway::alibaba::credentials::build(
+            &config.credentials,
+            &|k: &str| env.get(k).cloned(),
+            &dds_gateway::telemetry::Metrics::default(),
+        )
         .unwrap();
         (config, provider)
     };

@@ -22,6 +22,7 @@ use super::http::{error_chain, form_post, http_client_builder};
 use super::response::{self, Answer, AvailableEngineVersions, CallError, InstanceAttribute};
 use super::sign::{sign_v3, v2_form_body};
 use crate::config::{AlibabaConfig, SignatureVersion};
+use crate::telemetry::Metrics;
 
 /// The most of an answer body the gateway reads; Dds answers are a few kilobytes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -34,6 +35,7 @@ pub struct AlibabaClient {
     credentials: Arc<dyn CredentialsProvider>,
     signature_version: SignatureVersion,
     clock: Arc<dyn Clock>,
+    metrics: Metrics,
 }
 
 impl AlibabaClient {
@@ -53,7 +55,14 @@ impl AlibabaClient {
             credentials,
             signature_version: config.signature_version,
             clock: Arc::new(SystemClock),
+            metrics: Metrics::default(),
         })
+    }
+
+    /// Counts each request attempt (and its duration) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Signs with the time and nonces of `clock` instead of the system's.
@@ -205,12 +214,17 @@ impl AlibabaClient {
         let span = crate::alibaba::trace::span(signed.action, &signed.region_id, &signed.url);
         // `traceparent` is not a signed header (neither `host`, `content-type` nor `x-acs-*`).
         let Signed {
+            action,
             request,
             credential,
             ..
         } = signed;
         let request = request.headers(crate::alibaba::trace::trace_headers(&span));
+        let started = std::time::Instant::now();
         let answer = send(request).instrument(span.clone()).await;
+        let (outcome, error_code) = crate::alibaba::trace::outcome(&answer);
+        self.metrics
+            .upstream_attempt(action, outcome, error_code, started.elapsed());
         crate::alibaba::trace::record(&span, &answer);
         if let Err(err) = &answer
             && codes::credential_expired(err)

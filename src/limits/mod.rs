@@ -14,4 +14,4 @@ pub mod in_flight;
 pub mod rate;
 
 pub use in_flight::{Full, InFlight, Place};
-pub use rate::{FALLBACK_TARGET, Gcra, Rate, Rates, SharedBucket, SharedRates};
+pub use rate::{Gcra, Rate, Rates, SharedBucket, SharedRates};

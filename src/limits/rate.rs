@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use opentelemetry::metrics::Counter;
 use tokio::time::Instant;
 
 /// A caller's rate: one call every `1 / per_second` seconds, with up to `burst` at once.
@@ -67,10 +68,6 @@ impl SharedBucket {
     }
 }
 
-/// The `tracing` target of the event each fallback to a local bucket emits (counted as the
-/// metric `dds_gateway.rate_limit.local_fallbacks`).
-pub const FALLBACK_TARGET: &str = "dds_gateway::limits::fallback";
-
 /// Callers' rates kept outside this process.
 #[async_trait::async_trait]
 pub trait SharedRates: Send + Sync + std::fmt::Debug + 'static {
@@ -86,6 +83,8 @@ pub struct Rates {
     shared: Option<Arc<dyn SharedRates>>,
     /// Whether the last shared take failed: the outage is logged once, when it starts.
     degraded: Arc<AtomicBool>,
+    /// Adds one for each call limited locally because the shared buckets could not be reached.
+    fallbacks: Option<Counter<u64>>,
 }
 
 impl Rates {
@@ -98,7 +97,15 @@ impl Rates {
         Self {
             shared: Some(shared),
             degraded: Arc::default(),
+            fallbacks: None,
         }
+    }
+
+    /// Adds one to `fallbacks` for each call limited locally while the shared buckets cannot be
+    /// reached.
+    pub fn counting_fallbacks(mut self, fallbacks: Counter<u64>) -> Self {
+        self.fallbacks = Some(fallbacks);
+        self
     }
 
     /// Takes one call of `caller` (whose own bucket in this process is `local`).
@@ -122,7 +129,9 @@ impl Rates {
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %err, "cannot reach the shared caller rate limits; each replica limits callers on its own until it can");
                 }
-                tracing::trace!(target: FALLBACK_TARGET, caller, "rate limited locally");
+                if let Some(fallbacks) = &self.fallbacks {
+                    fallbacks.add(1, &[]);
+                }
                 local.take(rate)
             }
         }

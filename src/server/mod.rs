@@ -26,8 +26,8 @@ use crate::config::Config;
 use crate::deadline;
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
-use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::RpcLayer;
+use crate::telemetry::{Metrics, Telemetry};
 
 /// Largest metadata (headers) block accepted from a caller.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -160,8 +160,9 @@ async fn serve_inner(
         config.server.reload_interval,
         callers.clone(),
         Arc::clone(&credentials),
+        telemetry.metrics().clone(),
     ));
-    let audit = open_audit(&config)?;
+    let audit = open_audit(&config)?.counting_failures(telemetry.metrics().audit_write_failures());
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = spawn_admin(&config, &telemetry, async {
         let _ = admin_stopped.await;
@@ -172,7 +173,15 @@ async fn serve_inner(
         .await
         .map_err(ServeError::StateStore)?;
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
+    let engine_versions = gated_service(
+        &config,
+        &state,
+        credentials,
+        audit,
+        callers,
+        in_flight,
+        telemetry.metrics(),
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -270,15 +279,18 @@ fn gated_service(
     audit: Audit,
     callers: CallersHandle,
     in_flight: InFlight,
+    metrics: &Metrics,
 ) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let client =
+        Arc::new(AlibabaClient::new(&config.alibaba, credentials)?.with_metrics(metrics.clone()));
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     let rates = match &state.redis {
-        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _)
+            .counting_fallbacks(metrics.rate_limit_fallbacks()),
         None => crate::limits::Rates::local(),
     };
     Ok(Gate::new(
