@@ -415,6 +415,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
             .unwrap(),
     );
     let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
+    let held = |lock| matches!(lock, dds_gateway::state::store::InstanceLock::Held { .. });
     let owner = |claim: Claim| match claim {
         Claim::Owner {
             unresolved_for,
@@ -426,7 +427,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
     // Lapsed before its mark: replaced, nothing unresolved.
     let (a, b) = (Token::new(), Token::new());
     owner(store.claim(&key(1), &fingerprint, &a).await.unwrap());
-    assert!(store.lock_instance("r/i1", &a, None).await.unwrap());
+    assert!(held(store.lock_instance("r/i1", &a, None).await.unwrap()));
     // Its lock outlives its key a little (renewed first), as a dead holder's may.
     let store = std::sync::Arc::new(store);
     let renewing = tokio::spawn({
@@ -443,18 +444,18 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
     assert_eq!(unresolved, None);
     assert_eq!(replaced.as_ref(), Some(&a));
     // The instance lock passes with the key, and to no one else.
-    assert!(
-        !store
+    assert!(!held(
+        store
             .lock_instance("r/i1", &Token::new(), None)
             .await
             .unwrap()
-    );
-    assert!(
+    ));
+    assert!(held(
         store
             .lock_instance("r/i1", &b, replaced.as_ref())
             .await
             .unwrap()
-    );
+    ));
     assert!(!store.renew_instance("r/i1", &a).await.unwrap());
     renewing.await.unwrap();
     // The stale holder can neither mark nor settle.
@@ -617,7 +618,11 @@ async fn a_lapsed_lock_whose_holder_may_have_sent_is_not_taken_over_blindly() {
         assert_eq!(status.code(), Code::Aborted, "{status:?}");
         assert_eq!(reason(&status), "UPGRADE_IN_PROGRESS");
     }
-    assert_eq!(s.sandbox.calls(UPGRADE), 1, "no second upgrade of the instance");
+    assert_eq!(
+        s.sandbox.calls(UPGRADE),
+        1,
+        "no second upgrade of the instance"
+    );
     first.abort();
 }
 
@@ -674,7 +679,10 @@ async fn an_operation_whose_answer_was_lost_orphans_neither_lock_nor_claim() {
     assert_eq!(sandbox.calls(UPGRADE), 2);
 }
 
-fn store_on(redis: &RedisServer, limits: dds_gateway::state::store::StoreLimits) -> dds_gateway::state::redis::RedisStore {
+fn store_on(
+    redis: &RedisServer,
+    limits: dds_gateway::state::store::StoreLimits,
+) -> dds_gateway::state::redis::RedisStore {
     dds_gateway::state::redis::RedisStore::open(
         &dds_gateway::config::RedisUrl::parse(&redis.url()).unwrap(),
         None,
@@ -706,12 +714,7 @@ async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
         },
     );
     let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
-    let record = |n: u128| {
-        format!(
-            "test:{{c:62696c6c696e67}}:k:{}",
-            uuid::Uuid::from_u128(n)
-        )
-    };
+    let record = |n: u128| format!("test:{{c:62696c6c696e67}}:k:{}", uuid::Uuid::from_u128(n));
     let unresolved = |claim: Claim| match claim {
         Claim::Owner { unresolved_for, .. } => unresolved_for,
         other => panic!("expected ownership, got {other:?}"),
@@ -729,7 +732,10 @@ async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
     let c = Token::new();
     store.claim(&key(2), &a_fingerprint(), &c).await.unwrap();
     assert!(store.mark_sending(&key(2), &c).await.unwrap());
-    store.settle(&key(2), &c, Settlement::Unresolved).await.unwrap();
+    store
+        .settle(&key(2), &c, Settlement::Unresolved)
+        .await
+        .unwrap();
     redis.command(&["HSET", &record(2), "since", &ahead]).await;
     let claim = store
         .claim(&key(2), &a_fingerprint(), &Token::new())
@@ -742,7 +748,9 @@ async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
 /// upgrade in flight, a duplicate still waits for the owner and replays its answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn renewal_keeps_a_claimed_key_alive_past_its_retention() {
-    use dds_gateway::state::store::{Accepted, Claim, Key, Settlement, StateStore, StoreLimits, Token};
+    use dds_gateway::state::store::{
+        Accepted, Claim, Key, Settlement, StateStore, StoreLimits, Token,
+    };
     let redis = RedisServer::start().await;
     let store = std::sync::Arc::new(store_on(
         &redis,
@@ -769,7 +777,10 @@ async fn renewal_keeps_a_claimed_key_alive_past_its_retention() {
         assert!(store.renew(&key, &owner).await.unwrap(), "still held");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!duplicate.is_finished(), "the duplicate waits for the owner");
+    assert!(
+        !duplicate.is_finished(),
+        "the duplicate waits for the owner"
+    );
     store
         .settle(
             &key,

@@ -300,7 +300,20 @@ impl Upgrader {
         let unresolved_for = lease.unresolved_for();
         let look_first = unresolved_for.is_some();
         let settling = unresolved_for.filter(|&ago| ago < self.settings.settle_window);
+        // Another key's (or a keyless) send on this instance whose outcome is still unknown:
+        // another upgrade may be under way, and this one waits until the window ends.
+        let instance_settling = lease
+            .instance_unresolved_for()
+            .filter(|&ago| !look_first && ago < self.settings.settle_window);
         let before = async {
+            if let Some(ago) = instance_settling {
+                tracing::warn!(
+                    db_instance_id = request.db_instance_id(),
+                    ago = ?ago,
+                    "an earlier upgrade of this instance may have been sent and its outcome is unknown; not sending"
+                );
+                return Err(Error::UpgradeInProgress);
+            }
             let attribute = if self.settings.preflight || look_first {
                 Some(self.describe(request, deadline).await?)
             } else {

@@ -210,7 +210,10 @@ impl RedisServer {
         for arg in &args[1..] {
             command.arg(*arg);
         }
-        command.query_async(&mut self.connection().await).await.unwrap()
+        command
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
     }
 
     /// Stalls every client for `ms` (`CLIENT PAUSE ms ALL`): their commands run, late, after it.
