@@ -800,3 +800,95 @@ async fn renewal_keeps_a_claimed_key_alive_past_its_retention() {
         other => panic!("expected the owner's answer, got {other:?}"),
     }
 }
+
+/// SIGTERM while an upgrade's caller has already timed out. An upgrade Alibaba answers within
+/// `server.shutdown_grace` is waited for: its outcome is audited and its Redis record settled.
+/// One it answers after the grace is audited `abandoned` and named in a WARN line.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_upgrades_whose_caller_has_gone_and_audits_the_rest_abandoned() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "dds-sandbox01",
+            "4.4",
+            Duration::from_secs(3),
+            "30s",
+            "accepted",
+        ),
+        (
+            "dds-sandbox02",
+            "5.0",
+            Duration::from_secs(3600),
+            "2s",
+            "abandoned",
+        ),
+    ];
+    for (n, (instance, version, answer_after, grace, outcome)) in cases.into_iter().enumerate() {
+        let audit = dir.path().join(format!("audit-{n}.jsonl"));
+        let audit_file = audit.to_str().unwrap().to_string();
+        let mut gateway = replica_with(
+            &sandbox,
+            &redis,
+            "info",
+            &[],
+            &[
+                ("DDS_GATEWAY_SERVER_SHUTDOWN_GRACE", grace),
+                ("DDS_GATEWAY_AUDIT_FILE", &audit_file),
+            ],
+        )
+        .await;
+        sandbox.push_fault_on(UPGRADE, Fault::Delay(answer_after));
+        let key = new_key();
+        let mut request = tonic::Request::new(keyed(instance, version, &key));
+        request.set_timeout(Duration::from_secs(1));
+        let status = client(&gateway)
+            .await
+            .upgrade_engine_version(request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(sandbox.calls(UPGRADE), n + 1, "the upgrade is under way");
+        let pid = gateway.process.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::time::timeout(Duration::from_secs(60), gateway.process.wait())
+            .await
+            .expect("the gateway exits within its grace")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        let mut log = String::new();
+        while let Some(line) = gateway.log.recv().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        let outcomes: Vec<String> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["request_id"] == key.as_str())
+            .map(|event| event["outcome"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(outcomes, ["sending", outcome], "{log}");
+        let record = format!("dds-gateway:{{c:}}:k:{key}");
+        let answered = redis.command(&["HEXISTS", &record, "answer"]).await;
+        if outcome == "accepted" {
+            assert_eq!(answered, redis::Value::Int(1), "the key is settled");
+        } else {
+            assert_eq!(answered, redis::Value::Int(0));
+            let warned = log.lines().any(|line| {
+                line.contains("WARN")
+                    && line.contains("abandoned")
+                    && line.contains(&key)
+                    && line.contains(instance)
+            });
+            assert!(warned, "a WARN line names the abandoned upgrade: {log}");
+        }
+    }
+}
