@@ -322,13 +322,13 @@ impl StateStore for MemoryStore {
         if lock.owner.as_ref() != Some(token) {
             return Ok(());
         }
+        // The holder's own send is settled: its caller heard the outcome. A lapsed earlier
+        // holder's send (none in memory, where holders never lapse) stays.
         lock.owner = None;
-        let sent = lock.sent.take();
-        lock.since = match settlement {
-            Settlement::Accepted(_) => None,
-            Settlement::Unresolved => sent.or(lock.since),
-            Settlement::NotApplied => lock.since,
-        };
+        lock.sent = None;
+        if matches!(settlement, Settlement::Accepted(_)) {
+            lock.since = None;
+        }
         if lock.since.is_none() {
             memory.locks.remove(instance);
         }

@@ -153,14 +153,14 @@ if since then return {1, tostring(math.max(0, now - tonumber(since)))} end
 return {1, ''}
 ";
 
-/// KEYS: lock. ARGV: token, outcome, settle window ms. A send whose outcome is unknown stays on
-/// the lock for the rest of its settle window.
+/// KEYS: lock. ARGV: token, outcome, settle window ms. The holder's own send is settled (its
+/// caller heard the outcome, unknown or not); a lapsed earlier holder's send stays on the lock for
+/// the rest of its settle window unless this holder saw an upgrade accepted.
 const UNLOCK: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'owner', 'sent', 'since')
+local f = redis.call('HMGET', KEYS[1], 'owner', 'since')
 if f[1] ~= ARGV[1] then return 0 end
-local since = f[3]
+local since = f[2]
 if ARGV[2] == 'accepted' then since = nil end
-if ARGV[2] == 'unresolved' and f[2] then since = f[2] end
 local left = 0
 if since then left = tonumber(since) + tonumber(ARGV[3]) - now end
 if left <= 0 then

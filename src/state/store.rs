@@ -238,9 +238,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     /// sent, as [`mark_sending`](Self::mark_sending) does on the key. `false`: it no longer holds
     /// it.
     async fn mark_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
-    /// Releases `token`'s lock of `instance`, if it holds it. A send whose outcome `settlement`
-    /// leaves unknown (its own, or an earlier holder's) stays on the lock until the settle
-    /// window after it ends.
+    /// Releases `token`'s lock of `instance`, if it holds it. Its own send is settled with it
+    /// (its caller heard the outcome); a lapsed earlier holder's send stays on the lock until the
+    /// settle window after it ends, unless `settlement` saw an upgrade accepted.
     async fn unlock_instance(
         &self,
         instance: &str,
