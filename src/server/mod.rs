@@ -117,14 +117,15 @@ async fn serve_inner(
         .map(crate::tls::server_config)
         .transpose()
         .map_err(ServeError::Refused)?;
+    let audit = open_audit(&config)?;
     let _reloader = AbortOnDrop(crate::server::reload::spawn(
         config.file.clone(),
         config.server.callers_file.clone(),
         config.server.reload_interval,
         callers.clone(),
         Arc::clone(&credentials),
+        audit.clone(),
     ));
-    let audit = open_audit(&config)?;
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = spawn_admin(&config, &telemetry, async {
         let _ = admin_stopped.await;

@@ -2,7 +2,8 @@
 //! was started with a config file or `server.callers_file`, its `[[callers]]`; both files are
 //! also re-read when their content changes (a Kubernetes Secret mounted as a directory is
 //! updated in place). New callers are built aside and swapped in whole; calls in flight keep the
-//! table they started with. A file that does not load keeps what is current. (Credential files
+//! table they started with. A file that does not load keeps what is current. SIGHUP also
+//! reopens the audit file (after logrotate moved it). (Credential files
 //! are also polled by their own provider, see `credentials::profile`.)
 
 use std::path::{Path, PathBuf};
@@ -11,17 +12,19 @@ use std::time::Duration;
 
 use crate::alibaba::credentials::CredentialsProvider;
 use crate::api::auth::{Callers, CallersHandle};
+use crate::audit::Audit;
 use crate::config::{Config, Overrides};
 
 /// Reloads until the returned task is aborted: the callers from `file` and `callers_file` (if
 /// any) on SIGHUP and when their content changes (checked every `interval`), the `credentials`
-/// on SIGHUP. Call within the runtime.
+/// on SIGHUP, and the audit file on SIGHUP. Call within the runtime.
 pub fn spawn(
     file: Option<PathBuf>,
     callers_file: Option<PathBuf>,
     interval: Duration,
     callers: CallersHandle,
     credentials: Arc<dyn CredentialsProvider>,
+    audit: Audit,
 ) -> tokio::task::JoinHandle<()> {
     // Registered before returning: a SIGHUP that arrives before the task first runs must not
     // meet the default action, which ends the process.
@@ -40,7 +43,8 @@ pub fn spawn(
                 Some(()) = next_hangup(&mut hangup) => true,
             };
             if signalled {
-                tracing::info!("SIGHUP: re-reading credential files");
+                tracing::info!("SIGHUP: re-reading credential files, reopening the audit file");
+                audit.reopen();
                 credentials.reload().await;
             }
             if file.is_none() && callers_file.is_none() {
