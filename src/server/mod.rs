@@ -1,13 +1,13 @@
 //! The listener stage: builds and runs the tonic server with the engine version service behind
 //! its gate, `grpc.health.v1`, server reflection (v1 and v1alpha), JSON over HTTP and request size
-//! limits; accepted connections are capped ([`connections`]) and age out ([`rollout`]); callers
+//! limits; accepted connections are capped ([`connections`]) and age out ([`ageing`]); callers
 //! and credential files reload ([`reload`]). Graceful shutdown: health turns `NOT_SERVING` at
 //! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
+pub mod ageing;
 pub mod connections;
 pub mod reload;
-pub mod rollout;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -159,12 +159,12 @@ async fn serve_inner(
         .map_err(ServeError::Refused)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (close_all, incoming) = crate::server::rollout::bounded_connections(
+    let ends = crate::server::ageing::ConnectionEnds::default();
+    let (close_all, incoming) = crate::server::ageing::bounded_connections(
         incoming(listener, &config, &telemetry),
-        crate::server::rollout::age_limit(
-            config.server.max_connection_age,
-            config.server.max_connection_age_grace,
-        ),
+        config.server.max_connection_age,
+        config.server.max_connection_age_grace,
+        ends.clone(),
     );
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
@@ -181,6 +181,10 @@ async fn serve_inner(
         // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
         .layer(tower::util::MapRequestLayer::new(
             deadline::record::<tonic::body::Body>,
+        ))
+        // Long streams end before their connection ages out (see `ageing`).
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<tonic::body::Body>| ends.mark(request),
         ))
         // Every error carries ErrorInfo, also those tonic answers itself.
         .layer(tower::util::MapResponseLayer::new(
@@ -319,7 +323,7 @@ struct Draining {
     health: tonic_health::server::HealthReporter,
     stop: tokio::sync::oneshot::Sender<()>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
-    close_all: crate::server::rollout::CloseAll,
+    close_all: crate::server::ageing::CloseAll,
 }
 
 /// Graceful shutdown: NOT_SERVING at once, serving on for `server.shutdown_delay`, then no new
@@ -375,7 +379,7 @@ where
 
 /// `server.max_connection_age`: tonic sends GOAWAY after the age and lets calls in flight finish.
 /// Its own grace timer is not used: with one set, tonic skips the GOAWAY and only closes the
-/// connection at age + grace. The grace is enforced by [`crate::server::rollout::Bounded`] instead.
+/// connection at age + grace. The grace is enforced by [`crate::server::ageing::Bounded`] instead.
 fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) -> Server {
     match server.max_connection_age {
         Some(age) => builder.max_connection_age(age),
