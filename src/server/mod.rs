@@ -29,8 +29,6 @@ use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::RpcLayer;
 
-/// Largest metadata (headers) block accepted from a caller.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Concurrent calls one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 pings on idle connections, so that a caller that vanished without closing its
@@ -174,7 +172,7 @@ async fn serve_inner(
         .layer(json.clone())
         .accept_http1(true)
         .tcp_nodelay(true)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(crate::api::MAX_HEADER_LIST_BYTES as u32)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

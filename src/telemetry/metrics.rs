@@ -43,6 +43,7 @@ pub struct Metrics {
     rate_limit_fallbacks: Counter<u64>,
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
+    http_route_misses: Counter<u64>,
 }
 
 impl Metrics {
@@ -98,6 +99,10 @@ impl Metrics {
                     "Client connections the gateway closed, by reason (max_connections, preface_timeout)",
                 )
                 .build(),
+            http_route_misses: meter
+                .u64_counter("dds_gateway.http.route_misses")
+                .with_description("HTTP requests that matched no JSON route")
+                .build(),
         }
     }
 
@@ -107,6 +112,11 @@ impl Metrics {
 
     pub(crate) fn connection_ended(&self) {
         self.connections_open.add(-1, &[]);
+    }
+
+    /// An HTTP request that matched no JSON route.
+    pub(crate) fn route_missed(&self) {
+        self.http_route_misses.add(1, &[]);
     }
 
     pub(crate) fn connection_closed(&self, reason: &'static str) {
