@@ -14,7 +14,7 @@ import sys
 # Top to bottom: a module may import only from its own stage and the ones below it.
 LAYERS = [
     {"run", "client", "sandbox"},  # start-up of each command; the client; the simulated Dds API
-    {"server"},  # listener, connections, rollout, reload, shutdown
+    {"server"},  # listener, connections, ageing, reload, shutdown
     {"api"},  # gate, auth, policy, the gRPC service, JSON over HTTP, API errors
     {"upgrade"},  # validation, idempotency, preflight, the upgrade, status, their errors
     {"state"},  # the store's contract, memory and Redis stores

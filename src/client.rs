@@ -193,33 +193,79 @@ pub async fn status(args: StatusArgs) -> Outcome {
     }
 }
 
-/// `WatchUpgrade`: `print` gets one line per state change as it arrives.
+/// How long `watch` waits before resuming when the gateway gave no RetryInfo.
+const RESUME_DELAY: Duration = Duration::from_secs(1);
+
+/// `WatchUpgrade`: `print` gets one line per state change as it arrives. A watch that ends with
+/// UNAVAILABLE (its connection aged out, the gateway restarted) is resumed on a new call until
+/// `timeout` has passed since the start; a state already printed is not printed again.
 pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
     let message = pb::WatchUpgradeRequest {
         db_instance_id: args.instance,
         engine_version: args.version,
         region_id: args.region.unwrap_or_default(),
     };
-    let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
+    let until = tokio::time::Instant::now() + args.timeout;
+    let mut last: Option<(String, String)> = None;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let status =
+            match watch_once(&args.target, left, message.clone(), &mut last, &mut print).await {
+                Ok(outcome) => return outcome,
+                Err(status) => status,
+            };
+        let delay = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .unwrap_or(RESUME_DELAY);
+        let resume_at = tokio::time::Instant::now() + delay;
+        if status.code() != tonic::Code::Unavailable || resume_at >= until {
+            return Outcome::Failed(describe_status(&status));
+        }
+        tokio::time::sleep_until(resume_at).await;
+    }
+}
+
+/// One `WatchUpgrade` call: its outcome, or the status it ended with when that is UNAVAILABLE
+/// (for the caller to resume).
+async fn watch_once(
+    target: &Target,
+    timeout: Duration,
+    message: pb::WatchUpgradeRequest,
+    last: &mut Option<(String, String)>,
+    print: &mut impl FnMut(&str),
+) -> Result<Outcome, tonic::Status> {
+    let (mut client, request) = match prepare(target, timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::NotSent(problem),
+        Err(problem) => return Ok(Outcome::NotSent(problem)),
+    };
+    let unavailable = |status: tonic::Status| match status.code() {
+        tonic::Code::Unavailable => Err(status),
+        _ => Ok(Outcome::Failed(describe_status(&status))),
     };
     let mut stream = match client.watch_upgrade(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Outcome::Failed(describe_status(&status)),
+        Err(status) => return unavailable(status),
     };
     loop {
         match stream.message().await {
-            Ok(Some(m)) => print(&format!(
-                "{} {} engine_version {} (target {}){}\n",
-                m.db_instance_id,
-                m.status,
-                m.engine_version,
-                m.target_engine_version,
-                if m.done { ": done" } else { "" }
-            )),
-            Ok(None) => return Outcome::Answered(String::new()),
-            Err(status) => return Outcome::Failed(describe_status(&status)),
+            Ok(Some(m)) => {
+                let seen = (m.status.clone(), m.engine_version.clone());
+                if last.as_ref() == Some(&seen) {
+                    continue;
+                }
+                *last = Some(seen);
+                print(&format!(
+                    "{} {} engine_version {} (target {}){}\n",
+                    m.db_instance_id,
+                    m.status,
+                    m.engine_version,
+                    m.target_engine_version,
+                    if m.done { ": done" } else { "" }
+                ));
+            }
+            Ok(None) => return Ok(Outcome::Answered(String::new())),
+            Err(status) => return unavailable(status),
         }
     }
 }

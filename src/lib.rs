@@ -5,7 +5,7 @@
 //! One folder per stage, in the order a request travels; a module imports only from its own
 //! stage and the ones below it (`scripts/layout.py` checks this and that there is no cycle).
 //! - [`server`]: the listener: [`server::connections`] (the cap, the HTTP/2 preface deadline),
-//!   [`server::rollout`] (connections that age out, the hard end of shutdown),
+//!   [`server::ageing`] (connections that age out, the hard end of shutdown),
 //!   [`server::reload`] (`[[callers]]` and credential files reloaded), health, reflection and
 //!   graceful shutdown.
 //! - [`api`]: the edge of a call: [`api::gate`] (authenticate, rate-limit and shed before

@@ -562,3 +562,21 @@ async fn connections_opened_and_closed_are_counted_by_reason() {
     .await;
     gateway.shutdown().await;
 }
+
+/// A request that matches no JSON route is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_misses_are_counted() {
+    let gateway = Traced::start(|_| {}).await;
+    for _ in 0..2 {
+        let answer = reqwest::get(format!("http://{}/v1/nowhere", gateway.addr))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let text = gateway.metrics().await;
+    assert_eq!(
+        sample(&text, "dds_gateway_http_route_misses_total", &[]),
+        Some(2.0),
+        "{text}"
+    );
+}

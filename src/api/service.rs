@@ -230,6 +230,10 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::WatchUpgradeRequest>,
     ) -> Result<Response<Self::WatchUpgradeStream>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.watch_limit);
+        let connection_end = request
+            .extensions()
+            .get::<deadline::ConnectionEnd>()
+            .map(|end| end.0);
         let message = request.get_ref();
         let instance = self.readable(
             &request,
@@ -245,6 +249,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                 instance,
                 message.engine_version,
                 deadline,
+                connection_end,
                 caller.as_deref().map(Caller::name),
             )
             .ok_or_else(|| Status::from(Error::WatchLimitReached))?;

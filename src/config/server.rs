@@ -26,7 +26,8 @@ pub struct ServerConfig {
     pub max_in_flight_per_caller: usize,
     /// Connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
-    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
+    /// How long a new connection may take to send the HTTP/2 preface (or its first HTTP/1.1
+    /// request's head) before it is closed.
     pub preface_timeout: Duration,
     /// TLS for the listener: certificate chain and key (PEM); mTLS when `client_ca` is set.
     pub tls: Option<TlsConfig>,

@@ -1,13 +1,13 @@
 //! The listener stage: builds and runs the tonic server with the engine version service behind
 //! its gate, `grpc.health.v1`, server reflection (v1 and v1alpha), JSON over HTTP and request size
-//! limits; accepted connections are capped ([`connections`]) and age out ([`rollout`]); callers
+//! limits; accepted connections are capped ([`connections`]) and age out ([`ageing`]); callers
 //! and credential files reload ([`reload`]). Graceful shutdown: health turns `NOT_SERVING` at
 //! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
+pub mod ageing;
 pub mod connections;
 pub mod reload;
-pub mod rollout;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,8 +29,6 @@ use crate::pb::engine_version_service_server::EngineVersionServiceServer;
 use crate::telemetry::rpc::RpcLayer;
 use crate::telemetry::{Metrics, Telemetry};
 
-/// Largest metadata (headers) block accepted from a caller.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Concurrent calls one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 pings on idle connections, so that a caller that vanished without closing its
@@ -154,6 +152,7 @@ async fn serve_inner(
         .as_ref()
         .map(crate::tls::server_config)
         .transpose()?;
+    let audit = open_audit(&config)?.counting_failures(telemetry.metrics().audit_write_failures());
     let _reloader = AbortOnDrop(crate::server::reload::spawn(
         config.file.clone(),
         config.server.callers_file.clone(),
@@ -161,8 +160,8 @@ async fn serve_inner(
         callers.clone(),
         Arc::clone(&credentials),
         telemetry.metrics().clone(),
+        audit.clone(),
     ));
-    let audit = open_audit(&config)?.counting_failures(telemetry.metrics().audit_write_failures());
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = spawn_admin(&config, &telemetry, async {
         let _ = admin_stopped.await;
@@ -204,12 +203,12 @@ async fn serve_inner(
         .map_err(ServeError::Routes)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (close_all, incoming) = crate::server::rollout::bounded_connections(
+    let ends = crate::server::ageing::ConnectionEnds::default();
+    let (close_all, incoming) = crate::server::ageing::bounded_connections(
         incoming(listener, &config, &telemetry),
-        crate::server::rollout::age_limit(
-            config.server.max_connection_age,
-            config.server.max_connection_age_grace,
-        ),
+        config.server.max_connection_age,
+        config.server.max_connection_age_grace,
+        ends.clone(),
     );
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
@@ -219,13 +218,17 @@ async fn serve_inner(
         .layer(json.clone())
         .accept_http1(true)
         .tcp_nodelay(true)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(crate::api::MAX_HEADER_LIST_BYTES as u32)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
         .layer(tower::util::MapRequestLayer::new(
             deadline::record::<tonic::body::Body>,
+        ))
+        // Long streams end before their connection ages out (see `ageing`).
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<tonic::body::Body>| ends.mark(request),
         ))
         // Every error carries ErrorInfo, also those tonic answers itself.
         .layer(tower::util::MapResponseLayer::new(
@@ -382,7 +385,7 @@ struct Draining {
     health: tonic_health::server::HealthReporter,
     stop: tokio::sync::oneshot::Sender<()>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
-    close_all: crate::server::rollout::CloseAll,
+    close_all: crate::server::ageing::CloseAll,
     upgrades: Upgrades,
 }
 
@@ -458,7 +461,7 @@ where
 
 /// `server.max_connection_age`: tonic sends GOAWAY after the age and lets calls in flight finish.
 /// Its own grace timer is not used: with one set, tonic skips the GOAWAY and only closes the
-/// connection at age + grace. The grace is enforced by [`crate::server::rollout::Bounded`] instead.
+/// connection at age + grace. The grace is enforced by [`crate::server::ageing::Bounded`] instead.
 fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) -> Server {
     match server.max_connection_age {
         Some(age) => builder.max_connection_age(age),

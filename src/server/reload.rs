@@ -2,9 +2,10 @@
 //! was started with a config file or `server.callers_file`, its `[[callers]]`; both files are
 //! also re-read when their content changes (a Kubernetes Secret mounted as a directory is
 //! updated in place). New callers are built aside and swapped in whole; calls in flight keep the
-//! table they started with. A file that does not load keeps what is current. (Credential files
-//! are also polled by their own provider, see `credentials::profile`.) Each reload of the callers
-//! counts in `dds_gateway_config_reloads_total{file="callers",outcome}`.
+//! table they started with. A file that does not load keeps what is current. SIGHUP also
+//! reopens the audit file (after logrotate moved it). (Credential files are also polled by their
+//! own provider, see `credentials::profile`.) Each reload of the callers counts in
+//! `dds_gateway_config_reloads_total{file="callers",outcome}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use std::time::Duration;
 
 use crate::alibaba::credentials::CredentialsProvider;
 use crate::api::auth::{Callers, CallersHandle};
+use crate::audit::Audit;
 use crate::config::{Config, Overrides};
 use crate::telemetry::Metrics;
 
 /// Reloads until the returned task is aborted: the callers from `file` and `callers_file` (if
 /// any) on SIGHUP and when their content changes (checked every `interval`), the `credentials`
-/// on SIGHUP. Call within the runtime.
+/// on SIGHUP, and the audit file on SIGHUP. Call within the runtime.
 pub fn spawn(
     file: Option<PathBuf>,
     callers_file: Option<PathBuf>,
@@ -25,6 +27,7 @@ pub fn spawn(
     callers: CallersHandle,
     credentials: Arc<dyn CredentialsProvider>,
     metrics: Metrics,
+    audit: Audit,
 ) -> tokio::task::JoinHandle<()> {
     // Registered before returning: a SIGHUP that arrives before the task first runs must not
     // meet the default action, which ends the process.
@@ -43,7 +46,8 @@ pub fn spawn(
                 Some(()) = next_hangup(&mut hangup) => true,
             };
             if signalled {
-                tracing::info!("SIGHUP: re-reading credential files");
+                tracing::info!("SIGHUP: re-reading credential files, reopening the audit file");
+                audit.reopen();
                 credentials.reload().await;
             }
             if file.is_none() && callers_file.is_none() {

@@ -33,6 +33,7 @@ pub struct Metrics {
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
     export_failures: Counter<u64>,
+    http_route_misses: Counter<u64>,
     state_store_up: Gauge<u64>,
     config_reloads: Counter<u64>,
 }
@@ -102,6 +103,10 @@ impl Metrics {
                     "OTLP exports (batches of spans or metrics) that failed, by signal (traces, metrics)",
                 )
                 .build(),
+            http_route_misses: meter
+                .u64_counter("dds_gateway.http.route_misses")
+                .with_description("HTTP requests that matched no JSON route")
+                .build(),
             state_store_up: meter
                 .u64_gauge("dds_gateway.state_store.up")
                 .with_description(
@@ -123,6 +128,11 @@ impl Metrics {
 
     pub(crate) fn connection_ended(&self) {
         self.connections_open.add(-1, &[]);
+    }
+
+    /// An HTTP request that matched no JSON route.
+    pub(crate) fn route_missed(&self) {
+        self.http_route_misses.add(1, &[]);
     }
 
     pub(crate) fn connection_closed(&self, reason: &'static str) {

@@ -84,13 +84,16 @@ impl StatusReader {
     /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
     /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
     /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
-    /// caller drops the stream. `None` at once when `watch.max_active` watches are running, or
-    /// `caller` runs `watch.max_active_per_caller` of them.
+    /// caller drops the stream. At `connection_end` (before `deadline`) it ends with
+    /// UNAVAILABLE / CONNECTION_AGED, for the caller to resume on a new connection. `None` at once
+    /// when `watch.max_active` watches are running, or `caller` runs
+    /// `watch.max_active_per_caller` of them.
     pub fn watch(
         &self,
         instance: InstanceRef,
         target: String,
         deadline: Instant,
+        connection_end: Option<Instant>,
         caller: Option<&str>,
     ) -> Option<WatchStream> {
         let place = match self.watches.try_enter(caller) {
@@ -111,7 +114,7 @@ impl StatusReader {
             // Given back when the task ends, however it ends.
             let _place = place;
             tokio::select! {
-                () = this.poll(&tx, &instance, &target, deadline) => {}
+                () = this.poll(&tx, &instance, &target, deadline, connection_end) => {}
                 () = tx.closed() => {
                     tracing::debug!(db_instance_id = %instance.db_instance_id, "watch ended: the caller went away");
                 }
@@ -129,7 +132,11 @@ impl StatusReader {
         instance: &InstanceRef,
         target: &str,
         deadline: Instant,
+        connection_end: Option<Instant>,
     ) {
+        // Where this stream stops: the watch's deadline, or its connection's end if sooner.
+        let aged = connection_end.filter(|end| *end < deadline);
+        let stop = aged.unwrap_or(deadline);
         let mut last: Option<(String, String)> = None;
         loop {
             let read = preflight::describe(
@@ -138,7 +145,7 @@ impl StatusReader {
                 &instance.db_instance_id,
                 deadline,
             );
-            let attribute = match tokio::time::timeout_at(deadline, read).await {
+            let attribute = match tokio::time::timeout_at(stop, read).await {
                 Ok(Ok(attribute)) => attribute,
                 Ok(Err(err)) => {
                     let _ = tx.send(Err(err.into())).await;
@@ -179,12 +186,16 @@ impl StatusReader {
                 return;
             }
             let next = crate::deadline::later(Instant::now(), self.poll_interval);
-            if next >= deadline {
-                tokio::time::sleep_until(deadline).await;
+            if next >= stop {
+                tokio::time::sleep_until(stop).await;
                 break;
             }
             tokio::time::sleep_until(next).await;
         }
-        let _ = tx.send(Err(Error::WatchDeadlineExceeded.into())).await;
+        let end = match aged {
+            Some(_) => Error::ConnectionAged,
+            None => Error::WatchDeadlineExceeded,
+        };
+        let _ = tx.send(Err(end.into())).await;
     }
 }

@@ -44,6 +44,19 @@ pub(crate) fn request(
 }
 
 fn from_body(input: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, RequestError> {
+    // An empty body is the empty message, as in Google's HTTP transcoding for `body: "*"`.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DynamicMessage::new(input.clone()));
+    }
+    if let Some(field) = field_named_twice(input, body) {
+        return Err(RequestError::InvalidJson {
+            line: 1,
+            column: 1,
+            detail: format!(
+                "the field {field} is given twice (under its JSON and its proto name, or repeated); give it once"
+            ),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     DynamicMessage::deserialize_with_options(
         input.clone(),
@@ -56,6 +69,51 @@ fn from_body(input: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, R
         column: err.column(),
         detail: err.to_string(),
     })
+}
+
+/// The first field of `input` that the top-level object of `body` names twice (as
+/// `engineVersion` and `engine_version`, or the same key twice), which the JSON mapping would
+/// otherwise take silently, the last one winning. `None` when the body is no object: the
+/// parser says what is wrong with it.
+fn field_named_twice(input: &MessageDescriptor, body: &[u8]) -> Option<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    let Keys(keys) = serde_json::from_slice(body).ok()?;
+    let mut seen = Vec::new();
+    for key in keys {
+        let Some(field) = input
+            .get_field_by_json_name(&key)
+            .or_else(|| input.get_field_by_name(&key))
+        else {
+            continue;
+        };
+        if seen.contains(&field) {
+            return Some(field.json_name().to_string());
+        }
+        seen.push(field);
+    }
+    None
 }
 
 /// Each parameter names a field (either name) not bound by the path; a field takes one value
@@ -71,6 +129,7 @@ fn from_query(
             .fields()
             .filter(|f| !bound.iter().any(|(b, _)| b == f))
             .map(|f| f.json_name().to_string())
+            .chain(std::iter::once("timeout".to_string()))
             .collect::<Vec<_>>()
             .join(", ")
     };
