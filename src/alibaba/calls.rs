@@ -114,7 +114,11 @@ impl Alibaba {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        retry::retry(&self.retry, Effect::Read, deadline, action, attempt).await
+        super::quota::with_deadline(
+            deadline,
+            retry::retry(&self.retry, Effect::Read, deadline, action, attempt),
+        )
+        .await
     }
 
     /// A change (one `attempt` signs and sends it): retried only when Alibaba surely did not act
@@ -130,6 +134,10 @@ impl Alibaba {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        retry::retry(&self.retry, Effect::Change, deadline, action, attempt).await
+        super::quota::with_deadline(
+            deadline,
+            retry::retry(&self.retry, Effect::Change, deadline, action, attempt),
+        )
+        .await
     }
 }

@@ -20,6 +20,7 @@ use super::dds::{API_VERSION, PRODUCT, action};
 use super::endpoint;
 use super::http::{error_chain, form_post, http_client_builder};
 use super::inventory::{self, InstanceFilter, InstanceType, Page};
+use super::quota::{Place, Quota};
 use super::response::{self, Answer, AvailableEngineVersions, CallError, InstanceAttribute};
 use super::sign::{sign_v3, v2_form_body};
 use crate::config::{AlibabaConfig, SignatureVersion};
@@ -35,6 +36,8 @@ pub struct AlibabaClient {
     credentials: Arc<dyn CredentialsProvider>,
     signature_version: SignatureVersion,
     clock: Arc<dyn Clock>,
+    /// The account's budget every call takes a place in, if set.
+    quota: Option<Arc<Quota>>,
 }
 
 impl AlibabaClient {
@@ -43,10 +46,13 @@ impl AlibabaClient {
         config: &AlibabaConfig,
         credentials: Arc<dyn CredentialsProvider>,
     ) -> Result<Self, reqwest::Error> {
+        // Calls in flight are bounded per region by the quota, so idle connections to keep are
+        // bounded by the same number: every call after the first finds one to reuse.
         let http = http_client_builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.quota.max_in_flight as usize)
             .build()?;
         Ok(Self {
             http,
@@ -54,7 +60,14 @@ impl AlibabaClient {
             credentials,
             signature_version: config.signature_version,
             clock: Arc::new(SystemClock),
+            quota: None,
         })
+    }
+
+    /// Takes a place in `quota` before every call.
+    pub fn with_quota(mut self, quota: Arc<Quota>) -> Self {
+        self.quota = Some(quota);
+        self
     }
 
     /// Signs with the time and nonces of `clock` instead of the system's.
@@ -190,6 +203,18 @@ impl AlibabaClient {
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
+        // The place is taken before signing (a signature ages) and held until the answer is in.
+        let place = match &self.quota {
+            Some(quota) => Some(
+                quota
+                    .acquire(region_id, super::quota::deadline())
+                    .await
+                    .map_err(|e| CallError::QuotaExhausted {
+                        retry_after: e.retry_after,
+                    })?,
+            ),
+            None => None,
+        };
         let credential = self
             .credentials
             .credential()
@@ -218,6 +243,7 @@ impl AlibabaClient {
             url,
             request,
             credential,
+            place,
         })
     }
 
@@ -228,10 +254,12 @@ impl AlibabaClient {
         let Signed {
             request,
             credential,
+            place,
             ..
         } = signed;
         let request = request.headers(crate::alibaba::trace::trace_headers(&span));
         let answer = send(request).instrument(span.clone()).await;
+        drop(place);
         crate::alibaba::trace::record(&span, &answer);
         if let Err(err) = &answer
             && codes::credential_expired(err)
@@ -252,6 +280,8 @@ pub struct Signed {
     request: reqwest::RequestBuilder,
     /// What it was signed with, to drop from the cache if Alibaba says it has expired.
     credential: Credential,
+    /// Its place in the account's budget, given back when the answer is in (or it is dropped).
+    place: Option<Place>,
 }
 
 // The request carries the signature and any security token.

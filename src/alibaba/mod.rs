@@ -5,7 +5,8 @@
 //! is none), [`client`] (one signed call), [`trace`] (its client span), [`codes`] (the one
 //! classification of answers: retry, did Alibaba act, gRPC code and reason), [`retry`] and
 //! [`calls`] (the facade that owns the client and the retry policy), [`inventory`] (the fleet
-//! as `DescribeDBInstances` lists it).
+//! as `DescribeDBInstances` lists it), [`quota`] (the account's budget of calls, per region,
+//! shared by the replicas).
 
 pub mod calls;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod dds;
 pub mod endpoint;
 pub mod http;
 pub mod inventory;
+pub mod quota;
 pub mod response;
 pub mod retry;
 pub mod sign;

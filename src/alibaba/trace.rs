@@ -111,7 +111,9 @@ pub fn record(span: &Span, result: &Result<Answer, CallError>) {
                 CallError::OutcomeUnknown(_) => {
                     span.record(ERROR_TYPE, "no_answer");
                 }
-                CallError::Credentials(_) | CallError::Unsupported(_) => {
+                CallError::Credentials(_)
+                | CallError::Unsupported(_)
+                | CallError::QuotaExhausted { .. } => {
                     span.record(ERROR_TYPE, "_OTHER");
                 }
             }

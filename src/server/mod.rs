@@ -224,7 +224,13 @@ fn gated_service(
     callers: CallersHandle,
     in_flight: InFlight,
 ) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let quota = crate::alibaba::quota::Quota::new(
+        crate::state::quota::store_for(state),
+        config.alibaba.quota.into(),
+        config.state.lease,
+    );
+    let client =
+        Arc::new(AlibabaClient::new(&config.alibaba, credentials)?.with_quota(Arc::new(quota)));
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
     let engine_versions = EngineVersionServiceServer::new(service)
