@@ -143,13 +143,17 @@ async fn serve_configured(
     warn_about_timeouts(&config);
     // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
     let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
-        let simulation = Sandbox::start(SandboxConfig::default())
-            .await
-            .map_err(StartError::Sandbox)?;
+        let simulation = Sandbox::start(SandboxConfig {
+            fleet: config.sandbox.fleet.clone(),
+            ..SandboxConfig::default()
+        })
+        .await
+        .map_err(StartError::Sandbox)?;
         config.alibaba.endpoint = Some(simulation.endpoint());
         tracing::warn!(
             endpoint = %simulation.endpoint(),
-            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden"
+            fleet = config.sandbox.fleet.count,
+            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden; a fleet of dds-fleetNNN instances ([sandbox.fleet], list them with GET /v1/instances)"
         );
         (
             Arc::new(StaticProvider::new(simulation.credential())),

@@ -114,7 +114,9 @@ pub fn record(span: &Span, result: &Result<Answer, CallError>) {
                 CallError::OutcomeUnknown(_) => {
                     span.record(ERROR_TYPE, "no_answer");
                 }
-                CallError::Credentials(_) | CallError::Unsupported(_) => {
+                CallError::Credentials(_)
+                | CallError::Unsupported(_)
+                | CallError::QuotaExhausted { .. } => {
                     span.record(ERROR_TYPE, "_OTHER");
                 }
             }
@@ -132,6 +134,7 @@ pub(crate) fn outcome(result: &Result<Answer, CallError>) -> (&'static str, Opti
         Err(CallError::Unreadable { .. }) => ("unreadable", None),
         Err(CallError::Unreachable(_)) => ("unreachable", None),
         Err(CallError::OutcomeUnknown(_)) => ("no_answer", None),
+        Err(CallError::QuotaExhausted { .. }) => ("quota_exhausted", None),
         Err(CallError::Credentials(_) | CallError::Unsupported(_)) => ("_OTHER", None),
     }
 }

@@ -23,7 +23,9 @@ pub enum Kind {
     List,
 }
 
-/// Every key that can come from the environment: `(section, key, kind)`.
+/// Every key that can come from the environment: `(section, key, kind)`. A section of a
+/// section is named with a dot (`alibaba.quota`), its variables with `_`
+/// (`DDS_GATEWAY_ALIBABA_QUOTA_MAX_IN_FLIGHT`).
 pub const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Text),
     ("server", "max_request_bytes", Kind::Integer),
@@ -51,6 +53,8 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("alibaba", "max_attempts", Kind::Integer),
     ("alibaba", "retry_base_delay", Kind::Duration),
     ("alibaba", "retry_max_delay", Kind::Duration),
+    ("alibaba.quota", "calls_per_second", Kind::Integer),
+    ("alibaba.quota", "max_in_flight", Kind::Integer),
     ("idempotency", "retention", Kind::Duration),
     ("idempotency", "max_keys", Kind::Integer),
     ("idempotency", "max_keys_per_caller", Kind::Integer),
@@ -91,11 +95,30 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("telemetry", "admin_listen", Kind::Text),
     ("telemetry", "log_format", Kind::Text),
     ("audit", "file", Kind::Text),
+    ("sandbox.fleet", "count", Kind::Integer),
+    ("sandbox.fleet", "seed", Kind::Integer),
+    ("sandbox.fleet", "regions", Kind::List),
+    ("sandbox.fleet", "engine_versions", Kind::List),
+    ("sandbox.fleet", "sharding_percent", Kind::Integer),
+    ("sandbox.fleet", "resource_groups", Kind::List),
+    ("sandbox.fleet", "locked", Kind::List),
+    ("sandbox.fleet", "upgrade_time", Kind::Duration),
+];
+
+/// Keys that hold tables or arrays of tables rather than values, so no variable sets them:
+/// `(section, key)`. Sections of sections are in [`KEYS`] themselves.
+pub const TABLES: &[(&str, &str)] = &[
+    ("alibaba", "quota"),
+    ("sandbox", "fleet"),
+    ("sandbox.fleet", "tags"),
+    ("sandbox.fleet", "failures"),
 ];
 
 /// The variable of a key: `DDS_GATEWAY_SERVER_MAX_IN_FLIGHT` for `server.max_in_flight`.
 pub fn variable(section: &str, key: &str) -> String {
-    format!("{ENV_PREFIX}{section}_{key}").to_ascii_uppercase()
+    format!("{ENV_PREFIX}{section}_{key}")
+        .replace('.', "_")
+        .to_ascii_uppercase()
 }
 
 /// A key set from the environment, so that a later error about it can name its variable.
@@ -120,12 +143,16 @@ pub(super) fn overlay(
         let value = parse(kind, &text).map_err(|expected| {
             invalid(&name, format!("{expected} in {variable}, got {text:?}"))
         })?;
-        let table = document
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(table) = table else {
-            return Err(invalid(section, "expected a table"));
-        };
+        let mut table = &mut *document;
+        for part in section.split('.') {
+            let entry = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else {
+                return Err(invalid(section, "expected a table"));
+            };
+            table = inner;
+        }
         table.insert(key.to_string(), value);
         set.push(FromEnv {
             key: name,

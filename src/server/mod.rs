@@ -291,8 +291,16 @@ fn gated_service(
     ),
     ServeError,
 > {
-    let client =
-        Arc::new(AlibabaClient::new(&config.alibaba, credentials)?.with_metrics(metrics.clone()));
+    let quota = crate::alibaba::quota::Quota::new(
+        crate::state::quota::store_for(state),
+        config.alibaba.quota.into(),
+        config.state.lease,
+    );
+    let client = Arc::new(
+        AlibabaClient::new(&config.alibaba, credentials)?
+            .with_metrics(metrics.clone())
+            .with_quota(Arc::new(quota)),
+    );
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
     let upgrades = service.open_upgrades();

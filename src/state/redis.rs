@@ -335,6 +335,11 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
+    /// The connection, for the stores kept beside this one (the Alibaba quota).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     /// A Redis key of this gateway: the prefix, then the slot's hash tag.
     pub(crate) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.prefix)
