@@ -38,6 +38,7 @@ const METHODS: &[&str] = &[
     "dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
     "dds.gateway.v1.EngineVersionService/GetEngineVersion",
     "dds.gateway.v1.EngineVersionService/WatchUpgrade",
+    "dds.gateway.v1.EngineVersionService/ListInstances",
 ];
 
 /// What stands for every other path: a path is whatever the caller sent, authenticated or not,
