@@ -474,7 +474,7 @@ fn progress(r: &pb::Rollout) -> String {
         if !wave.soak_until.is_empty() && wave.state() == pb::WaveState::Soaking {
             gate = format!(" soak until {}", wave.soak_until);
         }
-        if !wave.approved_by.is_empty() {
+        if !wave.approve_time.is_empty() {
             gate = format!(
                 " approved by {:?}: {}",
                 wave.approved_by, wave.approval_comment
