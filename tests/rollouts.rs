@@ -190,7 +190,8 @@ async fn thirty_instances_in_waves_survive_a_sigkill_of_their_driver_and_each_is
     s.a.process.start_kill().unwrap();
     s.a.process.wait().await.unwrap();
     // The survivor's log, shown if the test fails.
-    let mut survivor_log = std::mem::replace(&mut s.b.log, tokio::sync::mpsc::unbounded_channel().1);
+    let mut survivor_log =
+        std::mem::replace(&mut s.b.log, tokio::sync::mpsc::unbounded_channel().1);
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(line) = survivor_log.recv().await {

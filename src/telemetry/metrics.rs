@@ -45,6 +45,7 @@ pub struct Metrics {
     connections_closed: Counter<u64>,
     rollouts: Gauge<u64>,
     rollout_instances: Gauge<u64>,
+    state_store_up: Gauge<u64>,
 }
 
 impl Metrics {
@@ -108,6 +109,12 @@ impl Metrics {
                 .u64_gauge("dds_gateway.rollout.instances")
                 .with_description("Instances of unfinished fleet rollouts, by state")
                 .build(),
+            state_store_up: meter
+                .u64_gauge("dds_gateway.state_store.up")
+                .with_description(
+                    "Whether the state store could be reached at the last check (1) or not (0); always 1 for the memory store",
+                )
+                .build(),
         }
     }
 
@@ -126,6 +133,10 @@ impl Metrics {
             self.rollout_instances
                 .record(*count, &[KeyValue::new("state", *state)]);
         }
+    }
+
+    pub(crate) fn state_store_reachable(&self, reachable: bool) {
+        self.state_store_up.record(u64::from(reachable), &[]);
     }
 
     pub(crate) fn connection_opened(&self) {
