@@ -12,12 +12,15 @@
 //!   decoding) with [`api::auth`] and [`api::policy`], [`api::service`] (the gRPC service),
 //!   [`api::json`] (the same calls as JSON over HTTP) and [`api::error`] (the API's refusals as
 //!   statuses).
+//! - [`rollout`]: fleet rollouts between the API and the upgrade path: [`rollout::plan`],
+//!   [`rollout::start`], [`rollout::driver`] (leases, waves, one send per instance),
+//!   [`rollout::control`]; their records live in [`state::rollouts`].
 //! - [`upgrade`]: the work of a call: [`upgrade::validation`], [`upgrade::idempotency`],
 //!   [`upgrade::preflight`] with [`upgrade::instance`], [`upgrade::upgrader`] (one upgrade, sent
 //!   at most once), [`upgrade::status`] (`GetEngineVersion`, `WatchUpgrade`),
 //!   [`upgrade::error`] and the statuses' details ([`upgrade::details`]).
-//! - [`state`]: where keys, upgrade locks and shared rates live: [`state::store`] (the
-//!   contract), [`state::memory`], [`state::redis`].
+//! - [`state`]: where keys, upgrade locks, shared rates and rollouts live: [`state::store`]
+//!   (the contract), [`state::memory`], [`state::redis`], [`state::rollouts`].
 //! - [`alibaba`]: calls to the Dds API: [`alibaba::signer`] (V2, V3, pure),
 //!   [`alibaba::credentials`] (the official chain), [`alibaba::sign`], [`alibaba::client`],
 //!   [`alibaba::codes`] (the one classification of answers), [`alibaba::retry`] and the facade
@@ -44,6 +47,7 @@ pub mod config;
 pub mod deadline;
 pub mod exit;
 pub mod limits;
+pub mod rollout;
 pub mod run;
 pub mod sandbox;
 pub mod secret;
@@ -57,6 +61,10 @@ pub mod upgrade;
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("dds.gateway.v1");
+
+    /// The gateway's protobuf package: every service of it with `google.api.http` options is
+    /// served as JSON over HTTP.
+    pub const PACKAGE: &str = "dds.gateway.v1";
 
     /// The encoded file descriptor set with its imports and options, for server reflection and
     /// the JSON routes (`google.api.http`).

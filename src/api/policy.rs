@@ -13,6 +13,7 @@ pub enum Rule {
     Instances,
     EngineVersions,
     ValidateOnly,
+    Rollouts,
 }
 
 impl Rule {
@@ -23,6 +24,7 @@ impl Rule {
             Self::Instances => "instances",
             Self::EngineVersions => "engine_versions",
             Self::ValidateOnly => "validate_only",
+            Self::Rollouts => "rollouts",
         }
     }
 }
@@ -56,6 +58,7 @@ pub struct Policy {
     /// `None`: every version the gateway accepts.
     engine_versions: Option<Vec<String>>,
     validate_only: bool,
+    rollouts: bool,
 }
 
 impl Policy {
@@ -65,6 +68,7 @@ impl Policy {
             instances: config.instances.clone(),
             engine_versions: config.engine_versions.clone(),
             validate_only: config.validate_only,
+            rollouts: config.rollouts,
         }
     }
 
@@ -103,6 +107,39 @@ impl Policy {
             &instance.db_instance_id,
             "read",
         )
+    }
+
+    /// For fleet rollouts: planning, starting and controlling one needs `rollouts = true`, and
+    /// the target must be one of the caller's versions.
+    pub fn check_rollouts(&self, caller: &str, target: Option<&str>) -> Result<(), Denied> {
+        if !self.rollouts {
+            return Err(Denied::new(
+                caller,
+                Rule::Rollouts,
+                "plan, start or control fleet rollouts (it needs rollouts = true)".to_string(),
+            ));
+        }
+        if let (Some(versions), Some(target)) = (&self.engine_versions, target)
+            && !versions.iter().any(|v| v == target)
+        {
+            return Err(Denied::new(
+                caller,
+                Rule::EngineVersions,
+                format!("upgrade to engine version {target:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may upgrade `db_instance_id` in `region_id` (a rollout's plan
+    /// excludes the instances it may not).
+    pub fn check_instance(
+        &self,
+        caller: &str,
+        region_id: &str,
+        db_instance_id: &str,
+    ) -> Result<(), Denied> {
+        self.check_place(caller, region_id, db_instance_id, "upgrade")
     }
 
     /// For listings: the regions to list. None named: every region the caller may use; a

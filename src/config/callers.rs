@@ -29,6 +29,10 @@ pub struct CallerConfig {
     /// The caller may only send `validate_only` requests.
     #[serde(default)]
     pub validate_only: bool,
+    /// The caller may plan, start and control fleet rollouts (off by default: a rollout is a
+    /// fleet-wide act; reading one follows the read policy).
+    #[serde(default)]
+    pub rollouts: bool,
     /// A verified client certificate naming the caller identifies it (mTLS). Off by default:
     /// a certificate never names a caller that did not opt in.
     #[serde(default)]

@@ -335,7 +335,8 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
-    /// The connection, for the stores kept beside this one (the Alibaba quota).
+    /// The shared connection, for the records kept beside this store (the Alibaba quota, fleet
+    /// rollouts, recent activity).
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }

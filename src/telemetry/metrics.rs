@@ -34,6 +34,8 @@ pub struct Metrics {
     connections_closed: Counter<u64>,
     export_failures: Counter<u64>,
     http_route_misses: Counter<u64>,
+    rollouts: Gauge<u64>,
+    rollout_instances: Gauge<u64>,
     state_store_up: Gauge<u64>,
     config_reloads: Counter<u64>,
 }
@@ -107,6 +109,14 @@ impl Metrics {
                 .u64_counter("dds_gateway.http.route_misses")
                 .with_description("HTTP requests that matched no JSON route")
                 .build(),
+            rollouts: meter
+                .u64_gauge("dds_gateway.rollouts")
+                .with_description("Fleet rollouts in the state store, by state")
+                .build(),
+            rollout_instances: meter
+                .u64_gauge("dds_gateway.rollout.instances")
+                .with_description("Instances of unfinished fleet rollouts, by state")
+                .build(),
             state_store_up: meter
                 .u64_gauge("dds_gateway.state_store.up")
                 .with_description(
@@ -119,6 +129,23 @@ impl Metrics {
                     "Reloads of [[callers]] (file=callers) and credential files (file=credentials), by outcome (ok, error)",
                 )
                 .build(),
+        }
+    }
+
+    /// How many rollouts and instances of unfinished rollouts are in each state now (every
+    /// state named, with 0 for none, so that a gauge falls back when its last one moves on).
+    pub(crate) fn rollout_states(
+        &self,
+        rollouts: &[(&'static str, u64)],
+        instances: &[(&'static str, u64)],
+    ) {
+        for (state, count) in rollouts {
+            self.rollouts
+                .record(*count, &[KeyValue::new("state", *state)]);
+        }
+        for (state, count) in instances {
+            self.rollout_instances
+                .record(*count, &[KeyValue::new("state", *state)]);
         }
     }
 
