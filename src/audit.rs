@@ -61,6 +61,14 @@ pub struct AuditError {
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
     file: Option<Arc<Mutex<AuditFile>>>,
+    recent: Option<Arc<dyn Recent>>,
+}
+
+/// Where audit events are also kept as a short list of recent activity (the state store's, see
+/// `state::activity`), for the console. Never blocks and never fails the event: the file is the
+/// record, the list a view.
+pub trait Recent: Send + Sync + std::fmt::Debug {
+    fn keep(&self, event: &AuditEvent);
 }
 
 #[derive(Debug)]
@@ -122,7 +130,14 @@ impl Audit {
                 path: path.to_path_buf(),
                 file: Some(file),
             }))),
+            recent: None,
         })
+    }
+
+    /// Also keeps each event in `recent`.
+    pub fn with_recent(mut self, recent: Arc<dyn Recent>) -> Self {
+        self.recent = Some(recent);
+        self
     }
 
     /// Records `event`: logs it and, with a file, appends and syncs it before returning.
@@ -142,6 +157,9 @@ impl Audit {
             request_id = %event.request_id,
             "audit"
         );
+        if let Some(recent) = &self.recent {
+            recent.keep(&event);
+        }
         let Some(file) = self.file.clone() else {
             return Ok(());
         };

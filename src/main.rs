@@ -387,6 +387,8 @@ async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetr
             }
         };
         config.alibaba.endpoint = Some(simulation.endpoint());
+        // The console is on by default in the sandbox (`server.console = false` turns it off).
+        config.server.console.get_or_insert(true);
         tracing::warn!(
             endpoint = %simulation.endpoint(),
             "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden"

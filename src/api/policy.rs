@@ -67,6 +67,26 @@ impl Policy {
         }
     }
 
+    /// The regions the caller may use.
+    pub(crate) fn regions(&self) -> &[String] {
+        &self.regions
+    }
+
+    /// The instance id patterns (glob) the caller may use.
+    pub(crate) fn instances(&self) -> &[String] {
+        &self.instances
+    }
+
+    /// The target versions the caller may ask for; `None`: every configured one.
+    pub(crate) fn engine_versions(&self) -> Option<&[String]> {
+        self.engine_versions.as_deref()
+    }
+
+    /// Whether the caller may only validate.
+    pub(crate) fn validate_only(&self) -> bool {
+        self.validate_only
+    }
+
     /// Allows the request, or names the first rule that refuses it.
     pub fn check(&self, caller: &str, request: &ValidUpgradeRequest) -> Result<(), Denied> {
         let deny = |rule, what| Err(Denied::new(caller, rule, what));

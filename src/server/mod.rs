@@ -6,6 +6,7 @@
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
 pub mod connections;
+pub mod console;
 pub mod reload;
 pub mod rollout;
 
@@ -165,8 +166,11 @@ async fn serve_inner(
             config.server.max_connection_age_grace,
         ),
     );
+    let console = crate::server::console::ConsoleLayer::new(config.server.console == Some(true));
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
+        // The console's files are answered before any RPC layer sees the request.
+        .layer(console.clone())
         // Outermost: the call's span, metrics and access line cover everything below.
         .layer(RpcLayer::new(telemetry.clone()))
         // Before the layers below, which then see a JSON call as the gRPC call it becomes.
@@ -194,6 +198,9 @@ async fn serve_inner(
         });
     tokio::pin!(server);
     tracing::info!(routes = %json.describe(), "JSON over HTTP on the same port");
+    if console.is_enabled() {
+        tracing::info!(url = %format!("http://{local}{}", crate::server::console::PREFIX), "web console on (server.console)");
+    }
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "dds-gateway listening");
 
     tokio::select! {
@@ -225,8 +232,12 @@ fn gated_service(
     in_flight: InFlight,
 ) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    // Every audit event also goes to the recent-activity list the console shows.
+    let activity = crate::state::activity::Activity::of(state);
+    let audit = audit.with_recent(Arc::new(activity.clone()));
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
-        .with_audit(audit);
+        .with_audit(audit)
+        .with_activity(activity);
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);

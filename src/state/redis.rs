@@ -265,6 +265,11 @@ impl RedisStore {
         format!("{}{{{tag}}}{rest}", self.prefix)
     }
 
+    /// A handle on the shared connection, for the other lists this gateway keeps in Redis.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     fn record(&self, key: &Key) -> (String, String) {
         let tag = format!("c:{}", hex(key.caller()));
         (

@@ -2,12 +2,13 @@
 //! (`request_id` keys and per-instance locks over the state store), [`preflight`] (checks of
 //! the instance, with [`instance`]: states, version order, why not), [`upgrader`] (one intended
 //! upgrade, sent at most once) and [`status`] (`GetEngineVersion` and `WatchUpgrade`). Their
-//! failures are [`error`]'s; each becomes a status with the messages and details of [`details`].
+//! failures are [`error`]'s; [`lifecycle`] says where a version stands against its end of life; each becomes a status with the messages and details of [`details`].
 
 pub mod details;
 pub mod error;
 pub mod idempotency;
 pub mod instance;
+pub mod lifecycle;
 pub mod preflight;
 pub mod status;
 pub mod upgrader;
