@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut api = protox::Compiler::new(["proto"])?;
     api.include_imports(true)
         .include_source_info(true)
-        .open_file("dds/gateway/v1/gateway.proto")?;
+        .open_files([
+            "dds/gateway/v1/gateway.proto",
+            "dds/gateway/v1/rollout.proto",
+        ])?;
     // Encoded by protox itself: a `prost_types` descriptor would drop the extension options.
     fs::write(
         out.join("dds_gateway_descriptor.bin"),

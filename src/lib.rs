@@ -52,6 +52,10 @@ pub mod upgrade;
 pub mod pb {
     tonic::include_proto!("dds.gateway.v1");
 
+    /// The gateway's protobuf package: every service of it with `google.api.http` options is
+    /// served as JSON over HTTP.
+    pub const PACKAGE: &str = "dds.gateway.v1";
+
     /// The encoded file descriptor set with its imports and options, for server reflection and
     /// the JSON routes (`google.api.http`).
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -64,14 +64,11 @@ struct Shared {
 }
 
 impl JsonLayer {
-    /// The routes of the gateway's service, from its descriptor; the error says what in the
+    /// The routes of the gateway's services, from their descriptor; the error says what in the
     /// proto's annotations is not supported.
     pub fn new(telemetry: Telemetry, max_request_bytes: usize) -> Result<Self, String> {
-        let routes = Routes::from_descriptor(
-            crate::pb::FILE_DESCRIPTOR_SET,
-            crate::api::service::SERVICE_NAME,
-        )
-        .map_err(|e| e.to_string())?;
+        let routes = Routes::of_package(crate::pb::FILE_DESCRIPTOR_SET, crate::pb::PACKAGE)
+            .map_err(|e| e.to_string())?;
         let statuses = StatusWriter::new(crate::pb::GOOGLE_RPC_DESCRIPTOR_SET)?;
         Ok(Self {
             shared: Arc::new(Shared {

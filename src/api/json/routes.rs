@@ -70,48 +70,82 @@ pub struct Routes {
 impl Routes {
     /// The bindings of `service` (a full name) in the encoded file descriptor set `descriptor`.
     pub fn from_descriptor(descriptor: &[u8], service: &str) -> Result<Self, RouteError> {
-        let fail = |reason: String| RouteError {
-            service: service.to_string(),
+        Self::from_services(descriptor, &[service])
+    }
+
+    /// The bindings of every service of `package` in `descriptor` that declares any: the
+    /// annotations alone decide which RPCs have JSON routes.
+    pub fn of_package(descriptor: &[u8], package: &str) -> Result<Self, RouteError> {
+        let pool = DescriptorPool::decode(descriptor).map_err(|e| RouteError {
+            service: package.to_string(),
+            reason: format!("unreadable descriptor: {e}"),
+        })?;
+        let option = pool.get_extension_by_name(HTTP_OPTION);
+        let services: Vec<String> = pool
+            .services()
+            .filter(|s| s.package_name() == package)
+            .filter(|s| {
+                option
+                    .as_ref()
+                    .is_some_and(|o| s.methods().any(|m| m.options().has_extension(o)))
+            })
+            .map(|s| s.full_name().to_string())
+            .collect();
+        let names: Vec<&str> = services.iter().map(String::as_str).collect();
+        Self::from_services(descriptor, &names)
+    }
+
+    /// The bindings of `services` (full names), checked together for ambiguity.
+    fn from_services(descriptor: &[u8], services: &[&str]) -> Result<Self, RouteError> {
+        let all = services.join(", ");
+        let fail_all = |reason: String| RouteError {
+            service: all.clone(),
             reason,
         };
         let pool = DescriptorPool::decode(descriptor)
-            .map_err(|e| fail(format!("unreadable descriptor: {e}")))?;
+            .map_err(|e| fail_all(format!("unreadable descriptor: {e}")))?;
         let option = pool
             .get_extension_by_name(HTTP_OPTION)
-            .ok_or_else(|| fail(format!("the descriptor lacks {HTTP_OPTION}")))?;
-        let service_descriptor = pool
-            .get_service_by_name(service)
-            .ok_or_else(|| fail("no such service in the descriptor".to_string()))?;
+            .ok_or_else(|| fail_all(format!("the descriptor lacks {HTTP_OPTION}")))?;
         let mut routes = Vec::new();
-        for method in service_descriptor.methods() {
-            let options = method.options();
-            if !options.has_extension(&option) {
-                continue;
-            }
-            let Value::Message(rule) = options.get_extension(&option).into_owned() else {
-                return Err(fail(format!(
-                    "{}: {HTTP_OPTION} is no HttpRule",
-                    method.name()
-                )));
+        for service in services {
+            let fail = |reason: String| RouteError {
+                service: service.to_string(),
+                reason,
             };
-            let mut rules = vec![rule.clone()];
-            if let Some(more) = rule.get_field_by_name("additional_bindings")
-                && let Value::List(more) = more.as_ref()
-            {
-                rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
-            }
-            for rule in &rules {
-                routes.push(
-                    route(&method, rule)
-                        .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
-                );
+            let service_descriptor = pool
+                .get_service_by_name(service)
+                .ok_or_else(|| fail("no such service in the descriptor".to_string()))?;
+            for method in service_descriptor.methods() {
+                let options = method.options();
+                if !options.has_extension(&option) {
+                    continue;
+                }
+                let Value::Message(rule) = options.get_extension(&option).into_owned() else {
+                    return Err(fail(format!(
+                        "{}: {HTTP_OPTION} is no HttpRule",
+                        method.name()
+                    )));
+                };
+                let mut rules = vec![rule.clone()];
+                if let Some(more) = rule.get_field_by_name("additional_bindings")
+                    && let Value::List(more) = more.as_ref()
+                {
+                    rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
+                }
+                for rule in &rules {
+                    routes.push(
+                        route(&method, rule)
+                            .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
+                    );
+                }
             }
         }
         if routes.is_empty() {
-            return Err(fail(format!("no method has a {HTTP_OPTION} option")));
+            return Err(fail_all(format!("no method has a {HTTP_OPTION} option")));
         }
         let table = Self { routes };
-        table.check_unambiguous().map_err(fail)?;
+        table.check_unambiguous().map_err(fail_all)?;
         Ok(table)
     }
 
@@ -453,5 +487,69 @@ mod tests {
         let (segments, verb) = parse_template("/v1/{db_instance_id}:go", &input).unwrap();
         assert_eq!(segments.len(), 2);
         assert_eq!(verb.as_deref(), Some("go"));
+    }
+
+    /// Every annotated service of the package is routed: the rollout routes of DESIGN.md
+    /// ("Fleet rollouts") come from `rollout.proto`'s annotations, beside the engine service's.
+    #[test]
+    fn the_package_table_holds_every_services_routes() {
+        let table = Routes::of_package(crate::pb::FILE_DESCRIPTOR_SET, crate::pb::PACKAGE).unwrap();
+        let pick = |method: http::Method, path: &str| match table.select(&method, path) {
+            Selected::Route { route, bound } => (
+                route.grpc_path.clone(),
+                bound.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+                route.streaming,
+            ),
+            other => panic!("{method} {path}: {other:?}"),
+        };
+        let rollouts = "/dds.gateway.v1.RolloutService";
+        assert_eq!(
+            pick(http::Method::POST, "/v1/rollouts:plan").0,
+            format!("{rollouts}/PlanRollout")
+        );
+        assert_eq!(
+            pick(http::Method::POST, "/v1/rollouts").0,
+            format!("{rollouts}/StartRollout")
+        );
+        assert_eq!(
+            pick(http::Method::GET, "/v1/rollouts").0,
+            format!("{rollouts}/ListRollouts")
+        );
+        assert_eq!(
+            pick(http::Method::GET, "/v1/rollouts/r1"),
+            (
+                format!("{rollouts}/GetRollout"),
+                vec!["r1".to_string()],
+                false
+            )
+        );
+        assert_eq!(
+            pick(http::Method::GET, "/v1/rollouts/r1:watch"),
+            (
+                format!("{rollouts}/WatchRollout"),
+                vec!["r1".to_string()],
+                true
+            )
+        );
+        for verb in ["pause", "resume", "cancel", "approve"] {
+            let (path, bound, _) = pick(http::Method::POST, &format!("/v1/rollouts/r1:{verb}"));
+            assert!(
+                path.to_lowercase().ends_with(&format!("/{verb}rollout")),
+                "{path}"
+            );
+            assert_eq!(bound, vec!["r1".to_string()]);
+        }
+        assert_eq!(
+            pick(http::Method::POST, "/v1/rollouts/r1/instances/dds-a:retry").1,
+            vec!["r1".to_string(), "dds-a".to_string()]
+        );
+        assert_eq!(
+            pick(http::Method::GET, "/v1/instances/dds-a/engineVersion").0,
+            "/dds.gateway.v1.EngineVersionService/GetEngineVersion"
+        );
+        assert!(matches!(
+            table.select(&http::Method::DELETE, "/v1/rollouts/r1"),
+            Selected::MethodNotAllowed { .. }
+        ));
     }
 }
