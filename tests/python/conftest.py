@@ -5,6 +5,7 @@ The binaries are built by cargo beforehand (`cargo build --bin dds-gateway --exa
 tests never build anything themselves.
 """
 
+import contextlib
 import importlib
 import json
 import os
@@ -90,14 +91,14 @@ def gateway_pb(tmp_path_factory) -> types.SimpleNamespace:
         sys.path.remove(str(out))
 
 
-@pytest.fixture(scope="module")
-def gateway(gateway_bin):
-    """Runs `dds-gateway serve --sandbox` on an ephemeral loopback port; yields its address.
+@contextlib.contextmanager
+def running_gateway(gateway_bin, *args):
+    """Runs `dds-gateway serve --sandbox --listen 127.0.0.1:0 ARGS...`; yields its address.
 
     Teardown sends SIGTERM and requires a graceful exit with status 0.
     """
     proc = subprocess.Popen(
-        [str(gateway_bin), "serve", "--sandbox", "--listen", "127.0.0.1:0"],
+        [str(gateway_bin), "serve", "--sandbox", "--listen", "127.0.0.1:0", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -141,6 +142,13 @@ def gateway(gateway_bin):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_bin):
+    """`dds-gateway serve --sandbox` on an ephemeral loopback port (no callers); its address."""
+    with running_gateway(gateway_bin) as local:
+        yield local
 
 
 @pytest.fixture(scope="module")
