@@ -16,6 +16,7 @@ LAYERS = [
     {"client", "sandbox"},  # the command-line client; the simulated Dds API
     {"server"},  # listener, connections, rollout, reload, shutdown
     {"api"},  # gate, auth, policy, the gRPC service, JSON over HTTP, API errors
+    {"rollout"},  # fleet rollouts: plan, start, driver (leases, waves), control
     {"upgrade"},  # validation, idempotency, preflight, the upgrade, status, their errors
     {"state"},  # the store's contract, memory and Redis stores
     {"alibaba"},  # signing, credentials, the Dds client, retries, the answers' classification

@@ -1,6 +1,7 @@
 //! The audit trail: one event per request to upgrade or validate (who asked, which instance and
 //! region, from which version to which, the outcome, the gRPC code, Alibaba's `RequestId`, the
-//! trace id, the time), and before it a `sending` event for each upgrade request sent.
+//! trace id, the time), and before it a `sending` event for each upgrade request sent; and each
+//! action on a fleet rollout (kind `rollout`: start, pause, resume, cancel, approve, retry, skip).
 //!
 //! Every event goes to the log target [`TARGET`] and, when `audit.file` is set, is appended to a
 //! JSON-lines file and synced to disk before [`Audit::record`] returns.
@@ -24,7 +25,7 @@ pub const TARGET: &str = "dds_gateway::audit";
 pub struct AuditEvent {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
-    /// `upgrade` or `validate_only`.
+    /// `upgrade`, `validate_only` or `rollout`.
     pub kind: &'static str,
     /// The authenticated caller; empty on a gateway without `[[callers]]`.
     pub caller: String,
@@ -46,6 +47,12 @@ pub struct AuditEvent {
     /// The caller's idempotency key.
     pub request_id: String,
     pub trace_id: String,
+    /// The fleet rollout the event belongs to (a rollout's actions, and its instances' upgrades).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rollout_id: String,
+    /// The caller's reason for a rollout action (e.g. an approval's comment).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub comment: String,
 }
 
 /// Why an audit event could not be written.
@@ -228,6 +235,8 @@ mod tests {
             alibaba_code: String::new(),
             request_id: String::new(),
             trace_id: String::new(),
+            rollout_id: String::new(),
+            comment: String::new(),
         }
     }
 

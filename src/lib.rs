@@ -12,12 +12,15 @@
 //!   decoding) with [`api::auth`] and [`api::policy`], [`api::service`] (the gRPC service),
 //!   [`api::json`] (the same calls as JSON over HTTP) and [`api::error`] (the API's refusals as
 //!   statuses).
+//! - [`rollout`]: fleet rollouts between the API and the upgrade path: [`rollout::plan`],
+//!   [`rollout::start`], [`rollout::driver`] (leases, waves, one send per instance),
+//!   [`rollout::control`]; their records live in [`state::rollouts`].
 //! - [`upgrade`]: the work of a call: [`upgrade::validation`], [`upgrade::idempotency`],
 //!   [`upgrade::preflight`] with [`upgrade::instance`], [`upgrade::upgrader`] (one upgrade, sent
 //!   at most once), [`upgrade::status`] (`GetEngineVersion`, `WatchUpgrade`),
 //!   [`upgrade::error`] and the statuses' details ([`upgrade::details`]).
-//! - [`state`]: where keys, upgrade locks and shared rates live: [`state::store`] (the
-//!   contract), [`state::memory`], [`state::redis`].
+//! - [`state`]: where keys, upgrade locks, shared rates and rollouts live: [`state::store`]
+//!   (the contract), [`state::memory`], [`state::redis`], [`state::rollouts`].
 //! - [`alibaba`]: calls to the Dds API: [`alibaba::signer`] (V2, V3, pure),
 //!   [`alibaba::credentials`] (the official chain), [`alibaba::sign`], [`alibaba::client`],
 //!   [`alibaba::codes`] (the one classification of answers), [`alibaba::retry`] and the facade
@@ -39,6 +42,7 @@ pub mod client;
 pub mod config;
 pub mod deadline;
 pub mod limits;
+pub mod rollout;
 pub mod sandbox;
 pub mod secret;
 pub mod server;

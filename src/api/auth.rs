@@ -331,6 +331,7 @@ mod tests {
                     instances: vec![],
                     engine_versions: None,
                     validate_only: false,
+                    rollouts: false,
                     mtls: false,
                     rate_per_second: None,
                     burst: None,

@@ -3,6 +3,8 @@
 //! before any call to Alibaba Cloud; a denial names the rule, never another caller's rules.
 
 use crate::config::CallerConfig;
+/// Instance patterns match as `[[callers]]` patterns do (also a rollout selector's).
+pub use crate::config::callers::glob_match;
 use crate::upgrade::validation::{InstanceRef, ValidUpgradeRequest};
 
 /// The rule that refused a request, as it appears in `ErrorInfo.metadata["rule"]`.
@@ -12,6 +14,7 @@ pub enum Rule {
     Instances,
     EngineVersions,
     ValidateOnly,
+    Rollouts,
 }
 
 impl Rule {
@@ -22,6 +25,7 @@ impl Rule {
             Self::Instances => "instances",
             Self::EngineVersions => "engine_versions",
             Self::ValidateOnly => "validate_only",
+            Self::Rollouts => "rollouts",
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct Policy {
     /// `None`: every version the gateway accepts.
     engine_versions: Option<Vec<String>>,
     validate_only: bool,
+    rollouts: bool,
 }
 
 impl Policy {
@@ -64,6 +69,7 @@ impl Policy {
             instances: config.instances.clone(),
             engine_versions: config.engine_versions.clone(),
             validate_only: config.validate_only,
+            rollouts: config.rollouts,
         }
     }
 
@@ -124,6 +130,39 @@ impl Policy {
         )
     }
 
+    /// For fleet rollouts: planning, starting and controlling one needs `rollouts = true`, and
+    /// the target must be one of the caller's versions.
+    pub fn check_rollouts(&self, caller: &str, target: Option<&str>) -> Result<(), Denied> {
+        if !self.rollouts {
+            return Err(Denied::new(
+                caller,
+                Rule::Rollouts,
+                "plan, start or control fleet rollouts (it needs rollouts = true)".to_string(),
+            ));
+        }
+        if let (Some(versions), Some(target)) = (&self.engine_versions, target)
+            && !versions.iter().any(|v| v == target)
+        {
+            return Err(Denied::new(
+                caller,
+                Rule::EngineVersions,
+                format!("upgrade to engine version {target:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may upgrade `db_instance_id` in `region_id` (a rollout's plan
+    /// excludes the instances it may not).
+    pub fn check_instance(
+        &self,
+        caller: &str,
+        region_id: &str,
+        db_instance_id: &str,
+    ) -> Result<(), Denied> {
+        self.check_place(caller, region_id, db_instance_id, "upgrade")
+    }
+
     fn check_place(
         &self,
         caller: &str,
@@ -147,37 +186,6 @@ impl Policy {
         }
         Ok(())
     }
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
-/// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
-/// that backtracks only to the most recent `*`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more character and try again from there.
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]

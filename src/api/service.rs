@@ -196,6 +196,8 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             alibaba_code: String::new(),
             request_id: short(&message.request_id).to_string(),
             trace_id: telemetry::current_trace_id(),
+            rollout_id: String::new(),
+            comment: String::new(),
         };
         let Outcome { accepted, replayed } = self
             .upgrade(message, deadline, caller.as_deref(), event)

@@ -1,5 +1,5 @@
-//! Where shared state lives (`[state]`): idempotency keys, per-instance upgrade locks and caller
-//! rate buckets. [`store`] is the contract; [`memory`] keeps them in this process (one replica);
+//! Where shared state lives (`[state]`): idempotency keys, per-instance upgrade locks, caller
+//! rate buckets and fleet rollouts ([`rollouts`]). [`store`] is the contract; [`memory`] keeps them in this process (one replica);
 //! [`redis`] shares them between replicas. This module builds the store the configuration names and
 //! watches whether it can be reached, for health checks. [`activity`] keeps the recent upgrades and
 //! rollout actions for the console.
@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod memory;
 pub mod redis;
+pub mod rollouts;
 pub mod store;
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct State {
     pub store: Arc<dyn StateStore>,
     /// The Redis store, when there is one (health, rate limits).
     pub redis: Option<Arc<redis::RedisStore>>,
+    /// Fleet rollouts' records, beside the keys.
+    pub rollouts: Arc<dyn rollouts::RolloutStore>,
 }
 
 impl State {
@@ -40,6 +43,7 @@ impl State {
                 store.check_at_start_up().await;
                 Ok(Self {
                     store: Arc::clone(&store) as Arc<dyn StateStore>,
+                    rollouts: Arc::new(rollouts::RedisRollouts::new(Arc::clone(&store))),
                     redis: Some(store),
                 })
             }
@@ -52,6 +56,7 @@ impl State {
         Self {
             store: Arc::new(MemoryStore::new(limits)),
             redis: None,
+            rollouts: Arc::new(rollouts::MemoryRollouts::new()),
         }
     }
 

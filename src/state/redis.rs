@@ -260,6 +260,11 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
+    /// The shared connection, for the other records kept in this Redis (fleet rollouts).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     /// A Redis key of this gateway: the prefix, then the slot's hash tag.
     pub(crate) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.prefix)

@@ -225,7 +225,7 @@ impl Validator {
 }
 
 /// `dds-` followed by lowercase ASCII letters and digits, at most 64 characters in all.
-fn check_instance_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("is required, e.g. \"dds-bp1234567890ab\"".to_string());
     }
