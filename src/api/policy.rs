@@ -93,6 +93,11 @@ impl Policy {
         self.validate_only
     }
 
+    /// Whether the caller may plan, start and control fleet rollouts (`rollouts = true`).
+    pub(crate) fn rollouts(&self) -> bool {
+        self.rollouts
+    }
+
     /// Allows the request, or names the first rule that refuses it.
     pub fn check(&self, caller: &str, request: &ValidUpgradeRequest) -> Result<(), Denied> {
         let deny = |rule, what| Err(Denied::new(caller, rule, what));

@@ -282,8 +282,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             name: caller.name().to_string(),
             authenticated: true,
             may_upgrade: !policy.validate_only(),
-            // Until callers carry a rollout permission of their own: those that may upgrade.
-            may_roll_out: !policy.validate_only(),
+            may_roll_out: policy.rollouts() && !policy.validate_only(),
             region_ids: policy.regions().to_vec(),
             instance_patterns: policy.instances().to_vec(),
             engine_versions: match policy.engine_versions() {

@@ -135,8 +135,19 @@ async fn serve_inner(
     let state = crate::state::State::open(&config)
         .await
         .map_err(ServeError::Refused)?;
+    // Every audit event (upgrades, rollout actions) also goes to the recent-activity list.
+    let activity = crate::state::activity::Activity::of(&state);
+    let audit = audit.with_recent(Arc::new(activity.clone()));
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
+    let engine_versions = gated_service(
+        &config,
+        &state,
+        credentials,
+        audit,
+        activity,
+        callers,
+        in_flight,
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -228,13 +239,11 @@ fn gated_service(
     state: &crate::state::State,
     credentials: Arc<dyn CredentialsProvider>,
     audit: Audit,
+    activity: crate::state::activity::Activity,
     callers: CallersHandle,
     in_flight: InFlight,
 ) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    // Every audit event also goes to the recent-activity list the console shows.
-    let activity = crate::state::activity::Activity::of(state);
-    let audit = audit.with_recent(Arc::new(activity.clone()));
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit)
         .with_activity(activity);

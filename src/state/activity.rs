@@ -147,19 +147,26 @@ impl Recent for Activity {
         if event.outcome == "sending" || event.kind == "validate_only" {
             return;
         }
+        // A rollout's action is recorded with the action as its outcome; as activity it is the
+        // action `rollout.<action>`, done.
+        let (action, outcome) = if event.kind == "rollout" {
+            (format!("rollout.{}", event.outcome), "done")
+        } else {
+            (event.kind.to_string(), event.outcome)
+        };
         self.keep_entry(pb::Activity {
             time: event.time.clone(),
             caller: event.caller.clone(),
-            action: event.kind.to_string(),
+            action,
             db_instance_id: event.db_instance_id.clone(),
             region_id: event.region_id.clone(),
-            rollout_id: String::new(),
+            rollout_id: event.rollout_id.clone(),
             from_engine_version: event.from_version.clone(),
             to_engine_version: event.to_version.clone(),
-            outcome: event.outcome.to_string(),
+            outcome: outcome.to_string(),
             grpc_code: event.grpc_code.to_string(),
             alibaba_code: event.alibaba_code.clone(),
-            comment: String::new(),
+            comment: event.comment.clone(),
         });
     }
 }
@@ -204,6 +211,8 @@ mod tests {
             alibaba_code: String::new(),
             request_id: String::new(),
             trace_id: String::new(),
+            rollout_id: String::new(),
+            comment: String::new(),
         };
         activity.keep(&event);
         event.kind = "validate_only";
@@ -223,5 +232,17 @@ mod tests {
             ),
             ("upgrade", "accepted", "ops")
         );
+        event.kind = "rollout";
+        event.outcome = "approve";
+        event.rollout_id = "r-1".into();
+        event.comment = "canary looks healthy".into();
+        activity.keep(&event);
+        let approval = &activity.recent().await.unwrap()[0];
+        assert_eq!(
+            (approval.action.as_str(), approval.outcome.as_str()),
+            ("rollout.approve", "done")
+        );
+        assert_eq!(approval.rollout_id, "r-1");
+        assert_eq!(approval.comment, "canary looks healthy");
     }
 }

@@ -260,7 +260,8 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
-    /// The shared connection, for the other records kept in this Redis (fleet rollouts).
+    /// The shared connection, for the other records kept in this Redis (fleet rollouts, recent
+    /// activity).
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
@@ -268,11 +269,6 @@ impl RedisStore {
     /// A Redis key of this gateway: the prefix, then the slot's hash tag.
     pub(crate) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.prefix)
-    }
-
-    /// A handle on the shared connection, for the other lists this gateway keeps in Redis.
-    pub(crate) fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
     }
 
     fn record(&self, key: &Key) -> (String, String) {
