@@ -32,7 +32,7 @@ function instanceStatus(instance) {
 }
 
 function instanceType(instance) {
-  return instance.dbInstanceType || instance.type || '';
+  return instance.instanceType || instance.dbInstanceType || '';
 }
 
 // "env=prod" matches the tag env with value prod; "env" any value of env.
@@ -115,7 +115,7 @@ export async function fleetView(ctx) {
         h('a', { href: `#/instances/${encodeURIComponent(i.dbInstanceId)}${query({ region: i.regionId })}` }, i.dbInstanceId),
         i.regionId || '',
         h('span', {}, `${i.engineVersion} `, badge(life.label, life.tone)),
-        statusBadge(instanceStatus(i)),
+        h('span', {}, statusBadge(instanceStatus(i)), i.lockMode && i.lockMode !== 'Unlock' ? [' ', badge(`lock: ${i.lockMode}`, 'warn')] : null),
         instanceType(i),
         tagsText(i.tags),
       ];
