@@ -275,3 +275,54 @@ async fn activity_lists_upgrades_for_the_instances_the_caller_may_read() {
     let json = bad.assert_error(400, 3, "INVALID_REQUEST");
     assert!(json.to_string().contains("page_size"), "{json}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn activity_is_shared_by_replicas_through_redis_and_capped() {
+    use dds_gateway::sandbox::SandboxConfig;
+    use dds_gateway::state::activity::{Activity, CAPACITY};
+
+    dds_gateway::tls::install_crypto_provider();
+    let redis = common::redis::RedisServer::start().await;
+    let toml = format!(
+        "[state]\nstore = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    );
+    let a = common::Gateway::from_toml(SandboxConfig::default(), &toml).await;
+    let b = common::Gateway::from_toml(SandboxConfig::default(), &toml).await;
+    let upgrade = common::http_client::post(
+        &url(&a, "/v1/instances/dds-sandbox01:upgradeEngineVersion"),
+        &[],
+        r#"{"engineVersion": "4.4"}"#,
+    )
+    .await;
+    assert_eq!(upgrade.status, 200, "{:?}", upgrade.body);
+    // Replica b never saw the call; it lists it from the shared list.
+    common::eventually("replica b lists replica a's upgrade", || async {
+        let answer = http1("GET", &url(&b, "/v1/activity"), &[], None).await;
+        answer.json()["activities"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|e| e["dbInstanceId"] == "dds-sandbox01"))
+    })
+    .await;
+
+    // The list keeps the newest CAPACITY entries.
+    let store = dds_gateway::state::redis::RedisStore::open(
+        &dds_gateway::config::RedisUrl::parse(&redis.url()).unwrap(),
+        None,
+        "dds-gateway:",
+        dds_gateway::state::store::StoreLimits::from_config(&common::default_config()),
+    )
+    .unwrap();
+    let list = Activity::redis(&store);
+    for n in 0..CAPACITY + 5 {
+        list.push(dds_gateway::pb::Activity {
+            db_instance_id: format!("dds-n{n}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let recent = list.recent().await.unwrap();
+    assert_eq!(recent.len(), CAPACITY);
+    assert_eq!(recent[0].db_instance_id, format!("dds-n{}", CAPACITY + 4));
+}
