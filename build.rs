@@ -8,6 +8,14 @@ use std::{env, fs, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out = PathBuf::from(env::var("OUT_DIR")?);
+    // New files, never writes through old ones: a target directory seeded with hard links
+    // (`cp -al`, as worktrees are) would otherwise change the other copies' generated code.
+    for entry in fs::read_dir(&out)? {
+        let path = entry?.path();
+        if path.is_file() {
+            fs::remove_file(path)?;
+        }
+    }
 
     let mut api = protox::Compiler::new(["proto"])?;
     api.include_imports(true)
