@@ -379,7 +379,13 @@ async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bo
 async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetry) -> ExitCode {
     // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
     let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
-        let simulation = match Sandbox::start(SandboxConfig::default()).await {
+        let fleet = config.sandbox.fleet.clone();
+        let simulation = match Sandbox::start(SandboxConfig {
+            fleet,
+            ..SandboxConfig::default()
+        })
+        .await
+        {
             Ok(simulation) => simulation,
             Err(err) => {
                 eprintln!("cannot start the sandbox: {err}");
@@ -391,7 +397,8 @@ async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetr
         config.server.console.get_or_insert(true);
         tracing::warn!(
             endpoint = %simulation.endpoint(),
-            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden"
+            fleet = config.sandbox.fleet.count,
+            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden; a fleet of dds-fleetNNN instances ([sandbox.fleet], list them with GET /v1/instances)"
         );
         (
             Arc::new(StaticProvider::new(simulation.credential())),

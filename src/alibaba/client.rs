@@ -19,6 +19,7 @@ use super::credentials::credential::{Credential, CredentialsProvider};
 use super::dds::{API_VERSION, PRODUCT, action};
 use super::endpoint;
 use super::http::{error_chain, form_post, http_client_builder};
+use super::inventory::{self, InstanceFilter, InstanceType, Page};
 use super::response::{self, Answer, AvailableEngineVersions, CallError, InstanceAttribute};
 use super::sign::{sign_v3, v2_form_body};
 use crate::config::{AlibabaConfig, SignatureVersion};
@@ -143,6 +144,26 @@ impl AlibabaClient {
             .await?;
         response::parse_available_engine_versions(&body.bytes).map_err(|()| CallError::Unreadable {
             http_status: body.http_status,
+        })
+    }
+
+    /// One page of `DescribeDBInstances`: the instances of `region_id` and `instance_type`
+    /// that match what `filter` sends to Alibaba.
+    pub async fn describe_db_instances(
+        &self,
+        filter: &InstanceFilter,
+        region_id: &str,
+        instance_type: InstanceType,
+        page_number: usize,
+    ) -> Result<Page, CallError> {
+        let params = filter.params(region_id, instance_type, page_number);
+        let body = self
+            .call(action::DESCRIBE_DB_INSTANCES, region_id, params)
+            .await?;
+        inventory::parse_page(&body.bytes, region_id, instance_type).map_err(|()| {
+            CallError::Unreadable {
+                http_status: body.http_status,
+            }
         })
     }
 

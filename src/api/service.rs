@@ -45,6 +45,8 @@ pub struct EngineVersionService {
     validator: Validator,
     upgrader: Upgrader,
     status: StatusReader,
+    /// Alibaba's calls, for listings.
+    alibaba: Alibaba,
     request_timeout: Duration,
     watch_limit: Duration,
     /// The region of requests that name none, for the audit trail.
@@ -107,7 +109,8 @@ impl EngineVersionService {
                 Idempotency::new(store),
                 Audit::log_only(),
             ),
-            status: StatusReader::new(alibaba, &config.watch),
+            status: StatusReader::new(alibaba.clone(), &config.watch),
+            alibaba,
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),
@@ -362,6 +365,40 @@ fn may_see(caller: Option<&Caller>, entry: &pb::Activity) -> bool {
             },
         )
         .is_ok()
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
+        let caller = admitted(&request);
+        let mut filter = self
+            .validator
+            .validate_list(request.into_inner())
+            .map_err(|e| Status::from(UpgradeError::from(e)))?;
+        // The caller's policy bounds the regions asked for, then the instances shown.
+        filter.region_ids = match caller.as_deref() {
+            Some(caller) => caller
+                .policy()
+                .list_regions(caller.name(), &filter.region_ids)
+                .map_err(|denied| Status::from(Error::from(denied)))?,
+            None if filter.region_ids.is_empty() => {
+                vec![self.validator.default_region().to_string()]
+            }
+            None => filter.region_ids,
+        };
+        let mut instances = crate::upgrade::inventory::list(&self.alibaba, &filter, deadline)
+            .await
+            .map_err(|err| logged("list instances", "", err))?;
+        if let Some(caller) = caller.as_deref() {
+            instances.retain(|i| caller.policy().may_list(&i.region_id, &i.db_instance_id));
+        }
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances: instances
+                .into_iter()
+                .map(crate::upgrade::inventory::to_pb)
+                .collect(),
+        }))
+    }
 }
 
 impl EngineVersionService {

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod env;
 pub mod idempotency;
 pub mod regions;
+pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod telemetry;
@@ -52,6 +53,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// What `serve --sandbox` simulates (`[sandbox.fleet]`).
+    pub sandbox: sandbox::SandboxSettings,
     /// The file this came from, re-read when the callers are reloaded.
     pub file: Option<PathBuf>,
 }
@@ -78,6 +81,8 @@ struct RawConfig {
     telemetry: telemetry::RawTelemetry,
     #[serde(default)]
     audit: telemetry::RawAudit,
+    #[serde(default)]
+    sandbox: sandbox::RawSandbox,
 }
 
 /// Values from the command line, which win over file and environment.
@@ -151,6 +156,7 @@ impl Config {
             // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
             telemetry: raw.telemetry.check(env)?,
             audit: raw.audit.check(),
+            sandbox: sandbox::check(raw.sandbox)?,
             file: None,
         })
     }

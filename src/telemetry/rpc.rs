@@ -41,6 +41,7 @@ const METHODS: &[&str] = &[
     "dds.gateway.v1.EngineVersionService/GetCaller",
     "dds.gateway.v1.EngineVersionService/ListEngineVersions",
     "dds.gateway.v1.EngineVersionService/ListActivity",
+    "dds.gateway.v1.EngineVersionService/ListInstances",
 ];
 
 /// What stands for every other path: a path is whatever the caller sent, authenticated or not,

@@ -384,6 +384,13 @@ mod tests {
                     format!("{service}/WatchUpgrade"),
                     true
                 ),
+                (
+                    "GET".to_string(),
+                    "/v1/instances".to_string(),
+                    false,
+                    format!("{service}/ListInstances"),
+                    false
+                ),
             ]
         );
         // Every RPC of the service is reachable over HTTP.
@@ -448,8 +455,17 @@ mod tests {
             selected(http::Method::DELETE, "/v1/instances/x/engineVersion").unwrap_err(),
             "405 [GET]"
         );
+        assert_eq!(
+            selected(http::Method::GET, "/v1/instances").unwrap(),
+            ("ListInstances".into(), vec![])
+        );
+        assert_eq!(
+            selected(http::Method::POST, "/v1/instances").unwrap_err(),
+            "405 [GET]"
+        );
         for path in [
             "/",
+            "/v1/instances/",
             "/v1/instances/x",
             "/v1/instances//engineVersion",
             "/v1/instances/x/engineVersion/",
