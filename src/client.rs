@@ -57,6 +57,8 @@ pub struct StatusArgs {
     pub timeout: Duration,
 }
 
+pub mod rollouts;
+
 /// Connects to the gateway (TLS when the target is `https://`) and builds a request with the
 /// timeout and bearer token.
 async fn prepare<T>(
@@ -70,6 +72,17 @@ async fn prepare<T>(
     ),
     String,
 > {
+    let (channel, request) = connect(target, timeout, message).await?;
+    Ok((EngineVersionServiceClient::new(channel), request))
+}
+
+/// Connects to the gateway and builds a request with the timeout and bearer token, for any of
+/// its services.
+async fn connect<T>(
+    target: &Target,
+    timeout: Duration,
+    message: T,
+) -> Result<(tonic::transport::Channel, tonic::Request<T>), String> {
     let url = &target.url;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|err| format!("invalid --target {url:?}: {err}"))?
@@ -91,7 +104,7 @@ async fn prepare<T>(
         value.set_sensitive(true);
         request.metadata_mut().insert("authorization", value);
     }
-    Ok((EngineVersionServiceClient::new(channel), request))
+    Ok((channel, request))
 }
 
 /// The bearer token in `path`: its first line, without surrounding whitespace. The error names

@@ -109,6 +109,13 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Plan, start, follow and control fleet rollouts (`rollout --help`).
+    Rollout {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(subcommand)]
+        command: client::rollouts::RolloutCommand,
+    },
     /// Follow an upgrade: print each state change until the instance runs the target version.
     Watch {
         /// The instance, e.g. dds-bp1234567890ab.
@@ -276,6 +283,13 @@ async fn run(command: Command) -> ExitCode {
                 timeout,
             };
             report(client::status(args).await)
+        }
+        Command::Rollout { gateway, command } => {
+            let target = match gateway.target() {
+                Ok(target) => target,
+                Err(problem) => return usage(&problem),
+            };
+            report(client::rollouts::run(target, command, |line| print!("{line}")).await)
         }
         Command::Watch {
             instance,

@@ -3,8 +3,6 @@
 //! before any call to Alibaba Cloud; a denial names the rule, never another caller's rules.
 
 use crate::config::CallerConfig;
-/// Instance patterns match as `[[callers]]` patterns do (also a rollout selector's).
-pub use crate::config::callers::glob_match;
 use crate::upgrade::validation::{InstanceRef, ValidUpgradeRequest};
 
 /// The rule that refused a request, as it appears in `ErrorInfo.metadata["rule"]`.
@@ -213,6 +211,37 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
+/// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
+/// that backtracks only to the most recent `*`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and try again from there.
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]

@@ -344,27 +344,7 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             .collect();
         Ok(Response::new(pb::ListActivityResponse { activities }))
     }
-}
 
-/// Whether `caller` may see `entry`: an instance's entry when it may read the instance, a
-/// rollout's when it may use the rollout's region (or the entry names none).
-fn may_see(caller: Option<&Caller>, entry: &pb::Activity) -> bool {
-    let Some(caller) = caller else {
-        return true;
-    };
-    let policy = caller.policy();
-    if entry.db_instance_id.is_empty() {
-        return entry.region_id.is_empty() || policy.regions().contains(&entry.region_id);
-    }
-    policy
-        .check_read(
-            caller.name(),
-            &crate::upgrade::validation::InstanceRef {
-                db_instance_id: entry.db_instance_id.clone(),
-                region_id: entry.region_id.clone(),
-            },
-        )
-        .is_ok()
     async fn list_instances(
         &self,
         request: Request<pb::ListInstancesRequest>,
@@ -399,6 +379,27 @@ fn may_see(caller: Option<&Caller>, entry: &pb::Activity) -> bool {
                 .collect(),
         }))
     }
+}
+
+/// Whether `caller` may see `entry`: an instance's entry when it may read the instance, a
+/// rollout's when it may use the rollout's region (or the entry names none).
+fn may_see(caller: Option<&Caller>, entry: &pb::Activity) -> bool {
+    let Some(caller) = caller else {
+        return true;
+    };
+    let policy = caller.policy();
+    if entry.db_instance_id.is_empty() {
+        return entry.region_id.is_empty() || policy.regions().contains(&entry.region_id);
+    }
+    policy
+        .check_read(
+            caller.name(),
+            &crate::upgrade::validation::InstanceRef {
+                db_instance_id: entry.db_instance_id.clone(),
+                region_id: entry.region_id.clone(),
+            },
+        )
+        .is_ok()
 }
 
 impl EngineVersionService {

@@ -27,6 +27,9 @@ use crate::pb;
 use crate::rollout::{Rollouts, finished, instance_key, now};
 use crate::upgrade::instance::{RUNNING, UPGRADING};
 
+/// The state of an instance that went wrong (Alibaba's `DBInstanceStatus`).
+const ABNORMAL: &str = "Abnormal";
+
 /// How long sends wait after throttling, an outage or an unreachable store.
 const BACKOFF: Duration = Duration::from_secs(2);
 
@@ -165,7 +168,12 @@ pub(crate) fn step(rollout: &mut pb::Rollout, tick: &Tick<'_>) -> Vec<usize> {
                         }
                         Some(_) => {}
                     }
+                } else if status == ABNORMAL {
+                    instance.state = pb::InstanceState::Failed as i32;
+                    instance.end_time.clone_from(&stamp);
+                    instance.message = format!("the instance is {ABNORMAL} on {engine_version}");
                 } else {
+                    // Restarts and switch-overs are part of an upgrade: follow on.
                     instance.message = format!("is {status}");
                 }
             }
@@ -328,6 +336,10 @@ fn advance(rollout: &mut pb::Rollout, tick: &Tick<'_>, stamp: &str) -> Vec<usize
             if due {
                 rollout.waves[w].state = pb::WaveState::Completed as i32;
                 open(rollout, w + 1, stamp);
+            } else {
+                rollout.state = pb::RolloutState::Waiting as i32;
+                rollout.waiting_reason =
+                    format!("soaking after wave {w} until {}", wave.soak_until);
             }
         }
         pb::WaveState::WaitingApproval => {
@@ -372,7 +384,7 @@ struct Driver {
 impl Rollouts {
     /// Drives every unfinished rollout whose lease is free, looking again every third of a
     /// lease, until the handle is aborted.
-    pub(crate) fn spawn_supervisor(&self) -> tokio::task::AbortHandle {
+    pub(crate) fn spawn_supervisor(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let every = (self.inner.settings.lease / 3).max(Duration::from_millis(50));
         tokio::spawn(
@@ -388,10 +400,12 @@ impl Rollouts {
                             continue;
                         }
                     };
-                    for versioned in all {
-                        let Ok(rollout) = crate::rollout::decode(&versioned) else {
-                            continue;
-                        };
+                    let rollouts: Vec<pb::Rollout> = all
+                        .iter()
+                        .filter_map(|v| crate::rollout::decode(v).ok())
+                        .collect();
+                    this.measure(&rollouts);
+                    for rollout in rollouts {
                         if !finished(rollout.state()) {
                             this.drive_if_free(&rollout.rollout_id).await;
                         }
@@ -400,7 +414,43 @@ impl Rollouts {
             }
             .with_current_subscriber(),
         )
-        .abort_handle()
+    }
+
+    /// Records how many rollouts, and instances of unfinished ones, are in each state.
+    fn measure(&self, rollouts: &[pb::Rollout]) {
+        let Some(metrics) = &self.inner.metrics else {
+            return;
+        };
+        let rollout_states = [
+            pb::RolloutState::Running,
+            pb::RolloutState::Waiting,
+            pb::RolloutState::Paused,
+            pb::RolloutState::Stopping,
+            pb::RolloutState::Cancelled,
+            pb::RolloutState::Completed,
+            pb::RolloutState::Failed,
+        ]
+        .map(|state| {
+            let n = rollouts.iter().filter(|r| r.state() == state).count();
+            (state.as_str_name(), u64::try_from(n).unwrap_or(u64::MAX))
+        });
+        let instance_states = [
+            pb::InstanceState::Pending,
+            pb::InstanceState::Upgrading,
+            pb::InstanceState::Done,
+            pb::InstanceState::Failed,
+            pb::InstanceState::Skipped,
+        ]
+        .map(|state| {
+            let n = rollouts
+                .iter()
+                .filter(|r| !finished(r.state()))
+                .flat_map(|r| &r.instances)
+                .filter(|i| i.state() == state)
+                .count();
+            (state.as_str_name(), u64::try_from(n).unwrap_or(u64::MAX))
+        });
+        metrics.rollout_states(&rollout_states, &instance_states);
     }
 
     /// Takes the rollout's lease when it is free and drives it in its own task.
@@ -488,10 +538,6 @@ impl Driver {
                 break;
             }
             let looks = self.look(&rollout).await;
-            let backoff_reason = match &self.backoff {
-                Some((until, why)) if Instant::now() < *until => why.clone(),
-                _ => String::new(),
-            };
             if let Some((code, message)) = self.results.values().find_map(|r| match r {
                 SendResult::Transient { code, message } => Some((code.clone(), message.clone())),
                 _ => None,
@@ -503,6 +549,10 @@ impl Driver {
                 };
                 self.backoff = Some((Instant::now() + BACKOFF, why));
             }
+            let backoff_reason = match &self.backoff {
+                Some((until, why)) if Instant::now() < *until => why.clone(),
+                _ => String::new(),
+            };
             let before = rollout.clone();
             let sends = step(
                 &mut rollout,
@@ -510,11 +560,7 @@ impl Driver {
                     results: &self.results,
                     looks: &looks,
                     in_flight: &self.in_flight,
-                    may_send: backoff_reason.is_empty()
-                        && !self
-                            .results
-                            .values()
-                            .any(|r| matches!(r, SendResult::Transient { .. })),
+                    may_send: backoff_reason.is_empty(),
                     backoff_reason: &backoff_reason,
                     now: SystemTime::now(),
                     settle_window: settings.settle_window,

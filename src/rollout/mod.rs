@@ -6,13 +6,12 @@
 //! [`driver`] takes leases and moves rollouts on (sends through the upgrade path, follows
 //! instances, soaks and gates between waves, stops on failures); [`control`] is what callers do
 //! to a running rollout (pause, resume, cancel, approve, retry or skip an instance). The record
-//! is the `Rollout` message itself, kept in [`crate::state::rollouts`]. [`fleet`] is the listing
-//! a plan reads; [`error`] the refusals.
+//! is the `Rollout` message itself, kept in [`crate::state::rollouts`]; [`error`] has the
+//! refusals.
 
 pub mod control;
 pub mod driver;
 pub mod error;
-pub mod fleet;
 pub mod plan;
 pub mod start;
 
@@ -30,7 +29,6 @@ use crate::state::store::Token;
 use crate::upgrade::upgrader::Upgrader;
 use crate::upgrade::validation::Validator;
 use error::RolloutError;
-use fleet::Fleet;
 
 /// How rollouts are carried out.
 #[derive(Debug, Clone)]
@@ -50,6 +48,20 @@ pub(crate) struct RolloutSettings {
     pub send_timeout: Duration,
 }
 
+impl RolloutSettings {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            lease: config.state.lease,
+            poll_interval: config.watch.poll_interval,
+            engine_versions: config.alibaba.engine_versions.clone(),
+            default_region: config.alibaba.region_id.clone(),
+            explicit_endpoint: config.alibaba.endpoint.is_some(),
+            settle_window: config.idempotency.settle_window,
+            send_timeout: config.server.request_timeout.max(Duration::from_secs(30)),
+        }
+    }
+}
+
 /// The rollouts of this gateway: plans, starts, drives and controls them. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Rollouts {
@@ -59,7 +71,6 @@ pub(crate) struct Rollouts {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn RolloutStore>,
-    fleet: Arc<dyn Fleet>,
     alibaba: Alibaba,
     upgrader: Upgrader,
     validator: Validator,
@@ -69,12 +80,13 @@ struct Inner {
     token: Token,
     /// Rollouts this replica drives now.
     driving: Mutex<HashSet<String>>,
+    /// Gauges of rollouts and instances by state, recorded by the supervisor.
+    metrics: Option<crate::telemetry::Metrics>,
 }
 
 impl Rollouts {
     pub(crate) fn new(
         store: Arc<dyn RolloutStore>,
-        fleet: Arc<dyn Fleet>,
         alibaba: Alibaba,
         upgrader: Upgrader,
         validator: Validator,
@@ -84,7 +96,6 @@ impl Rollouts {
         Self {
             inner: Arc::new(Inner {
                 store,
-                fleet,
                 alibaba,
                 upgrader,
                 validator,
@@ -92,8 +103,18 @@ impl Rollouts {
                 settings,
                 token: Token::new(),
                 driving: Mutex::new(HashSet::new()),
+                metrics: None,
             }),
         }
+    }
+
+    /// Records the gauges of rollouts and instances by state in `metrics`. Call before the
+    /// supervisor starts.
+    pub(crate) fn with_metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
     }
 
     /// The rollout `id` as stored now.

@@ -9,11 +9,10 @@ use prost::Message as _;
 use tokio::time::Instant;
 
 use crate::alibaba::endpoint::check_region;
-use crate::config::callers::glob_match;
+use crate::alibaba::inventory::{InstanceFilter, InstanceSummary, TagFilter};
 use crate::pb;
 use crate::rollout::Rollouts;
 use crate::rollout::error::RolloutError;
-use crate::rollout::fleet::{ListFilter, Listed};
 use crate::state::store::Fingerprint;
 use crate::upgrade::details::call_status;
 use crate::upgrade::instance::{RUNNING, version_key};
@@ -39,37 +38,14 @@ impl Rollouts {
     ) -> Result<pb::RolloutPlan, RolloutError> {
         self.check_selector(selector, target)?;
         let deadline = Instant::now() + PLAN_TIMEOUT;
-        let regions = if selector.region_ids.is_empty() {
-            vec![self.inner.settings.default_region.clone()]
-        } else {
-            selector.region_ids.clone()
-        };
-        let filter = ListFilter {
-            engine_version: match selector.engine_versions.as_slice() {
-                [one] => Some(one.clone()),
-                _ => None,
-            },
-            tags: selector
-                .tags
-                .iter()
-                .map(|t| (t.key.clone(), t.value.clone()))
-                .collect(),
-            resource_group_id: Some(selector.resource_group_id.clone()).filter(|g| !g.is_empty()),
-        };
-        let mut listed = Vec::new();
-        for region in &regions {
-            let found = self
-                .inner
-                .fleet
-                .list(region, &filter, deadline)
-                .await
-                .map_err(|e| RolloutError::Upstream(call_status(e)))?;
-            listed.extend(found.into_iter().filter(|i| selects(selector, i)));
-        }
-        listed.sort_by(|a, b| {
-            (&a.region_id, &a.db_instance_id).cmp(&(&b.region_id, &b.db_instance_id))
-        });
-        listed.dedup_by(|a, b| a.db_instance_id == b.db_instance_id && a.region_id == b.region_id);
+        let filter = filter_of(selector, &self.inner.settings.default_region);
+        let listed = self
+            .inner
+            .alibaba
+            .list_instances(&filter, deadline)
+            .await
+            .map_err(|e| RolloutError::Upstream(call_status(e)))?;
+        let regions = &filter.region_ids;
 
         let mut plan = pb::RolloutPlan {
             target_engine_version: target.to_string(),
@@ -94,7 +70,7 @@ impl Rollouts {
                 reason: reason.unwrap_or_default(),
                 status: instance.status,
                 lock_mode: instance.lock_mode,
-                db_instance_type: instance.db_instance_type,
+                db_instance_type: instance.instance_type,
                 warnings: Vec::new(),
             };
             if planned.reason.is_empty() {
@@ -246,7 +222,7 @@ impl Rollouts {
     /// Why `instance` cannot be part of the rollout, or `None` when it is eligible.
     async fn verdict(
         &self,
-        instance: &Listed,
+        instance: &InstanceSummary,
         target: &str,
         allowed: PolicyCheck<'_>,
         deadline: Instant,
@@ -305,27 +281,29 @@ impl Rollouts {
     }
 }
 
-/// Whether `instance` meets every condition of `selector` (the listing may have filtered
-/// already; this is the rule).
-fn selects(selector: &pb::Selector, instance: &Listed) -> bool {
-    let any_or_empty =
-        |list: &[String], test: &dyn Fn(&String) -> bool| list.is_empty() || list.iter().any(test);
-    any_or_empty(&selector.region_ids, &|r| *r == instance.region_id)
-        && any_or_empty(&selector.engine_versions, &|v| {
-            *v == instance.engine_version
-        })
-        && any_or_empty(&selector.instance_ids, &|id| *id == instance.db_instance_id)
-        && any_or_empty(&selector.instance_patterns, &|p| {
-            glob_match(p, &instance.db_instance_id)
-        })
-        && selector.tags.iter().all(|t| {
-            instance
-                .tags
-                .iter()
-                .any(|(k, v)| *k == t.key && *v == t.value)
-        })
-        && (selector.resource_group_id.is_empty()
-            || selector.resource_group_id == instance.resource_group_id)
+/// The listing `selector` asks for (both instance types; the default region when it names
+/// none).
+fn filter_of(selector: &pb::Selector, default_region: &str) -> InstanceFilter {
+    InstanceFilter {
+        region_ids: if selector.region_ids.is_empty() {
+            vec![default_region.to_string()]
+        } else {
+            selector.region_ids.clone()
+        },
+        engine_versions: selector.engine_versions.clone(),
+        instance_types: Vec::new(),
+        tags: selector
+            .tags
+            .iter()
+            .map(|t| TagFilter {
+                key: t.key.clone(),
+                value: Some(t.value.clone()),
+            })
+            .collect(),
+        resource_group_id: Some(selector.resource_group_id.clone()).filter(|g| !g.is_empty()),
+        instance_ids: selector.instance_ids.clone(),
+        instance_patterns: selector.instance_patterns.clone(),
+    }
 }
 
 /// SHA-256 (hex) of the eligible set and the target: instance, region and current version of
@@ -355,14 +333,15 @@ fn warnings(from: &str, target: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn listed(id: &str, version: &str, tags: &[(&str, &str)]) -> Listed {
-        Listed {
+    fn summary(id: &str, version: &str, tags: &[(&str, &str)]) -> InstanceSummary {
+        InstanceSummary {
             db_instance_id: id.into(),
             region_id: "cn-hangzhou".into(),
+            zone_id: String::new(),
             engine_version: version.into(),
             status: RUNNING.into(),
+            instance_type: "sharding".into(),
             lock_mode: "Unlock".into(),
-            db_instance_type: "replicate".into(),
             resource_group_id: "rg-1".into(),
             tags: tags
                 .iter()
@@ -372,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn every_condition_of_a_selector_must_hold() {
+    fn every_condition_of_a_selector_must_hold_in_its_listing() {
         let selector = pb::Selector {
             engine_versions: vec!["4.4".into()],
             instance_patterns: vec!["dds-bp*".into()],
@@ -382,27 +361,23 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(selects(
-            &selector,
-            &listed("dds-bp1", "4.4", &[("env", "prod")])
-        ));
-        assert!(!selects(
-            &selector,
-            &listed("dds-bp1", "4.2", &[("env", "prod")])
-        ));
-        assert!(!selects(
-            &selector,
-            &listed("dds-xx1", "4.4", &[("env", "prod")])
-        ));
-        assert!(!selects(
-            &selector,
-            &listed("dds-bp1", "4.4", &[("env", "test")])
-        ));
-        let group = pb::Selector {
-            resource_group_id: "rg-2".into(),
-            ..Default::default()
-        };
-        assert!(!selects(&group, &listed("dds-bp1", "4.4", &[])));
+        let filter = filter_of(&selector, "cn-hangzhou");
+        assert_eq!(filter.region_ids, vec!["cn-hangzhou".to_string()]);
+        assert!(filter.instance_types.is_empty(), "both types are listed");
+        assert!(filter.matches(&summary("dds-bp1", "4.4", &[("env", "prod")])));
+        assert!(!filter.matches(&summary("dds-bp1", "4.2", &[("env", "prod")])));
+        assert!(!filter.matches(&summary("dds-xx1", "4.4", &[("env", "prod")])));
+        assert!(!filter.matches(&summary("dds-bp1", "4.4", &[("env", "test")])));
+        let group = filter_of(
+            &pb::Selector {
+                resource_group_id: "rg-2".into(),
+                region_ids: vec!["cn-shenzhen".into()],
+                ..Default::default()
+            },
+            "cn-hangzhou",
+        );
+        assert_eq!(group.region_ids, vec!["cn-shenzhen".to_string()]);
+        assert!(!group.matches(&summary("dds-bp1", "4.4", &[])));
     }
 
     #[test]

@@ -21,12 +21,14 @@ use crate::alibaba::AlibabaClient;
 use crate::alibaba::credentials::CredentialsProvider;
 use crate::api::auth::{Callers, CallersHandle};
 use crate::api::gate::{self, Gate};
+use crate::api::rollouts::RolloutService;
 use crate::api::service::EngineVersionService;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::deadline;
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
+use crate::pb::rollout_service_server::RolloutServiceServer;
 use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::RpcLayer;
 
@@ -139,6 +141,15 @@ async fn serve_inner(
     let activity = crate::state::activity::Activity::of(&state);
     let audit = audit.with_recent(Arc::new(activity.clone()));
     // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let (rollouts, _supervisor) = gated_rollouts(
+        &config,
+        &telemetry,
+        &state,
+        Arc::clone(&credentials),
+        audit.clone(),
+        callers.clone(),
+        in_flight.clone(),
+    )?;
     let engine_versions = gated_service(
         &config,
         &state,
@@ -152,6 +163,9 @@ async fn serve_inner(
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    health
+        .set_serving::<RolloutServiceServer<RolloutService>>()
         .await;
     let store_health = AbortOnDrop(tokio::spawn(
         report_store_health(state.clone(), health.clone()).with_current_subscriber(),
@@ -204,6 +218,7 @@ async fn serve_inner(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(engine_versions)
+        .add_service(rollouts)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -261,6 +276,50 @@ fn gated_service(
         config.server.request_timeout,
     )
     .with_rates(rates))
+}
+
+/// The rollout service behind the same gate, and the task that drives rollouts whose lease is
+/// free (aborted when dropped).
+fn gated_rollouts(
+    config: &Config,
+    telemetry: &Telemetry,
+    state: &crate::state::State,
+    credentials: Arc<dyn CredentialsProvider>,
+    audit: Audit,
+    callers: CallersHandle,
+    in_flight: InFlight,
+) -> Result<(Gate<RolloutServiceServer<RolloutService>>, AbortOnDrop), ServeError> {
+    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    let alibaba = crate::alibaba::Alibaba::new(client, config.alibaba.retry.into());
+    let upgrader = crate::upgrade::upgrader::Upgrader::new(
+        alibaba.clone(),
+        crate::upgrade::upgrader::UpgradeSettings {
+            preflight: config.alibaba.preflight,
+            settle_window: config.idempotency.settle_window,
+        },
+        crate::upgrade::idempotency::Idempotency::new(Arc::clone(&state.store)),
+        audit.clone(),
+    );
+    let rollouts = crate::rollout::Rollouts::new(
+        Arc::clone(&state.rollouts),
+        alibaba,
+        upgrader,
+        crate::upgrade::validation::Validator::new(config),
+        audit,
+        crate::rollout::RolloutSettings::from_config(config),
+    )
+    .with_metrics(telemetry.metrics().clone());
+    let supervisor = AbortOnDrop(rollouts.spawn_supervisor());
+    let service =
+        RolloutServiceServer::new(RolloutService::new(rollouts, config.watch.max_duration))
+            .max_decoding_message_size(config.server.max_request_bytes);
+    let rates = match &state.redis {
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        None => crate::limits::Rates::local(),
+    };
+    let gated =
+        Gate::new(service, callers, in_flight, config.server.request_timeout).with_rates(rates);
+    Ok((gated, supervisor))
 }
 
 /// The listener's settings: connection age, and TLS when configured.
@@ -364,6 +423,9 @@ where
     // see NOT_SERVING and move away before connections are refused.
     health
         .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+        .await;
+    health
+        .set_not_serving::<RolloutServiceServer<RolloutService>>()
         .await;
     let delay = config.shutdown_delay;
     if !delay.is_zero() {

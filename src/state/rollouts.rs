@@ -149,7 +149,7 @@ impl RolloutStore for MemoryRollouts {
     async fn list(&self) -> Result<Vec<Versioned>, StoreError> {
         let memory = self.lock();
         let mut all: Vec<_> = memory.records.values().cloned().collect();
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         Ok(all.into_iter().map(|(_, v)| v).collect())
     }
 

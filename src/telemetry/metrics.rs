@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;
@@ -43,6 +43,8 @@ pub struct Metrics {
     rate_limit_fallbacks: Counter<u64>,
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
+    rollouts: Gauge<u64>,
+    rollout_instances: Gauge<u64>,
 }
 
 impl Metrics {
@@ -98,6 +100,31 @@ impl Metrics {
                     "Client connections the gateway closed, by reason (max_connections, preface_timeout)",
                 )
                 .build(),
+            rollouts: meter
+                .u64_gauge("dds_gateway.rollouts")
+                .with_description("Fleet rollouts in the state store, by state")
+                .build(),
+            rollout_instances: meter
+                .u64_gauge("dds_gateway.rollout.instances")
+                .with_description("Instances of unfinished fleet rollouts, by state")
+                .build(),
+        }
+    }
+
+    /// How many rollouts and instances of unfinished rollouts are in each state now (every
+    /// state named, with 0 for none, so that a gauge falls back when its last one moves on).
+    pub(crate) fn rollout_states(
+        &self,
+        rollouts: &[(&'static str, u64)],
+        instances: &[(&'static str, u64)],
+    ) {
+        for (state, count) in rollouts {
+            self.rollouts
+                .record(*count, &[KeyValue::new("state", *state)]);
+        }
+        for (state, count) in instances {
+            self.rollout_instances
+                .record(*count, &[KeyValue::new("state", *state)]);
         }
     }
 

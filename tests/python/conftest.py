@@ -23,6 +23,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
 GATEWAY_PROTO = "dds/gateway/v1/gateway.proto"
+ROLLOUT_PROTO = "dds/gateway/v1/rollout.proto"
 
 # The gateway's log line once it accepts calls (JSON by default), e.g.
 # `{"level":"INFO","local":"127.0.0.1:40289","message":"dds-gateway listening",...}`.
@@ -66,8 +67,9 @@ def gateway_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def gateway_pb(tmp_path_factory) -> types.SimpleNamespace:
-    """`gateway_pb2` and `gateway_pb2_grpc`, generated now from the repository's proto, so the
-    test exercises the proto as it is rather than checked-in stubs."""
+    """`gateway_pb2` and `gateway_pb2_grpc` (and `rollout_pb2`, `rollout_pb2_grpc` as `rollout_pb2`
+    and `rollout_grpc`), generated now from the repository's protos, so the tests exercise the
+    protos as they are rather than checked-in stubs."""
     from grpc_tools import protoc
 
     out = tmp_path_factory.mktemp("stubs")
@@ -79,13 +81,16 @@ def gateway_pb(tmp_path_factory) -> types.SimpleNamespace:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         GATEWAY_PROTO,
+        ROLLOUT_PROTO,
     ])
-    assert rc == 0, f"protoc failed on {GATEWAY_PROTO} (exit {rc})"
+    assert rc == 0, f"protoc failed on {GATEWAY_PROTO} and {ROLLOUT_PROTO} (exit {rc})"
     sys.path.insert(0, str(out))
     try:
         return types.SimpleNamespace(
             pb2=importlib.import_module("dds.gateway.v1.gateway_pb2"),
             grpc=importlib.import_module("dds.gateway.v1.gateway_pb2_grpc"),
+            rollout_pb2=importlib.import_module("dds.gateway.v1.rollout_pb2"),
+            rollout_grpc=importlib.import_module("dds.gateway.v1.rollout_pb2_grpc"),
         )
     finally:
         sys.path.remove(str(out))
@@ -93,9 +98,9 @@ def gateway_pb(tmp_path_factory) -> types.SimpleNamespace:
 
 @contextlib.contextmanager
 def running_gateway(gateway_bin, *args):
-    """Runs `dds-gateway serve --sandbox --listen 127.0.0.1:0 ARGS...`; yields its address.
+    """Runs `dds-gateway serve --sandbox ARGS` on an ephemeral loopback port; yields its address.
 
-    Teardown sends SIGTERM and requires a graceful exit with status 0.
+    On exit sends SIGTERM and requires a graceful exit with status 0.
     """
     proc = subprocess.Popen(
         [str(gateway_bin), "serve", "--sandbox", "--listen", "127.0.0.1:0", *args],
@@ -146,7 +151,7 @@ def running_gateway(gateway_bin, *args):
 
 @pytest.fixture(scope="module")
 def gateway(gateway_bin):
-    """`dds-gateway serve --sandbox` on an ephemeral loopback port (no callers); its address."""
+    """`dds-gateway serve --sandbox` on an ephemeral loopback port (see `running_gateway`)."""
     with running_gateway(gateway_bin) as local:
         yield local
 

@@ -40,7 +40,7 @@ name = "ops"
 token_sha256 = "{sha256(OPS_TOKEN)}"
 regions = ["cn-hangzhou", "cn-shenzhen"]
 instances = ["dds-*"]
-#rollouts = true
+rollouts = true
 
 [[callers]]
 name = "viewer"

@@ -292,7 +292,7 @@ fn cancel_stops_for_good_without_cutting_an_upgrade() {
     world.tick(&mut r);
     world.result("dds-i0", accepted());
     world.tick(&mut r);
-    let mut cancel = |r: &mut pb::Rollout| {
+    let cancel = |r: &mut pb::Rollout| {
         crate::rollout::control::apply(r, crate::rollout::control::Action::Cancel, None, "c", "")
     };
     cancel(&mut r).unwrap();
