@@ -158,9 +158,10 @@ def test_filters_and_an_instance_page(browser, console):
     options = [o.get_attribute("value") for o in version.find_elements(By.TAG_NAME, "option")]
     chosen = options[1]
     version.send_keys(chosen)
-    wait_for(browser, lambda d: all(
-        chosen in row.find_elements(By.TAG_NAME, "td")[2].text
-        for row in d.find_elements(By.CSS_SELECTOR, "table:last-of-type tbody tr")), "the filter")
+    def filtered(d):
+        rows = d.find_elements(By.XPATH, "(//table)[last()]/tbody/tr")
+        return rows and all(chosen in row.find_elements(By.TAG_NAME, "td")[2].text for row in rows)
+    wait_for(browser, filtered, "the filter")
     link = browser.find_element(By.CSS_SELECTOR, "a[href^='#/instances/']")
     instance = link.text
     link.click()
@@ -198,8 +199,9 @@ def test_a_rollout_planned_started_watched_paused_resumed_and_approved(browser, 
     browser.get(console + "#/rollouts/new")
     wait_for(browser, EC.element_to_be_clickable((By.ID, "plan-preview-button")), "the plan form")
     browser.find_element(By.ID, "sel-regions").send_keys("cn-hangzhou")
-    browser.find_element(By.ID, "sel-versions").send_keys("4.4")
-    browser.find_element(By.ID, "target").send_keys("5.0")
+    browser.find_element(By.ID, "sel-versions").send_keys("4.2")
+    browser.find_element(By.ID, "sel-patterns").send_keys("dds-fleet*")
+    browser.find_element(By.ID, "target").send_keys("4.4")
     browser.find_element(By.ID, "plan-preview-button").click()
     wait_for(browser, has_text("#plan-preview h3", "eligible"), "the preview")
     preview = browser.find_element(By.ID, "plan-preview").text
@@ -210,7 +212,7 @@ def test_a_rollout_planned_started_watched_paused_resumed_and_approved(browser, 
     waves.clear()
     waves.send_keys("1, 100%")
     browser.find_element(By.ID, "approval").click()
-    browser.find_element(By.ID, "start-comment").send_keys("console test: 4.4 is past its end of life")
+    browser.find_element(By.ID, "start-comment").send_keys("console test: 4.2 is past its end of life")
     browser.find_element(By.ID, "start-button").click()
     confirm(browser)
     wait_for(browser, EC.presence_of_element_located((By.ID, "rollout-state")), "the rollout page")

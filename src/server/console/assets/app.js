@@ -84,7 +84,11 @@ async function route() {
     if (found && link.dataset.section === found[1]) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  const ctx = { main, caller, signal: running.signal, navigate };
+  // Each view draws into a box of its own: one that was replaced (its requests aborted) may
+  // still finish drawing, but into a box no longer on the page.
+  const box = h('div');
+  main.replaceChildren(box);
+  const ctx = { main: box, caller, signal: running.signal, navigate };
   if (!found) {
     replace(main, h('h2', {}, 'Not found'), h('p', {}, h('a', { href: '#/fleet' }, 'Go to the fleet')));
     return;
@@ -99,7 +103,7 @@ async function route() {
       signInForm(err);
       return;
     }
-    replace(main, errorPanel(err, 'Showing the page') || '');
+    replace(box, errorPanel(err, 'Showing the page') || '');
   }
 }
 
