@@ -201,11 +201,11 @@ function waveBlock(rollout, wave) {
   const name = index === 0 ? 'Wave 1 (canary)' : `Wave ${index + 1}`;
   const gate = [];
   if (wave.state === 'WAVE_STATE_SOAKING' && wave.soakUntil) {
-    gate.push(h('p', { class: 'gate' }, h('span', { 'aria-hidden': 'true' }, '⏳ '), 'Soaking: ',
+    gate.push(h('p', { class: 'gate' }, h('span', { 'aria-hidden': 'true' }, '⟳ '), 'Soaking: ',
       h('span', { class: 'countdown', 'data-until': wave.soakUntil }, countdown(wave.soakUntil))));
   }
   if (wave.state === 'WAVE_STATE_WAITING_APPROVAL') {
-    gate.push(h('p', { class: 'gate' }, h('span', { 'aria-hidden': 'true' }, '✋ '), 'Waiting for an approval'));
+    gate.push(h('p', { class: 'gate' }, h('span', { 'aria-hidden': 'true' }, '⚠ '), 'Waiting for an approval'));
   }
   if (wave.approvedBy) {
     gate.push(h('p', { class: 'muted' }, `Approved by ${wave.approvedBy}${wave.approvalComment ? `: “${wave.approvalComment}”` : ''}`));
