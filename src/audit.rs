@@ -74,6 +74,14 @@ pub struct Audit {
     file: Option<Arc<Mutex<AuditFile>>>,
     /// Adds one for each event that could not be written to the file.
     write_failures: Option<Counter<u64>>,
+    recent: Option<Arc<dyn Recent>>,
+}
+
+/// Where audit events are also kept as a short list of recent activity (the state store's, see
+/// `state::activity`), for the console. Never blocks and never fails the event: the file is the
+/// record, the list a view.
+pub trait Recent: Send + Sync + std::fmt::Debug {
+    fn keep(&self, event: &AuditEvent);
 }
 
 #[derive(Debug)]
@@ -208,6 +216,7 @@ impl Audit {
                 file: Some(file),
             }))),
             write_failures: None,
+            recent: None,
         })
     }
 
@@ -228,6 +237,12 @@ impl Audit {
         }
     }
 
+    /// Also keeps each event in `recent`.
+    pub fn with_recent(mut self, recent: Arc<dyn Recent>) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
     /// Records `event`: logs it and, with a file, appends and syncs it before returning.
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
         tracing::info!(
@@ -245,6 +260,9 @@ impl Audit {
             request_id = %event.request_id,
             "audit"
         );
+        if let Some(recent) = &self.recent {
+            recent.keep(&event);
+        }
         let Some(file) = self.file.clone() else {
             return Ok(());
         };

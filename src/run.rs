@@ -150,6 +150,8 @@ async fn serve_configured(
         .await
         .map_err(StartError::Sandbox)?;
         config.alibaba.endpoint = Some(simulation.endpoint());
+        // The console is on by default in the sandbox (`server.console = false` turns it off).
+        config.server.console.get_or_insert(true);
         tracing::warn!(
             endpoint = %simulation.endpoint(),
             fleet = config.sandbox.fleet.count,

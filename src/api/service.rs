@@ -16,6 +16,7 @@ use crate::audit::{self, Audit, AuditEvent};
 use crate::config::Config;
 use crate::deadline;
 use crate::pb;
+use crate::state::activity::Activity;
 use crate::state::memory::MemoryStore;
 use crate::state::store::{StateStore, StoreLimits};
 use crate::telemetry;
@@ -50,6 +51,10 @@ pub struct EngineVersionService {
     watch_limit: Duration,
     /// The region of requests that name none, for the audit trail.
     default_region: String,
+    /// The configured engine versions, oldest first.
+    engine_versions: Vec<String>,
+    /// The recent upgrades and rollout actions (`ListActivity`).
+    activity: Activity,
 }
 
 impl EngineVersionService {
@@ -109,7 +114,15 @@ impl EngineVersionService {
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),
+            engine_versions: config.alibaba.engine_versions.clone(),
+            activity: Activity::memory(),
         }
+    }
+
+    /// Serves `ListActivity` from `activity` (the audit's [`Recent`](crate::audit::Recent) list).
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.activity = activity;
+        self
     }
 
     /// Records upgrade attempts in `audit` instead of the logs only.
@@ -261,6 +274,87 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         Ok(Response::new(stream))
     }
 
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> Result<Response<pb::GetCallerResponse>, Status> {
+        let Some(caller) = admitted(&request) else {
+            // No `[[callers]]`: everything the gateway accepts, on loopback.
+            return Ok(Response::new(pb::GetCallerResponse {
+                name: String::new(),
+                authenticated: false,
+                may_upgrade: true,
+                region_ids: Vec::new(),
+                instance_patterns: Vec::new(),
+                engine_versions: self.engine_versions.clone(),
+                may_roll_out: true,
+            }));
+        };
+        let policy = caller.policy();
+        Ok(Response::new(pb::GetCallerResponse {
+            name: caller.name().to_string(),
+            authenticated: true,
+            may_upgrade: !policy.validate_only(),
+            may_roll_out: policy.rollouts() && !policy.validate_only(),
+            region_ids: policy.regions().to_vec(),
+            instance_patterns: policy.instances().to_vec(),
+            engine_versions: match policy.engine_versions() {
+                Some(allowed) => self
+                    .engine_versions
+                    .iter()
+                    .filter(|v| allowed.contains(v))
+                    .cloned()
+                    .collect(),
+                None => self.engine_versions.clone(),
+            },
+        }))
+    }
+
+    async fn list_engine_versions(
+        &self,
+        _request: Request<pb::ListEngineVersionsRequest>,
+    ) -> Result<Response<pb::ListEngineVersionsResponse>, Status> {
+        Ok(Response::new(pb::ListEngineVersionsResponse {
+            engine_versions: crate::upgrade::lifecycle::describe(
+                &self.engine_versions,
+                std::time::SystemTime::now(),
+            ),
+        }))
+    }
+
+    async fn list_activity(
+        &self,
+        request: Request<pb::ListActivityRequest>,
+    ) -> Result<Response<pb::ListActivityResponse>, Status> {
+        const MAX_PAGE: usize = 100;
+        let caller = admitted(&request);
+        let page_size = match request.get_ref().page_size {
+            n if n < 0 => {
+                let violation = crate::upgrade::validation::FieldViolation {
+                    field: "page_size",
+                    description: format!("must be zero (the default) or more, got {n}"),
+                };
+                return Err(Status::from(UpgradeError::from(
+                    crate::upgrade::validation::ValidationError {
+                        violations: vec![violation],
+                    },
+                )));
+            }
+            0 => MAX_PAGE,
+            n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+        };
+        let recent = self.activity.recent().await.map_err(|err| {
+            tracing::warn!(error = %err, "recent activity cannot be read");
+            Status::from(UpgradeError::from(err))
+        })?;
+        let activities = recent
+            .into_iter()
+            .filter(|entry| may_see(caller.as_deref(), entry))
+            .take(page_size)
+            .collect();
+        Ok(Response::new(pb::ListActivityResponse { activities }))
+    }
+
     async fn list_instances(
         &self,
         request: Request<pb::ListInstancesRequest>,
@@ -295,6 +389,27 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                 .collect(),
         }))
     }
+}
+
+/// Whether `caller` may see `entry`: an instance's entry when it may read the instance, a
+/// rollout's when it may use the rollout's region (or the entry names none).
+fn may_see(caller: Option<&Caller>, entry: &pb::Activity) -> bool {
+    let Some(caller) = caller else {
+        return true;
+    };
+    let policy = caller.policy();
+    if entry.db_instance_id.is_empty() {
+        return entry.region_id.is_empty() || policy.regions().contains(&entry.region_id);
+    }
+    policy
+        .check_read(
+            caller.name(),
+            &crate::upgrade::validation::InstanceRef {
+                db_instance_id: entry.db_instance_id.clone(),
+                region_id: entry.region_id.clone(),
+            },
+        )
+        .is_ok()
 }
 
 impl EngineVersionService {

@@ -43,6 +43,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "max_connection_age", Kind::Duration),
     ("server", "max_connection_age_grace", Kind::Duration),
     ("server", "shutdown_delay", Kind::Duration),
+    ("server", "console", Kind::Bool),
     ("alibaba", "region_id", Kind::Text),
     ("alibaba", "endpoint", Kind::Text),
     ("alibaba", "signature_version", Kind::Text),

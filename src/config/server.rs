@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// At shutdown, how long the gateway keeps serving (health already `NOT_SERVING`) before it
     /// stops accepting connections, so that balancers and health-checking clients move away.
     pub shutdown_delay: Duration,
+    /// `server.console`: the web console under `/ui/` on the main port. `None` when not set:
+    /// off, except with `--sandbox`, which turns it on.
+    pub console: Option<bool>,
 }
 
 /// `server.tls_cert`, `server.tls_key`, `server.client_ca`: PEM files.
@@ -76,6 +79,7 @@ pub(super) struct RawServer {
     max_connection_age: Option<String>,
     max_connection_age_grace: Option<String>,
     shutdown_delay: Option<String>,
+    console: Option<bool>,
 }
 
 pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -153,6 +157,7 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             }
             delay => duration("server.shutdown_delay", delay, 0, HOUR)?,
         },
+        console: raw.console,
     };
     if grace_without_age {
         return Err(invalid(

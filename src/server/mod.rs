@@ -7,6 +7,7 @@
 
 pub mod ageing;
 pub mod connections;
+pub mod console;
 pub mod reload;
 
 use std::future::Future;
@@ -173,6 +174,9 @@ async fn serve_inner(
     let state = crate::state::State::open(&config)
         .await
         .map_err(ServeError::StateStore)?;
+    // Every audit event (upgrades, rollout actions) also goes to the recent-activity list.
+    let activity = crate::state::activity::Activity::of(&state);
+    let audit = audit.with_recent(Arc::new(activity.clone()));
     // Health and reflection stay open (probes carry no token); the engine service is gated.
     let (rollouts, _supervisor) = gated_rollouts(
         &config,
@@ -188,6 +192,7 @@ async fn serve_inner(
         &state,
         credentials,
         audit,
+        activity,
         callers,
         in_flight,
         telemetry.metrics(),
@@ -224,8 +229,11 @@ async fn serve_inner(
         config.server.max_connection_age_grace,
         ends.clone(),
     );
+    let console = crate::server::console::ConsoleLayer::new(config.server.console == Some(true));
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
+        // The console's files are answered before any RPC layer sees the request.
+        .layer(console.clone())
         // Outermost: the call's span, metrics and access line cover everything below.
         .layer(RpcLayer::new(telemetry.clone()))
         // Before the layers below, which then see a JSON call as the gRPC call it becomes.
@@ -258,6 +266,9 @@ async fn serve_inner(
         });
     tokio::pin!(server);
     tracing::info!(routes = %json.describe(), "JSON over HTTP on the same port");
+    if console.is_enabled() {
+        tracing::info!(url = %format!("http://{local}{}", crate::server::console::PREFIX), "web console on (server.console)");
+    }
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "dds-gateway listening");
 
     tokio::select! {
@@ -296,6 +307,7 @@ fn gated_service(
     state: &crate::state::State,
     credentials: Arc<dyn CredentialsProvider>,
     audit: Audit,
+    activity: crate::state::activity::Activity,
     callers: CallersHandle,
     in_flight: InFlight,
     metrics: &Metrics,
@@ -317,7 +329,8 @@ fn gated_service(
             .with_quota(Arc::new(quota)),
     );
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
-        .with_audit(audit);
+        .with_audit(audit)
+        .with_activity(activity);
     let upgrades = service.open_upgrades();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.

@@ -1,8 +1,10 @@
 //! Where shared state lives (`[state]`): idempotency keys, per-instance upgrade locks, caller
 //! rate buckets and fleet rollouts ([`rollouts`]). [`store`] is the contract; [`memory`] keeps them in this process (one replica);
 //! [`redis`] shares them between replicas. This module builds the store the configuration names and
-//! watches whether it can be reached, for health checks.
+//! watches whether it can be reached, for health checks. [`activity`] keeps the recent upgrades and
+//! rollout actions for the console.
 
+pub mod activity;
 pub mod memory;
 pub mod quota;
 pub mod redis;

@@ -38,6 +38,9 @@ const METHODS: &[&str] = &[
     "dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
     "dds.gateway.v1.EngineVersionService/GetEngineVersion",
     "dds.gateway.v1.EngineVersionService/WatchUpgrade",
+    "dds.gateway.v1.EngineVersionService/GetCaller",
+    "dds.gateway.v1.EngineVersionService/ListEngineVersions",
+    "dds.gateway.v1.EngineVersionService/ListActivity",
     "dds.gateway.v1.EngineVersionService/ListInstances",
 ];
 
