@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use crate::alibaba::credentials::{Credential, Secret};
 pub use dds::Instance;
 pub use faults::Fault;
+pub use listener::UpgradeCall;
 use listener::{SandboxState, Shared, lock};
 pub use request::Received;
 use signature::Verifier;
@@ -120,6 +121,7 @@ impl Sandbox {
             dds: dds::Dds::new(config.upgrade_duration),
             faults: faults::FaultQueue::default(),
             received: Vec::new(),
+            upgrade_calls: Vec::new(),
         }));
         let task = listener::spawn(listener, Arc::clone(&state));
         tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
@@ -176,6 +178,11 @@ impl Sandbox {
     /// How many upgrades of `id` the sandbox started (acted on, whatever the client heard).
     pub fn upgrades_started(&self, id: &str) -> usize {
         lock(&self.state).dds.upgrades_started(id)
+    }
+
+    /// Every upgrade call so far, in the order they arrived.
+    pub fn upgrade_calls(&self) -> Vec<UpgradeCall> {
+        lock(&self.state).upgrade_calls.clone()
     }
 
     /// An instance as it is now.
