@@ -209,7 +209,17 @@ async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back
     };
     let mut s = setup().await;
     let mut a = client(&s.a).await;
-    let mut health = HealthClient::new(common::channel(s.a.addr.parse().unwrap()).await);
+    // Health follows the store only when asked to (the default keeps the replica in the Service;
+    // tests/store_outage.rs).
+    let opted_in = replica_with(
+        &s.sandbox,
+        &s.redis,
+        "info",
+        &[],
+        &[("DDS_GATEWAY_STATE_READINESS_FOLLOWS_STORE", "true")],
+    )
+    .await;
+    let mut health = HealthClient::new(common::channel(opted_in.addr.parse().unwrap()).await);
     let status_of = |service: &str| HealthCheckRequest {
         service: service.to_string(),
     };

@@ -60,6 +60,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("state", "redis_ca_file", Kind::Text),
     ("state", "key_prefix", Kind::Text),
     ("state", "lease", Kind::Duration),
+    ("state", "readiness_follows_store", Kind::Bool),
     ("watch", "poll_interval", Kind::Duration),
     ("watch", "max_duration", Kind::Duration),
     ("watch", "max_active", Kind::Integer),

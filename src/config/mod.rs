@@ -575,6 +575,11 @@ mod tests {
         let config = load("", &[]).unwrap();
         assert_eq!(config.state.store, StoreKind::Memory);
         assert_eq!(config.state.lease, Duration::from_secs(30));
+        assert!(!config.state.readiness_follows_store);
+        let opted = load("[state]\nreadiness_follows_store = true", &[]).unwrap();
+        assert!(opted.state.readiness_follows_store);
+        let opted = load("", &[("DDS_GATEWAY_STATE_READINESS_FOLLOWS_STORE", "true")]).unwrap();
+        assert!(opted.state.readiness_follows_store);
         assert_eq!(config.idempotency.settle_window, Duration::from_secs(120));
         assert_eq!(config.idempotency.max_keys_per_caller, 100_000);
         let config = load(
@@ -610,6 +615,11 @@ mod tests {
                 "",
                 &[("DDS_GATEWAY_STATE_LEASE", "soon")][..],
                 "state.lease",
+            ),
+            (
+                "",
+                &[("DDS_GATEWAY_STATE_READINESS_FOLLOWS_STORE", "sometimes")][..],
+                "state.readiness_follows_store",
             ),
             (
                 "",

@@ -23,6 +23,10 @@ pub struct StateConfig {
     pub key_prefix: String,
     /// How long a claim lives without renewal: how long after its owner died a key waits.
     pub lease: Duration,
+    /// `state.readiness_follows_store`: the engine service's health turns `NOT_SERVING` while a
+    /// Redis store cannot be reached. Off by default: every replica shares the store, so an
+    /// outage would take them all out of the Service, reads and validate-only calls included.
+    pub readiness_follows_store: bool,
 }
 
 /// `state.store`.
@@ -145,6 +149,7 @@ pub(super) struct RawState {
     redis_ca_file: Option<String>,
     key_prefix: Option<String>,
     lease: Option<String>,
+    readiness_follows_store: Option<bool>,
 }
 
 /// A Redis store needs a URL it can use; its password never appears in the error.
@@ -205,6 +210,7 @@ pub(super) fn check(raw: RawState) -> Result<StateConfig, ConfigError> {
         redis_ca,
         key_prefix,
         lease,
+        readiness_follows_store: raw.readiness_follows_store.unwrap_or(false),
     })
 }
 

@@ -142,16 +142,16 @@ async fn serve_inner(
         .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
         .await;
     let store_health = AbortOnDrop(tokio::spawn(
-        report_store_health(state.clone(), health.clone()).with_current_subscriber(),
+        report_store_health(
+            state.clone(),
+            health.clone(),
+            telemetry.metrics().clone(),
+            config.state.readiness_follows_store,
+        )
+        .with_current_subscriber(),
     ));
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
     let json = crate::api::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
@@ -212,6 +212,16 @@ async fn serve_inner(
         },
     )
     .await
+}
+
+/// What server reflection serves: the API, health, and `google/rpc/error_details.proto`, which
+/// no service names but every error's details use (`ErrorInfo`, `BadRequest`, `RetryInfo`), so
+/// that reflection clients such as grpcurl can decode them.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::GOOGLE_RPC_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The engine version service behind the gate: callers, rates (shared through Redis when the
@@ -382,38 +392,55 @@ fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) ->
     }
 }
 
-/// Keeps the engine service's health in step with its state store: `NOT_SERVING` while the
-/// store cannot be reached (upgrades would be refused), `SERVING` again once it can. The whole
-/// server's health ("") stays `SERVING`, so liveness probes do not restart a replica for it.
+/// Watches the state store's reachability (every second): the `dds_gateway_state_store_up`
+/// gauge, a log line on each change and, only with `state.readiness_follows_store`, the engine
+/// service's health (`NOT_SERVING` while the store cannot be reached). By default health stays
+/// `SERVING`: every replica shares the store, so following it would take them all out of the
+/// Service at once, reads and validate-only calls included, while only upgrades need the store
+/// (they are refused with `STATE_STORE_UNAVAILABLE`). The whole server's health ("") never
+/// follows it, so liveness probes do not restart a replica for it.
 async fn report_store_health(
     state: crate::state::State,
     health: tonic_health::server::HealthReporter,
+    metrics: crate::telemetry::metrics::Metrics,
+    readiness_follows_store: bool,
 ) {
+    metrics.state_store_reachable(true);
     if state.redis.is_none() {
         return;
     }
-    let mut serving = true;
+    let mut reachable = true;
     let mut tick = tokio::time::interval(crate::state::HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let reachable = state.reachable().await;
-        if reachable == serving {
+        let now = state.reachable().await;
+        metrics.state_store_reachable(now);
+        if now == reachable {
             continue;
         }
-        serving = reachable;
-        if serving {
-            tracing::info!("the state store can be reached again: serving upgrades");
-            health
-                .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
-                .await;
-        } else {
-            tracing::warn!(
-                "the state store cannot be reached: health NOT_SERVING for the engine service"
-            );
-            health
-                .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
-                .await;
+        reachable = now;
+        match (reachable, readiness_follows_store) {
+            (true, true) => {
+                tracing::info!("the state store can be reached again: health SERVING");
+                health
+                    .set_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                    .await;
+            }
+            (false, true) => {
+                tracing::warn!(
+                    "the state store cannot be reached: upgrades are refused, health NOT_SERVING for the engine service (state.readiness_follows_store)"
+                );
+                health
+                    .set_not_serving::<EngineVersionServiceServer<EngineVersionService>>()
+                    .await;
+            }
+            (true, false) => {
+                tracing::info!("the state store can be reached again: serving upgrades")
+            }
+            (false, false) => tracing::warn!(
+                "the state store cannot be reached: upgrades are refused until it is back; reads and validate-only calls go on"
+            ),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;
@@ -43,6 +43,7 @@ pub struct Metrics {
     rate_limit_fallbacks: Counter<u64>,
     connections_open: UpDownCounter<i64>,
     connections_closed: Counter<u64>,
+    state_store_up: Gauge<u64>,
 }
 
 impl Metrics {
@@ -98,7 +99,17 @@ impl Metrics {
                     "Client connections the gateway closed, by reason (max_connections, preface_timeout)",
                 )
                 .build(),
+            state_store_up: meter
+                .u64_gauge("dds_gateway.state_store.up")
+                .with_description(
+                    "Whether the state store could be reached at the last check (1) or not (0); always 1 for the memory store",
+                )
+                .build(),
         }
+    }
+
+    pub(crate) fn state_store_reachable(&self, reachable: bool) {
+        self.state_store_up.record(u64::from(reachable), &[]);
     }
 
     pub(crate) fn connection_opened(&self) {
