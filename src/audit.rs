@@ -35,7 +35,8 @@ pub struct AuditEvent {
     pub to_version: String,
     /// `sending` (written before an upgrade request leaves; the outcome follows), `accepted`,
     /// `reconciled` (seen under way, RequestId unknown), `replayed` (an earlier call's answer for
-    /// the same request_id: nothing was sent), `validated`, or `failed`.
+    /// the same request_id: nothing was sent), `validated`, `failed`, or `abandoned` (the
+    /// gateway shut down before the upgrade's outcome was known: it may have been sent).
     pub outcome: &'static str,
     /// The gRPC code of the outcome, e.g. `OK`, `FAILED_PRECONDITION` (`OK` on `sending`). A
     /// caller whose deadline passed first got `DEADLINE_EXCEEDED` instead.

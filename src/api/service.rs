@@ -115,6 +115,11 @@ impl EngineVersionService {
         self
     }
 
+    /// The upgrade tasks still running, and where they are audited: shutdown waits for them.
+    pub fn open_upgrades(&self) -> (crate::upgrade::upgrader::OpenUpgrades, Audit) {
+        (self.upgrader.open_upgrades(), self.upgrader.audit().clone())
+    }
+
     /// Status reads, for tests and metrics (e.g. how many watches are running).
     pub fn status_reader(&self) -> &StatusReader {
         &self.status

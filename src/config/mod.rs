@@ -140,12 +140,15 @@ impl Config {
         }
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         callers::check(&callers, &alibaba.engine_versions, client_certs)?;
+        let idempotency = idempotency::check(raw.idempotency, callers.len())?;
+        let state = state::check(raw.state)?;
+        idempotency::check_timings(&idempotency, state.lease)?;
         Ok(Self {
-            idempotency: idempotency::check(raw.idempotency, callers.len())?,
+            idempotency,
             server,
             alibaba,
             watch: watch::check(raw.watch)?,
-            state: state::check(raw.state)?,
+            state,
             callers,
             credentials: credentials::check(raw.credentials)?,
             // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
@@ -568,6 +571,41 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn timings_that_cannot_keep_the_guarantee_are_refused_with_the_reason() {
+        for (text, key, reason) in [
+            (
+                "[state]\nlease = \"5m\"\n[idempotency]\nsettle_window = \"2m\"",
+                "idempotency.settle_window",
+                "shorter than state.lease",
+            ),
+            (
+                "[idempotency]\nretention = \"2m\"\nsettle_window = \"2m\"",
+                "idempotency.retention",
+                "shorter than state.lease + idempotency.settle_window (2m 30s)",
+            ),
+            (
+                "[server]\nmax_connection_age_grace = \"30s\"",
+                "server.max_connection_age_grace",
+                "only used with server.max_connection_age",
+            ),
+        ] {
+            match load(text, &[]) {
+                Err(ConfigError::Invalid { key: got, message }) => {
+                    assert_eq!(got, key, "{text}");
+                    assert!(message.contains(reason), "{message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // At the bounds, it holds.
+        load(
+            "[state]\nlease = \"30s\"\n[idempotency]\nretention = \"150s\"\nsettle_window = \"120s\"",
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -112,7 +112,10 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             "expected a number of connections between 1 and 1000000",
         ));
     }
-    Ok(ServerConfig {
+    // A grace is the grace of an age: alone it would silently do nothing.
+    let grace_without_age =
+        raw.max_connection_age_grace.is_some() && raw.max_connection_age.is_none();
+    let config = ServerConfig {
         listen,
         max_request_bytes,
         request_timeout: duration("server.request_timeout", raw.request_timeout, 60, HOUR)?,
@@ -149,7 +152,14 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             }
             delay => duration("server.shutdown_delay", delay, 0, HOUR)?,
         },
-    })
+    };
+    if grace_without_age {
+        return Err(invalid(
+            "server.max_connection_age_grace",
+            "only used with server.max_connection_age, which is not set: set both, or neither",
+        ));
+    }
+    Ok(config)
 }
 
 fn tls(

@@ -135,7 +135,8 @@ async fn serve_inner(
         .await
         .map_err(ServeError::Refused)?;
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
+    let (engine_versions, upgrades) =
+        gated_service(&config, &state, credentials, audit, callers, in_flight)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -209,6 +210,7 @@ async fn serve_inner(
             stop: stop_tx,
             admin_stop,
             close_all,
+            upgrades,
         },
     )
     .await
@@ -233,10 +235,17 @@ fn gated_service(
     audit: Audit,
     callers: CallersHandle,
     in_flight: InFlight,
-) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
+) -> Result<
+    (
+        Gate<EngineVersionServiceServer<EngineVersionService>>,
+        Upgrades,
+    ),
+    ServeError,
+> {
     let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
+    let upgrades = service.open_upgrades();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
@@ -244,14 +253,18 @@ fn gated_service(
         Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
         None => crate::limits::Rates::local(),
     };
-    Ok(Gate::new(
+    let gate = Gate::new(
         engine_versions,
         callers,
         in_flight,
         config.server.request_timeout,
     )
-    .with_rates(rates))
+    .with_rates(rates);
+    Ok((gate, upgrades))
 }
+
+/// The upgrade tasks still running, and the audit trail their abandonment is recorded in.
+type Upgrades = (crate::upgrade::upgrader::OpenUpgrades, Audit);
 
 /// The listener's settings: connection age, and TLS when configured.
 fn listener_builder(
@@ -329,10 +342,13 @@ struct Draining {
     stop: tokio::sync::oneshot::Sender<()>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
     close_all: crate::server::rollout::CloseAll,
+    upgrades: Upgrades,
 }
 
 /// Graceful shutdown: NOT_SERVING at once, serving on for `server.shutdown_delay`, then no new
-/// calls, in-flight ones finishing within `server.shutdown_grace`, and whatever is left closed.
+/// calls, in-flight ones and upgrade tasks (also those whose caller has gone) finishing within
+/// `server.shutdown_grace`, and whatever is left closed; upgrades still open then are audited
+/// `abandoned`.
 async fn drain<F>(
     mut server: std::pin::Pin<&mut F>,
     config: &crate::config::ServerConfig,
@@ -347,6 +363,7 @@ where
         stop,
         admin_stop,
         close_all,
+        upgrades: (upgrades, audit),
     } = draining;
     // The store's health reporter stops first, so that it cannot turn readiness back on.
     drop(store_health);
@@ -369,7 +386,8 @@ where
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
     let _ = stop.send(());
     let _ = admin_stop.send(());
-    let result = match tokio::time::timeout(config.shutdown_grace, server.as_mut()).await {
+    let grace_over = tokio::time::Instant::now() + config.shutdown_grace;
+    let result = match tokio::time::timeout_at(grace_over, server.as_mut()).await {
         Ok(result) => result.map_err(ServeError::from),
         Err(_) => {
             tracing::warn!(
@@ -379,6 +397,21 @@ where
         }
     };
     drop(close_all);
+    // Upgrades whose caller has gone still run: their outcome is audited and their key settled
+    // if they end within the grace.
+    if !upgrades.is_empty() {
+        tracing::info!(
+            open = upgrades.len(),
+            "shutting down: waiting for upgrades still under way"
+        );
+    }
+    let abandoned = upgrades.finish(grace_over, &audit).await;
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "grace period over with upgrades still open; their outcome is unknown"
+        );
+    }
     result
 }
 
