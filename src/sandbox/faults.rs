@@ -31,6 +31,17 @@ pub enum Fault {
     Delay(Duration),
 }
 
+impl Fault {
+    /// Whether the client never hears an answer.
+    pub(super) fn severs(&self) -> bool {
+        match self {
+            Fault::Drop => true,
+            Fault::AfterActing(inner) => inner.severs(),
+            _ => false,
+        }
+    }
+}
+
 /// Queued faults, in order, each for one action or (`None`) any.
 #[derive(Debug, Default)]
 pub(super) struct FaultQueue(VecDeque<(Option<&'static str>, Fault)>);

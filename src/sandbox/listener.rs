@@ -2,6 +2,7 @@
 //! fault, or verified and answered by the simulated Dds, or both (a fault after acting).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -15,6 +16,7 @@ use super::dds::Dds;
 use super::faults::{Fault, FaultQueue, inject};
 use super::request::{self, Incoming, Received};
 use super::signature::Verifier;
+use crate::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION;
 
 /// Everything the sandbox keeps between requests.
 pub(super) struct SandboxState {
@@ -26,6 +28,38 @@ pub(super) struct SandboxState {
     /// Requests being answered now, and the most there ever were at once.
     pub(super) in_flight: usize,
     pub(super) peak_in_flight: usize,
+    /// Every upgrade call, from its arrival to its answer (or its dropped connection).
+    pub(super) upgrade_calls: Vec<UpgradeCall>,
+}
+
+/// One `UpgradeDBInstanceEngineVersion` call as the sandbox saw it, for oracles that check how
+/// many upgrades of one instance were ever sent, and whether two were in flight at once.
+#[derive(Debug, Clone)]
+pub struct UpgradeCall {
+    pub db_instance_id: String,
+    pub engine_version: String,
+    pub received_at: Instant,
+    /// When the answer was ready, or the connection went away first; `None` while in flight.
+    pub ended_at: Option<Instant>,
+    /// Whether the sandbox started the upgrade (whatever the client heard).
+    pub started: bool,
+    /// The HTTP status of the answer given, or `None` if none was (the connection was severed,
+    /// or the client went away first).
+    pub answered: Option<u16>,
+}
+
+/// Marks an upgrade call's end when its handler finishes or is dropped (the client went away).
+struct CallEnd {
+    state: Shared,
+    index: usize,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        if let Some(call) = lock(&self.state).upgrade_calls.get_mut(self.index) {
+            call.ended_at.get_or_insert_with(Instant::now);
+        }
+    }
 }
 
 /// Counts a request as in flight from its arrival until its answer is ready (or it is dropped).
@@ -97,8 +131,14 @@ async fn handle(
             body: body.clone(),
             at: tokio::time::Instant::now(),
         });
-        state.faults.take_for(&action)
+        let fault = state.faults.take_for(&action);
+        (fault, upgrade_call(&mut state, &action, &params))
     };
+    let (fault, upgrade) = fault;
+    let _end = upgrade.map(|index| CallEnd {
+        state: Arc::clone(&state),
+        index,
+    });
     let incoming = Incoming {
         version,
         method: method.as_str(),
@@ -110,7 +150,18 @@ async fn handle(
         action: &action,
         api_version: &api_version,
     };
-    match fault {
+    let act = |state: &Shared, incoming: &Incoming<'_>| {
+        let answer = act(state, incoming);
+        if let Some(index) = upgrade {
+            let started = answer.status().is_success();
+            if let Some(call) = lock(state).upgrade_calls.get_mut(index) {
+                call.started = started;
+            }
+        }
+        answer
+    };
+    let severs = fault.as_ref().is_some_and(Fault::severs);
+    let response = match fault {
         Some(Fault::AfterActing(inner)) => {
             let answer = act(&state, &incoming);
             inject(*inner, &connection).await.unwrap_or(answer)
@@ -120,7 +171,34 @@ async fn handle(
             None => act(&state, &incoming),
         },
         None => act(&state, &incoming),
+    };
+    if let Some(index) = upgrade.filter(|_| !severs) {
+        if let Some(call) = lock(&state).upgrade_calls.get_mut(index) {
+            call.answered = Some(response.status().as_u16());
+        }
     }
+    response
+}
+
+/// Records an upgrade call's arrival; its index in the log, or `None` for other actions.
+fn upgrade_call(
+    state: &mut SandboxState,
+    action: &str,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Option<usize> {
+    if action != UPGRADE_DB_INSTANCE_ENGINE_VERSION {
+        return None;
+    }
+    let param = |name: &str| params.get(name).cloned().unwrap_or_default();
+    state.upgrade_calls.push(UpgradeCall {
+        db_instance_id: param("DBInstanceId"),
+        engine_version: param("EngineVersion"),
+        received_at: Instant::now(),
+        ended_at: None,
+        started: false,
+        answered: None,
+    });
+    Some(state.upgrade_calls.len() - 1)
 }
 
 /// Verifies the signature (V2 or V3) and answers the request, changing the simulated instances.

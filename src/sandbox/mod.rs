@@ -36,6 +36,7 @@ use crate::alibaba::credentials::{Credential, Secret};
 pub use dds::Instance;
 pub use faults::Fault;
 pub use fleet::{Failure, FailureRule, FleetSpec};
+pub use listener::UpgradeCall;
 use listener::{SandboxState, Shared, lock};
 pub use request::Received;
 use signature::Verifier;
@@ -131,6 +132,7 @@ impl Sandbox {
             received: Vec::new(),
             in_flight: 0,
             peak_in_flight: 0,
+            upgrade_calls: Vec::new(),
         }));
         let task = listener::spawn(listener, Arc::clone(&state));
         tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
@@ -187,6 +189,11 @@ impl Sandbox {
     /// How many upgrades of `id` the sandbox started (acted on, whatever the client heard).
     pub fn upgrades_started(&self, id: &str) -> usize {
         lock(&self.state).dds.upgrades_started(id)
+    }
+
+    /// Every upgrade call so far, in the order they arrived.
+    pub fn upgrade_calls(&self) -> Vec<UpgradeCall> {
+        lock(&self.state).upgrade_calls.clone()
     }
 
     /// An instance as it is now.
