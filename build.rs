@@ -1,9 +1,9 @@
 //! Compiles the gateway's protobuf API with protox (no system `protoc`) and keeps two file
 //! descriptor sets: the API with its imports (server reflection; the JSON over HTTP routes are
 //! read from its `google.api.http` options), and `google.rpc.Status` with its details (errors
-//! written as JSON).
+//! written as JSON). Also tells the crate its git revision, for `dds_gateway_build_info`.
 
-use std::{env, fs, path::PathBuf};
+use std::{env, fs, path::Path, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -42,5 +42,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    git_revision();
     Ok(())
+}
+
+/// The git revision `dds_gateway_build_info` shows: `GIT_REVISION` when the build's environment
+/// has it (e.g. an image built without `.git`), else, in release builds only, `git rev-parse
+/// HEAD` (a debug build would otherwise recompile the crate after every commit). Without either,
+/// the metric carries the version alone.
+fn git_revision() {
+    println!("cargo:rerun-if-env-changed=GIT_REVISION");
+    if let Ok(revision) = env::var("GIT_REVISION") {
+        println!(
+            "cargo:rustc-env=DDS_GATEWAY_GIT_REVISION={}",
+            revision.trim()
+        );
+        return;
+    }
+    if env::var("PROFILE").as_deref() != Ok("release") {
+        return;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let Some(revision) = git(&["rev-parse", "HEAD"]) else {
+        return;
+    };
+    // Build again when HEAD moves: HEAD itself, the branch it names, the packed refs.
+    let mut watched = vec![
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "packed-refs"]),
+    ];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+    }
+    for path in watched.into_iter().flatten() {
+        if Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rustc-env=DDS_GATEWAY_GIT_REVISION={revision}");
 }

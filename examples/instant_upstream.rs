@@ -81,7 +81,10 @@ async fn serve(listen: &str) -> Result<(), String> {
         .route(
             "/stats",
             axum::routing::get(|| async {
-                format!("describe_calls {}\n", DESCRIBE_CALLS.load(Ordering::Relaxed))
+                format!(
+                    "describe_calls {}\n",
+                    DESCRIBE_CALLS.load(Ordering::Relaxed)
+                )
             }),
         )
         .fallback(answer);

@@ -397,7 +397,8 @@ async fn watch(
         let handle = tokio::spawn(sample_rss(pid, stop.clone(), peak.clone()));
         (stop, peak, handle)
     });
-    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(args.concurrency);
+    let (first_tx, mut first_rx) =
+        tokio::sync::mpsc::channel::<Result<(), String>>(args.concurrency);
     let mut streams = Vec::with_capacity(args.concurrency);
     for slot in 0..args.concurrency {
         let mut client = clients[slot % clients.len()].engine.clone();
@@ -459,7 +460,9 @@ async fn watch(
     let intervals = elapsed.as_secs_f64() / args.poll_interval.as_secs_f64();
     let per_interval = (after - before) as f64 / intervals;
     let per_instance = per_interval / args.instances as f64;
-    let rss = peak_rss_kib.map_or("–".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let rss = peak_rss_kib.map_or("–".to_string(), |k| {
+        format!("{:.1} MiB", k as f64 / 1024.0)
+    });
     match &args.markdown_row {
         Some(label) => println!(
             "| {label} | {} over {} instances | {per_interval:.1} ({per_instance:.2} per instance) | {rss} | {open} open at the end |",

@@ -13,14 +13,14 @@ import sys
 
 # Top to bottom: a module may import only from its own stage and the ones below it.
 LAYERS = [
-    {"client", "sandbox"},  # the command-line client; the simulated Dds API
-    {"server"},  # listener, connections, rollout, reload, shutdown
+    {"run", "client", "sandbox"},  # start-up of each command; the client; the simulated Dds API
+    {"server"},  # listener, connections, ageing, reload, shutdown
     {"api"},  # gate, auth, policy, the gRPC service, JSON over HTTP, API errors
     {"upgrade"},  # validation, idempotency, preflight, the upgrade, status, their errors
     {"state"},  # the store's contract, memory and Redis stores
     {"alibaba"},  # signing, credentials, the Dds client, retries, the answers' classification
     {"telemetry"},  # traces, metrics, logs
-    {"limits", "audit", "tls", "deadline"},  # primitives every stage may use
+    {"limits", "audit", "tls", "deadline", "backoff", "exit"},  # primitives every stage may use
     {"config"},  # a leaf
     {"secret"},
 ]

@@ -39,11 +39,58 @@ pub struct UpgradeArgs {
     pub timeout: Duration,
 }
 
-/// The outcome, ready to print: `Ok` on stdout, `Err` on stderr with a non-zero exit.
+/// The outcome, ready to print: `Answered` on stdout; `Failed` (the gateway answered with an
+/// error, exit 1) and `NotSent` (no call could be made) on stderr.
 #[derive(Debug)]
 pub enum Outcome {
     Answered(String),
     Failed(String),
+    NotSent(ClientError),
+}
+
+/// Why no call could be made: a flag to fix (`EX_USAGE`), or a gateway that cannot be reached
+/// (`EX_UNAVAILABLE`).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{flag} {path}: {source}")]
+    ReadFile {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--token-file {path}: expected the token on the first line, found none")]
+    EmptyTokenFile { path: std::path::PathBuf },
+    #[error("the token contains characters not allowed in a header")]
+    TokenNotAHeader,
+    #[error("--ca-cert, --cert and --key need an https:// --target")]
+    TlsFlagsWithoutHttps,
+    #[error("an https:// --target needs --ca-cert (the CA that signed the gateway's certificate)")]
+    NoCaCert,
+    #[error("invalid --target {url:?}: {source}")]
+    Target {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("TLS settings: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ClientError {
+    /// The process's exit code (sysexits): 69 when the gateway cannot be reached, else 64.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Connect { .. } => crate::exit::EX_UNAVAILABLE,
+            _ => crate::exit::EX_USAGE,
+        }
+    }
 }
 
 /// What `status` and `watch` ask about.
@@ -68,26 +115,30 @@ async fn prepare<T>(
         EngineVersionServiceClient<tonic::transport::Channel>,
         tonic::Request<T>,
     ),
-    String,
+    ClientError,
 > {
     let url = &target.url;
     let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|err| format!("invalid --target {url:?}: {err}"))?
+        .map_err(|source| ClientError::Target {
+            url: url.clone(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5));
     if let Some(tls) = tls(target)? {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|err| format!("TLS settings: {err}"))?;
+        endpoint = endpoint.tls_config(tls).map_err(ClientError::Tls)?;
     }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|err| format!("cannot connect to {url}: {err}"))?;
+        .map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     if let Some(token) = &target.token {
         let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
-            .map_err(|_| "the token contains characters not allowed in a header".to_string())?;
+            .map_err(|_| ClientError::TokenNotAHeader)?;
         value.set_sensitive(true);
         request.metadata_mut().insert("authorization", value);
     }
@@ -96,16 +147,19 @@ async fn prepare<T>(
 
 /// The bearer token in `path`: its first line, without surrounding whitespace. The error names
 /// the file, never its content.
-pub fn read_token_file(path: &std::path::Path) -> Result<Secret, String> {
+pub fn read_token_file(path: &std::path::Path) -> Result<Secret, ClientError> {
     let text = std::fs::read_to_string(path)
         .map(Secret::new)
-        .map_err(|err| format!("--token-file {}: {err}", path.display()))?;
+        .map_err(|source| ClientError::ReadFile {
+            flag: "--token-file",
+            path: path.to_path_buf(),
+            source,
+        })?;
     let token = text.expose().lines().next().unwrap_or_default().trim();
     if token.is_empty() {
-        return Err(format!(
-            "--token-file {}: expected the token on the first line, found none",
-            path.display()
-        ));
+        return Err(ClientError::EmptyTokenFile {
+            path: path.to_path_buf(),
+        });
     }
     Ok(Secret::new(token))
 }
@@ -118,7 +172,7 @@ pub async fn status(args: StatusArgs) -> Outcome {
     };
     let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Outcome::NotSent(problem),
     };
     match client.get_engine_version(request).await {
         Ok(response) => {
@@ -139,33 +193,79 @@ pub async fn status(args: StatusArgs) -> Outcome {
     }
 }
 
-/// `WatchUpgrade`: `print` gets one line per state change as it arrives.
+/// How long `watch` waits before resuming when the gateway gave no RetryInfo.
+const RESUME_DELAY: Duration = Duration::from_secs(1);
+
+/// `WatchUpgrade`: `print` gets one line per state change as it arrives. A watch that ends with
+/// UNAVAILABLE (its connection aged out, the gateway restarted) is resumed on a new call until
+/// `timeout` has passed since the start; a state already printed is not printed again.
 pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
     let message = pb::WatchUpgradeRequest {
         db_instance_id: args.instance,
         engine_version: args.version,
         region_id: args.region.unwrap_or_default(),
     };
-    let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
+    let until = tokio::time::Instant::now() + args.timeout;
+    let mut last: Option<(String, String)> = None;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let status =
+            match watch_once(&args.target, left, message.clone(), &mut last, &mut print).await {
+                Ok(outcome) => return outcome,
+                Err(status) => status,
+            };
+        let delay = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .unwrap_or(RESUME_DELAY);
+        let resume_at = tokio::time::Instant::now() + delay;
+        if status.code() != tonic::Code::Unavailable || resume_at >= until {
+            return Outcome::Failed(describe_status(&status));
+        }
+        tokio::time::sleep_until(resume_at).await;
+    }
+}
+
+/// One `WatchUpgrade` call: its outcome, or the status it ended with when that is UNAVAILABLE
+/// (for the caller to resume).
+async fn watch_once(
+    target: &Target,
+    timeout: Duration,
+    message: pb::WatchUpgradeRequest,
+    last: &mut Option<(String, String)>,
+    print: &mut impl FnMut(&str),
+) -> Result<Outcome, tonic::Status> {
+    let (mut client, request) = match prepare(target, timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Ok(Outcome::NotSent(problem)),
+    };
+    let unavailable = |status: tonic::Status| match status.code() {
+        tonic::Code::Unavailable => Err(status),
+        _ => Ok(Outcome::Failed(describe_status(&status))),
     };
     let mut stream = match client.watch_upgrade(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Outcome::Failed(describe_status(&status)),
+        Err(status) => return unavailable(status),
     };
     loop {
         match stream.message().await {
-            Ok(Some(m)) => print(&format!(
-                "{} {} engine_version {} (target {}){}\n",
-                m.db_instance_id,
-                m.status,
-                m.engine_version,
-                m.target_engine_version,
-                if m.done { ": done" } else { "" }
-            )),
-            Ok(None) => return Outcome::Answered(String::new()),
-            Err(status) => return Outcome::Failed(describe_status(&status)),
+            Ok(Some(m)) => {
+                let seen = (m.status.clone(), m.engine_version.clone());
+                if last.as_ref() == Some(&seen) {
+                    continue;
+                }
+                *last = Some(seen);
+                print(&format!(
+                    "{} {} engine_version {} (target {}){}\n",
+                    m.db_instance_id,
+                    m.status,
+                    m.engine_version,
+                    m.target_engine_version,
+                    if m.done { ": done" } else { "" }
+                ));
+            }
+            Ok(None) => return Ok(Outcome::Answered(String::new())),
+            Err(status) => return unavailable(status),
         }
     }
 }
@@ -182,7 +282,7 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
     };
     let (mut client, request) = match prepare(&args.target, args.timeout, message).await {
         Ok(prepared) => prepared,
-        Err(problem) => return Outcome::Failed(problem),
+        Err(problem) => return Outcome::NotSent(problem),
     };
     match client.upgrade_engine_version(request).await {
         Ok(response) => Outcome::Answered(describe_response(&response.into_inner())),
@@ -191,23 +291,24 @@ pub async fn upgrade(args: UpgradeArgs) -> Outcome {
 }
 
 /// TLS settings for an `https://` target: the CA to trust and, for mTLS, the client identity.
-fn tls(args: &Target) -> Result<Option<ClientTlsConfig>, String> {
+fn tls(args: &Target) -> Result<Option<ClientTlsConfig>, ClientError> {
     if !args.url.starts_with("https://") {
         if args.ca_cert.is_some() || args.client_cert.is_some() {
-            return Err("--ca-cert, --cert and --key need an https:// --target".to_string());
+            return Err(ClientError::TlsFlagsWithoutHttps);
         }
         return Ok(None);
     }
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClientError::ReadFile {
+            flag,
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let mut tls = ClientTlsConfig::new();
     match &args.ca_cert {
         Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
-        None => return Err(
-            "an https:// --target needs --ca-cert (the CA that signed the gateway's certificate)"
-                .to_string(),
-        ),
+        None => return Err(ClientError::NoCaCert),
     }
     if let Some((cert, key)) = &args.client_cert {
         tls = tls.identity(Identity::from_pem(

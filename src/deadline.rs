@@ -27,6 +27,12 @@ const MARGIN: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
 
+/// When the call's connection stops carrying streams because of its age
+/// (`server.max_connection_age`), as a request extension: a long stream ends by then with
+/// UNAVAILABLE, for the caller to resume on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionEnd(pub Instant);
+
 /// Records the caller's deadline on an incoming request (used with `MapRequestLayer`).
 pub fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
     if let Some(timeout) = grpc_timeout(request.headers()) {

@@ -5,7 +5,7 @@
 //! One folder per stage, in the order a request travels; a module imports only from its own
 //! stage and the ones below it (`scripts/layout.py` checks this and that there is no cycle).
 //! - [`server`]: the listener: [`server::connections`] (the cap, the HTTP/2 preface deadline),
-//!   [`server::rollout`] (connections that age out, the hard end of shutdown),
+//!   [`server::ageing`] (connections that age out, the hard end of shutdown),
 //!   [`server::reload`] (`[[callers]]` and credential files reloaded), health, reflection and
 //!   graceful shutdown.
 //! - [`api`]: the edge of a call: [`api::gate`] (authenticate, rate-limit and shed before
@@ -23,10 +23,13 @@
 //!   [`alibaba::codes`] (the one classification of answers), [`alibaba::retry`] and the facade
 //!   [`alibaba::calls`].
 //! - [`telemetry`]: traces (OTLP), metrics (OTLP, Prometheus), logs with trace ids.
-//! - Primitives every stage may use: [`limits`] (token buckets, places in flight), [`audit`]
+//! - Primitives every stage may use: [`limits`] (callers' rates, places in flight), [`audit`]
 //!   (the audit trail), [`tls`] (rustls set-up), [`deadline`] (the caller's deadline).
 //! - [`config`]: the TOML file, environment overrides and start-up checks; a leaf, one file per
 //!   section. [`secret`]: a string that never prints itself.
+//! - [`run`]: start-up of the commands (configuration, credentials, sandbox, serving), so that
+//!   the binary only parses arguments; [`exit`]: the exit codes (sysexits). `backoff`: the one
+//!   jittered exponential backoff.
 //! - Beside the request's path: [`sandbox`] (a loopback simulation of the Dds API that checks
 //!   signatures like Alibaba), [`client`] (the `dds-gateway upgrade` command-line client), and
 //!   [`pb`], the generated protobuf API (`dds.gateway.v1`), never edited.
@@ -35,10 +38,13 @@
 pub mod alibaba;
 pub mod api;
 pub mod audit;
+pub(crate) mod backoff;
 pub mod client;
 pub mod config;
 pub mod deadline;
+pub mod exit;
 pub mod limits;
+pub mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod server;

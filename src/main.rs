@@ -3,32 +3,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
-use dds_gateway::alibaba::credentials::{
-    self, Credential, CredentialsError, CredentialsProvider, StaticProvider,
-};
-use dds_gateway::client::{self, Outcome, StatusArgs, UpgradeArgs};
-use dds_gateway::config::{Config, Overrides};
+use dds_gateway::alibaba::credentials;
+use dds_gateway::client::{self, ClientError, Outcome, StatusArgs, UpgradeArgs};
+use dds_gateway::exit::{EX_SOFTWARE, EX_USAGE};
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-use dds_gateway::server;
-use dds_gateway::telemetry::{LogOutput, Telemetry};
+use dds_gateway::run::{self, ServeOptions};
 
 /// mimalloc instead of the system allocator: a call allocates and frees hundreds of small
 /// buffers (HTTP/2 frames, spans, log lines), where glibc's malloc spent a fifth of the CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Exit code for a configuration or usage problem (sysexits `EX_USAGE`).
-const EX_USAGE: u8 = 64;
-/// Exit code when the gateway cannot get going for another reason (`EX_UNAVAILABLE`).
-const EX_UNAVAILABLE: u8 = 69;
-const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -159,12 +147,12 @@ const TOKEN_VARIABLE: &str = "DDS_GATEWAY_TOKEN";
 impl GatewayArgs {
     /// Where the gateway is, with the bearer token from `--token-file`, `--token` (with a
     /// warning) or `DDS_GATEWAY_TOKEN`, in that order.
-    fn target(self) -> Result<client::Target, String> {
+    fn target(self) -> Result<client::Target, ClientError> {
         let token = match (&self.token_file, self.token) {
             (Some(path), _) => Some(client::read_token_file(path)?),
             (None, Some(token)) => {
-                eprintln!(
-                    "warning: --token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
+                tracing::warn!(
+                    "--token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
                 );
                 Some(credentials::Secret::new(token))
             }
@@ -201,36 +189,46 @@ impl From<SwitchModeArg> for pb::SwitchMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `serve` logs through its telemetry pipeline, set up once the configuration is read.
-    if !matches!(cli.command, Command::Serve { .. }) {
-        tracing_subscriber::fmt()
-            .with_env_filter(log_filter())
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
     // A multi-thread runtime: telemetry exporters need one, and the gateway serves many callers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start the async runtime: {err}");
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
+        Err(err) => return fail(&err, EX_SOFTWARE),
     };
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> ExitCode {
+    // `serve` logs through its telemetry pipeline, set up once the configuration is read; the
+    // other commands log the same way, with the default settings.
+    let _logs = match &command {
+        Command::Serve { .. } => None,
+        _ => run::command_logs(),
+    };
     match command {
         Command::Serve {
             config,
             listen,
             sandbox,
-        } => serve(config, listen, sandbox).await,
-        Command::CheckCredentials { config } => check_credentials(config).await,
+        } => match run::serve(ServeOptions {
+            config,
+            listen,
+            sandbox,
+        })
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, err.exit_code()),
+        },
+        Command::CheckCredentials { config } => match run::check_credentials(config).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err, err.exit_code()),
+        },
         Command::HashToken { generate } => hash_token(generate),
         Command::Upgrade {
             instance,
@@ -244,7 +242,7 @@ async fn run(command: Command) -> ExitCode {
         } => {
             let target = match gateway.target() {
                 Ok(target) => target,
-                Err(problem) => return usage(&problem),
+                Err(err) => return fail(&err, err.exit_code()),
             };
             let args = UpgradeArgs {
                 target,
@@ -266,7 +264,7 @@ async fn run(command: Command) -> ExitCode {
         } => {
             let target = match gateway.target() {
                 Ok(target) => target,
-                Err(problem) => return usage(&problem),
+                Err(err) => return fail(&err, err.exit_code()),
             };
             let args = StatusArgs {
                 target,
@@ -286,7 +284,7 @@ async fn run(command: Command) -> ExitCode {
         } => {
             let target = match gateway.target() {
                 Ok(target) => target,
-                Err(problem) => return usage(&problem),
+                Err(err) => return fail(&err, err.exit_code()),
             };
             let args = StatusArgs {
                 target,
@@ -300,13 +298,16 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-/// Prints a usage problem and exits with `EX_USAGE`.
-fn usage(problem: &str) -> ExitCode {
-    eprintln!("{problem}");
-    ExitCode::from(EX_USAGE)
+/// Logs why the command failed, as its other log lines look, and exits with `code`.
+fn fail(err: &dyn std::error::Error, code: u8) -> ExitCode {
+    // `serve` may have failed before its logs were set up.
+    let _logs = (!tracing::dispatcher::has_been_set()).then(run::command_logs);
+    tracing::error!(exit_code = code, "{err}");
+    ExitCode::from(code)
 }
 
-/// Prints an outcome (answers on stdout, failures on stderr) and picks the exit code.
+/// Prints an outcome (answers on stdout, failures on stderr) and picks the exit code: 1 when the
+/// gateway answered with an error.
 fn report(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Answered(text) => {
@@ -320,6 +321,7 @@ fn report(outcome: Outcome) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+        Outcome::NotSent(err) => fail(&err, err.exit_code()),
     }
 }
 
@@ -344,148 +346,4 @@ fn hash_token(generate: bool) -> ExitCode {
     }
     println!("{}", auth::hash_token(token));
     ExitCode::SUCCESS
-}
-
-/// `RUST_LOG`, or `info`.
-fn log_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-}
-
-async fn serve(config_file: Option<PathBuf>, listen: Option<String>, sandbox: bool) -> ExitCode {
-    let env = |key: &str| std::env::var(key).ok();
-    let config = match Config::load(config_file.as_deref(), env, &Overrides { listen }) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("invalid configuration: {err}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let telemetry = match Telemetry::new(&config.telemetry, LogOutput::Stderr, log_filter()) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            eprintln!("invalid telemetry configuration: {err}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    if tracing::dispatcher::set_global_default(telemetry.dispatch().clone()).is_err() {
-        eprintln!("a log subscriber is already installed");
-    }
-    let code = serve_configured(config, sandbox, telemetry.clone()).await;
-    // Spans and metrics of the last calls are exported before the process ends.
-    telemetry.shutdown().await;
-    code
-}
-
-async fn serve_configured(mut config: Config, sandbox: bool, telemetry: Telemetry) -> ExitCode {
-    // The sandbox lives as long as the gateway; it is dropped (stopped) when serving ends.
-    let (credentials, _sandbox): (Arc<dyn CredentialsProvider>, Option<Sandbox>) = if sandbox {
-        let simulation = match Sandbox::start(SandboxConfig::default()).await {
-            Ok(simulation) => simulation,
-            Err(err) => {
-                eprintln!("cannot start the sandbox: {err}");
-                return ExitCode::from(EX_UNAVAILABLE);
-            }
-        };
-        config.alibaba.endpoint = Some(simulation.endpoint());
-        tracing::warn!(
-            endpoint = %simulation.endpoint(),
-            "sandbox mode: calls go to a local simulation of the Dds API, not to Alibaba Cloud; demo instances dds-sandbox01 (4.2), dds-sandbox02 (4.4), dds-sandbox03 (5.0), dds-sandboxsz (cn-shenzhen, 6.0), dds-sandboxbusy (Rebooting), dds-sandboxforbidden"
-        );
-        (
-            Arc::new(StaticProvider::new(simulation.credential())),
-            Some(simulation),
-        )
-    } else {
-        match resolve_credentials(&config).await {
-            Ok((provider, _)) => (provider, None),
-            Err(err) => {
-                eprintln!(
-                    "no Alibaba Cloud credentials: {err} (see the README's credentials section, or run with --sandbox to try the gateway without a cloud account)"
-                );
-                return ExitCode::from(EX_USAGE);
-            }
-        }
-    };
-
-    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!(
-                "cannot listen on {} (server.listen): {err}",
-                config.server.listen
-            );
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
-    };
-    match server::serve_with(
-        config,
-        credentials,
-        listener,
-        server::shutdown_signal(),
-        telemetry,
-    )
-    .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(server::ServeError::Refused(reason)) => {
-            eprintln!("refusing to start: {reason}");
-            ExitCode::from(EX_USAGE)
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            ExitCode::from(EX_UNAVAILABLE)
-        }
-    }
-}
-
-/// Builds the configured provider and resolves one credential, logging which provider answered.
-async fn resolve_credentials(
-    config: &Config,
-) -> Result<(Arc<dyn CredentialsProvider>, Credential), CredentialsError> {
-    let env = |key: &str| std::env::var(key).ok();
-    let provider = credentials::build(&config.credentials, &env)?;
-    let credential = provider.credential().await?;
-    tracing::info!(
-        provider = credential.provider(),
-        access_key_id = %credentials::masked(credential.access_key_id()),
-        temporary = credential.security_token().is_some(),
-        expiration = ?credential.expiration().map(humantime::format_rfc3339_seconds),
-        "credentials resolved"
-    );
-    Ok((provider, credential))
-}
-
-async fn check_credentials(config_file: Option<PathBuf>) -> ExitCode {
-    let env = |key: &str| std::env::var(key).ok();
-    let config = match Config::load(config_file.as_deref(), env, &Overrides::default()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("invalid configuration: {err}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    match resolve_credentials(&config).await {
-        Ok((_, credential)) => {
-            println!(
-                "credentials OK: provider {}, AccessKeyId {}{}",
-                credential.provider(),
-                credentials::masked(credential.access_key_id()),
-                credential
-                    .expiration()
-                    .map(|at| format!(
-                        ", temporary until {}",
-                        humantime::format_rfc3339_seconds(at)
-                    ))
-                    .unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("no usable Alibaba Cloud credentials: {err}");
-            ExitCode::from(match err {
-                CredentialsError::NotConfigured { .. } => EX_CONFIG,
-                CredentialsError::Unavailable { .. } => EX_UNAVAILABLE,
-            })
-        }
-    }
 }

@@ -18,10 +18,28 @@ pub fn install_crypto_provider() {
 /// A TLS handshake that takes longer than this is abandoned, so idle connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the listener's TLS cannot be set up, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key}: cannot read {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server.tls_cert / server.tls_key: {0}")]
+    Settings(#[source] tonic::transport::Error),
+}
+
 /// The tonic TLS settings, or what is wrong with the files (naming the key).
-pub fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, String> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+pub fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, TlsError> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let cert = read("server.tls_cert", &tls.cert)?;
     let key = read("server.tls_key", &tls.key)?;

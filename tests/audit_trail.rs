@@ -224,8 +224,12 @@ async fn a_credential_that_arrives_after_the_deadline_sends_nothing() {
         fake.url()
     );
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    let credentials =
-        dds_gateway::alibaba::credentials::build(&config.credentials, &|_| None).unwrap();
+    let credentials = dds_gateway::alibaba::credentials::build(
+        &config.credentials,
+        &|_| None,
+        &dds_gateway::telemetry::Metrics::default(),
+    )
+    .unwrap();
     let sandbox = Sandbox::start(SandboxConfig {
         extra_keys: vec![fake_cloud::issued_credential(1)],
         ..Default::default()
@@ -261,4 +265,71 @@ async fn a_credential_that_arrives_after_the_deadline_sends_nothing() {
         .collect();
     assert_eq!(outcomes, ["failed", "sending", "accepted"], "{lines:#?}");
     assert_eq!(lines[0]["grpc_code"], "DEADLINE_EXCEEDED");
+}
+
+/// The audit trail follows log rotation, on the binary: after `mv` and SIGHUP (as logrotate
+/// does), and after `rm` without a signal, events go to the file `audit.file` names, and an
+/// upgrade's `sending` line is in that file.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_file_follows_rotation_and_removal() {
+    let audit = AuditFile::new();
+    let rotated = audit.path.with_extension("jsonl.1");
+    let mut gateway = common::ServingBinary::start(
+        &["serve", "--sandbox", "--listen", "127.0.0.1:0"],
+        &[
+            ("DDS_GATEWAY_AUDIT_FILE", audit.path.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ],
+    )
+    .await;
+    let target = format!("http://{}", gateway.addr);
+    let validate = |version: &'static str| {
+        let target = target.clone();
+        async move {
+            let args = [
+                "upgrade",
+                "--target",
+                &target,
+                "--instance",
+                INSTANCE,
+                "--version",
+                version,
+                "--validate-only",
+            ];
+            let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
+            assert_eq!(code, Some(0), "{stdout} {stderr}");
+        }
+    };
+    validate("4.4").await;
+    assert_eq!(audit.lines().len(), 1);
+
+    std::fs::rename(&audit.path, &rotated).unwrap();
+    gateway.hang_up().await;
+    gateway.wait_for_log("SIGHUP").await;
+    validate("5.0").await;
+    let lines = audit.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["to_version"], "5.0");
+    assert_eq!(
+        read_lines(&rotated).len(),
+        1,
+        "the rotated file is left alone"
+    );
+
+    // Removed, with no signal: the next event still lands at the path, and an upgrade too.
+    std::fs::remove_file(&audit.path).unwrap();
+    let args = [
+        "upgrade",
+        "--target",
+        &target,
+        "--instance",
+        INSTANCE,
+        "--version",
+        "4.4",
+    ];
+    let (code, stdout, stderr) = common::run_cli(&args, &[]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    let outcomes: Vec<Value> = audit.lines().iter().map(|l| l["outcome"].clone()).collect();
+    assert_eq!(outcomes, ["sending", "accepted"]);
 }

@@ -177,6 +177,14 @@ async fn a_change_made_while_the_gateway_starts_is_picked_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
+    let telemetry = dds_gateway::telemetry::Telemetry::quiet();
+    let reloads = |outcome: &str| {
+        common::traced::sample(
+            &telemetry.prometheus_text(),
+            "dds_gateway_config_reloads_total",
+            &[("file", "callers"), ("outcome", outcome)],
+        )
+    };
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
@@ -189,7 +197,7 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     ));
 
     std::fs::write(&file, &head).unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
     assert_eq!(
         callers.current().len(),
         1,
@@ -200,12 +208,14 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         format!("{head}[[callers]]\nname = \"x\"\ntoken_sha256 = \"short\"\n"),
     )
     .unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
     assert_eq!(
         callers.current().len(),
         1,
         "an invalid file changes nothing"
     );
+    assert_eq!(reloads("error"), Some(2.0));
+    assert_eq!(reloads("ok"), None);
     std::fs::write(
         &file,
         format!(
@@ -215,6 +225,8 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         ),
     )
     .unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test");
+    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
     assert_eq!(callers.current().len(), 2);
+    assert_eq!(reloads("ok"), Some(1.0));
+    assert_eq!(reloads("error"), Some(2.0));
 }

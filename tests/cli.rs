@@ -53,7 +53,7 @@ async fn upgrade_prints_the_error_with_its_details_and_exits_non_zero() {
 #[tokio::test]
 async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
     let (code, _, stderr) = common::run_cli(&["serve", "--listen", "127.0.0.1:0"], &[]).await;
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("ALIBABA_CLOUD_ACCESS_KEY_ID") && stderr.contains("--sandbox"),
         "{stderr}"
@@ -64,8 +64,162 @@ async fn serve_without_credentials_refuses_to_start_and_says_what_to_set() {
 async fn serve_with_a_bad_config_value_names_the_key() {
     let env = [("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v9")];
     let (code, _, stderr) = common::run_cli(&["serve", "--sandbox"], &env).await;
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("alibaba.signature_version"), "{stderr}");
+}
+
+/// A misspelt `DDS_GATEWAY_*` variable is refused like a misspelt key in the file, naming it
+/// and the variable it was probably meant to be, by every command that reads the configuration.
+#[tokio::test]
+async fn a_misspelt_variable_is_refused_naming_it() {
+    let env = [("DDS_GATEWAY_SERVER_MAX_INFLIGHT", "10")];
+    for args in [
+        &["serve", "--sandbox", "--listen", "127.0.0.1:0"][..],
+        &["check-credentials"][..],
+    ] {
+        // Without the check, `serve` would start and never return.
+        let (code, _, stderr) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            common::run_cli(args, &env),
+        )
+        .await
+        .expect("the gateway refuses to start instead of serving");
+        assert_eq!(code, Some(78), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("unknown environment variable DDS_GATEWAY_SERVER_MAX_INFLIGHT")
+                && stderr.contains("did you mean DDS_GATEWAY_SERVER_MAX_IN_FLIGHT"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// The same cause gives the same exit code in every command: an address in use is
+/// "unavailable" (69), a file the configuration names that cannot be read is "config" (78).
+#[tokio::test]
+async fn exit_codes_follow_sysexits() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = common::run_cli(&["serve", "--sandbox", "--listen", &addr], &[]).await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+
+    let (code, _, stderr) = common::run_cli(
+        &["serve", "--sandbox", "--listen", "127.0.0.1:0"],
+        &[
+            ("DDS_GATEWAY_SERVER_TLS_CERT", "/nonexistent/cert.pem"),
+            ("DDS_GATEWAY_SERVER_TLS_KEY", "/nonexistent/key.pem"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("server.tls_cert"), "{stderr}");
+
+    let (code, _, stderr) = common::run_cli(
+        &["check-credentials", "--config", "/nonexistent/gateway.toml"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("/nonexistent/gateway.toml"), "{stderr}");
+
+    // A client that cannot reach the gateway: unavailable too.
+    drop(taken);
+    let target = format!("http://{addr}");
+    let args = ["status", "--target", &target, "--instance", "dds-sandbox01"];
+    let (code, _, stderr) = common::run_cli(&args, &[]).await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+/// A credentials URI that answers 503 for a while (a sidecar still starting) is asked again
+/// with backoff: the gateway starts once it answers, instead of exiting at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_waits_for_a_credential_source_that_answers_late() {
+    use common::fake_cloud::Fake;
+    let fake = Fake::start().await;
+    fake.state().uri_failures = 3;
+    let uri = format!("{}creds?token=uri-canary", fake.url());
+    let server = common::ServingBinary::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DDS_GATEWAY_CREDENTIALS_PROVIDER", "credentials_uri"),
+            ("DDS_GATEWAY_CREDENTIALS_CREDENTIALS_URI", uri.as_str()),
+            ("DDS_GATEWAY_CREDENTIALS_STARTUP_TIMEOUT", "20s"),
+        ],
+    )
+    .await;
+    assert_eq!(fake.state().uri_calls, 4, "{}", server.startup_log);
+    assert_eq!(fake.state().uri_failures, 0);
+    // Said once, at warn, naming the source; never the URI's token.
+    let waiting: Vec<&str> = server
+        .startup_log
+        .lines()
+        .filter(|l| l.contains("not answering yet"))
+        .collect();
+    assert!(
+        waiting.len() == 1 && waiting[0].contains("WARN") && waiting[0].contains("credentials_uri"),
+        "{}",
+        server.startup_log
+    );
+    assert!(
+        !server.startup_log.contains("uri-canary"),
+        "{}",
+        server.startup_log
+    );
+}
+
+/// A credential source that never answers: the gateway gives up after
+/// `credentials.startup_timeout` with "unavailable" (69), naming the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_gives_up_on_a_credential_source_that_never_answers() {
+    use common::fake_cloud::Fake;
+    let fake = Fake::start().await;
+    fake.state().uri_failures = usize::MAX;
+    let uri = format!("{}creds?token=uri-canary", fake.url());
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = common::run_cli(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("DDS_GATEWAY_CREDENTIALS_PROVIDER", "credentials_uri"),
+            ("DDS_GATEWAY_CREDENTIALS_CREDENTIALS_URI", uri.as_str()),
+            ("DDS_GATEWAY_CREDENTIALS_STARTUP_TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(
+        stderr.contains("credentials.startup_timeout")
+            && stderr.contains("credentials_uri")
+            && stderr.contains("503"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("uri-canary"), "{stderr}");
+    // Asked more than once, and not given up before the bound.
+    assert!(fake.state().uri_calls >= 2, "{stderr}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}
+
+/// A read timeout longer than the shutdown grace is worth a warning at start-up: an upgrade
+/// waiting on Alibaba at shutdown would be cut off.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_warns_when_the_read_timeout_exceeds_the_shutdown_grace() {
+    let args = ["serve", "--sandbox", "--listen", "127.0.0.1:0"];
+    let warned = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("WARN") && l.contains("alibaba.read_timeout exceeds server.shutdown_grace")
+        })
+    };
+    let server = common::ServingBinary::start(
+        &args,
+        &[
+            ("DDS_GATEWAY_ALIBABA_READ_TIMEOUT", "60s"),
+            ("DDS_GATEWAY_SERVER_SHUTDOWN_GRACE", "10s"),
+        ],
+    )
+    .await;
+    assert!(warned(&server.startup_log), "{}", server.startup_log);
+    let server = common::ServingBinary::start(&args, &[]).await;
+    assert!(!warned(&server.startup_log), "{}", server.startup_log);
 }
 
 /// `serve --sandbox` with signature V3 end to end: the binary starts, the sandbox inside it
@@ -320,19 +474,21 @@ async fn the_token_comes_from_a_file_or_the_environment_and_the_flag_warns() {
     args.extend(["--token-file".to_string(), file.to_string()]);
     let (code, stdout, stderr) = run(args, &[]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
 
     // From the environment: accepted, no warning.
     let (code, stdout, stderr) = run(validate(&[]), &[("DDS_GATEWAY_TOKEN", TOKEN)]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
 
     // On the command line: still accepted (the CLI is a contract), with a warning that never
     // repeats the token.
     let (code, stdout, stderr) = run(validate(&["--token", TOKEN]), &[]).await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert!(
-        stderr.contains("warning: --token") && stderr.contains("--token-file"),
+        stderr.contains("WARN")
+            && stderr.contains("--token puts the bearer token on the command line")
+            && stderr.contains("--token-file"),
         "{stderr}"
     );
     assert!(!stderr.contains(TOKEN), "{stderr}");
@@ -384,6 +540,6 @@ async fn serve_refuses_an_overflowing_duration_at_start_up() {
     )
     .await
     .expect("the gateway refuses to start instead of serving");
-    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("server.request_timeout"), "{stderr}");
 }

@@ -1,5 +1,5 @@
-//! Connections over loopback: one that never sends the HTTP/2 preface is closed after
-//! `server.preface_timeout`, and beyond `server.max_connections` a new connection is closed as
+//! Connections over loopback: one that never sends the HTTP/2 preface, or dribbles an HTTP/1.1
+//! request head, is closed after `server.preface_timeout`, and beyond `server.max_connections` a new connection is closed as
 //! it is accepted while the open ones keep working.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -126,4 +126,56 @@ async fn beyond_max_connections_new_connections_are_closed_and_open_ones_work() 
         .upgrade_engine_version(validate_only())
         .await
         .unwrap();
+}
+
+/// An HTTP/1.1 request head dribbled a byte at a time is cut at `server.preface_timeout`, while
+/// a whole request over HTTP/1.1 is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_request_head_dribbled_byte_by_byte_is_cut() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| {
+            config.server.preface_timeout = Duration::from_millis(300);
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut whole = TcpStream::connect(gw.addr).await.unwrap();
+    whole
+        .write_all(b"GET /v1/instances/dds-sandbox01/engineVersion HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    whole.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let mut dribble = TcpStream::connect(gw.addr).await.unwrap();
+    // The request line at once (more bytes than the HTTP/2 preface), then a header a byte at a
+    // time, each far inside hyper's own 30 s header timeout.
+    dribble
+        .write_all(b"GET /v1/instances/dds-sandbox01/engineVersion HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut cut = false;
+    for byte in b"x-slow: ".iter().chain(std::iter::repeat(&b'a')) {
+        if dribble.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(50), dribble.read(&mut buf)).await
+        {
+            // Closed (0 bytes or an error), or an error answer before the close.
+            assert!(!matches!(read, Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200")));
+            cut = true;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dribble was never cut"
+        );
+    }
+    assert!(cut);
 }

@@ -28,13 +28,26 @@ fn try_provider(
     credentials_toml: &str,
     env: &[(&str, &str)],
 ) -> Result<Arc<dyn CredentialsProvider>, credentials::CredentialsError> {
+    counted_provider(
+        credentials_toml,
+        env,
+        &dds_gateway::telemetry::Metrics::default(),
+    )
+}
+
+/// [`try_provider`] counting in `metrics`.
+fn counted_provider(
+    credentials_toml: &str,
+    env: &[(&str, &str)],
+    metrics: &dds_gateway::telemetry::Metrics,
+) -> Result<Arc<dyn CredentialsProvider>, credentials::CredentialsError> {
     let env: BTreeMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let toml = format!("[credentials]\n{credentials_toml}\n");
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    credentials::build(&config.credentials, &|k: &str| env.get(k).cloned())
+    credentials::build(&config.credentials, &|k: &str| env.get(k).cloned(), metrics)
 }
 
 /// Waits (bounded) until the provider hands out a credential with this AccessKeyId.
@@ -437,14 +450,22 @@ async fn a_changed_credentials_file_is_picked_up_without_restart() {
 }
 
 #[tokio::test]
-async fn reload_reads_the_file_at_once() {
+async fn reload_reads_the_file_at_once_and_counts_what_came_of_it() {
+    let telemetry = dds_gateway::telemetry::Telemetry::quiet();
+    let reloads = |outcome: &str| {
+        common::traced::sample(
+            &telemetry.prometheus_text(),
+            "dds_gateway_config_reloads_total",
+            &[("file", "credentials"), ("outcome", outcome)],
+        )
+    };
     let scratch = Scratch::new("sighup");
     let ini = |id: &str| {
         format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = s\n")
     };
     let file = scratch.write("credentials.ini", &ini("before-hup"));
     // Polling every hour: only the reload (what SIGHUP triggers) can pick the change up.
-    let chain = provider(
+    let chain = counted_provider(
         &format!(
             "credentials_file = \"{}\"\nfile_poll_interval = \"1h\"",
             file.display()
@@ -453,7 +474,9 @@ async fn reload_reads_the_file_at_once() {
             ("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true"),
             ("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true"),
         ],
-    );
+        telemetry.metrics(),
+    )
+    .unwrap();
     assert_eq!(
         chain.credential().await.unwrap().access_key_id(),
         "before-hup"
@@ -464,6 +487,18 @@ async fn reload_reads_the_file_at_once() {
         "before-hup"
     );
     chain.reload().await;
+    assert_eq!(
+        chain.credential().await.unwrap().access_key_id(),
+        "after-hup"
+    );
+    assert_eq!(reloads("ok"), Some(1.0));
+    // An unchanged file is no reload; a broken one is one that failed.
+    chain.reload().await;
+    assert_eq!(reloads("ok"), Some(1.0));
+    assert_eq!(reloads("error"), None);
+    scratch.write("credentials.ini", "[default]\ntype = access_key\n");
+    chain.reload().await;
+    assert_eq!(reloads("error"), Some(1.0));
     assert_eq!(
         chain.credential().await.unwrap().access_key_id(),
         "after-hup"

@@ -40,6 +40,9 @@ name = "billing"
 token_sha256 = "{}"
 regions = ["cn-hangzhou"]
 instances = ["dds-sandbox0*", "dds-sandboxbusy", "dds-sandboxnone"]
+# Refusals of a malformed request are counted after authentication, like any call.
+rate_per_second = 1000.0
+burst = 1000
 
 [[callers]]
 name = "slow"
@@ -348,7 +351,6 @@ async fn bad_http_requests_are_precise_errors_and_reach_nobody() {
         r#"{"engineVersion":"4.4","colour":"red"}"#,
         r#"{"engineVersion":4.4}"#,
         r#"{"engineVersion":"4.4","switchMode":"SOMETIMES"}"#,
-        "",
     ] {
         let answer = http1("POST", &upgrade, &json, Some(body)).await;
         let status = answer.assert_error(400, 3, "INVALID_JSON");
@@ -722,4 +724,78 @@ async fn curl_upgrades_the_sandbox_instance() {
     ])
     .await;
     assert_eq!(read["status"], "EngineVersionUpgrading", "{read}");
+}
+
+/// The edges of issues 20 and 23: a field named twice, an empty body, one header limit for both
+/// protocols, authentication before the content type and size, and an unknown parameter's
+/// message listing every accepted one.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_edges_refuse_duplicates_and_strangers_first() {
+    let gw = gateway(Duration::from_secs(20), "", &callers()).await;
+    let auth = bearer(TOKEN);
+    let json = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let upgrade = url(&gw, &upgrade_path("dds-sandbox01"));
+
+    // A field under both its names, or the same key twice: refused, naming the field.
+    for body in [
+        r#"{"engineVersion":"4.4","engine_version":"5.0"}"#,
+        r#"{"engineVersion":"4.4","engineVersion":"5.0"}"#,
+    ] {
+        let answer = http1("POST", &upgrade, &json, Some(body)).await;
+        let status = answer.assert_error(400, 3, "INVALID_JSON");
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains("engineVersion"), "{status}");
+    }
+    assert_eq!(gw.sandbox.calls(UPGRADE), 0);
+
+    // An empty body is the empty message: the service says what is missing.
+    http1("POST", &upgrade, &json, Some(""))
+        .await
+        .assert_error(400, 3, "INVALID_REQUEST");
+
+    // Headers over 16 KiB: 431 over HTTP/1.1 as over HTTP/2's own limit.
+    let big = "x".repeat(20_000);
+    let answer = http1(
+        "GET",
+        &url(&gw, "/v1/instances/dds-sandbox01/engineVersion"),
+        &[("authorization", auth.as_str()), ("x-big", big.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 431, "{:?}", answer.body);
+
+    // No token: 401 before the content type (415) or the size (413) is looked at.
+    let huge = format!(
+        r#"{{"engineVersion":"4.4","requestId":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    for (headers, body) in [
+        (
+            vec![("content-type", "text/plain")],
+            r#"{"engineVersion":"4.4"}"#,
+        ),
+        (vec![("content-type", "application/json")], huge.as_str()),
+    ] {
+        http1("POST", &upgrade, &headers, Some(body))
+            .await
+            .assert_error(401, 16, "CALLER_CREDENTIALS_MISSING");
+    }
+
+    // An unknown query parameter: the message names every accepted one, timeout included.
+    let answer = http1(
+        "GET",
+        &url(&gw, "/v1/instances/dds-sandbox01/engineVersion?colour=red"),
+        &[("authorization", auth.as_str())],
+        None,
+    )
+    .await;
+    let status = answer.assert_error(400, 3, "INVALID_PARAMETER");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("regionId") && message.contains("timeout"),
+        "{status}"
+    );
 }

@@ -425,6 +425,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
             .unwrap(),
     );
     let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
+    let held = |lock| matches!(lock, dds_gateway::state::store::InstanceLock::Held { .. });
     let owner = |claim: Claim| match claim {
         Claim::Owner {
             unresolved_for,
@@ -436,7 +437,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
     // Lapsed before its mark: replaced, nothing unresolved.
     let (a, b) = (Token::new(), Token::new());
     owner(store.claim(&key(1), &fingerprint, &a).await.unwrap());
-    assert!(store.lock_instance("r/i1", &a, None).await.unwrap());
+    assert!(held(store.lock_instance("r/i1", &a, None).await.unwrap()));
     // Its lock outlives its key a little (renewed first), as a dead holder's may.
     let store = std::sync::Arc::new(store);
     let renewing = tokio::spawn({
@@ -453,18 +454,18 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
     assert_eq!(unresolved, None);
     assert_eq!(replaced.as_ref(), Some(&a));
     // The instance lock passes with the key, and to no one else.
-    assert!(
-        !store
+    assert!(!held(
+        store
             .lock_instance("r/i1", &Token::new(), None)
             .await
             .unwrap()
-    );
-    assert!(
+    ));
+    assert!(held(
         store
             .lock_instance("r/i1", &b, replaced.as_ref())
             .await
             .unwrap()
-    );
+    ));
     assert!(!store.renew_instance("r/i1", &a).await.unwrap());
     renewing.await.unwrap();
     // The stale holder can neither mark nor settle.
@@ -594,5 +595,372 @@ async fn rediss_verifies_redis_with_the_configured_ca() {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
         assert_eq!(sandbox.calls(UPGRADE), 1, "nothing more is sent");
+    }
+}
+
+/// A caller's rate means the same in one process and in Redis: the same burst and rate admit
+/// the same calls and name the same wait, because both run GCRA with the same parameters (the
+/// memory one on this process's clock, the script on Redis's).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_admits_the_same_calls_in_memory_and_in_redis() {
+    use dds_gateway::config::RedisUrl;
+    use dds_gateway::limits::{Rate, SharedBucket, SharedRates};
+    use dds_gateway::state::redis::RedisStore;
+    use dds_gateway::state::store::StoreLimits;
+    let redis = RedisServer::start().await;
+    let store = RedisStore::open(
+        &RedisUrl::parse(&redis.url()).unwrap(),
+        None,
+        "rates:",
+        StoreLimits::from_config(&common::default_config()),
+    )
+    .unwrap();
+    // One call a second: the margins are wide against a slow machine.
+    let rate = Rate {
+        per_second: 1.0,
+        burst: 3,
+    };
+    let local = SharedBucket::new(rate);
+    // One round: five calls at once in each, then the wait each names for the next.
+    let round = async |caller: &str| {
+        let mut in_memory = Vec::new();
+        let mut in_redis = Vec::new();
+        for _ in 0..5 {
+            in_memory.push(local.take(rate));
+            in_redis.push(SharedRates::take(&store, caller, rate).await.unwrap());
+        }
+        (in_memory, in_redis)
+    };
+    let admitted =
+        |takes: &[Result<(), Duration>]| takes.iter().map(Result::is_ok).collect::<Vec<_>>();
+    let (memory, shared) = round("billing").await;
+    assert_eq!(admitted(&memory), [true, true, true, false, false]);
+    assert_eq!(admitted(&shared), admitted(&memory));
+    // The waits named agree (to the time the calls themselves took).
+    let wait = |takes: &[Result<(), Duration>]| takes[3].unwrap_err();
+    let (a, b) = (wait(&memory), wait(&shared));
+    assert!(a.abs_diff(b) < Duration::from_millis(100), "{a:?} vs {b:?}");
+    assert!(
+        a <= Duration::from_secs(1) && a > Duration::from_millis(800),
+        "{a:?}"
+    );
+    // After the wait named, one more call is admitted in each, and only one.
+    tokio::time::sleep(a.max(b) + Duration::from_millis(20)).await;
+    assert_eq!(local.take(rate), Ok(()));
+    assert_eq!(
+        SharedRates::take(&store, "billing", rate).await.unwrap(),
+        Ok(())
+    );
+    assert!(local.take(rate).is_err());
+    assert!(
+        SharedRates::take(&store, "billing", rate)
+            .await
+            .unwrap()
+            .is_err()
+    );
+}
+
+/// A Redis stall longer than the lease while replica A waits for Alibaba's answer to its
+/// upgrade: A's instance lock lapses. Replica B, asked to upgrade the same instance under another
+/// key (or none), must not take the lock over blindly: A may have sent, so B answers
+/// UPGRADE_IN_PROGRESS and sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_lock_whose_holder_may_have_sent_is_not_taken_over_blindly() {
+    let s = setup().await;
+    s.sandbox
+        .push_fault_on(UPGRADE, Fault::Delay(Duration::from_secs(3600)));
+    let mut a = client(&s.a).await;
+    let first = tokio::spawn(async move {
+        a.upgrade_engine_version(keyed(INSTANCE, "4.4", &new_key()))
+            .await
+    });
+    common::wait_until("the first upgrade is sent", || {
+        s.sandbox.calls(UPGRADE) == 1
+    })
+    .await;
+    // Longer than the replicas' 2 s lease: A cannot renew its lock meanwhile.
+    s.redis.pause(3000).await;
+    s.redis.command(&["PING"]).await; // answered once the stall is over
+    let mut b = client(&s.b).await;
+    for other in [
+        keyed(INSTANCE, "5.0", &new_key()),
+        common::request(INSTANCE, "4.4"),
+    ] {
+        let status = b.upgrade_engine_version(other).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert_eq!(reason(&status), "UPGRADE_IN_PROGRESS");
+    }
+    assert_eq!(
+        s.sandbox.calls(UPGRADE),
+        1,
+        "no second upgrade of the instance"
+    );
+    first.abort();
+}
+
+/// Redis stalls (`DEBUG SLEEP 3`) longer than the store's response timeout: the caller hears
+/// STATE_STORE_UNAVAILABLE, and Redis runs the claim and the lock late. Neither may be orphaned
+/// for a whole lease (30 s here): once Redis answers again, retries go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operation_whose_answer_was_lost_orphans_neither_lock_nor_claim() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let redis = RedisServer::start_debuggable().await;
+    let gateway = replica_with(
+        &sandbox,
+        &redis,
+        "info",
+        &[],
+        &[("DDS_GATEWAY_STATE_LEASE", "30s")],
+    )
+    .await;
+    let key = new_key();
+    let requests = || {
+        [
+            common::request(INSTANCE, "4.4"),
+            keyed("dds-sandbox02", "5.0", &key),
+        ]
+    };
+    // Warm: Redis knows the scripts, so a late EVALSHA runs rather than failing NOSCRIPT.
+    let warm = client(&gateway)
+        .await
+        .upgrade_engine_version(keyed("dds-sandbox03", "5.0", &new_key()))
+        .await;
+    assert!(warm.is_err(), "already on 5.0: refused by the preflight");
+    let asleep = redis.sleep(3).await;
+    let calls = requests().map(|request| {
+        let address = gateway.addr.clone();
+        tokio::spawn(async move {
+            let channel = common::channel(address.parse().unwrap()).await;
+            EngineVersionServiceClient::new(channel)
+                .upgrade_engine_version(request)
+                .await
+        })
+    });
+    for call in calls {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(reason(&status), "STATE_STORE_UNAVAILABLE");
+    }
+    asleep.await.unwrap();
+    for request in requests() {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(10));
+        let answer = client(&gateway).await.upgrade_engine_version(request).await;
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert_eq!(sandbox.calls(UPGRADE), 2);
+}
+
+fn store_on(
+    redis: &RedisServer,
+    limits: dds_gateway::state::store::StoreLimits,
+) -> dds_gateway::state::redis::RedisStore {
+    dds_gateway::state::redis::RedisStore::open(
+        &dds_gateway::config::RedisUrl::parse(&redis.url()).unwrap(),
+        None,
+        "test:",
+        limits,
+    )
+    .unwrap()
+}
+
+fn a_fingerprint() -> dds_gateway::state::store::Fingerprint {
+    dds_gateway::state::store::Fingerprint::of_fields(&["test"])
+}
+
+/// `since` and `sent` written from a clock ahead of Redis's (a failover to a replica whose clock
+/// lags, an NTP step): the age is negative, and is 0, never "not sent".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
+    use dds_gateway::state::store::{Claim, Key, Settlement, StateStore, StoreLimits, Token};
+    let redis = RedisServer::start().await;
+    let lease = Duration::from_millis(200);
+    let store = store_on(
+        &redis,
+        StoreLimits {
+            retention: Duration::from_secs(3600),
+            max_keys: 100,
+            max_keys_per_caller: 100,
+            settle_window: Duration::from_secs(120),
+            lease,
+        },
+    );
+    let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
+    let record = |n: u128| format!("test:{{c:62696c6c696e67}}:k:{}", uuid::Uuid::from_u128(n));
+    let unresolved = |claim: Claim| match claim {
+        Claim::Owner { unresolved_for, .. } => unresolved_for,
+        other => panic!("expected ownership, got {other:?}"),
+    };
+    let ahead = (redis.now_ms().await + 60_000).to_string();
+    // A holder marked its send, then lapsed; its mark came from a clock a minute ahead.
+    let a = Token::new();
+    store.claim(&key(1), &a_fingerprint(), &a).await.unwrap();
+    assert!(store.mark_sending(&key(1), &a).await.unwrap());
+    redis.command(&["HSET", &record(1), "sent", &ahead]).await;
+    let b = Token::new();
+    let claim = store.claim(&key(1), &a_fingerprint(), &b).await.unwrap();
+    assert_eq!(unresolved(claim), Some(Duration::ZERO));
+    // A settled unresolved key whose `since` is ahead of Redis.
+    let c = Token::new();
+    store.claim(&key(2), &a_fingerprint(), &c).await.unwrap();
+    assert!(store.mark_sending(&key(2), &c).await.unwrap());
+    store
+        .settle(&key(2), &c, Settlement::Unresolved)
+        .await
+        .unwrap();
+    redis.command(&["HSET", &record(2), "since", &ahead]).await;
+    let claim = store
+        .claim(&key(2), &a_fingerprint(), &Token::new())
+        .await
+        .unwrap();
+    assert_eq!(unresolved(claim), Some(Duration::ZERO));
+}
+
+/// Renewal keeps the Redis key alive, not only the claim: with a retention shorter than the
+/// upgrade in flight, a duplicate still waits for the owner and replays its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_keeps_a_claimed_key_alive_past_its_retention() {
+    use dds_gateway::state::store::{
+        Accepted, Claim, Key, Settlement, StateStore, StoreLimits, Token,
+    };
+    let redis = RedisServer::start().await;
+    let store = std::sync::Arc::new(store_on(
+        &redis,
+        StoreLimits {
+            retention: Duration::from_millis(500),
+            max_keys: 100,
+            max_keys_per_caller: 100,
+            settle_window: Duration::from_millis(300),
+            lease: Duration::from_millis(300),
+        },
+    ));
+    let key = Key::new("billing", uuid::Uuid::from_u128(1));
+    let owner = Token::new();
+    assert!(matches!(
+        store.claim(&key, &a_fingerprint(), &owner).await.unwrap(),
+        Claim::Owner { .. }
+    ));
+    let duplicate = tokio::spawn({
+        let (store, key) = (std::sync::Arc::clone(&store), key.clone());
+        async move { store.claim(&key, &a_fingerprint(), &Token::new()).await }
+    });
+    // The owner renews (as its lease does) well past the retention.
+    for _ in 0..15 {
+        assert!(store.renew(&key, &owner).await.unwrap(), "still held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !duplicate.is_finished(),
+        "the duplicate waits for the owner"
+    );
+    store
+        .settle(
+            &key,
+            &owner,
+            Settlement::Accepted(Accepted {
+                response: pb::UpgradeEngineVersionResponse {
+                    alibaba_request_id: "R1".into(),
+                    ..Default::default()
+                },
+                reconciled: false,
+            }),
+        )
+        .await
+        .unwrap();
+    match duplicate.await.unwrap().unwrap() {
+        Claim::Replay(accepted) => assert_eq!(accepted.response.alibaba_request_id, "R1"),
+        other => panic!("expected the owner's answer, got {other:?}"),
+    }
+}
+
+/// SIGTERM while an upgrade's caller has already timed out. An upgrade Alibaba answers within
+/// `server.shutdown_grace` is waited for: its outcome is audited and its Redis record settled.
+/// One it answers after the grace is audited `abandoned` and named in a WARN line.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_upgrades_whose_caller_has_gone_and_audits_the_rest_abandoned() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "dds-sandbox01",
+            "4.4",
+            Duration::from_secs(3),
+            "30s",
+            "accepted",
+        ),
+        (
+            "dds-sandbox02",
+            "5.0",
+            Duration::from_secs(3600),
+            "2s",
+            "abandoned",
+        ),
+    ];
+    for (n, (instance, version, answer_after, grace, outcome)) in cases.into_iter().enumerate() {
+        let audit = dir.path().join(format!("audit-{n}.jsonl"));
+        let audit_file = audit.to_str().unwrap().to_string();
+        let mut gateway = replica_with(
+            &sandbox,
+            &redis,
+            "info",
+            &[],
+            &[
+                ("DDS_GATEWAY_SERVER_SHUTDOWN_GRACE", grace),
+                ("DDS_GATEWAY_AUDIT_FILE", &audit_file),
+            ],
+        )
+        .await;
+        sandbox.push_fault_on(UPGRADE, Fault::Delay(answer_after));
+        let key = new_key();
+        let mut request = tonic::Request::new(keyed(instance, version, &key));
+        request.set_timeout(Duration::from_secs(1));
+        let status = client(&gateway)
+            .await
+            .upgrade_engine_version(request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(sandbox.calls(UPGRADE), n + 1, "the upgrade is under way");
+        let pid = gateway.process.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::time::timeout(Duration::from_secs(60), gateway.process.wait())
+            .await
+            .expect("the gateway exits within its grace")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        let mut log = String::new();
+        while let Some(line) = gateway.log.recv().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        let outcomes: Vec<String> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["request_id"] == key.as_str())
+            .map(|event| event["outcome"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(outcomes, ["sending", outcome], "{log}");
+        let record = format!("dds-gateway:{{c:}}:k:{key}");
+        let answered = redis.command(&["HEXISTS", &record, "answer"]).await;
+        if outcome == "accepted" {
+            assert_eq!(answered, redis::Value::Int(1), "the key is settled");
+        } else {
+            assert_eq!(answered, redis::Value::Int(0));
+            let warned = log.lines().any(|line| {
+                line.contains("WARN")
+                    && line.contains("abandoned")
+                    && line.contains(&key)
+                    && line.contains(instance)
+            });
+            assert!(warned, "a WARN line names the abandoned upgrade: {log}");
+        }
     }
 }

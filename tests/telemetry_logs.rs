@@ -213,3 +213,137 @@ async fn an_unwritable_audit_file_refuses_new_upgrades_before_sending() {
     );
     gateway.shutdown().await;
 }
+
+/// A caller's invalid request is the caller's business: logged at info, while a refusal that
+/// is no mistake of the caller's stays a warning. Every line spells the gRPC code the same way
+/// (`INVALID_ARGUMENT`, as the access line and the audit do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_invalid_request_is_logged_at_info_with_one_spelling_of_its_code() {
+    let gateway = Traced::start(|_| {}).await;
+    let invalid = gateway.upgrade(request("nope", "4.4")).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    let busy = gateway
+        .upgrade(request("dds-sandboxbusy", "4.4"))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::FailedPrecondition);
+    let logs = gateway.log_lines();
+    gateway.shutdown().await;
+
+    let failed: Vec<(&str, &str)> = logs
+        .iter()
+        .filter(|l| l["message"] == "upgrade failed")
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap(),
+                l["grpc_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("INFO", "INVALID_ARGUMENT"),
+            ("WARN", "FAILED_PRECONDITION")
+        ],
+        "{logs:#?}"
+    );
+    let access: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["target"] == "dds_gateway::access")
+        .map(|l| l["grpc_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(access, ["INVALID_ARGUMENT", "FAILED_PRECONDITION"]);
+}
+
+/// A fatal start-up error is a log line like every other: JSON when standard error is no
+/// terminal (as here), text when `telemetry.log_format = "text"` says so, for `serve` and for
+/// the client commands alike, with the exit code in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn fatal_errors_are_log_lines_in_the_configured_format() {
+    // Before the configuration is read: the default format (JSON off a terminal).
+    let (code, _, stderr) = common::run_cli(
+        &["serve", "--sandbox"],
+        &[("DDS_GATEWAY_ALIBABA_SIGNATURE_VERSION", "v9")],
+    )
+    .await;
+    assert_eq!(code, Some(78), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let fatal = lines.last().unwrap();
+    assert_eq!(fatal["level"], "ERROR", "{stderr}");
+    assert_eq!(fatal["exit_code"], 78, "{stderr}");
+    assert!(
+        fatal["message"]
+            .as_str()
+            .unwrap()
+            .contains("alibaba.signature_version"),
+        "{stderr}"
+    );
+
+    // After it: the configured format, the same as the lines before it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = common::run_cli(
+        &["serve", "--sandbox", "--listen", &addr],
+        &[("DDS_GATEWAY_TELEMETRY_LOG_FORMAT", "text")],
+    )
+    .await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.lines().all(|l| !l.starts_with('{')), "{stderr}");
+    let fatal = stderr.lines().last().unwrap();
+    assert!(
+        fatal.contains("ERROR")
+            && fatal.contains("server.listen")
+            && fatal.contains("exit_code=69"),
+        "{stderr}"
+    );
+
+    // A client command logs its failure the same way.
+    drop(taken);
+    let target = format!("http://{addr}");
+    let (code, _, stderr) = common::run_cli(
+        &["status", "--target", &target, "--instance", "dds-sandbox01"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(69), "{stderr}");
+    let fatal: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(fatal["level"], "ERROR", "{stderr}");
+    assert!(
+        fatal["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{stderr}"
+    );
+}
+
+/// A value that is absent is left out of the line, never written as `"None"`: a credential that
+/// does not expire has no `expiration`.
+#[tokio::test(flavor = "multi_thread")]
+async fn absent_values_are_left_out_not_written_as_none() {
+    let server = common::ServingBinary::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret"),
+        ],
+    )
+    .await;
+    let resolved: serde_json::Value = server
+        .startup_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "credentials resolved")
+        .unwrap_or_else(|| panic!("{}", server.startup_log));
+    assert_eq!(resolved["provider"], "environment", "{resolved}");
+    assert!(resolved.get("expiration").is_none(), "{resolved}");
+    assert!(
+        !server.startup_log.contains("None"),
+        "{}",
+        server.startup_log
+    );
+}

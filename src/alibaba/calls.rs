@@ -2,6 +2,7 @@
 //! upgrade and status ask for an answer by deadline instead of each threading a client, a retry
 //! policy and an effect into [`retry`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 
 use super::client::AlibabaClient;
 use super::dds::action;
+use super::inventory::{self, InstanceFilter, InstanceSummary};
 use super::response::{AvailableEngineVersions, CallError, InstanceAttribute};
 use super::retry::{self, AttemptError, Effect, RetryPolicy};
 
@@ -58,6 +60,49 @@ impl Alibaba {
         .await
     }
 
+    /// Every instance `filter` selects: each of its regions and instance types (both unless it
+    /// names some), every page, each instance once, sorted by region and id. Each page is a
+    /// read retried within `deadline`.
+    pub async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        deadline: Instant,
+    ) -> Result<Vec<InstanceSummary>, CallError> {
+        let mut found: BTreeMap<(String, String), InstanceSummary> = BTreeMap::new();
+        for region_id in &filter.region_ids {
+            for instance_type in filter.types() {
+                let (mut pages, mut seen) = (0, 0);
+                loop {
+                    let page = self
+                        .read(deadline, action::DESCRIBE_DB_INSTANCES, || {
+                            self.client.describe_db_instances(
+                                filter,
+                                region_id,
+                                instance_type,
+                                pages + 1,
+                            )
+                        })
+                        .await?;
+                    pages += 1;
+                    let last = page.instances.len();
+                    seen += last;
+                    for instance in page.instances {
+                        if filter.matches(&instance) {
+                            found.insert(
+                                (instance.region_id.clone(), instance.db_instance_id.clone()),
+                                instance,
+                            );
+                        }
+                    }
+                    if !inventory::more_pages(pages, seen, last, page.total_count) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
     /// A read: retried on any failure worth retrying.
     async fn read<T, F, Fut>(
         &self,
@@ -69,7 +114,11 @@ impl Alibaba {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        retry::retry(&self.retry, Effect::Read, deadline, action, attempt).await
+        super::quota::with_deadline(
+            deadline,
+            retry::retry(&self.retry, Effect::Read, deadline, action, attempt),
+        )
+        .await
     }
 
     /// A change (one `attempt` signs and sends it): retried only when Alibaba surely did not act
@@ -85,6 +134,10 @@ impl Alibaba {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        retry::retry(&self.retry, Effect::Change, deadline, action, attempt).await
+        super::quota::with_deadline(
+            deadline,
+            retry::retry(&self.retry, Effect::Change, deadline, action, attempt),
+        )
+        .await
     }
 }

@@ -19,9 +19,12 @@ use super::credentials::credential::{Credential, CredentialsProvider};
 use super::dds::{API_VERSION, PRODUCT, action};
 use super::endpoint;
 use super::http::{error_chain, form_post, http_client_builder};
+use super::inventory::{self, InstanceFilter, InstanceType, Page};
+use super::quota::{Place, Quota};
 use super::response::{self, Answer, AvailableEngineVersions, CallError, InstanceAttribute};
 use super::sign::{sign_v3, v2_form_body};
 use crate::config::{AlibabaConfig, SignatureVersion};
+use crate::telemetry::Metrics;
 
 /// The most of an answer body the gateway reads; Dds answers are a few kilobytes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -34,6 +37,9 @@ pub struct AlibabaClient {
     credentials: Arc<dyn CredentialsProvider>,
     signature_version: SignatureVersion,
     clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    /// The account's budget every call takes a place in, if set.
+    quota: Option<Arc<Quota>>,
 }
 
 impl AlibabaClient {
@@ -42,10 +48,13 @@ impl AlibabaClient {
         config: &AlibabaConfig,
         credentials: Arc<dyn CredentialsProvider>,
     ) -> Result<Self, reqwest::Error> {
+        // Calls in flight are bounded per region by the quota, so idle connections to keep are
+        // bounded by the same number: every call after the first finds one to reuse.
         let http = http_client_builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.quota.max_in_flight as usize)
             .build()?;
         Ok(Self {
             http,
@@ -53,7 +62,21 @@ impl AlibabaClient {
             credentials,
             signature_version: config.signature_version,
             clock: Arc::new(SystemClock),
+            metrics: Metrics::default(),
+            quota: None,
         })
+    }
+
+    /// Counts each request attempt (and its duration) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Takes a place in `quota` before every call.
+    pub fn with_quota(mut self, quota: Arc<Quota>) -> Self {
+        self.quota = Some(quota);
+        self
     }
 
     /// Signs with the time and nonces of `clock` instead of the system's.
@@ -146,6 +169,26 @@ impl AlibabaClient {
         })
     }
 
+    /// One page of `DescribeDBInstances`: the instances of `region_id` and `instance_type`
+    /// that match what `filter` sends to Alibaba.
+    pub async fn describe_db_instances(
+        &self,
+        filter: &InstanceFilter,
+        region_id: &str,
+        instance_type: InstanceType,
+        page_number: usize,
+    ) -> Result<Page, CallError> {
+        let params = filter.params(region_id, instance_type, page_number);
+        let body = self
+            .call(action::DESCRIBE_DB_INSTANCES, region_id, params)
+            .await?;
+        inventory::parse_page(&body.bytes, region_id, instance_type).map_err(|()| {
+            CallError::Unreadable {
+                http_status: body.http_status,
+            }
+        })
+    }
+
     /// Signs and sends one RPC call and returns the body of a successful (2xx) answer.
     #[tracing::instrument(skip(self, params), fields(product = PRODUCT, region_id = %region_id))]
     pub async fn call(
@@ -169,6 +212,18 @@ impl AlibabaClient {
         let url = self
             .endpoint(region_id)
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
+        // The place is taken before signing (a signature ages) and held until the answer is in.
+        let place = match &self.quota {
+            Some(quota) => Some(
+                quota
+                    .acquire(region_id, super::quota::deadline())
+                    .await
+                    .map_err(|e| CallError::QuotaExhausted {
+                        retry_after: e.retry_after,
+                    })?,
+            ),
+            None => None,
+        };
         let credential = self
             .credentials
             .credential()
@@ -197,6 +252,7 @@ impl AlibabaClient {
             url,
             request,
             credential,
+            place,
         })
     }
 
@@ -205,12 +261,19 @@ impl AlibabaClient {
         let span = crate::alibaba::trace::span(signed.action, &signed.region_id, &signed.url);
         // `traceparent` is not a signed header (neither `host`, `content-type` nor `x-acs-*`).
         let Signed {
+            action,
             request,
             credential,
+            place,
             ..
         } = signed;
         let request = request.headers(crate::alibaba::trace::trace_headers(&span));
+        let started = std::time::Instant::now();
         let answer = send(request).instrument(span.clone()).await;
+        drop(place);
+        let (outcome, error_code) = crate::alibaba::trace::outcome(&answer);
+        self.metrics
+            .upstream_attempt(action, outcome, error_code, started.elapsed());
         crate::alibaba::trace::record(&span, &answer);
         if let Err(err) = &answer
             && codes::credential_expired(err)
@@ -231,6 +294,8 @@ pub struct Signed {
     request: reqwest::RequestBuilder,
     /// What it was signed with, to drop from the cache if Alibaba says it has expired.
     credential: Credential,
+    /// Its place in the account's budget, given back when the answer is in (or it is dropped).
+    place: Option<Place>,
 }
 
 // The request carries the signature and any security token.

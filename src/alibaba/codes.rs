@@ -137,6 +137,14 @@ pub fn classify(err: &CallError) -> Classification {
             "GATEWAY_UNSUPPORTED",
             false,
         ),
+        // Nothing was sent, and the caller's deadline cannot wait for a place.
+        CallError::QuotaExhausted { .. } => transport(
+            false,
+            Acted::SurelyNot,
+            Code::ResourceExhausted,
+            "ALIBABA_QUOTA_EXHAUSTED",
+            true,
+        ),
     }
 }
 
@@ -323,6 +331,8 @@ mod tests {
             ("InvalidApi.NotFound", up("InvalidApi.NotFound", 404), Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false, Refused),
             ("MissingParameter", up("MissingParameter", 400), Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false, Refused),
             ("Missing*", up("MissingDBInstanceId", 400), Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false, Refused),
+            // the account's budget of calls has no place before the caller's deadline
+            ("quota exhausted", CallError::QuotaExhausted { retry_after: std::time::Duration::from_secs(1) }, Code::ResourceExhausted, "ALIBABA_QUOTA_EXHAUSTED", true, false, SurelyNot),
             // the gateway cannot build the request
             ("unsupported", CallError::Unsupported("region has no endpoint"), Code::Internal, "GATEWAY_UNSUPPORTED", false, false, Refused),
             // Alibaba `InvalidParameter*` / other `Invalid*`

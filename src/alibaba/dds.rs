@@ -10,4 +10,5 @@ pub mod action {
     pub const UPGRADE_DB_INSTANCE_ENGINE_VERSION: &str = "UpgradeDBInstanceEngineVersion";
     pub const DESCRIBE_DB_INSTANCE_ATTRIBUTE: &str = "DescribeDBInstanceAttribute";
     pub const DESCRIBE_AVAILABLE_ENGINE_VERSION: &str = "DescribeAvailableEngineVersion";
+    pub const DESCRIBE_DB_INSTANCES: &str = "DescribeDBInstances";
 }

@@ -4,7 +4,9 @@
 //! credential), [`http`] and [`endpoint`] (where it goes), [`response`] (the answer, or why there
 //! is none), [`client`] (one signed call), [`trace`] (its client span), [`codes`] (the one
 //! classification of answers: retry, did Alibaba act, gRPC code and reason), [`retry`] and
-//! [`calls`] (the facade that owns the client and the retry policy).
+//! [`calls`] (the facade that owns the client and the retry policy), [`inventory`] (the fleet
+//! as `DescribeDBInstances` lists it), [`quota`] (the account's budget of calls, per region,
+//! shared by the replicas).
 
 pub mod calls;
 pub mod client;
@@ -14,6 +16,8 @@ pub mod credentials;
 pub mod dds;
 pub mod endpoint;
 pub mod http;
+pub mod inventory;
+pub mod quota;
 pub mod response;
 pub mod retry;
 pub mod sign;

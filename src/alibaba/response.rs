@@ -254,6 +254,10 @@ pub enum CallError {
     /// The gateway cannot send what was asked (e.g. a signature version it does not speak).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The account's budget of calls to Alibaba in the region (`[alibaba.quota]`) has no place
+    /// before the caller's deadline: nothing was sent.
+    #[error("the account's budget of calls to alibaba cloud is spent until after the deadline")]
+    QuotaExhausted { retry_after: Duration },
 }
 
 /// A successful answer's status and body.

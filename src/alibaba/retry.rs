@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::codes::{self, credential_expired};
 use super::response::{CallError, UpstreamError};
+use crate::backoff::Backoff;
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,15 +52,13 @@ impl From<crate::config::RetryConfig> for RetryPolicy {
 
 impl RetryPolicy {
     /// The full-jitter backoff before retry number `retry` (1 for the first retry): a uniform
-    /// draw from `[0, min(max_delay, base_delay * 2^(retry-1))]`, `random` being the draw.
-    pub fn backoff(&self, retry: u32, random: u64) -> Duration {
-        let exponent = retry.saturating_sub(1).min(31);
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_delay);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(random % ceiling_ms.saturating_add(1))
+    /// draw from `[0, min(max_delay, base_delay * 2^(retry-1))]`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        self.schedule().jittered(retry)
+    }
+
+    fn schedule(&self) -> Backoff {
+        Backoff::new(self.base_delay, self.max_delay)
     }
 }
 
@@ -138,7 +137,7 @@ where
                 retry_after: Some(after),
                 ..
             }) => *after,
-            _ => policy.backoff(attempts, random()),
+            _ => policy.backoff(attempts),
         };
         if crate::deadline::later(Instant::now(), delay) >= deadline {
             tracing::info!(
@@ -159,15 +158,6 @@ where
         tokio::time::sleep(delay).await;
         attempts += 1;
     }
-}
-
-/// A uniformly random number for jitter (not for anything secret): the random bits of a v4 UUID.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "backoff jitter, not a signature nonce: it need not come from the signing clock"
-)]
-fn random() -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().1
 }
 
 #[cfg(test)]
@@ -224,20 +214,12 @@ mod tests {
             (5, 1000),
             (40, 1000),
         ] {
-            assert_eq!(
-                policy.backoff(retry, ceiling),
-                Duration::from_millis(ceiling),
-                "{retry}"
-            );
-            assert_eq!(
-                policy.backoff(retry, ceiling + 1),
-                Duration::ZERO,
-                "{retry}"
-            );
-            assert_eq!(policy.backoff(retry, 0), Duration::ZERO);
-            for r in [1, 7, 12345, u64::MAX] {
-                assert!(policy.backoff(retry, r) <= Duration::from_millis(ceiling));
-            }
+            let ceiling = Duration::from_millis(ceiling);
+            assert_eq!(policy.schedule().ceiling(retry), ceiling, "{retry}");
+            let draws: Vec<Duration> = (0..100).map(|_| policy.backoff(retry)).collect();
+            assert!(draws.iter().all(|d| *d <= ceiling), "{retry}: {draws:?}");
+            // Jitter: the draws spread below the ceiling instead of repeating one value.
+            assert!(draws.iter().any(|d| *d != draws[0]), "{retry}: {draws:?}");
         }
     }
 

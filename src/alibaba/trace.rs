@@ -18,9 +18,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::dds::PRODUCT;
 use super::response::{Answer, CallError};
-pub use crate::telemetry::names::upstream::SPAN_NAME;
-use crate::telemetry::names::upstream::{ERROR_CODE, ERROR_TYPE, HTTP_STATUS};
 
+/// The `tracing` name of an attempt's span (the OpenTelemetry name is `Dds.<Action>`).
+pub const SPAN_NAME: &str = "alibaba.request";
+const HTTP_STATUS: &str = "http.response.status_code";
+const ERROR_CODE: &str = "alibaba_cloud.error_code";
+const ERROR_TYPE: &str = "error.type";
 const REQUEST_ID: &str = "alibaba_cloud.request_id";
 
 /// Query parameters whose values never appear in `url.full`.
@@ -111,11 +114,28 @@ pub fn record(span: &Span, result: &Result<Answer, CallError>) {
                 CallError::OutcomeUnknown(_) => {
                     span.record(ERROR_TYPE, "no_answer");
                 }
-                CallError::Credentials(_) | CallError::Unsupported(_) => {
+                CallError::Credentials(_)
+                | CallError::Unsupported(_)
+                | CallError::QuotaExhausted { .. } => {
                     span.record(ERROR_TYPE, "_OTHER");
                 }
             }
         }
+    }
+}
+
+/// What came of an attempt, as the metric `dds_gateway_upstream_requests_total` labels it: `ok`,
+/// `alibaba_error` (with Alibaba's error `Code`), or the span's `error.type` for other failures.
+pub(crate) fn outcome(result: &Result<Answer, CallError>) -> (&'static str, Option<&str>) {
+    match result {
+        Ok(answer) if (200..300).contains(&answer.http_status) => ("ok", None),
+        Ok(_) => ("unknown", None),
+        Err(CallError::Upstream(e)) => ("alibaba_error", Some(e.code.as_str())),
+        Err(CallError::Unreadable { .. }) => ("unreadable", None),
+        Err(CallError::Unreachable(_)) => ("unreachable", None),
+        Err(CallError::OutcomeUnknown(_)) => ("no_answer", None),
+        Err(CallError::QuotaExhausted { .. }) => ("quota_exhausted", None),
+        Err(CallError::Credentials(_) | CallError::Unsupported(_)) => ("_OTHER", None),
     }
 }
 

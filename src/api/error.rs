@@ -134,6 +134,13 @@ fn json_status(err: &RequestError) -> Status {
             &[("limit", limit.to_string())],
             None,
         ),
+        E::HeadersTooLarge { limit, .. } => status(
+            Code::ResourceExhausted,
+            &message,
+            "HEADERS_TOO_LARGE",
+            &[("limit", limit.to_string())],
+            None,
+        ),
         E::InvalidJson { line, column, .. } => status(
             Code::InvalidArgument,
             &message,

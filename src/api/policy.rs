@@ -2,6 +2,7 @@
 //! versions a caller may use, and whether it may only validate. Checked after validation and
 //! before any call to Alibaba Cloud; a denial names the rule, never another caller's rules.
 
+pub use crate::alibaba::inventory::glob_match;
 use crate::config::CallerConfig;
 use crate::upgrade::validation::{InstanceRef, ValidUpgradeRequest};
 
@@ -104,6 +105,28 @@ impl Policy {
         )
     }
 
+    /// For listings: the regions to list. None named: every region the caller may use; a
+    /// named region it may not use is refused, as a read of it would be.
+    pub fn list_regions(&self, caller: &str, requested: &[String]) -> Result<Vec<String>, Denied> {
+        if requested.is_empty() {
+            return Ok(self.regions.clone());
+        }
+        match requested.iter().find(|r| !self.regions.contains(r)) {
+            Some(region) => Err(Denied::new(
+                caller,
+                Rule::Regions,
+                format!("use region {region:?}"),
+            )),
+            None => Ok(requested.to_vec()),
+        }
+    }
+
+    /// Whether a listing shows the caller an instance: one it may read, in a region it may use.
+    pub fn may_list(&self, region_id: &str, db_instance_id: &str) -> bool {
+        self.check_place("", region_id, db_instance_id, "read")
+            .is_ok()
+    }
+
     fn check_place(
         &self,
         caller: &str,
@@ -129,66 +152,12 @@ impl Policy {
     }
 }
 
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
-/// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
-/// that backtracks only to the most recent `*`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more character and try again from there.
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Config, Overrides};
     use crate::pb;
     use crate::upgrade::validation::Validator;
-
-    #[test]
-    fn glob_matches_stars_and_question_marks() {
-        let cases = [
-            ("dds-bp1*", "dds-bp1abc", true),
-            ("dds-bp1*", "dds-bp1", true),
-            ("dds-bp1*", "dds-bp2abc", false),
-            ("*", "", true),
-            ("*", "dds-x", true),
-            ("dds-?", "dds-a", true),
-            ("dds-?", "dds-ab", false),
-            ("dds-*-x*y", "dds-a-xzzy", true),
-            ("dds-*-x*y", "dds-a-xzzyz", false),
-            ("dds-sandbox01", "dds-sandbox01", true),
-            ("dds-sandbox01", "dds-sandbox011", false),
-            ("**a", "bbba", true),
-            ("", "", true),
-            ("", "a", false),
-        ];
-        for (pattern, text, expected) in cases {
-            assert_eq!(glob_match(pattern, text), expected, "{pattern} {text}");
-        }
-    }
 
     fn policy(toml: &str) -> Policy {
         let config = Config::from_toml(toml, "t", |_| None, &Overrides::default()).unwrap();

@@ -44,6 +44,8 @@ pub struct EngineVersionService {
     validator: Validator,
     upgrader: Upgrader,
     status: StatusReader,
+    /// Alibaba's calls, for listings.
+    alibaba: Alibaba,
     request_timeout: Duration,
     watch_limit: Duration,
     /// The region of requests that name none, for the audit trail.
@@ -102,7 +104,8 @@ impl EngineVersionService {
                 Idempotency::new(store),
                 Audit::log_only(),
             ),
-            status: StatusReader::new(alibaba, &config.watch),
+            status: StatusReader::new(alibaba.clone(), &config.watch),
+            alibaba,
             request_timeout: config.server.request_timeout,
             watch_limit: config.watch.max_duration,
             default_region: config.alibaba.region_id.clone(),
@@ -113,6 +116,11 @@ impl EngineVersionService {
     pub fn with_audit(mut self, audit: Audit) -> Self {
         self.upgrader.set_audit(audit);
         self
+    }
+
+    /// The upgrade tasks still running, and where they are audited: shutdown waits for them.
+    pub fn open_upgrades(&self) -> (crate::upgrade::upgrader::OpenUpgrades, Audit) {
+        (self.upgrader.open_upgrades(), self.upgrader.audit().clone())
     }
 
     /// Status reads, for tests and metrics (e.g. how many watches are running).
@@ -225,6 +233,10 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
         request: Request<pb::WatchUpgradeRequest>,
     ) -> Result<Response<Self::WatchUpgradeStream>, Status> {
         let deadline = deadline::effective(request.extensions().get(), self.watch_limit);
+        let connection_end = request
+            .extensions()
+            .get::<deadline::ConnectionEnd>()
+            .map(|end| end.0);
         let message = request.get_ref();
         let instance = self.readable(
             &request,
@@ -240,10 +252,46 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
                 instance,
                 message.engine_version,
                 deadline,
+                connection_end,
                 caller.as_deref().map(Caller::name),
             )
             .ok_or_else(|| Status::from(Error::WatchLimitReached))?;
         Ok(Response::new(stream))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let deadline = deadline::effective(request.extensions().get(), self.request_timeout);
+        let caller = admitted(&request);
+        let mut filter = self
+            .validator
+            .validate_list(request.into_inner())
+            .map_err(|e| Status::from(UpgradeError::from(e)))?;
+        // The caller's policy bounds the regions asked for, then the instances shown.
+        filter.region_ids = match caller.as_deref() {
+            Some(caller) => caller
+                .policy()
+                .list_regions(caller.name(), &filter.region_ids)
+                .map_err(|denied| Status::from(Error::from(denied)))?,
+            None if filter.region_ids.is_empty() => {
+                vec![self.validator.default_region().to_string()]
+            }
+            None => filter.region_ids,
+        };
+        let mut instances = crate::upgrade::inventory::list(&self.alibaba, &filter, deadline)
+            .await
+            .map_err(|err| logged("list instances", "", err))?;
+        if let Some(caller) = caller.as_deref() {
+            instances.retain(|i| caller.policy().may_list(&i.region_id, &i.db_instance_id));
+        }
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances: instances
+                .into_iter()
+                .map(crate::upgrade::inventory::to_pb)
+                .collect(),
+        }))
     }
 }
 
@@ -294,13 +342,23 @@ fn logged(what: &str, db_instance_id: &str, err: UpgradeError) -> Status {
     let alibaba_code = err.alibaba_code().unwrap_or_default().to_string();
     let detail = err.to_string();
     let status = Status::from(err);
-    tracing::warn!(
-        db_instance_id = %short(db_instance_id),
-        grpc_code = ?status.code(),
-        alibaba_code = %alibaba_code,
-        error = %detail,
-        "{what} failed"
-    );
+    // A caller's invalid request is its own business (info); anything else is ours (warn).
+    macro_rules! failed {
+        ($level:ident) => {
+            tracing::$level!(
+                db_instance_id = %short(db_instance_id),
+                grpc_code = crate::telemetry::rpc::code_name(status.code()),
+                alibaba_code = %alibaba_code,
+                error = %detail,
+                "{what} failed"
+            )
+        };
+    }
+    if crate::telemetry::rpc::callers_mistake(status.code()) {
+        failed!(info);
+    } else {
+        failed!(warn);
+    }
     status
 }
 

@@ -38,6 +38,8 @@ pub struct AlibabaConfig {
     pub preflight: bool,
     /// Retries of Alibaba calls (`max_attempts`, `retry_base_delay`, `retry_max_delay`).
     pub retry: RetryConfig,
+    /// The account-wide budget of calls, per region (`[alibaba.quota]`).
+    pub quota: super::quota::QuotaConfig,
 }
 
 /// How often and how patiently Alibaba calls are retried.
@@ -75,6 +77,8 @@ pub(super) struct RawAlibaba {
     max_attempts: Option<u64>,
     retry_base_delay: Option<String>,
     retry_max_delay: Option<String>,
+    #[serde(default)]
+    quota: super::quota::RawQuota,
 }
 
 pub(super) fn check(raw: RawAlibaba) -> Result<AlibabaConfig, ConfigError> {
@@ -129,6 +133,7 @@ pub(super) fn check(raw: RawAlibaba) -> Result<AlibabaConfig, ConfigError> {
         read_timeout: duration("alibaba.read_timeout", raw.read_timeout, 10, 10 * MINUTE)?,
         preflight: raw.preflight.unwrap_or(true),
         retry: retry(raw.max_attempts, raw.retry_base_delay, raw.retry_max_delay)?,
+        quota: super::quota::check(raw.quota)?,
     })
 }
 

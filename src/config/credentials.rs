@@ -65,6 +65,9 @@ pub struct CredentialsConfig {
     pub refresh_ahead: Duration,
     /// How often credential files are checked for changes.
     pub file_poll_interval: Duration,
+    /// How long `serve` keeps asking a configured source that cannot be reached at start-up
+    /// before it gives up (exit 69), so that a sidecar starting late is no crash loop.
+    pub startup_timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,7 @@ pub(super) struct RawCredentials {
     session_duration: Option<String>,
     refresh_ahead: Option<String>,
     file_poll_interval: Option<String>,
+    startup_timeout: Option<String>,
 }
 
 pub(super) fn check(raw: RawCredentials) -> Result<CredentialsConfig, ConfigError> {
@@ -156,5 +160,6 @@ pub(super) fn check(raw: RawCredentials) -> Result<CredentialsConfig, ConfigErro
             5,
             DAY,
         )?,
+        startup_timeout: duration("credentials.startup_timeout", raw.startup_timeout, 60, HOUR)?,
     })
 }

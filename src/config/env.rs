@@ -23,7 +23,9 @@ pub enum Kind {
     List,
 }
 
-/// Every key that can come from the environment: `(section, key, kind)`.
+/// Every key that can come from the environment: `(section, key, kind)`. A section of a
+/// section is named with a dot (`alibaba.quota`), its variables with `_`
+/// (`DDS_GATEWAY_ALIBABA_QUOTA_MAX_IN_FLIGHT`).
 pub const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Text),
     ("server", "max_request_bytes", Kind::Integer),
@@ -51,6 +53,8 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("alibaba", "max_attempts", Kind::Integer),
     ("alibaba", "retry_base_delay", Kind::Duration),
     ("alibaba", "retry_max_delay", Kind::Duration),
+    ("alibaba.quota", "calls_per_second", Kind::Integer),
+    ("alibaba.quota", "max_in_flight", Kind::Integer),
     ("idempotency", "retention", Kind::Duration),
     ("idempotency", "max_keys", Kind::Integer),
     ("idempotency", "max_keys_per_caller", Kind::Integer),
@@ -81,6 +85,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("credentials", "session_duration", Kind::Duration),
     ("credentials", "refresh_ahead", Kind::Duration),
     ("credentials", "file_poll_interval", Kind::Duration),
+    ("credentials", "startup_timeout", Kind::Duration),
     ("telemetry", "service_name", Kind::Text),
     ("telemetry", "otlp_endpoint", Kind::Text),
     ("telemetry", "otlp_protocol", Kind::Text),
@@ -90,11 +95,30 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("telemetry", "admin_listen", Kind::Text),
     ("telemetry", "log_format", Kind::Text),
     ("audit", "file", Kind::Text),
+    ("sandbox.fleet", "count", Kind::Integer),
+    ("sandbox.fleet", "seed", Kind::Integer),
+    ("sandbox.fleet", "regions", Kind::List),
+    ("sandbox.fleet", "engine_versions", Kind::List),
+    ("sandbox.fleet", "sharding_percent", Kind::Integer),
+    ("sandbox.fleet", "resource_groups", Kind::List),
+    ("sandbox.fleet", "locked", Kind::List),
+    ("sandbox.fleet", "upgrade_time", Kind::Duration),
+];
+
+/// Keys that hold tables or arrays of tables rather than values, so no variable sets them:
+/// `(section, key)`. Sections of sections are in [`KEYS`] themselves.
+pub const TABLES: &[(&str, &str)] = &[
+    ("alibaba", "quota"),
+    ("sandbox", "fleet"),
+    ("sandbox.fleet", "tags"),
+    ("sandbox.fleet", "failures"),
 ];
 
 /// The variable of a key: `DDS_GATEWAY_SERVER_MAX_IN_FLIGHT` for `server.max_in_flight`.
 pub fn variable(section: &str, key: &str) -> String {
-    format!("{ENV_PREFIX}{section}_{key}").to_ascii_uppercase()
+    format!("{ENV_PREFIX}{section}_{key}")
+        .replace('.', "_")
+        .to_ascii_uppercase()
 }
 
 /// A key set from the environment, so that a later error about it can name its variable.
@@ -119,12 +143,16 @@ pub(super) fn overlay(
         let value = parse(kind, &text).map_err(|expected| {
             invalid(&name, format!("{expected} in {variable}, got {text:?}"))
         })?;
-        let table = document
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(table) = table else {
-            return Err(invalid(section, "expected a table"));
-        };
+        let mut table = &mut *document;
+        for part in section.split('.') {
+            let entry = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else {
+                return Err(invalid(section, "expected a table"));
+            };
+            table = inner;
+        }
         table.insert(key.to_string(), value);
         set.push(FromEnv {
             key: name,
@@ -132,6 +160,65 @@ pub(super) fn overlay(
         });
     }
     Ok(set)
+}
+
+/// `DDS_GATEWAY_*` variables that are no configuration key: the config file and the client's
+/// token, and the project's test and image scripts, which pass their own through.
+const OTHER_VARIABLES: &[&str] = &[
+    "DDS_GATEWAY_CONFIG",
+    "DDS_GATEWAY_TOKEN",
+    "DDS_GATEWAY_BIN",
+    "DDS_GATEWAY_SIGN_BIN",
+    "DDS_GATEWAY_IMAGE_CACHE",
+];
+
+/// Refuses a `DDS_GATEWAY_*` variable in `names` that the gateway does not know, as a misspelt
+/// key in the file is refused: a typo would otherwise leave the default in force unnoticed.
+pub fn check_variable_names<I, S>(names: I) -> Result<(), ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let known: Vec<String> = KEYS
+        .iter()
+        .map(|&(section, key, _)| variable(section, key))
+        .chain(OTHER_VARIABLES.iter().map(|v| (*v).to_string()))
+        .collect();
+    for name in names {
+        let name = name.as_ref();
+        if !name.starts_with(ENV_PREFIX) || known.iter().any(|k| k == name) {
+            continue;
+        }
+        let nearest = known
+            .iter()
+            .map(|k| (edit_distance(k, name), k))
+            .min()
+            .filter(|(distance, _)| *distance <= 3)
+            .map(|(_, k)| k.clone());
+        return Err(ConfigError::UnknownVariable {
+            variable: name.to_string(),
+            nearest,
+        });
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for the "did you mean" of an unknown variable.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The TOML value of a variable's text, or what was expected.
@@ -158,5 +245,48 @@ fn parse(kind: Kind, text: &str) -> Result<toml::Value, &'static str> {
                 .map(|s| toml::Value::String(s.to_string()))
                 .collect(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_and_foreign_variables_pass() {
+        let names = [
+            "DDS_GATEWAY_SERVER_LISTEN",
+            "DDS_GATEWAY_TOKEN",
+            "DDS_GATEWAY_CONFIG",
+            "PATH",
+            "ALIBABA_CLOUD_ACCESS_KEY_ID",
+        ];
+        check_variable_names(names).unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_naming_it_and_the_nearest_key() {
+        let err = check_variable_names(["HOME", "DDS_GATEWAY_SERVER_LISTNE"]).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("DDS_GATEWAY_SERVER_LISTNE"), "{shown}");
+        assert!(
+            shown.contains("did you mean DDS_GATEWAY_SERVER_LISTEN"),
+            "{shown}"
+        );
+        // Far from every known name: named, without a guess.
+        let shown = check_variable_names(["DDS_GATEWAY_FROBNICATE"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("DDS_GATEWAY_FROBNICATE") && !shown.contains("did you mean"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 }

@@ -62,3 +62,34 @@ pub(super) fn check(raw: RawIdempotency, callers: usize) -> Result<IdempotencyCo
         )?,
     })
 }
+
+/// Refuses timings that cannot keep the guarantee with claims of `lease` (`state.lease`): a
+/// send's settle window must outlast a lease, so that a lapsed holder's send is still looked
+/// at, and a key must be kept through a lease and the settle window after it.
+pub(super) fn check_timings(
+    idempotency: &IdempotencyConfig,
+    lease: Duration,
+) -> Result<(), ConfigError> {
+    if idempotency.settle_window < lease {
+        return Err(invalid(
+            "idempotency.settle_window",
+            format!(
+                "{} is shorter than state.lease ({}): a send whose holder lapsed would be forgotten before anyone could look at it",
+                humantime::format_duration(idempotency.settle_window),
+                humantime::format_duration(lease),
+            ),
+        ));
+    }
+    let needed = lease + idempotency.settle_window;
+    if idempotency.retention < needed {
+        return Err(invalid(
+            "idempotency.retention",
+            format!(
+                "{} is shorter than state.lease + idempotency.settle_window ({}): a key could be forgotten while its outcome is unknown",
+                humantime::format_duration(idempotency.retention),
+                humantime::format_duration(needed),
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -11,7 +11,9 @@ pub mod callers;
 pub mod credentials;
 pub mod env;
 pub mod idempotency;
+pub mod quota;
 pub mod regions;
+pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod telemetry;
@@ -29,6 +31,7 @@ pub use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
 pub use credentials::{CredentialsConfig, ProviderKind};
 pub use env::ENV_PREFIX;
 pub use idempotency::IdempotencyConfig;
+pub use quota::QuotaConfig;
 pub use server::{DEFAULT_LISTEN, ServerConfig, TlsConfig};
 pub use state::{RedisCa, RedisUrl, StateConfig, StoreKind};
 pub use telemetry::{AuditConfig, TelemetryConfig};
@@ -52,6 +55,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// What `serve --sandbox` simulates (`[sandbox.fleet]`).
+    pub sandbox: sandbox::SandboxSettings,
     /// The file this came from, re-read when the callers are reloaded.
     pub file: Option<PathBuf>,
 }
@@ -78,6 +83,8 @@ struct RawConfig {
     telemetry: telemetry::RawTelemetry,
     #[serde(default)]
     audit: telemetry::RawAudit,
+    #[serde(default)]
+    sandbox: sandbox::RawSandbox,
 }
 
 /// Values from the command line, which win over file and environment.
@@ -140,17 +147,21 @@ impl Config {
         }
         let client_certs = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         callers::check(&callers, &alibaba.engine_versions, client_certs)?;
+        let idempotency = idempotency::check(raw.idempotency, callers.len())?;
+        let state = state::check(raw.state)?;
+        idempotency::check_timings(&idempotency, state.lease)?;
         Ok(Self {
-            idempotency: idempotency::check(raw.idempotency, callers.len())?,
+            idempotency,
             server,
             alibaba,
             watch: watch::check(raw.watch)?,
-            state: state::check(raw.state)?,
+            state,
             callers,
             credentials: credentials::check(raw.credentials)?,
             // Telemetry reads the standard OTEL_* variables too, so it takes `env` itself.
             telemetry: raw.telemetry.check(env)?,
             audit: raw.audit.check(),
+            sandbox: sandbox::check(raw.sandbox)?,
             file: None,
         })
     }
@@ -245,6 +256,34 @@ mod tests {
         assert_eq!(
             config.alibaba.endpoint.unwrap().as_str(),
             "https://mongodb.example.internal/"
+        );
+    }
+
+    #[test]
+    fn sections_of_sections_come_from_the_environment_too() {
+        let config = load(
+            "[alibaba.quota]\ncalls_per_second = 5\n",
+            &[
+                ("DDS_GATEWAY_ALIBABA_QUOTA_MAX_IN_FLIGHT", "3"),
+                ("DDS_GATEWAY_SANDBOX_FLEET_COUNT", "7"),
+                (
+                    "DDS_GATEWAY_SANDBOX_FLEET_REGIONS",
+                    "cn-beijing, cn-shanghai",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.alibaba.quota.calls_per_second, 5);
+        assert_eq!(config.alibaba.quota.max_in_flight, 3);
+        assert_eq!(config.sandbox.fleet.count, 7);
+        assert_eq!(config.sandbox.fleet.regions, ["cn-beijing", "cn-shanghai"]);
+        let defaults = load("", &[]).unwrap();
+        assert_eq!(
+            (
+                defaults.alibaba.quota.calls_per_second,
+                defaults.alibaba.quota.max_in_flight
+            ),
+            (20, 10)
         );
     }
 
@@ -450,7 +489,9 @@ mod tests {
             ("credentials", "session_duration", "12h 1s"),
             ("credentials", "refresh_ahead", "12h 1s"),
             ("credentials", "file_poll_interval", "1day 1s"),
+            ("credentials", "startup_timeout", "1h 1s"),
             ("telemetry", "metrics_interval", "1day 1s"),
+            ("sandbox.fleet", "upgrade_time", "1h 1s"),
         ];
         // Every duration key of the environment table is here.
         let listed: BTreeSet<(&str, &str)> = keys.iter().map(|(s, k, _)| (*s, *k)).collect();
@@ -462,7 +503,7 @@ mod tests {
         assert_eq!(listed, durations);
         for (section, key, over) in keys {
             let name = format!("{section}.{key}");
-            let variable = format!("DDS_GATEWAY_{section}_{key}").to_uppercase();
+            let variable = env::variable(section, key);
             for value in [over, "300000000000y"] {
                 let from_file = load(&format!("[{section}]\n{key} = \"{value}\""), &[]);
                 let from_env = load("", &[(variable.as_str(), value)]);
@@ -568,6 +609,41 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn timings_that_cannot_keep_the_guarantee_are_refused_with_the_reason() {
+        for (text, key, reason) in [
+            (
+                "[state]\nlease = \"5m\"\n[idempotency]\nsettle_window = \"2m\"",
+                "idempotency.settle_window",
+                "shorter than state.lease",
+            ),
+            (
+                "[idempotency]\nretention = \"2m\"\nsettle_window = \"2m\"",
+                "idempotency.retention",
+                "shorter than state.lease + idempotency.settle_window (2m 30s)",
+            ),
+            (
+                "[server]\nmax_connection_age_grace = \"30s\"",
+                "server.max_connection_age_grace",
+                "only used with server.max_connection_age",
+            ),
+        ] {
+            match load(text, &[]) {
+                Err(ConfigError::Invalid { key: got, message }) => {
+                    assert_eq!(got, key, "{text}");
+                    assert!(message.contains(reason), "{message}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // At the bounds, it holds.
+        load(
+            "[state]\nlease = \"30s\"\n[idempotency]\nretention = \"150s\"\nsettle_window = \"120s\"",
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -831,9 +907,21 @@ mod tests {
         let sections: BTreeSet<&str> = env::KEYS.iter().map(|(s, _, _)| *s).collect();
         let mut all = accepted_keys("no_such_section");
         all.remove("callers");
-        assert_eq!(all, sections.iter().map(ToString::to_string).collect());
+        let top: BTreeSet<String> = sections
+            .iter()
+            .filter_map(|s| s.split('.').next())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(all, top);
         for section in &sections {
-            assert_eq!(accepted_keys(section), table_keys(section), "[{section}]");
+            let mut keys = table_keys(section);
+            keys.extend(
+                env::TABLES
+                    .iter()
+                    .filter(|(s, _)| s == section)
+                    .map(|(_, k)| k.to_string()),
+            );
+            assert_eq!(accepted_keys(section), keys, "[{section}]");
         }
         let mut document = toml::Table::new();
         for (section, key, kind) in env::KEYS {
@@ -844,12 +932,16 @@ mod tests {
                 env::Kind::Duration => toml::Value::String("1s".into()),
                 env::Kind::List => toml::Value::Array(vec![toml::Value::String("x".into())]),
             };
-            let toml::Value::Table(table) = document
-                .entry(*section)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            else {
-                unreachable!()
-            };
+            let mut table = &mut document;
+            for part in section.split('.') {
+                let toml::Value::Table(inner) = table
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                else {
+                    unreachable!()
+                };
+                table = inner;
+            }
             table.insert(key.to_string(), value);
         }
         let _: RawConfig = toml::Value::Table(document).try_into().unwrap();
@@ -889,7 +981,18 @@ mod tests {
             .iter()
             .map(|(s, k, _)| format!("{s}.{k}"))
             .collect();
-        assert_eq!(shown, table);
+        // Tables written inline (`tags = { … }`) show as keys too.
+        let inline: BTreeSet<String> = env::TABLES
+            .iter()
+            .map(|(s, k)| format!("{s}.{k}"))
+            .collect();
+        let extra: Vec<&String> = shown
+            .difference(&table)
+            .filter(|k| !inline.contains(*k))
+            .collect();
+        assert!(extra.is_empty(), "keys the table lacks: {extra:?}");
+        let missing: Vec<&String> = table.difference(&shown).collect();
+        assert!(missing.is_empty(), "keys the README lacks: {missing:?}");
     }
 
     /// A bad value is refused naming its key, from the file and from the environment (which
@@ -912,6 +1015,9 @@ mod tests {
             ("telemetry", "metrics_interval", "1day 1s", "\"1day 1s\""),
             ("alibaba", "engine_versions", "latest", "[\"latest\"]"),
             ("alibaba", "signature_version", "v9", "\"v9\""),
+            ("alibaba.quota", "max_in_flight", "0", "0"),
+            ("alibaba.quota", "calls_per_second", "100001", "100001"),
+            ("sandbox.fleet", "count", "lots", "\"lots\""),
         ] {
             let name = format!("{section}.{key}");
             let variable = env::variable(section, key);

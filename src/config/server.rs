@@ -26,7 +26,8 @@ pub struct ServerConfig {
     pub max_in_flight_per_caller: usize,
     /// Connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
-    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
+    /// How long a new connection may take to send the HTTP/2 preface (or its first HTTP/1.1
+    /// request's head) before it is closed.
     pub preface_timeout: Duration,
     /// TLS for the listener: certificate chain and key (PEM); mTLS when `client_ca` is set.
     pub tls: Option<TlsConfig>,
@@ -112,7 +113,10 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             "expected a number of connections between 1 and 1000000",
         ));
     }
-    Ok(ServerConfig {
+    // A grace is the grace of an age: alone it would silently do nothing.
+    let grace_without_age =
+        raw.max_connection_age_grace.is_some() && raw.max_connection_age.is_none();
+    let config = ServerConfig {
         listen,
         max_request_bytes,
         request_timeout: duration("server.request_timeout", raw.request_timeout, 60, HOUR)?,
@@ -149,7 +153,14 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             }
             delay => duration("server.shutdown_delay", delay, 0, HOUR)?,
         },
-    })
+    };
+    if grace_without_age {
+        return Err(invalid(
+            "server.max_connection_age_grace",
+            "only used with server.max_connection_age, which is not set: set both, or neither",
+        ));
+    }
+    Ok(config)
 }
 
 fn tls(

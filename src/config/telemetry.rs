@@ -47,7 +47,7 @@ impl Default for TelemetryConfig {
             metrics: None,
             metrics_interval: Duration::from_secs(60),
             admin_listen: None,
-            log_format: LogFormat::Json,
+            log_format: LogFormat::Auto,
         }
     }
 }
@@ -73,7 +73,10 @@ pub enum Protocol {
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
-    /// One JSON object per line (the default: what log pipelines parse).
+    /// Text when the lines go to a terminal, else JSON (the default): people read the one and
+    /// log pipelines parse the other.
+    Auto,
+    /// One JSON object per line.
     Json,
     /// Human-readable lines.
     Text,
@@ -242,12 +245,13 @@ impl RawTelemetry {
             })
             .transpose()?;
         let log_format = match self.log_format.as_deref().map(str::trim) {
-            None | Some("json") => LogFormat::Json,
+            None | Some("auto") => LogFormat::Auto,
+            Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
             Some(other) => {
                 return Err(invalid(
                     "telemetry.log_format",
-                    format!("expected \"json\" or \"text\", got {other:?}"),
+                    format!("expected \"auto\", \"json\" or \"text\", got {other:?}"),
                 ));
             }
         };

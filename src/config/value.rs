@@ -20,6 +20,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    #[error("unknown environment variable {variable}{}", nearest.as_ref().map(|n| format!(" (did you mean {n}?)")).unwrap_or_default())]
+    UnknownVariable {
+        variable: String,
+        nearest: Option<String>,
+    },
 }
 
 pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {

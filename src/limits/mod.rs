@@ -1,10 +1,10 @@
-//! Overload protection: a token bucket per authenticated caller (keyed by who the caller is,
+//! Overload protection: a rate (GCRA) per authenticated caller (keyed by who the caller is,
 //! never by its peer address) and limits on how much runs at once (calls in flight, watches)
 //! that shed the excess at once instead of queueing it. Each caller may hold only its share of
 //! such a limit, so that one caller within its rate cannot take every place.
 //!
 //! With a shared state store the callers' rates are kept there ([`SharedRates`]), so that a
-//! caller's burst is shared by every replica; [`Rates`] falls back to this process's buckets
+//! caller's burst is shared by every replica; [`Rates`] falls back to this process's rates
 //! while the store cannot be reached, because refusing every call would turn a store outage into
 //! a gateway outage.
 //!
@@ -14,4 +14,4 @@ pub mod in_flight;
 pub mod rate;
 
 pub use in_flight::{Full, InFlight, Place};
-pub use rate::{FALLBACK_TARGET, Rate, Rates, SharedBucket, SharedRates, TokenBucket};
+pub use rate::{Gcra, Rate, Rates, SharedBucket, SharedRates};

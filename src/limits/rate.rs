@@ -1,74 +1,72 @@
-//! Callers' rates: a token bucket per authenticated caller (keyed by who the caller is, never by
-//! its peer address). With a shared state store the rates are kept there ([`SharedRates`]), so
-//! that a caller's burst is shared by every replica; [`Rates`] falls back to this process's
-//! buckets while the store cannot be reached, because refusing every call would turn a store
-//! outage into a gateway outage.
+//! Callers' rates, by the generic cell rate algorithm (GCRA) per authenticated caller (keyed by
+//! who the caller is, never by its peer address): the same algorithm, with the same parameters,
+//! as the Redis store's script, so that a limit means the same on one replica or many. With a
+//! shared state store the rates are kept there ([`SharedRates`]), so that a caller's burst is
+//! shared by every replica; [`Rates`] falls back to this process's while the store cannot be
+//! reached, because refusing every call would turn a store outage into a gateway outage.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use opentelemetry::metrics::Counter;
 use tokio::time::Instant;
 
-/// A caller's rate: `rate_per_second` tokens refill continuously up to `burst`.
+/// A caller's rate: one call every `1 / per_second` seconds, with up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     pub per_second: f64,
     pub burst: u32,
 }
 
-/// A token bucket. Pure: the time is passed in, so tests need no clock.
+/// One caller's GCRA state: the theoretical arrival time of its next call. A call is admitted
+/// when that time is at most `burst - 1` intervals ahead of now, and moves it one interval on.
+/// Pure: the time is passed in, so tests need no clock. The Redis store's `TAKE_CALL` script is
+/// the same computation, on Redis's clock.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
-    tokens: f64,
-    updated: Instant,
+pub struct Gcra {
+    tat: Instant,
 }
 
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate: Rate, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(rate.burst),
-            updated: now,
-        }
+impl Gcra {
+    /// A caller not seen before: its whole burst is available.
+    pub fn new(now: Instant) -> Self {
+        Self { tat: now }
     }
 
-    /// Takes one token, or says how long until one is available.
+    /// Admits one call, or says how long until one would be admitted (whole milliseconds,
+    /// rounded up, at least one, as the script answers).
     pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - self.tokens) / rate.per_second;
-            // Round up to whole milliseconds so a retry after the hint finds a token.
-            Err(Duration::from_millis((wait * 1000.0).ceil() as u64))
+        let interval = Duration::from_secs_f64(1.0 / rate.per_second);
+        let tat = self.tat.max(now);
+        let ahead = tat - now;
+        let tolerance = interval.saturating_mul(rate.burst.saturating_sub(1));
+        if ahead > tolerance {
+            let wait = ahead - tolerance;
+            let millis = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+            return Err(Duration::from_millis(millis.max(1)));
         }
+        self.tat = crate::deadline::later(tat, interval);
+        Ok(())
     }
 }
 
-/// A bucket shared between the callers tables before and after a reload, so that reloading the
-/// configuration does not hand every caller a fresh burst.
+/// A caller's rate state shared between the callers tables before and after a reload, so that
+/// reloading the configuration does not hand every caller a fresh burst.
 #[derive(Debug, Clone)]
-pub struct SharedBucket(Arc<Mutex<TokenBucket>>);
+pub struct SharedBucket(Arc<Mutex<Gcra>>);
 
 impl SharedBucket {
-    pub fn new(rate: Rate) -> Self {
-        Self(Arc::new(Mutex::new(TokenBucket::new(rate, Instant::now()))))
+    pub fn new(_rate: Rate) -> Self {
+        Self(Arc::new(Mutex::new(Gcra::new(Instant::now()))))
     }
 
     pub fn take(&self, rate: Rate) -> Result<(), Duration> {
-        // A panic while holding this lock cannot leave the bucket half-updated in a harmful way.
+        // A panic while holding this lock cannot leave the state half-updated in a harmful way.
         let mut bucket = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         bucket.take(rate, Instant::now())
     }
 }
-
-/// The `tracing` target of the event each fallback to a local bucket emits (counted as the
-/// metric `dds_gateway.rate_limit.local_fallbacks`).
-pub const FALLBACK_TARGET: &str = "dds_gateway::limits::fallback";
 
 /// Callers' rates kept outside this process.
 #[async_trait::async_trait]
@@ -85,6 +83,8 @@ pub struct Rates {
     shared: Option<Arc<dyn SharedRates>>,
     /// Whether the last shared take failed: the outage is logged once, when it starts.
     degraded: Arc<AtomicBool>,
+    /// Adds one for each call limited locally because the shared buckets could not be reached.
+    fallbacks: Option<Counter<u64>>,
 }
 
 impl Rates {
@@ -97,7 +97,15 @@ impl Rates {
         Self {
             shared: Some(shared),
             degraded: Arc::default(),
+            fallbacks: None,
         }
+    }
+
+    /// Adds one to `fallbacks` for each call limited locally while the shared buckets cannot be
+    /// reached.
+    pub fn counting_fallbacks(mut self, fallbacks: Counter<u64>) -> Self {
+        self.fallbacks = Some(fallbacks);
+        self
     }
 
     /// Takes one call of `caller` (whose own bucket in this process is `local`).
@@ -121,7 +129,9 @@ impl Rates {
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %err, "cannot reach the shared caller rate limits; each replica limits callers on its own until it can");
                 }
-                tracing::trace!(target: FALLBACK_TARGET, caller, "rate limited locally");
+                if let Some(fallbacks) = &self.fallbacks {
+                    fallbacks.add(1, &[]);
+                }
                 local.take(rate)
             }
         }
@@ -133,29 +143,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_allows_a_burst_then_refills_at_the_rate() {
+    fn gcra_allows_a_burst_then_one_call_per_interval() {
         let rate = Rate {
             per_second: 2.0,
             burst: 3,
         };
         let start = Instant::now();
-        let mut bucket = TokenBucket::new(rate, start);
+        let mut gcra = Gcra::new(start);
         for _ in 0..3 {
-            assert_eq!(bucket.take(rate, start), Ok(()));
+            assert_eq!(gcra.take(rate, start), Ok(()));
         }
-        assert_eq!(bucket.take(rate, start), Err(Duration::from_millis(500)));
-        // A quarter second later, half a token has come back.
+        assert_eq!(gcra.take(rate, start), Err(Duration::from_millis(500)));
+        // A quarter second later, the next call is a quarter second away.
         let later = start + Duration::from_millis(250);
-        assert_eq!(bucket.take(rate, later), Err(Duration::from_millis(250)));
-        assert_eq!(
-            bucket.take(rate, start + Duration::from_millis(500)),
-            Ok(())
-        );
+        assert_eq!(gcra.take(rate, later), Err(Duration::from_millis(250)));
+        assert_eq!(gcra.take(rate, start + Duration::from_millis(500)), Ok(()));
         // Never more than the burst, however long the caller was quiet.
         let much_later = start + Duration::from_secs(3600);
         for _ in 0..3 {
-            assert_eq!(bucket.take(rate, much_later), Ok(()));
+            assert_eq!(gcra.take(rate, much_later), Ok(()));
         }
-        assert!(bucket.take(rate, much_later).is_err());
+        assert!(gcra.take(rate, much_later).is_err());
+    }
+
+    #[test]
+    fn a_wait_is_rounded_up_to_a_whole_millisecond() {
+        let rate = Rate {
+            per_second: 3.0,
+            burst: 1,
+        };
+        let start = Instant::now();
+        let mut gcra = Gcra::new(start);
+        assert_eq!(gcra.take(rate, start), Ok(()));
+        // 333.33 ms to go: a retry after 334 ms is admitted, after 333 ms it is not.
+        assert_eq!(gcra.take(rate, start), Err(Duration::from_millis(334)));
+        assert!(gcra.take(rate, start + Duration::from_millis(333)).is_err());
+        assert_eq!(gcra.take(rate, start + Duration::from_millis(334)), Ok(()));
     }
 }

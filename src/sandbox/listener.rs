@@ -23,6 +23,27 @@ pub(super) struct SandboxState {
     pub(super) faults: FaultQueue,
     /// Every request received, in order.
     pub(super) received: Vec<Received>,
+    /// Requests being answered now, and the most there ever were at once.
+    pub(super) in_flight: usize,
+    pub(super) peak_in_flight: usize,
+}
+
+/// Counts a request as in flight from its arrival until its answer is ready (or it is dropped).
+struct InFlight(Shared);
+
+impl InFlight {
+    fn enter(state: &Shared) -> Self {
+        let mut locked = lock(state);
+        locked.in_flight += 1;
+        locked.peak_in_flight = locked.peak_in_flight.max(locked.in_flight);
+        Self(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).in_flight -= 1;
+    }
 }
 
 pub(super) type Shared = Arc<Mutex<SandboxState>>;
@@ -57,6 +78,7 @@ async fn handle(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(&state);
     let params = match request::collect_params(query.as_deref(), &headers, &body) {
         Ok(params) => params,
         Err(response) => return *response,
@@ -73,6 +95,7 @@ async fn handle(
             raw_query: query.clone(),
             headers: request::header_map(&headers),
             body: body.clone(),
+            at: tokio::time::Instant::now(),
         });
         state.faults.take_for(&action)
     };

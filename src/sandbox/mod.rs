@@ -2,22 +2,26 @@
 //! account, and for the integration tests. It verifies signatures V2 and V3 (chosen, as Alibaba
 //! does, by an `Authorization: ACS3-...` header) exactly as Alibaba Cloud does
 //! (`SignatureDoesNotMatch`, `SignatureNonceUsed`, `InvalidTimeStamp.*`, unknown keys, STS tokens),
-//! keeps a few demo instances (`Running` → `EngineVersionUpgrading` → `Running` on the new
-//! version), and answers `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute` and
-//! `DescribeAvailableEngineVersion` with Alibaba's shapes and error codes. Faults can be queued
+//! keeps a few demo instances and an optional generated fleet ([`FleetSpec`]: versions, both
+//! instance types, tags, resource groups, regions, lock modes, failures by id pattern)
+//! (`Running` → `EngineVersionUpgrading` → `Running` on the new version), and answers
+//! `UpgradeDBInstanceEngineVersion`, `DescribeDBInstanceAttribute`,
+//! `DescribeAvailableEngineVersion` and `DescribeDBInstances` (filters, pages) with Alibaba's
+//! shapes and error codes. Faults can be queued
 //! (for any request or one action): error answers with `x-acs-retry-after`, raw bodies, delays,
 //! dropped connections, and any of those after acting on the request. Its status can also lag
 //! its own action, as Alibaba's does: for a while after an accepted upgrade,
 //! `DescribeDBInstanceAttribute` still shows the instance as it was ([`Sandbox::lag_status`]).
 //!
 //! One file per concern, each importing only those below it: `listener` (reads, records and
-//! routes requests) over `faults`, `signature` and `dds`, over `request`, `answer` and
+//! routes requests) over `faults`, `signature` and `dds`, over `fleet`, `request`, `answer` and
 //! `connection`.
 
 mod answer;
 mod connection;
 mod dds;
 mod faults;
+mod fleet;
 mod listener;
 mod request;
 mod signature;
@@ -31,6 +35,7 @@ use tokio::net::TcpListener;
 use crate::alibaba::credentials::{Credential, Secret};
 pub use dds::Instance;
 pub use faults::Fault;
+pub use fleet::{Failure, FailureRule, FleetSpec};
 use listener::{SandboxState, Shared, lock};
 pub use request::Received;
 use signature::Verifier;
@@ -50,6 +55,8 @@ pub struct SandboxConfig {
     /// More AccessKeys accepted besides `testid` (e.g. ones an STS double issued), each with
     /// the security token it must be sent with, if any. Same-id entries replace `testid`.
     pub extra_keys: Vec<Credential>,
+    /// Generated instances besides the demo ones (none by default).
+    pub fleet: FleetSpec,
 }
 
 impl std::fmt::Debug for SandboxConfig {
@@ -61,6 +68,7 @@ impl std::fmt::Debug for SandboxConfig {
                 &self.security_token.as_ref().map(|_| "***"),
             )
             .field("extra_keys", &self.extra_keys)
+            .field("fleet", &self.fleet)
             .finish()
     }
 }
@@ -71,6 +79,7 @@ impl Default for SandboxConfig {
             upgrade_duration: Duration::from_secs(20),
             security_token: None,
             extra_keys: Vec::new(),
+            fleet: FleetSpec::default(),
         }
     }
 }
@@ -117,9 +126,11 @@ impl Sandbox {
             verifier: Verifier::new(
                 std::iter::once(credential.clone()).chain(config.extra_keys.iter().cloned()),
             ),
-            dds: dds::Dds::new(config.upgrade_duration),
+            dds: dds::Dds::new(config.upgrade_duration, config.fleet.clone()),
             faults: faults::FaultQueue::default(),
             received: Vec::new(),
+            in_flight: 0,
+            peak_in_flight: 0,
         }));
         let task = listener::spawn(listener, Arc::clone(&state));
         tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
@@ -181,5 +192,43 @@ impl Sandbox {
     /// An instance as it is now.
     pub fn instance(&self, id: &str) -> Option<Instance> {
         lock(&self.state).dds.instance(id)
+    }
+
+    /// Every instance as it is now (demo and fleet), by id.
+    pub fn instances(&self) -> Vec<Instance> {
+        lock(&self.state).dds.instances()
+    }
+
+    /// Sets an instance's `LockMode` (`ManualLock`, `Unlock`, …); false if there is no such
+    /// instance.
+    pub fn set_lock_mode(&self, id: &str, lock_mode: &str) -> bool {
+        lock(&self.state).dds.set_lock_mode(id, lock_mode)
+    }
+
+    /// The most requests the sandbox was answering at one time (from arrival to answer).
+    pub fn peak_in_flight(&self) -> usize {
+        lock(&self.state).peak_in_flight
+    }
+
+    /// The most requests naming `action` (any action when `None`) that arrived within any
+    /// window of `window`: what a rate limit in front of the sandbox let through.
+    pub fn peak_rate(&self, action: Option<&str>, window: Duration) -> usize {
+        let state = lock(&self.state);
+        let times: Vec<tokio::time::Instant> = state
+            .received
+            .iter()
+            .filter(|r| action.is_none_or(|a| r.action == a))
+            .map(|r| r.at)
+            .collect();
+        // `received` is in arrival order: slide a window over it.
+        let mut start = 0;
+        let mut peak = 0;
+        for (end, at) in times.iter().enumerate() {
+            while *at - times[start] >= window {
+                start += 1;
+            }
+            peak = peak.max(end + 1 - start);
+        }
+        peak
     }
 }

@@ -27,6 +27,8 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     /// The body as sent.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: tokio::time::Instant,
 }
 
 // Signatures and security tokens are credentials: `***` in Debug.

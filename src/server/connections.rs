@@ -1,7 +1,8 @@
 //! Accepted connections, before HTTP/2 sees them: at most `server.max_connections` are open at
 //! once (beyond that a new connection is closed as it is accepted), and each must send the
-//! HTTP/2 client preface within `server.preface_timeout` or be closed, so that connections that
-//! never speak cannot pile up.
+//! HTTP/2 client preface, or the whole head of its first HTTP/1.1 request, within
+//! `server.preface_timeout` or be closed, so that connections that never speak (or dribble a
+//! request's headers a byte at a time) cannot pile up.
 //!
 //! The preface is counted in bytes read from the socket. Over TLS those are the handshake's
 //! first bytes, and the TLS handshake has its own time limit (see [`tls`](crate::tls)).
@@ -21,8 +22,12 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::telemetry::Metrics;
 
-/// The HTTP/2 client connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, is this long.
-const PREFACE_BYTES: usize = 24;
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// The end of an HTTP/1.1 request head, as the last four bytes read.
+const HEAD_END: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 
 /// The listener's connections, as tonic's server takes them.
 #[derive(Debug)]
@@ -81,6 +86,8 @@ impl Incoming {
             stream,
             preface: Some(Preface {
                 received: 0,
+                first: None,
+                last_four: 0,
                 deadline: Box::pin(tokio::time::sleep(self.preface_timeout)),
             }),
             metrics: self.metrics.clone(),
@@ -128,7 +135,30 @@ pub struct Connection {
 #[derive(Debug)]
 struct Preface {
     received: usize,
+    /// The connection's first byte: it tells TLS and HTTP/1.1 apart from HTTP/2's preface.
+    first: Option<u8>,
+    /// The last four bytes read, to find the end of an HTTP/1.1 request head.
+    last_four: u32,
     deadline: Pin<Box<Sleep>>,
+}
+
+impl Preface {
+    /// Counts `bytes`; `true` once the connection has spoken enough: the HTTP/2 preface's length
+    /// (or a TLS handshake's first bytes), or the whole head of an HTTP/1.1 request.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        let Some(&first) = self.first.as_ref().or(bytes.first()) else {
+            return false;
+        };
+        self.first = Some(first);
+        self.received += bytes.len();
+        if first == TLS_HANDSHAKE || first == PREFACE[0] {
+            return self.received >= PREFACE.len();
+        }
+        bytes.iter().any(|&b| {
+            self.last_four = (self.last_four << 8) | u32::from(b);
+            self.last_four == HEAD_END
+        })
+    }
 }
 
 impl Drop for Connection {
@@ -159,19 +189,20 @@ impl AsyncRead for Connection {
         };
         match polled {
             Poll::Ready(Ok(())) => {
-                preface.received += buf.filled().len() - before;
-                if preface.received >= PREFACE_BYTES {
+                if preface.read(&buf.filled()[before..]) {
                     this.preface = None;
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if preface.deadline.as_mut().poll(cx).is_ready() => {
-                tracing::debug!("closing a connection that sent no HTTP/2 preface in time");
+                tracing::debug!(
+                    "closing a connection that sent no HTTP/2 preface or HTTP/1.1 request head in time"
+                );
                 this.metrics.connection_closed(reason::PREFACE_TIMEOUT);
                 this.preface = None;
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within server.preface_timeout",
+                    "no HTTP/2 preface or HTTP/1.1 request head within server.preface_timeout",
                 )))
             }
             other => other,

@@ -1,13 +1,13 @@
 //! The listener stage: builds and runs the tonic server with the engine version service behind
 //! its gate, `grpc.health.v1`, server reflection (v1 and v1alpha), JSON over HTTP and request size
-//! limits; accepted connections are capped ([`connections`]) and age out ([`rollout`]); callers
+//! limits; accepted connections are capped ([`connections`]) and age out ([`ageing`]); callers
 //! and credential files reload ([`reload`]). Graceful shutdown: health turns `NOT_SERVING` at
 //! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
+pub mod ageing;
 pub mod connections;
 pub mod reload;
-pub mod rollout;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,11 +26,9 @@ use crate::config::Config;
 use crate::deadline;
 use crate::limits::InFlight;
 use crate::pb::engine_version_service_server::EngineVersionServiceServer;
-use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::RpcLayer;
+use crate::telemetry::{Metrics, Telemetry};
 
-/// Largest metadata (headers) block accepted from a caller.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Concurrent calls one connection may have open.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 pings on idle connections, so that a caller that vanished without closing its
@@ -42,8 +40,28 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// An unauthenticated gateway on a non-loopback address.
+    #[error(
+        "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
+         an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
+    )]
+    Unauthenticated { local: std::net::SocketAddr },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("audit.file: {0}")]
+    Audit(#[source] crate::audit::AuditError),
+    #[error("cannot listen on {addr} (telemetry.admin_listen): {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
-    Refused(String),
+    StateStore(String),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("cannot build the JSON routes: {0}")]
+    Routes(String),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("cannot build server reflection: {0}")]
@@ -52,6 +70,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ServeError {
+    /// The process's exit code for this error (sysexits): a setting to fix is `EX_CONFIG`
+    /// (78), something the gateway needs that is not there now is `EX_UNAVAILABLE` (69), a
+    /// fault of the gateway itself is `EX_SOFTWARE` (70).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Unauthenticated { .. }
+            | Self::Tls(_)
+            | Self::Audit(_)
+            | Self::StateStore(_)
+            | Self::Telemetry(_) => crate::exit::EX_CONFIG,
+            Self::AdminListen { .. } | Self::Transport(_) | Self::Io(_) => {
+                crate::exit::EX_UNAVAILABLE
+            }
+            Self::Routes(_) | Self::HttpClient(_) | Self::Reflection(_) => crate::exit::EX_SOFTWARE,
+        }
+    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then drains in-flight calls for
@@ -75,8 +112,7 @@ pub async fn serve(
         &config.telemetry,
         logs,
         tracing_subscriber::EnvFilter::new(filter),
-    )
-    .map_err(|e| ServeError::Refused(e.to_string()))?;
+    )?;
     let served = serve_with(config, credentials, listener, shutdown, telemetry.clone()).await;
     telemetry.shutdown().await;
     served
@@ -115,16 +151,17 @@ async fn serve_inner(
         .tls
         .as_ref()
         .map(crate::tls::server_config)
-        .transpose()
-        .map_err(ServeError::Refused)?;
+        .transpose()?;
+    let audit = open_audit(&config)?.counting_failures(telemetry.metrics().audit_write_failures());
     let _reloader = AbortOnDrop(crate::server::reload::spawn(
         config.file.clone(),
         config.server.callers_file.clone(),
         config.server.reload_interval,
         callers.clone(),
         Arc::clone(&credentials),
+        telemetry.metrics().clone(),
+        audit.clone(),
     ));
-    let audit = open_audit(&config)?;
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let _admin = spawn_admin(&config, &telemetry, async {
         let _ = admin_stopped.await;
@@ -133,9 +170,17 @@ async fn serve_inner(
 
     let state = crate::state::State::open(&config)
         .await
-        .map_err(ServeError::Refused)?;
+        .map_err(ServeError::StateStore)?;
     // Health and reflection stay open (probes carry no token); the engine service is gated.
-    let engine_versions = gated_service(&config, &state, credentials, audit, callers, in_flight)?;
+    let (engine_versions, upgrades) = gated_service(
+        &config,
+        &state,
+        credentials,
+        audit,
+        callers,
+        in_flight,
+        telemetry.metrics(),
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -155,15 +200,15 @@ async fn serve_inner(
 
     // JSON over HTTP, routed by the proto's `google.api.http` options, into the same calls.
     let json = crate::api::json::JsonLayer::new(telemetry.clone(), config.server.max_request_bytes)
-        .map_err(ServeError::Refused)?;
+        .map_err(ServeError::Routes)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (close_all, incoming) = crate::server::rollout::bounded_connections(
+    let ends = crate::server::ageing::ConnectionEnds::default();
+    let (close_all, incoming) = crate::server::ageing::bounded_connections(
         incoming(listener, &config, &telemetry),
-        crate::server::rollout::age_limit(
-            config.server.max_connection_age,
-            config.server.max_connection_age_grace,
-        ),
+        config.server.max_connection_age,
+        config.server.max_connection_age_grace,
+        ends.clone(),
     );
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
@@ -173,13 +218,17 @@ async fn serve_inner(
         .layer(json.clone())
         .accept_http1(true)
         .tcp_nodelay(true)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(crate::api::MAX_HEADER_LIST_BYTES as u32)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // Read the caller's deadline before tonic strips `grpc-timeout` from the metadata.
         .layer(tower::util::MapRequestLayer::new(
             deadline::record::<tonic::body::Body>,
+        ))
+        // Long streams end before their connection ages out (see `ageing`).
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: http::Request<tonic::body::Body>| ends.mark(request),
         ))
         // Every error carries ErrorInfo, also those tonic answers itself.
         .layer(tower::util::MapResponseLayer::new(
@@ -209,6 +258,7 @@ async fn serve_inner(
             stop: stop_tx,
             admin_stop,
             close_all,
+            upgrades,
         },
     )
     .await
@@ -233,25 +283,47 @@ fn gated_service(
     audit: Audit,
     callers: CallersHandle,
     in_flight: InFlight,
-) -> Result<Gate<EngineVersionServiceServer<EngineVersionService>>, ServeError> {
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
+    metrics: &Metrics,
+) -> Result<
+    (
+        Gate<EngineVersionServiceServer<EngineVersionService>>,
+        Upgrades,
+    ),
+    ServeError,
+> {
+    let quota = crate::alibaba::quota::Quota::new(
+        crate::state::quota::store_for(state),
+        config.alibaba.quota.into(),
+        config.state.lease,
+    );
+    let client = Arc::new(
+        AlibabaClient::new(&config.alibaba, credentials)?
+            .with_metrics(metrics.clone())
+            .with_quota(Arc::new(quota)),
+    );
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit);
+    let upgrades = service.open_upgrades();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
     let rates = match &state.redis {
-        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _),
+        Some(redis) => crate::limits::Rates::shared(Arc::clone(redis) as _)
+            .counting_fallbacks(metrics.rate_limit_fallbacks()),
         None => crate::limits::Rates::local(),
     };
-    Ok(Gate::new(
+    let gate = Gate::new(
         engine_versions,
         callers,
         in_flight,
         config.server.request_timeout,
     )
-    .with_rates(rates))
+    .with_rates(rates);
+    Ok((gate, upgrades))
 }
+
+/// The upgrade tasks still running, and the audit trail their abandonment is recorded in.
+type Upgrades = (crate::upgrade::upgrader::OpenUpgrades, Audit);
 
 /// The listener's settings: connection age, and TLS when configured.
 fn listener_builder(
@@ -264,7 +336,7 @@ fn listener_builder(
     };
     let builder = builder
         .tls_config(tls)
-        .map_err(|e| ServeError::Refused(format!("server.tls_cert / server.tls_key: {e}")))?;
+        .map_err(crate::tls::TlsError::Settings)?;
     tracing::info!(
         client_certificates = server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "TLS on"
@@ -276,10 +348,7 @@ fn listener_builder(
 fn check_listen(local: std::net::SocketAddr, config: &Config) -> Result<(), ServeError> {
     if config.callers.is_empty() {
         if !local.ip().is_loopback() {
-            return Err(ServeError::Refused(format!(
-                "server.listen: {local} is not a loopback address and no [[callers]] are configured; \
-                 an unauthenticated gateway may only listen on loopback (127.0.0.1 or ::1)"
-            )));
+            return Err(ServeError::Unauthenticated { local });
         }
         tracing::warn!(%local, "no [[callers]] configured: serving without caller authentication on loopback only");
     } else {
@@ -291,9 +360,7 @@ fn check_listen(local: std::net::SocketAddr, config: &Config) -> Result<(), Serv
 /// `audit.file`, or the audit log target alone.
 fn open_audit(config: &Config) -> Result<Audit, ServeError> {
     match &config.audit.file {
-        Some(path) => {
-            Audit::open(path).map_err(|e| ServeError::Refused(format!("audit.file: {e}")))
-        }
+        Some(path) => Audit::open(path).map_err(ServeError::Audit),
         None => Ok(Audit::log_only()),
     }
 }
@@ -307,11 +374,9 @@ async fn spawn_admin(
     let Some(addr) = config.telemetry.admin_listen else {
         return Ok(None);
     };
-    let admin = TcpListener::bind(addr).await.map_err(|e| {
-        ServeError::Refused(format!(
-            "cannot listen on {addr} (telemetry.admin_listen): {e}"
-        ))
-    })?;
+    let admin = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::AdminListen { addr, source })?;
     let task = tokio::spawn(
         crate::telemetry::admin::serve(telemetry.clone(), admin, stopped).with_current_subscriber(),
     );
@@ -328,11 +393,14 @@ struct Draining {
     health: tonic_health::server::HealthReporter,
     stop: tokio::sync::oneshot::Sender<()>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
-    close_all: crate::server::rollout::CloseAll,
+    close_all: crate::server::ageing::CloseAll,
+    upgrades: Upgrades,
 }
 
 /// Graceful shutdown: NOT_SERVING at once, serving on for `server.shutdown_delay`, then no new
-/// calls, in-flight ones finishing within `server.shutdown_grace`, and whatever is left closed.
+/// calls, in-flight ones and upgrade tasks (also those whose caller has gone) finishing within
+/// `server.shutdown_grace`, and whatever is left closed; upgrades still open then are audited
+/// `abandoned`.
 async fn drain<F>(
     mut server: std::pin::Pin<&mut F>,
     config: &crate::config::ServerConfig,
@@ -347,6 +415,7 @@ where
         stop,
         admin_stop,
         close_all,
+        upgrades: (upgrades, audit),
     } = draining;
     // The store's health reporter stops first, so that it cannot turn readiness back on.
     drop(store_health);
@@ -369,7 +438,8 @@ where
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: refusing new calls, finishing in-flight ones");
     let _ = stop.send(());
     let _ = admin_stop.send(());
-    let result = match tokio::time::timeout(config.shutdown_grace, server.as_mut()).await {
+    let grace_over = tokio::time::Instant::now() + config.shutdown_grace;
+    let result = match tokio::time::timeout_at(grace_over, server.as_mut()).await {
         Ok(result) => result.map_err(ServeError::from),
         Err(_) => {
             tracing::warn!(
@@ -379,12 +449,27 @@ where
         }
     };
     drop(close_all);
+    // Upgrades whose caller has gone still run: their outcome is audited and their key settled
+    // if they end within the grace.
+    if !upgrades.is_empty() {
+        tracing::info!(
+            open = upgrades.len(),
+            "shutting down: waiting for upgrades still under way"
+        );
+    }
+    let abandoned = upgrades.finish(grace_over, &audit).await;
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "grace period over with upgrades still open; their outcome is unknown"
+        );
+    }
     result
 }
 
 /// `server.max_connection_age`: tonic sends GOAWAY after the age and lets calls in flight finish.
 /// Its own grace timer is not used: with one set, tonic skips the GOAWAY and only closes the
-/// connection at age + grace. The grace is enforced by [`crate::server::rollout::Bounded`] instead.
+/// connection at age + grace. The grace is enforced by [`crate::server::ageing::Bounded`] instead.
 fn with_connection_age(builder: Server, server: &crate::config::ServerConfig) -> Server {
     match server.max_connection_age {
         Some(age) => builder.max_connection_age(age),

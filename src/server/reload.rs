@@ -2,8 +2,10 @@
 //! was started with a config file or `server.callers_file`, its `[[callers]]`; both files are
 //! also re-read when their content changes (a Kubernetes Secret mounted as a directory is
 //! updated in place). New callers are built aside and swapped in whole; calls in flight keep the
-//! table they started with. A file that does not load keeps what is current. (Credential files
-//! are also polled by their own provider, see `credentials::profile`.)
+//! table they started with. A file that does not load keeps what is current. SIGHUP also
+//! reopens the audit file (after logrotate moved it). (Credential files are also polled by their
+//! own provider, see `credentials::profile`.) Each reload of the callers counts in
+//! `dds_gateway_config_reloads_total{file="callers",outcome}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,17 +13,21 @@ use std::time::Duration;
 
 use crate::alibaba::credentials::CredentialsProvider;
 use crate::api::auth::{Callers, CallersHandle};
+use crate::audit::Audit;
 use crate::config::{Config, Overrides};
+use crate::telemetry::Metrics;
 
 /// Reloads until the returned task is aborted: the callers from `file` and `callers_file` (if
 /// any) on SIGHUP and when their content changes (checked every `interval`), the `credentials`
-/// on SIGHUP. Call within the runtime.
+/// on SIGHUP, and the audit file on SIGHUP. Call within the runtime.
 pub fn spawn(
     file: Option<PathBuf>,
     callers_file: Option<PathBuf>,
     interval: Duration,
     callers: CallersHandle,
     credentials: Arc<dyn CredentialsProvider>,
+    metrics: Metrics,
+    audit: Audit,
 ) -> tokio::task::JoinHandle<()> {
     // Registered before returning: a SIGHUP that arrives before the task first runs must not
     // meet the default action, which ends the process.
@@ -40,7 +46,8 @@ pub fn spawn(
                 Some(()) = next_hangup(&mut hangup) => true,
             };
             if signalled {
-                tracing::info!("SIGHUP: re-reading credential files");
+                tracing::info!("SIGHUP: re-reading credential files, reopening the audit file");
+                audit.reopen();
                 credentials.reload().await;
             }
             if file.is_none() && callers_file.is_none() {
@@ -54,7 +61,7 @@ pub fn spawn(
                     (false, Some(_)) => "file changed",
                 };
                 seen = now;
-                if let Some(loaded) = reload(file.as_deref(), &callers, trigger) {
+                if let Some(loaded) = reload(file.as_deref(), &callers, trigger, &metrics) {
                     callers_file = loaded;
                 }
             }
@@ -79,8 +86,20 @@ fn contents(file: Option<&Path>, callers_file: Option<&Path>) -> Option<Vec<u8>>
 }
 
 /// Loads the configuration (the file, if any, and the environment) and swaps in its callers, or
-/// says in the log why not. Answers the loaded `server.callers_file`, `None` when nothing loaded.
+/// says in the log why not, and counts the outcome in `metrics`. Answers the loaded
+/// `server.callers_file`, `None` when nothing loaded.
 pub fn reload(
+    file: Option<&Path>,
+    callers: &CallersHandle,
+    trigger: &str,
+    metrics: &Metrics,
+) -> Option<Option<PathBuf>> {
+    let loaded = reload_callers(file, callers, trigger);
+    metrics.config_reloaded("callers", loaded.is_some());
+    loaded
+}
+
+fn reload_callers(
     file: Option<&Path>,
     callers: &CallersHandle,
     trigger: &str,

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::store::{
-    Accepted, Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError,
+    StoreLimits, Token,
 };
 
 /// Keys in this process's memory, kept for `retention` after they settle (unresolved ones at
@@ -25,8 +26,19 @@ struct Memory {
     entries: HashMap<Key, Entry>,
     /// Keys held per caller.
     per_caller: HashMap<String, usize>,
-    /// Upgrade locks: instance → holder.
-    locks: HashMap<String, Token>,
+    /// Upgrade locks: instance → holder, and the sends they saw.
+    locks: HashMap<String, Lock>,
+}
+
+/// An instance's upgrade lock. It outlives its holder while a send with an unknown outcome is
+/// within the settle window.
+#[derive(Debug, Default)]
+struct Lock {
+    owner: Option<Token>,
+    /// When the holder marked its send.
+    sent: Option<Instant>,
+    /// When an earlier holder's send with a still unknown outcome was marked.
+    since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -258,25 +270,66 @@ impl StateStore for MemoryStore {
         instance: &str,
         token: &Token,
         _replaced: Option<&Token>,
-    ) -> Result<bool, StoreError> {
-        // Holders in this process always release their lock, so there is nothing to take over.
+    ) -> Result<InstanceLock, StoreError> {
+        // Holders in this process always release their lock, so there is no lapsed holder to
+        // take over; a released lock may still carry an unresolved send.
+        let window = self.limits.settle_window;
+        let now = Instant::now();
         let mut memory = self.lock();
-        match memory.locks.get(instance) {
-            Some(holder) => Ok(holder == token),
-            None => {
-                memory.locks.insert(instance.to_string(), token.clone());
-                Ok(true)
-            }
+        let lock = memory.locks.entry(instance.to_string()).or_default();
+        match &lock.owner {
+            Some(holder) if holder == token => {}
+            Some(_) => return Ok(InstanceLock::Busy),
+            None => lock.owner = Some(token.clone()),
         }
+        if lock.since.is_some_and(|since| since + window <= now) {
+            lock.since = None;
+        }
+        Ok(InstanceLock::Held {
+            unresolved_for: lock.since.map(|since| now.saturating_duration_since(since)),
+        })
     }
 
     async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
-        Ok(self.lock().locks.get(instance) == Some(token))
+        let memory = self.lock();
+        Ok(memory
+            .locks
+            .get(instance)
+            .is_some_and(|lock| lock.owner.as_ref() == Some(token)))
     }
 
-    async fn unlock_instance(&self, instance: &str, token: &Token) -> Result<(), StoreError> {
+    async fn mark_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
         let mut memory = self.lock();
-        if memory.locks.get(instance) == Some(token) {
+        match memory.locks.get_mut(instance) {
+            Some(lock) if lock.owner.as_ref() == Some(token) => {
+                lock.sent = Some(Instant::now());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn unlock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        settlement: &Settlement,
+    ) -> Result<(), StoreError> {
+        let mut memory = self.lock();
+        let Some(lock) = memory.locks.get_mut(instance) else {
+            return Ok(());
+        };
+        if lock.owner.as_ref() != Some(token) {
+            return Ok(());
+        }
+        // The holder's own send is settled: its caller heard the outcome. A lapsed earlier
+        // holder's send (none in memory, where holders never lapse) stays.
+        lock.owner = None;
+        lock.sent = None;
+        if matches!(settlement, Settlement::Accepted(_)) {
+            lock.since = None;
+        }
+        if lock.since.is_none() {
             memory.locks.remove(instance);
         }
         Ok(())

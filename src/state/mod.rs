@@ -4,6 +4,7 @@
 //! watches whether it can be reached, for health checks.
 
 pub mod memory;
+pub mod quota;
 pub mod redis;
 pub mod store;
 

@@ -10,6 +10,14 @@
 //! send with a still unknown outcome was marked), `answer` and `reconciled` (the accepted
 //! answer). A holder whose lease ran out is replaced by the next claimer; its `sent` mark, if any,
 //! makes the key unresolved.
+//!
+//! An instance's lock is a hash too: `owner` and `until`, `sent` when its holder marked a send,
+//! `since` for an earlier holder's send with a still unknown outcome. It lives as long as its
+//! lease, and while a send on it is within the settle window: a newcomer that finds a lapsed
+//! holder's send mark is told how long ago it was, never handed the lock blindly.
+//!
+//! Ages are taken on Redis's clock, from marks that an earlier primary's clock may have written:
+//! a negative age (that clock was ahead) is 0, never "not sent".
 
 use std::time::Duration;
 
@@ -20,7 +28,7 @@ use redis::{Script, Value};
 use crate::pb;
 use crate::state::store::Accepted;
 use crate::state::store::{
-    Claim, Fingerprint, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
 };
 
 use crate::config::{RedisCa, RedisUrl};
@@ -53,7 +61,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if held >= tonumber(ARGV[5]) then return {'full', tostring(held)} end
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'owner', ARGV[2], 'until', now + tonumber(ARGV[3]))
   keep(tonumber(ARGV[4]), ARGV[6])
-  return {'owner', '-1'}
+  return {'owner', ''}
 end
 local f = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'until', 'sent', 'since', 'answer', 'reconciled')
 if f[1] ~= ARGV[1] then return {'conflict'} end
@@ -65,16 +73,19 @@ redis.call('HDEL', KEYS[1], 'sent')
 if since then redis.call('HSET', KEYS[1], 'since', since) end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'until', now + tonumber(ARGV[3]))
 keep(tonumber(ARGV[4]), ARGV[6])
-local ago = '-1'
-if since then ago = tostring(now - tonumber(since)) end
+local ago = ''
+if since then ago = tostring(math.max(0, now - tonumber(since))) end
 return {'owner', ago, f[2] or ''}
 ";
 
-/// KEYS: record. ARGV: token, lease ms, `sent` to mark the send too. 1 while the token holds it.
+/// KEYS: record, index. ARGV: token, lease ms, `sent` to mark the send too, keep ms, member.
+/// 1 while the token holds it. The record is kept alive with its claim, so that a key is never
+/// forgotten under its owner.
 const RENEW: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[2]))
 if ARGV[3] == 'sent' then redis.call('HSET', KEYS[1], 'sent', now) end
+keep(tonumber(ARGV[4]), ARGV[5])
 return 1
 ";
 
@@ -102,21 +113,63 @@ end
 return 1
 ";
 
-/// KEYS: lock. ARGV: token, lease ms, `take` to take a free lock, the token of a replaced holder
-/// (whose lock is taken over). 1 while the token holds it.
-const LOCK: &str = r"
-local holder = redis.call('GET', KEYS[1])
-local free = not holder or (ARGV[4] ~= '' and holder == ARGV[4])
-if holder == ARGV[1] or (free and ARGV[3] == 'take') then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+/// Holds the lock `KEYS[1]` for `ARGV[1]` for the lease `ARGV[2]`, and while a send on it
+/// (`sent` or `since`) is within the settle window `ARGV[5]`.
+const HOLD: &str = r"
+local function hold(sent, since)
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', now + tonumber(ARGV[2]))
+  local ms = tonumber(ARGV[2])
+  local mark = sent or since
+  if mark then ms = math.max(ms, tonumber(mark) + tonumber(ARGV[5]) - now) end
+  redis.call('PEXPIRE', KEYS[1], ms)
 end
-return 0
 ";
 
-/// KEYS: lock. ARGV: token.
+/// KEYS: lock. ARGV: token, lease ms, `take` (a free or lapsed lock), `renew` or `mark` (the
+/// send), the token of a replaced holder (whose lock is taken over), settle window ms.
+/// `{1, age}` while the token holds it, age being how long ago an earlier holder's send with an
+/// unknown outcome was marked ('' for none); `{0}` otherwise.
+const LOCK: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'owner', 'until', 'sent', 'since')
+local owner, sent, since = f[1], f[3], f[4]
+if owner == ARGV[1] then
+  if ARGV[3] == 'mark' then
+    sent = tostring(now)
+    redis.call('HSET', KEYS[1], 'sent', sent)
+  end
+  hold(sent, since)
+  return {1, ''}
+end
+if ARGV[3] ~= 'take' then return {0} end
+if owner and tonumber(f[2]) > now and owner ~= ARGV[4] then return {0} end
+-- Free, or its holder lapsed or was replaced: whatever that holder sent is unresolved now.
+if sent then
+  since = sent
+  redis.call('HDEL', KEYS[1], 'sent')
+  redis.call('HSET', KEYS[1], 'since', since)
+end
+hold(nil, since)
+if since then return {1, tostring(math.max(0, now - tonumber(since)))} end
+return {1, ''}
+";
+
+/// KEYS: lock. ARGV: token, outcome, settle window ms. The holder's own send is settled (its
+/// caller heard the outcome, unknown or not); a lapsed earlier holder's send stays on the lock for
+/// the rest of its settle window unless this holder saw an upgrade accepted.
 const UNLOCK: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local f = redis.call('HMGET', KEYS[1], 'owner', 'since')
+if f[1] ~= ARGV[1] then return 0 end
+local since = f[2]
+if ARGV[2] == 'accepted' then since = nil end
+local left = 0
+if since then left = tonumber(since) + tonumber(ARGV[3]) - now end
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('HDEL', KEYS[1], 'owner', 'until', 'sent')
+redis.call('HSET', KEYS[1], 'since', since)
+redis.call('PEXPIRE', KEYS[1], math.ceil(left))
 return 1
 ";
 
@@ -166,12 +219,34 @@ fn unavailable(err: &redis::RedisError) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// A settlement as the scripts name it.
+fn outcome(settlement: &Settlement) -> &'static str {
+    match settlement {
+        Settlement::Accepted(_) => "accepted",
+        Settlement::NotApplied => "not_applied",
+        Settlement::Unresolved => "unresolved",
+    }
+}
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{KEEP}{body}"))
 }
 
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An age in ms as a script answers it: '' for none; a negative one (the mark came from a clock
+/// ahead of Redis's) is 0, so that "maybe sent" never reads as "not sent".
+fn age(text: &[u8]) -> Result<Option<Duration>, ()> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let ms: i64 = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or(())?;
+    Ok(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -217,7 +292,7 @@ impl RedisStore {
             claim: script(CLAIM),
             renew: script(RENEW),
             settle: script(SETTLE),
-            lock: script(LOCK),
+            lock: Script::new(&format!("{NOW}{HOLD}{LOCK}")),
             unlock: script(UNLOCK),
             take_call: Script::new(TAKE_CALL),
         })
@@ -260,6 +335,11 @@ impl RedisStore {
             .map_err(|e| unavailable(&e))
     }
 
+    /// The connection, for the stores kept beside this one (the Alibaba quota).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     /// A Redis key of this gateway: the prefix, then the slot's hash tag.
     pub(crate) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.prefix)
@@ -273,6 +353,14 @@ impl RedisStore {
         )
     }
 
+    /// How long a claimed record is kept from its claim or its last renewal.
+    fn keep(&self) -> Duration {
+        self.limits
+            .unresolved_retention()
+            .max(self.limits.lease)
+            .max(self.limits.retention)
+    }
+
     fn lock_key(&self, instance: &str) -> String {
         self.key(&format!("i:{instance}"), ":lock")
     }
@@ -284,11 +372,7 @@ impl RedisStore {
         token: &Token,
     ) -> Result<Result<Claim, Duration>, StoreError> {
         let (record, index) = self.record(key);
-        let keep = self
-            .limits
-            .unresolved_retention()
-            .max(self.limits.lease)
-            .max(self.limits.retention);
+        let keep = self.keep();
         let mut connection = self.connection.clone();
         let answer: Vec<Value> = self
             .claim
@@ -316,9 +400,7 @@ impl RedisStore {
             || StoreError::Unavailable("unexpected answer from the claim script".into());
         Ok(match text(0) {
             b"owner" => Ok(Claim::Owner {
-                unresolved_for: number(1)
-                    .filter(|&ms| ms >= 0)
-                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+                unresolved_for: age(text(1)).map_err(|()| malformed())?,
                 replaced: std::str::from_utf8(text(2))
                     .ok()
                     .filter(|t| !t.is_empty())
@@ -350,32 +432,43 @@ impl RedisStore {
         &self,
         instance: &str,
         token: &Token,
-        take: bool,
+        mode: &str,
         replaced: Option<&Token>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<InstanceLock, StoreError> {
         let mut connection = self.connection.clone();
-        let held: i64 = self
+        let answer: Vec<Value> = self
             .lock
             .key(self.lock_key(instance))
             .arg(token.as_str())
             .arg(millis(self.limits.lease))
-            .arg(if take { "take" } else { "renew" })
+            .arg(mode)
             .arg(replaced.map_or("", Token::as_str))
+            .arg(millis(self.limits.settle_window))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(held == 1)
+        let malformed = || StoreError::Unavailable("unexpected answer from the lock script".into());
+        match answer.as_slice() {
+            [Value::Int(0)] => Ok(InstanceLock::Busy),
+            [Value::Int(1), Value::BulkString(ago)] => Ok(InstanceLock::Held {
+                unresolved_for: age(ago).map_err(|()| malformed())?,
+            }),
+            _ => Err(malformed()),
+        }
     }
 
     async fn renew_script(&self, key: &Key, token: &Token, mark: bool) -> Result<bool, StoreError> {
-        let (record, _) = self.record(key);
+        let (record, index) = self.record(key);
         let mut connection = self.connection.clone();
         let held: i64 = self
             .renew
             .key(record)
+            .key(index)
             .arg(token.as_str())
             .arg(millis(self.limits.lease))
             .arg(if mark { "sent" } else { "renew" })
+            .arg(millis(self.keep()))
+            .arg(key.request_id().to_string())
             .invoke_async(&mut connection)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -417,16 +510,19 @@ impl StateStore for RedisStore {
     ) -> Result<Claim, StoreError> {
         // Another replica's holder does not notify this one: look again, more slowly each time,
         // and at the latest when its lease runs out.
-        let mut pause = Duration::from_millis(20);
+        let backoff = crate::backoff::Backoff::new(Duration::from_millis(20), MAX_POLL);
+        let mut looks = 0;
         loop {
             match self.try_claim(key, fingerprint, token).await? {
                 Ok(claim) => return Ok(claim),
                 Err(lease_left) => {
+                    looks += 1;
                     tokio::time::sleep(
-                        pause.min(lease_left.saturating_add(Duration::from_millis(5))),
+                        backoff
+                            .half_jittered(looks)
+                            .min(lease_left.saturating_add(Duration::from_millis(5))),
                     )
                     .await;
-                    pause = (pause * 2).min(MAX_POLL);
                 }
             }
         }
@@ -447,14 +543,12 @@ impl StateStore for RedisStore {
         settlement: Settlement,
     ) -> Result<(), StoreError> {
         let (record, index) = self.record(key);
-        let (outcome, answer, reconciled) = match &settlement {
+        let (answer, reconciled) = match &settlement {
             Settlement::Accepted(accepted) => (
-                "accepted",
                 accepted.response.encode_to_vec(),
                 if accepted.reconciled { "1" } else { "0" },
             ),
-            Settlement::NotApplied => ("not_applied", Vec::new(), "0"),
-            Settlement::Unresolved => ("unresolved", Vec::new(), "0"),
+            Settlement::NotApplied | Settlement::Unresolved => (Vec::new(), "0"),
         };
         let mut connection = self.connection.clone();
         let _: i64 = self
@@ -462,7 +556,7 @@ impl StateStore for RedisStore {
             .key(record)
             .key(index)
             .arg(token.as_str())
-            .arg(outcome)
+            .arg(outcome(&settlement))
             .arg(answer)
             .arg(reconciled)
             .arg(millis(self.limits.retention))
@@ -479,20 +573,33 @@ impl StateStore for RedisStore {
         instance: &str,
         token: &Token,
         replaced: Option<&Token>,
-    ) -> Result<bool, StoreError> {
-        self.lock_script(instance, token, true, replaced).await
+    ) -> Result<InstanceLock, StoreError> {
+        self.lock_script(instance, token, "take", replaced).await
     }
 
     async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
-        self.lock_script(instance, token, false, None).await
+        let held = self.lock_script(instance, token, "renew", None).await?;
+        Ok(matches!(held, InstanceLock::Held { .. }))
     }
 
-    async fn unlock_instance(&self, instance: &str, token: &Token) -> Result<(), StoreError> {
+    async fn mark_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError> {
+        let held = self.lock_script(instance, token, "mark", None).await?;
+        Ok(matches!(held, InstanceLock::Held { .. }))
+    }
+
+    async fn unlock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        settlement: &Settlement,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let _: i64 = self
             .unlock
             .key(self.lock_key(instance))
             .arg(token.as_str())
+            .arg(outcome(settlement))
+            .arg(millis(self.limits.settle_window))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| unavailable(&e))?;

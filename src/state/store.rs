@@ -123,6 +123,19 @@ pub enum Claim {
     Conflict,
 }
 
+/// What a store answers to [`StateStore::lock_instance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceLock {
+    /// The token holds the instance's upgrade lock.
+    Held {
+        /// How long ago an earlier holder of the lock (under any key, or none) marked a send
+        /// whose outcome is still unknown: another upgrade of the instance may be under way.
+        unresolved_for: Option<Duration>,
+    },
+    /// Another upgrade holds it.
+    Busy,
+}
+
 /// How a holder's request ended.
 #[derive(Debug, Clone)]
 pub enum Settlement {
@@ -211,17 +224,29 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         settlement: Settlement,
     ) -> Result<(), StoreError>;
     /// Takes the upgrade lock of `instance` for `token` (also from `replaced`, a holder whose
-    /// claim of the same key lapsed). `false`: another upgrade holds it.
+    /// claim of the same key lapsed, or from a holder whose lease lapsed). A lock whose holder
+    /// marked a send is never taken blindly: the answer says how long ago that send was.
     async fn lock_instance(
         &self,
         instance: &str,
         token: &Token,
         replaced: Option<&Token>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<InstanceLock, StoreError>;
     /// Extends `token`'s lock of `instance`. `false`: it no longer holds it.
     async fn renew_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
-    /// Releases `token`'s lock of `instance`, if it holds it.
-    async fn unlock_instance(&self, instance: &str, token: &Token) -> Result<(), StoreError>;
+    /// Extends `token`'s lock of `instance` and records on it that an upgrade is about to be
+    /// sent, as [`mark_sending`](Self::mark_sending) does on the key. `false`: it no longer holds
+    /// it.
+    async fn mark_instance(&self, instance: &str, token: &Token) -> Result<bool, StoreError>;
+    /// Releases `token`'s lock of `instance`, if it holds it. Its own send is settled with it
+    /// (its caller heard the outcome); a lapsed earlier holder's send stays on the lock until the
+    /// settle window after it ends, unless `settlement` saw an upgrade accepted.
+    async fn unlock_instance(
+        &self,
+        instance: &str,
+        token: &Token,
+        settlement: &Settlement,
+    ) -> Result<(), StoreError>;
     /// How long a claim or lock lives without renewal; `None` when it lives until settled.
     fn lease(&self) -> Option<Duration>;
 }

@@ -1,4 +1,5 @@
-//! Log lines: one JSON object per line (default) or human-readable text, each carrying the
+//! Log lines: one JSON object per line or human-readable text (by default text on a terminal,
+//! JSON otherwise), each carrying the
 //! `trace_id` and `span_id` of the span it was logged in, so a line leads to its trace.
 //!
 //! A layer of its own rather than `tracing_subscriber::fmt`: the formatter needs the
@@ -37,6 +38,17 @@ pub enum LogOutput {
 /// The log layer for `output` (one that writes nothing when logs are off: an `Option` of a
 /// layer would not pass the dispatcher on).
 pub(crate) fn layer(output: LogOutput, format: LogFormat) -> LogLayer {
+    // Text only for people: a terminal, never a buffer or a pipe.
+    let format = match format {
+        LogFormat::Auto
+            if matches!(output, LogOutput::Stderr)
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()) =>
+        {
+            LogFormat::Text
+        }
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
+    };
     LogLayer {
         output,
         format,
@@ -180,7 +192,8 @@ where
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let mut line = Vec::with_capacity(256 + fields.values.len());
         match self.format {
-            LogFormat::Json => {
+            // `Auto` was decided in `layer`.
+            LogFormat::Json | LogFormat::Auto => {
                 // Each value as JSON, then the keys in the order that decides which of two equal
                 // keys wins: the event's own fields after the standard ones, span ids last.
                 let mut scalars = Vec::with_capacity(160);

@@ -10,15 +10,20 @@
 //!   `OTEL_*` variables.
 //! - [`rpc`]: the SERVER span, metrics and access log line of every gRPC call.
 //! - [`alibaba::trace`](crate::alibaba::trace): the CLIENT span of every Alibaba Cloud request
-//!   attempt; [`names`] the span and field names the metrics read.
-//! - [`metrics`]: the instruments, counting from spans and events, the Prometheus text.
+//!   attempt.
+//! - [`metrics`]: the instruments, one handle passed to whoever counts.
+//! - [`process`]: build information and the process's CPU, memory and file descriptors.
+//! - [`prometheus`]: the Prometheus text of every metric.
+//! - [`export`]: OTLP export failures, counted and logged once per episode.
 //! - [`logs`]: JSON or text log lines with trace ids.
 //! - [`admin`]: the admin HTTP server (`GET /metrics`).
 
 pub mod admin;
+pub mod export;
 pub mod logs;
 pub mod metrics;
-pub mod names;
+pub mod process;
+pub mod prometheus;
 pub mod rpc;
 
 use std::sync::{Arc, OnceLock};
@@ -63,7 +68,7 @@ struct Inner {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
     metrics: Metrics,
-    prometheus: metrics::PrometheusReader,
+    prometheus: prometheus::PrometheusReader,
     admin_addr: OnceLock<std::net::SocketAddr>,
     config: TelemetryConfig,
 }
@@ -92,53 +97,45 @@ impl Telemetry {
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
 
+        // The exporters learn where to count and log their failures once the pipeline exists.
+        let reporter = export::Reporter::default();
         // With no exporter the provider still makes spans, so that logs carry trace ids and
         // the caller's trace continues through the gateway; they are just not sent anywhere.
         let mut tracer_provider = SdkTracerProvider::builder().with_resource(resource.clone());
         if let Some(otlp) = &config.traces {
-            tracer_provider = tracer_provider.with_batch_exporter(span_exporter(otlp)?);
+            let exporter = reporter.watch("traces", &otlp.endpoint, span_exporter(otlp)?);
+            tracer_provider = tracer_provider.with_batch_exporter(exporter);
         }
         let tracer_provider = tracer_provider.build();
 
-        let prometheus = metrics::PrometheusReader::new();
+        let prometheus = prometheus::PrometheusReader::new();
         let mut meter_provider = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_reader(prometheus.clone());
         if let Some(otlp) = &config.metrics {
-            let reader =
-                opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter(otlp)?)
-                    .with_interval(config.metrics_interval)
-                    .build();
+            let exporter = reporter.watch("metrics", &otlp.endpoint, metric_exporter(otlp)?);
+            let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                .with_interval(config.metrics_interval)
+                .build();
             meter_provider = meter_provider.with_reader(reader);
         }
         let meter_provider = meter_provider.build();
-        let metrics = Metrics::new(&opentelemetry::metrics::MeterProvider::meter(
-            &meter_provider,
-            SCOPE,
-        ));
+        let meter = opentelemetry::metrics::MeterProvider::meter(&meter_provider, SCOPE);
+        let metrics = Metrics::new(&meter);
+        process::register(&meter);
 
         // Only the gateway's own spans become OpenTelemetry spans: the HTTP and gRPC stacks
         // (including the exporter's own) must not feed back into the export.
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer_provider.tracer(SCOPE))
             .with_filter(Targets::new().with_target("dds_gateway", LevelFilter::INFO));
-        let counting = metrics::EventCounter::new(metrics.clone()).with_filter(
-            Targets::new()
-                .with_target("dds_gateway", LevelFilter::INFO)
-                // Failed fetches after the first of an episode are logged at debug level, and
-                // still counted.
-                .with_target("dds_gateway::alibaba::credentials", LevelFilter::DEBUG)
-                .with_target(crate::audit::TARGET, LevelFilter::ERROR)
-                .with_target(crate::limits::FALLBACK_TARGET, LevelFilter::TRACE),
-        );
         let log_layer = logs::layer(logs, config.log_format).with_filter(log_filter);
-        let subscriber = tracing_subscriber::registry()
-            .with(otel)
-            .with(counting)
-            .with(log_layer);
+        let subscriber = tracing_subscriber::registry().with(otel).with(log_layer);
+        let dispatch = Dispatch::new(subscriber);
+        reporter.connect(metrics.clone(), dispatch.downgrade());
         Ok(Self {
             inner: Arc::new(Inner {
-                dispatch: Dispatch::new(subscriber),
+                dispatch,
                 tracer_provider,
                 meter_provider,
                 metrics,

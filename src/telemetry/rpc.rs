@@ -38,6 +38,7 @@ const METHODS: &[&str] = &[
     "dds.gateway.v1.EngineVersionService/UpgradeEngineVersion",
     "dds.gateway.v1.EngineVersionService/GetEngineVersion",
     "dds.gateway.v1.EngineVersionService/WatchUpgrade",
+    "dds.gateway.v1.EngineVersionService/ListInstances",
 ];
 
 /// What stands for every other path: a path is whatever the caller sent, authenticated or not,
@@ -218,6 +219,16 @@ fn server_span(request: &http::Request<Body>, method: &str) -> Span {
 fn header_status(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?;
     Some(Code::from_i32(value.trim().parse().ok()?))
+}
+
+/// Whether a call that ended with `code` failed by the caller's own mistake (a request that is
+/// not valid, names nothing that exists, or is out of range): worth an info line, not a warning
+/// for whoever runs the gateway.
+pub fn callers_mistake(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound
+    )
 }
 
 /// The UPPER_SNAKE_CASE name of a gRPC code, as `rpc.response.status_code` spells it.

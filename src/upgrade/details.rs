@@ -226,6 +226,7 @@ pub(crate) fn scheduled_outcome_unknown_status(observed: Option<&InstanceAttribu
 fn cause_retry_delay(cause: &CallError) -> Duration {
     match cause {
         CallError::Upstream(e) => e.retry_after.unwrap_or(DEFAULT_RETRY_DELAY),
+        CallError::QuotaExhausted { retry_after } => *retry_after,
         _ => DEFAULT_RETRY_DELAY,
     }
 }
@@ -255,6 +256,13 @@ pub(crate) fn call_status(err: CallError) -> Status {
             &[("httpStatus", http_status.to_string())],
         ),
         CallError::Unsupported(what) => answer(what, &[]),
+        CallError::QuotaExhausted { retry_after } => status(
+            class.code,
+            "the account's budget of calls to Alibaba Cloud in this region ([alibaba.quota]) has no place before the deadline; nothing was sent",
+            class.reason,
+            &[],
+            Some(retry_after),
+        ),
     }
 }
 

@@ -61,6 +61,10 @@ pub enum Error {
     /// A watch reached the caller's deadline (or the gateway's limit) before the upgrade ended.
     #[error("watch deadline exceeded")]
     WatchDeadlineExceeded,
+    /// A watch reached the end of its connection's life (`server.max_connection_age`): the
+    /// caller resumes it on a new connection.
+    #[error("the watch's connection ages out")]
+    ConnectionAged,
     /// The audit file cannot take an upgrade's `sending` event, so the upgrade is not sent.
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
@@ -142,6 +146,13 @@ impl From<Error> for Status {
                 "DEADLINE_EXCEEDED",
                 &[],
                 None,
+            ),
+            Error::ConnectionAged => status(
+                Code::Unavailable,
+                "the watch's connection reached server.max_connection_age; watch again (on a new connection) to follow it further",
+                "CONNECTION_AGED",
+                &[],
+                Some(Duration::ZERO),
             ),
             Error::Call(call) => call_status(call),
             Error::Preflight(failure) => preflight_status(&failure),

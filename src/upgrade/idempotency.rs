@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::state::store::{
-    Accepted, Claim, Fingerprint, Key, Settlement, StateStore, StoreError, Token,
+    Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError, Token,
 };
 use crate::upgrade::validation::ValidUpgradeRequest;
 
@@ -55,7 +55,10 @@ impl Idempotency {
     }
 
     /// Claims `key` (when the request has one) and then the upgrade lock of `instance`.
-    /// Cancel-safe: dropped at any point, whatever it took is given back.
+    /// Cancel-safe: dropped at any point, whatever it took is given back. So is what a store
+    /// operation whose answer was lost (a timeout) may still take once Redis runs it late: the
+    /// lease holds the key and the instance before each operation is sent, and releases them
+    /// with its token when dropped.
     pub async fn claim(
         &self,
         key: Option<Key>,
@@ -69,33 +72,44 @@ impl Idempotency {
             instance: None,
             token,
             unresolved_for: None,
+            instance_unresolved_for: None,
             settled: false,
             renewal: None,
         };
         let mut replaced = None;
         if let Some(key) = key {
+            lease.key = Some(key.clone());
             match self.store.claim(&key, fingerprint, &lease.token).await? {
                 Claim::Owner {
                     unresolved_for,
                     replaced: previous,
                 } => {
                     lease.unresolved_for = unresolved_for;
-                    lease.key = Some(key);
                     replaced = previous;
                 }
-                Claim::Replay(accepted) => return Ok(Claimed::Replay(accepted)),
-                Claim::Conflict => return Ok(Claimed::Conflict),
+                Claim::Replay(accepted) => {
+                    lease.key = None;
+                    return Ok(Claimed::Replay(accepted));
+                }
+                Claim::Conflict => {
+                    lease.key = None;
+                    return Ok(Claimed::Conflict);
+                }
             }
         }
-        if !self
+        lease.instance = Some(instance.clone());
+        match self
             .store
             .lock_instance(&instance, &lease.token, replaced.as_ref())
             .await?
         {
-            // Dropped, the lease gives the key back as not applied: nothing was sent.
-            return Ok(Claimed::InstanceBusy);
+            InstanceLock::Held { unresolved_for } => lease.instance_unresolved_for = unresolved_for,
+            InstanceLock::Busy => {
+                // Dropped, the lease gives the key back as not applied: nothing was sent.
+                lease.instance = None;
+                return Ok(Claimed::InstanceBusy);
+            }
         }
-        lease.instance = Some(instance);
         lease.renewal = self.store.lease().map(|period| lease.spawn_renewal(period));
         Ok(Claimed::Owner(lease))
     }
@@ -111,6 +125,7 @@ pub struct Lease {
     instance: Option<String>,
     token: Token,
     unresolved_for: Option<Duration>,
+    instance_unresolved_for: Option<Duration>,
     settled: bool,
     renewal: Option<tokio::task::AbortHandle>,
 }
@@ -126,12 +141,18 @@ impl Lease {
         self.unresolved_for
     }
 
+    /// How long ago an earlier holder of the instance's lock (under another key, or none)
+    /// sent an upgrade whose outcome is still unknown.
+    pub fn instance_unresolved_for(&self) -> Option<Duration> {
+        self.instance_unresolved_for
+    }
+
     /// Records in the store that the upgrade is about to be sent, and checks that this lease
     /// still holds its key and lock. Call it last before the request leaves: an error means
     /// nothing may be sent.
     pub async fn about_to_send(&self) -> Result<(), StoreError> {
         if let Some(instance) = &self.instance
-            && !self.store.renew_instance(instance, &self.token).await?
+            && !self.store.mark_instance(instance, &self.token).await?
         {
             return Err(StoreError::Lapsed);
         }
@@ -228,7 +249,9 @@ impl Drop for Lease {
     }
 }
 
-/// Settles the key and releases the lock, logging what the store refused.
+/// Settles the key and releases the lock, logging what the store refused. A store that cannot
+/// be reached is asked again a few times: the hold may have been taken by an operation whose
+/// answer was lost, and is otherwise only freed when its lease runs out.
 async fn release(
     store: Arc<dyn StateStore>,
     key: Option<Key>,
@@ -236,15 +259,39 @@ async fn release(
     token: Token,
     settlement: Settlement,
 ) {
-    if let Some(key) = &key
-        && let Err(err) = store.settle(key, &token, settlement).await
-    {
-        tracing::warn!(error = %err, "cannot settle an idempotency key; it is released when its lease runs out");
+    if let Some(key) = &key {
+        let settled = again(|| store.settle(key, &token, settlement.clone())).await;
+        if let Err(err) = settled {
+            tracing::warn!(error = %err, "cannot settle an idempotency key; it is released when its lease runs out");
+        }
     }
-    if let Some(instance) = &instance
-        && let Err(err) = store.unlock_instance(instance, &token).await
-    {
-        tracing::warn!(error = %err, "cannot release an instance's upgrade lock; it is released when its lease runs out");
+    if let Some(instance) = &instance {
+        let unlocked = again(|| store.unlock_instance(instance, &token, &settlement)).await;
+        if let Err(err) = unlocked {
+            tracing::warn!(error = %err, "cannot release an instance's upgrade lock; it is released when its lease runs out");
+        }
+    }
+}
+
+/// Attempts at giving back a hold while the store cannot be reached, and the pause between them.
+const RELEASE_ATTEMPTS: u32 = 4;
+const RELEASE_PAUSE: Duration = Duration::from_millis(500);
+
+/// `operation`, again while the store is unavailable, a few times.
+async fn again<F, Fut>(mut operation: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match operation().await {
+            Err(StoreError::Unavailable(_)) if attempt < RELEASE_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(RELEASE_PAUSE).await;
+            }
+            done => return done,
+        }
     }
 }
 

@@ -1,14 +1,16 @@
 //! The work of a call: [`validation`] (wire request to a valid one), [`idempotency`]
 //! (`request_id` keys and per-instance locks over the state store), [`preflight`] (checks of
 //! the instance, with [`instance`]: states, version order, why not), [`upgrader`] (one intended
-//! upgrade, sent at most once), [`status`] (`GetEngineVersion` and `WatchUpgrade`) and
-//! [`poller`] (one poll per followed instance, shared by its watchers). Their
+//! upgrade, sent at most once), [`status`] (`GetEngineVersion` and `WatchUpgrade`),
+//! [`poller`] (one poll per followed instance, shared by its watchers) and [`inventory`]
+//! (`ListInstances`). Their
 //! failures are [`error`]'s; each becomes a status with the messages and details of [`details`].
 
 pub mod details;
 pub mod error;
 pub mod idempotency;
 pub mod instance;
+pub mod inventory;
 pub mod poller;
 pub mod preflight;
 pub mod status;

@@ -91,13 +91,16 @@ impl StatusReader {
     /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
     /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
     /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
-    /// caller drops the stream. `None` at once when `watch.max_active` watches are running, or
-    /// `caller` runs `watch.max_active_per_caller` of them.
+    /// caller drops the stream. At `connection_end` (before `deadline`) it ends with
+    /// UNAVAILABLE / CONNECTION_AGED, for the caller to resume on a new connection. `None` at once
+    /// when `watch.max_active` watches are running, or `caller` runs
+    /// `watch.max_active_per_caller` of them.
     pub fn watch(
         &self,
         instance: InstanceRef,
         target: String,
         deadline: Instant,
+        connection_end: Option<Instant>,
         caller: Option<&str>,
     ) -> Option<WatchStream> {
         let place = match self.watches.try_enter(caller) {
@@ -118,7 +121,7 @@ impl StatusReader {
             // Given back when the task ends, however it ends.
             let _place = place;
             tokio::select! {
-                () = this.follow(&tx, &instance, &target, deadline) => {}
+                () = this.follow(&tx, &instance, &target, deadline, connection_end) => {}
                 () = tx.closed() => {
                     tracing::debug!(db_instance_id = %instance.db_instance_id, "watch ended: the caller went away");
                 }
@@ -137,7 +140,11 @@ impl StatusReader {
         instance: &InstanceRef,
         target: &str,
         deadline: Instant,
+        connection_end: Option<Instant>,
     ) {
+        // Where this stream stops: the watch's deadline, or its connection's end if sooner.
+        let aged = connection_end.filter(|end| *end < deadline);
+        let stop = aged.unwrap_or(deadline);
         let mut looks = self
             .poller
             .follow(&instance.region_id, &instance.db_instance_id);
@@ -194,9 +201,13 @@ impl StatusReader {
                         return;
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep_until(stop) => break,
             }
         }
-        let _ = tx.send(Err(Error::WatchDeadlineExceeded.into())).await;
+        let end = match aged {
+            Some(_) => Error::ConnectionAged,
+            None => Error::WatchDeadlineExceeded,
+        };
+        let _ = tx.send(Err(end.into())).await;
     }
 }

@@ -68,6 +68,97 @@ pub struct Upgrader {
     settings: UpgradeSettings,
     idempotency: Idempotency,
     audit: Audit,
+    open: OpenUpgrades,
+}
+
+/// The upgrade tasks still running, whether or not their caller is still there: shutdown waits
+/// for them, and audits those it cannot wait for as `abandoned`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenUpgrades {
+    inner: std::sync::Arc<OpenInner>,
+}
+
+#[derive(Debug, Default)]
+struct OpenInner {
+    tasks: std::sync::Mutex<std::collections::HashMap<u64, AuditEvent>>,
+    next: std::sync::atomic::AtomicU64,
+    ended: tokio::sync::Notify,
+}
+
+/// One open upgrade; ended when dropped (its task finished, or was dropped with the runtime).
+struct Open {
+    inner: std::sync::Arc<OpenInner>,
+    id: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.inner.tasks().remove(&self.id);
+        self.inner.ended.notify_waiters();
+    }
+}
+
+impl OpenInner {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, AuditEvent>> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl OpenUpgrades {
+    fn open(&self, event: &AuditEvent) -> Open {
+        let id = self
+            .inner
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.tasks().insert(id, event.clone());
+        Open {
+            inner: std::sync::Arc::clone(&self.inner),
+            id,
+        }
+    }
+
+    /// How many are running.
+    pub fn len(&self) -> usize {
+        self.inner.tasks().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every open upgrade has ended, or `deadline`; then audits those still open as
+    /// `abandoned` and names each in a WARN line. Returns how many were abandoned.
+    pub async fn finish(&self, deadline: Instant, audit: &Audit) -> usize {
+        loop {
+            let ended = self.inner.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.is_empty() {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                break;
+            }
+        }
+        let open: Vec<AuditEvent> = self.inner.tasks().values().cloned().collect();
+        for mut event in open.iter().cloned() {
+            tracing::warn!(
+                db_instance_id = %event.db_instance_id,
+                region_id = %event.region_id,
+                caller = %event.caller,
+                request_id = %event.request_id,
+                "shutdown grace over with this upgrade still open: abandoned, its outcome unknown"
+            );
+            event.time = audit::now();
+            event.outcome = "abandoned";
+            event.grpc_code = "UNKNOWN";
+            let _ = audit.record(event).await;
+        }
+        open.len()
+    }
 }
 
 impl Upgrader {
@@ -82,7 +173,18 @@ impl Upgrader {
             settings,
             idempotency,
             audit,
+            open: OpenUpgrades::default(),
         }
+    }
+
+    /// The upgrade tasks still running.
+    pub fn open_upgrades(&self) -> OpenUpgrades {
+        self.open.clone()
+    }
+
+    /// Where upgrade attempts are recorded.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// Records upgrade attempts in `audit`.
@@ -198,18 +300,28 @@ impl Upgrader {
         } = refusal;
         event.time = audit::now();
         event.alibaba_request_id = alibaba_request_id;
-        tracing::warn!(
-            caller = %event.caller,
-            db_instance_id = %event.db_instance_id,
-            engine_version = %event.to_version,
-            region_id = %event.region_id,
-            grpc_code = ?status.code(),
-            alibaba_code = %alibaba_code,
-            error = %detail,
-            "upgrade failed"
-        );
-        event.outcome = "failed";
         event.grpc_code = crate::telemetry::rpc::code_name(status.code());
+        // A caller's invalid request is its own business (info); anything else is ours (warn).
+        macro_rules! failed {
+            ($level:ident) => {
+                tracing::$level!(
+                    caller = %event.caller,
+                    db_instance_id = %event.db_instance_id,
+                    engine_version = %event.to_version,
+                    region_id = %event.region_id,
+                    grpc_code = event.grpc_code,
+                    alibaba_code = %alibaba_code,
+                    error = %detail,
+                    "upgrade failed"
+                )
+            };
+        }
+        if crate::telemetry::rpc::callers_mistake(status.code()) {
+            failed!(info);
+        } else {
+            failed!(warn);
+        }
+        event.outcome = "failed";
         event.alibaba_code = alibaba_code;
         let _ = self.audit.record(event).await;
         status
@@ -248,8 +360,10 @@ impl Upgrader {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let db_instance_id = event.db_instance_id.clone();
         let this = self.clone();
+        let open = self.open.open(&event);
         tokio::spawn(
             async move {
+                let _open = open;
                 let result = this.upgrade(&request, deadline, &lease, &event).await;
                 let settlement = match &result {
                     Ok(accepted) => Settlement::Accepted(accepted.clone()),
@@ -300,7 +414,20 @@ impl Upgrader {
         let unresolved_for = lease.unresolved_for();
         let look_first = unresolved_for.is_some();
         let settling = unresolved_for.filter(|&ago| ago < self.settings.settle_window);
+        // Another key's (or a keyless) send on this instance whose outcome is still unknown:
+        // another upgrade may be under way, and this one waits until the window ends.
+        let instance_settling = lease
+            .instance_unresolved_for()
+            .filter(|&ago| !look_first && ago < self.settings.settle_window);
         let before = async {
+            if let Some(ago) = instance_settling {
+                tracing::warn!(
+                    db_instance_id = request.db_instance_id(),
+                    ago = ?ago,
+                    "an earlier upgrade of this instance may have been sent and its outcome is unknown; not sending"
+                );
+                return Err(Error::UpgradeInProgress);
+            }
             let attribute = if self.settings.preflight || look_first {
                 Some(self.describe(request, deadline).await?)
             } else {

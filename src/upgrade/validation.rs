@@ -224,8 +224,25 @@ impl Validator {
     }
 }
 
+impl Validator {
+    /// The engine versions the gateway accepts.
+    pub(crate) fn engine_versions(&self) -> &[String] {
+        &self.engine_versions
+    }
+
+    /// Whether an endpoint is configured, so regions outside the table are accepted.
+    pub(crate) fn explicit_endpoint(&self) -> bool {
+        self.explicit_endpoint
+    }
+
+    /// The region of requests that name none.
+    pub(crate) fn default_region(&self) -> &str {
+        &self.default_region
+    }
+}
+
 /// `dds-` followed by lowercase ASCII letters and digits, at most 64 characters in all.
-fn check_instance_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("is required, e.g. \"dds-bp1234567890ab\"".to_string());
     }
@@ -247,7 +264,7 @@ fn check_instance_id(id: &str) -> Result<(), String> {
 }
 
 /// A caller's value quoted for an error message, cut short so a huge field cannot bloat it.
-fn quoted(value: &str) -> String {
+pub(crate) fn quoted(value: &str) -> String {
     const MAX: usize = 80;
     if value.chars().count() <= MAX {
         format!("{value:?}")

@@ -43,6 +43,9 @@ pub struct FakeState {
     pub uri_calls: usize,
     /// The credentials URI answers after this long (a slow sidecar).
     pub uri_delay: Option<Duration>,
+    /// Answers of the credentials URI to fail with 503 (a sidecar still starting), before
+    /// answering normally.
+    pub uri_failures: usize,
 }
 
 #[derive(Clone)]
@@ -226,6 +229,10 @@ async fn uri_credentials(
     }
     let mut state = state.lock().unwrap();
     state.uri_calls += 1;
+    if state.uri_failures > 0 {
+        state.uri_failures -= 1;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     if method != Method::GET || query.as_deref() != Some("token=uri-canary") {
         return StatusCode::UNAUTHORIZED.into_response();
     }

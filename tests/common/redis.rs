@@ -188,3 +188,79 @@ impl RedisServer {
 fn path_arg(path: &Path) -> String {
     path.to_str().expect("a UTF-8 temporary path").to_string()
 }
+
+impl RedisServer {
+    /// A connection of the test's own, beside the gateway's.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(
+                // A stalled Redis answers late, not never.
+                &redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(None)
+                    .set_response_timeout(None),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Sends one command (`CLIENT PAUSE`, `HSET`...) on a connection of its own.
+    pub async fn command(&self, args: &[&str]) -> redis::Value {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+
+    /// Stalls every client for `ms` (`CLIENT PAUSE ms ALL`): their commands run, late, after it.
+    pub async fn pause(&self, ms: u64) {
+        self.command(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"])
+            .await;
+    }
+
+    /// Redis's clock, in milliseconds.
+    pub async fn now_ms(&self) -> i64 {
+        let time: (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+        time.0 * 1000 + time.1 / 1000
+    }
+}
+
+impl RedisServer {
+    /// Starts with `DEBUG` allowed from loopback (for `DEBUG SLEEP`).
+    pub async fn start_debuggable() -> Self {
+        Self::start_with(free_port(), &["--enable-debug-command", "local"]).await
+    }
+
+    /// Puts Redis to sleep for `seconds` (`DEBUG SLEEP`: every command, already sent or not, runs
+    /// late) and returns once it sleeps; the returned task ends when it wakes.
+    pub async fn sleep(&self, seconds: u64) -> tokio::task::JoinHandle<()> {
+        let mut connection = self.connection().await;
+        let mut probe = self.connection().await;
+        let sleeping = tokio::spawn(async move {
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(seconds)
+                .query_async::<()>(&mut connection)
+                .await
+                .unwrap();
+        });
+        // Asleep once a PING goes unanswered for a while.
+        loop {
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<String>(&mut probe);
+            if tokio::time::timeout(Duration::from_millis(300), ping)
+                .await
+                .is_err()
+            {
+                return sleeping;
+            }
+        }
+    }
+}

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber as _;
 
 use super::credential::{Credential, CredentialsError, CredentialsProvider};
+use crate::backoff::Backoff;
 use crate::deadline::later;
+use crate::telemetry::Metrics;
 
 /// A credential is treated as expired this long before its `Expiration`: a request signed just
 /// before expiry must still arrive in time.
@@ -47,8 +49,9 @@ pub trait Fetch: Send + Sync + fmt::Debug + 'static {
 pub struct RefreshPolicy {
     /// Refresh this long before a credential expires.
     pub refresh_ahead: Duration,
-    /// The wait after a first failed fetch; it doubles with each failure after it, up to a
-    /// minute. Calls that find nothing usable meanwhile fail at once instead of asking again.
+    /// The wait after a first failed fetch (at most this, at least half of it); it doubles
+    /// with each failure after it, up to a minute. Calls that find nothing usable meanwhile fail
+    /// at once instead of asking again.
     pub retry_after_failure: Duration,
 }
 
@@ -62,12 +65,11 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    /// The wait after the `failures`-th failed fetch in a row (1 for the first).
+    /// The wait after the `failures`-th failed fetch in a row (1 for the first): the doubling
+    /// ceiling, less up to half of it, so that replicas whose source failed together do not ask
+    /// it again together.
     fn backoff(&self, failures: u32) -> Duration {
-        let doubling = 1u32 << failures.saturating_sub(1).min(16);
-        self.retry_after_failure
-            .saturating_mul(doubling)
-            .min(MAX_BACKOFF.max(self.retry_after_failure))
+        Backoff::new(self.retry_after_failure, MAX_BACKOFF).half_jittered(failures)
     }
 }
 
@@ -79,6 +81,8 @@ pub struct Refreshing<F: Fetch> {
 struct Shared<F> {
     fetch: F,
     policy: RefreshPolicy,
+    /// Counts every fetch by outcome, whichever level it is logged at.
+    metrics: Metrics,
     state: Mutex<State>,
     /// Held while fetching, so that one fetch serves every waiting call.
     single_flight: tokio::sync::Mutex<()>,
@@ -117,11 +121,12 @@ enum Asker {
 }
 
 impl<F: Fetch> Refreshing<F> {
-    pub fn new(fetch: F, policy: RefreshPolicy) -> Self {
+    pub fn new(fetch: F, policy: RefreshPolicy, metrics: Metrics) -> Self {
         Self {
             shared: Arc::new(Shared {
                 fetch,
                 policy,
+                metrics,
                 state: Mutex::new(State::default()),
                 single_flight: tokio::sync::Mutex::new(()),
             }),
@@ -257,9 +262,9 @@ impl<F: Fetch> Shared<F> {
         }
     }
 
-    /// Asks the source once (the caller holds `single_flight`), caches a good answer, and
-    /// logs: each success, and the first failure of an episode (later ones at debug level,
-    /// still counted by the metrics).
+    /// Asks the source once (the caller holds `single_flight`), caches a good answer, counts
+    /// the outcome, and logs: each success, and the first failure of an episode (later ones at
+    /// debug level).
     async fn fetch_once(&self, asker: Asker) -> Result<Credential, String> {
         let provider = self.fetch.name();
         let fetched = match self.fetch.fetch().await {
@@ -269,20 +274,22 @@ impl<F: Fetch> Shared<F> {
             },
             Err(err) => Err(err.to_string()),
         };
+        self.metrics.credential_fetched(fetched.is_ok());
         match fetched {
             Ok(credential) => {
                 if let Some(failures) = self.store(credential.clone()) {
                     tracing::info!(provider, failures, "credential source answers again");
                 }
+                // Absent for a credential that does not expire (never "None").
                 let expiration = credential
                     .expiration()
-                    .map(humantime::format_rfc3339_seconds);
+                    .map(|at| tracing::field::display(humantime::format_rfc3339_seconds(at)));
                 match asker {
                     Asker::Call => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential fetched");
+                        tracing::info!(provider, expiration, "credential fetched");
                     }
                     Asker::Refresher => {
-                        tracing::info!(provider, expiration = ?expiration, credential_outcome = "ok", "credential refreshed");
+                        tracing::info!(provider, expiration, "credential refreshed");
                     }
                 }
                 Ok(credential)
@@ -292,16 +299,16 @@ impl<F: Fetch> Shared<F> {
                 let serving = self.usable(Instant::now()).is_some();
                 match (asker, first) {
                     (Asker::Call, true) => {
-                        tracing::warn!(provider, error = %cause, ?retry_in, credential_outcome = "error", "credential fetch failed");
+                        tracing::warn!(provider, error = %cause, ?retry_in, "credential fetch failed");
                     }
                     (Asker::Call, false) => {
-                        tracing::debug!(provider, error = %cause, ?retry_in, credential_outcome = "error", "credential fetch failed");
+                        tracing::debug!(provider, error = %cause, ?retry_in, "credential fetch failed");
                     }
                     (Asker::Refresher, true) => {
-                        tracing::warn!(provider, error = %cause, ?retry_in, still_serving_cached = serving, credential_outcome = "error", "credential refresh failed");
+                        tracing::warn!(provider, error = %cause, ?retry_in, still_serving_cached = serving, "credential refresh failed");
                     }
                     (Asker::Refresher, false) => {
-                        tracing::debug!(provider, error = %cause, ?retry_in, still_serving_cached = serving, credential_outcome = "error", "credential refresh failed");
+                        tracing::debug!(provider, error = %cause, ?retry_in, still_serving_cached = serving, "credential refresh failed");
                     }
                 }
                 Err(cause)
@@ -485,7 +492,11 @@ mod tests {
         let script = Arc::new(Script::default());
         script.push(Ok(HOUR));
         script.push(Ok(HOUR));
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
 
         let first = provider.credential().await.unwrap();
         assert_eq!(first.access_key_id(), "STS.key1");
@@ -525,6 +536,7 @@ mod tests {
         let provider = Arc::new(Refreshing::new(
             Arc::clone(&script),
             RefreshPolicy::default(),
+            Metrics::default(),
         ));
         let calls: Vec<_> = (0..32)
             .map(|_| {
@@ -550,7 +562,11 @@ mod tests {
         for _ in 0..100 {
             script.push(Err("sts.example answered NoPermission"));
         }
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
         assert_eq!(
             provider.credential().await.unwrap().access_key_id(),
             "STS.key1"
@@ -580,17 +596,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn recovers_when_the_source_answers_again() {
+    async fn recovers_when_the_source_answers_again_and_counts_each_fetch() {
+        let telemetry = crate::telemetry::Telemetry::quiet();
         let script = Arc::new(Script::default());
         script.push(Err("metadata service unreachable"));
+        script.push(Err("metadata service unreachable"));
         script.push(Ok(HOUR));
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            telemetry.metrics().clone(),
+        );
         assert!(provider.credential().await.is_err());
-        tokio::time::advance(RefreshPolicy::default().retry_after_failure).await;
+        tokio::time::advance(RefreshPolicy::default().backoff(1)).await;
+        assert!(provider.credential().await.is_err());
+        tokio::time::advance(RefreshPolicy::default().backoff(2)).await;
         assert_eq!(
             provider.credential().await.unwrap().access_key_id(),
-            "STS.key2"
+            "STS.key3"
         );
+        // Every fetch counts, also the second failure, which is logged at debug level only.
+        let text = telemetry.prometheus_text();
+        let counted = |outcome: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("dds_gateway_credentials_refreshes_total{")
+                        && l.contains(&format!("outcome=\"{outcome}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(counted("error").as_deref(), Some("2"), "{text}");
+        assert_eq!(counted("ok").as_deref(), Some("1"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -599,7 +636,11 @@ mod tests {
         for _ in 0..3 {
             script.push(Ok(HOUR));
         }
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
         let first = provider.credential().await.unwrap();
         assert_eq!(first.access_key_id(), "STS.key1");
         provider.rejected_as_expired(&first);
@@ -618,7 +659,11 @@ mod tests {
     async fn a_source_that_hands_back_the_rejected_credential_is_failing() {
         let script = Arc::new(Script::default());
         script.push(Ok(HOUR));
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
         let first = provider.credential().await.unwrap();
         // The same credential as the source would hand it out again.
         let again = Credential::new(
@@ -645,7 +690,11 @@ mod tests {
         let script = Arc::new(Script::default());
         script.push(Ok(Duration::from_secs(4 * 60) + EXPIRY_MARGIN));
         script.push(Ok(HOUR));
-        let provider = Refreshing::new(Arc::clone(&script), RefreshPolicy::default());
+        let provider = Refreshing::new(
+            Arc::clone(&script),
+            RefreshPolicy::default(),
+            Metrics::default(),
+        );
         provider.credential().await.unwrap();
         tokio::time::advance(Duration::from_secs(2 * 60 + 1)).await;
         settle(|| script.fetched.load(Ordering::SeqCst) == 2).await;

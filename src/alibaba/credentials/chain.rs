@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::cache::{RefreshPolicy, Refreshing};
+use super::cache::RefreshPolicy;
 use super::context::Context;
 use super::credential::{Credential, CredentialsError, CredentialsProvider};
 use super::ecs::{self, EcsRamRole};
@@ -18,6 +18,7 @@ use super::profile::{FileProfile, Format};
 use super::sts::{self, OidcRoleArn, RamRoleArn};
 use super::uri::CredentialsUri;
 use crate::config::{CredentialsConfig, ProviderKind};
+use crate::telemetry::Metrics;
 
 /// The official variables the chain reads (besides the environment provider's own).
 pub mod var {
@@ -39,18 +40,20 @@ pub mod var {
     pub const HOME: &str = "HOME";
 }
 
-/// Builds the provider `config` selects. Explicitly selected providers fail here when they are
-/// not configured; the default chain fails later, at the first credential, if none answers.
+/// Builds the provider `config` selects, counting its fetches and reloads in `metrics`.
+/// Explicitly selected providers fail here when they are not configured; the default chain fails
+/// later, at the first credential, if none answers.
 pub fn build(
     config: &CredentialsConfig,
     env: &dyn Fn(&str) -> Option<String>,
+    metrics: &Metrics,
 ) -> Result<Arc<dyn CredentialsProvider>, CredentialsError> {
     let var_of = |name: &str| {
         env(name)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let context = context(config, &var_of)?;
+    let context = context(config, &var_of, metrics)?;
     let builder = Builder {
         config,
         env: &var_of,
@@ -94,6 +97,7 @@ pub fn build(
 fn context(
     config: &CredentialsConfig,
     var_of: &dyn Fn(&str) -> Option<String>,
+    metrics: &Metrics,
 ) -> Result<Context, CredentialsError> {
     let flag = |name: &str| var_of(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let http = super::http::client(Duration::from_secs(5), Duration::from_secs(15))
@@ -135,6 +139,7 @@ fn context(
             refresh_ahead: config.refresh_ahead,
             ..RefreshPolicy::default()
         },
+        metrics: metrics.clone(),
     })
 }
 
@@ -214,15 +219,12 @@ impl Builder<'_> {
                 )));
             }
         };
-        Some(Ok(Arc::new(Refreshing::new(
-            OidcRoleArn {
-                sts: self.context.sts(None),
-                session: self.context.session(role_arn, None, None),
-                oidc_provider_arn: provider_arn,
-                oidc_token_file: token_file,
-            },
-            self.context.policy,
-        ))))
+        Some(Ok(Arc::new(self.context.refreshing(OidcRoleArn {
+            sts: self.context.sts(None),
+            session: self.context.session(role_arn, None, None),
+            oidc_provider_arn: provider_arn,
+            oidc_token_file: token_file,
+        }))))
     }
 
     fn cli_profile(&self) -> Built {
@@ -279,19 +281,16 @@ impl Builder<'_> {
             )
         })?;
         // The base credential comes from the rest of the chain.
-        Ok(Arc::new(Refreshing::new(
-            RamRoleArn {
-                sts: self.context.sts(None),
-                base: Arc::new(self.default_chain()),
-                session: self.context.session(role_arn, None, None),
-            },
-            self.context.policy,
-        )))
+        Ok(Arc::new(self.context.refreshing(RamRoleArn {
+            sts: self.context.sts(None),
+            base: Arc::new(self.default_chain()),
+            session: self.context.session(role_arn, None, None),
+        })))
     }
 
     fn ecs_ram_role(&self) -> Arc<dyn CredentialsProvider> {
-        Arc::new(Refreshing::new(
-            EcsRamRole {
+        Arc::new(
+            self.context.refreshing(EcsRamRole {
                 http: self.context.imds_http.clone(),
                 endpoint: self.context.imds_endpoint.clone(),
                 role_name: self
@@ -300,9 +299,8 @@ impl Builder<'_> {
                     .clone()
                     .or_else(|| (self.env)(var::ECS_METADATA)),
                 imdsv1_disabled: self.context.imdsv1_disabled,
-            },
-            self.context.policy,
-        ))
+            }),
+        )
     }
 
     fn credentials_uri(&self) -> Option<Built> {
@@ -313,13 +311,12 @@ impl Builder<'_> {
             .map(|s| s.expose().to_string())
             .or_else(|| (self.env)(var::CREDENTIALS_URI))?;
         Some(match Url::parse(&uri) {
-            Ok(uri) if matches!(uri.scheme(), "http" | "https") => Ok(Arc::new(Refreshing::new(
-                CredentialsUri {
+            Ok(uri) if matches!(uri.scheme(), "http" | "https") => {
+                Ok(Arc::new(self.context.refreshing(CredentialsUri {
                     http: self.context.http.clone(),
                     uri,
-                },
-                self.context.policy,
-            ))),
+                })))
+            }
             _ => Err(not_configured(
                 "credentials_uri",
                 "the credentials URI is not an http or https URL".into(),
@@ -356,6 +353,10 @@ impl CredentialsProvider for DefaultChain {
             return chosen.credential().await;
         }
         let mut reasons = Vec::new();
+        // A source set up for this gateway (an OIDC role, a credentials URI, a profile) that
+        // cannot be reached makes the chain unavailable, not unconfigured: it may answer later.
+        // The metadata service is tried on every machine, so its silence says nothing.
+        let mut unreachable = false;
         for candidate in &self.candidates {
             match candidate {
                 Ok(provider) => match provider.credential().await {
@@ -367,17 +368,29 @@ impl CredentialsProvider for DefaultChain {
                             Some(Arc::clone(provider));
                         return Ok(credential);
                     }
-                    Err(err) => reasons.push(err.to_string()),
+                    Err(err) => {
+                        unreachable |= matches!(err, CredentialsError::Unavailable { .. })
+                            && provider.name() != "ecs_ram_role";
+                        reasons.push(err.to_string());
+                    }
                 },
                 Err(err) => reasons.push(err.to_string()),
             }
         }
-        Err(CredentialsError::NotConfigured {
-            provider: "default",
-            reason: format!(
-                "no provider in the default chain has credentials: {}",
-                reasons.join("; ")
-            ),
+        let reason = format!(
+            "no provider in the default chain has credentials: {}",
+            reasons.join("; ")
+        );
+        Err(if unreachable {
+            CredentialsError::Unavailable {
+                provider: "default",
+                reason,
+            }
+        } else {
+            CredentialsError::NotConfigured {
+                provider: "default",
+                reason,
+            }
         })
     }
 
@@ -422,7 +435,7 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         };
-        Ok(context(&config.credentials, &var_of)?
+        Ok(context(&config.credentials, &var_of, &Metrics::default())?
             .sts(None)
             .endpoint()
             .to_string())

@@ -1,11 +1,11 @@
 //! What every credentials provider is built with: HTTP clients, endpoints, session and refresh
-//! settings.
+//! settings, and the metrics they count in.
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 
-use super::cache::RefreshPolicy;
+use super::cache::{Fetch, RefreshPolicy, Refreshing};
 use super::sts::{self, RoleSession, Sts};
 
 /// What every provider needs to be built: HTTP clients, endpoints, session and refresh settings.
@@ -24,9 +24,16 @@ pub struct Context {
     pub session_duration: Duration,
     pub role_session_name: Option<String>,
     pub policy: RefreshPolicy,
+    /// Where fetches, refreshes and credential file reloads are counted.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl Context {
+    /// `fetch` behind a cache that refreshes it as the policy says, counting in the metrics.
+    pub fn refreshing<F: Fetch>(&self, fetch: F) -> Refreshing<F> {
+        Refreshing::new(fetch, self.policy, self.metrics.clone())
+    }
+
     /// The STS endpoint: configured, else the region's (a profile's or `ALIBABA_CLOUD_STS_REGION`),
     /// else the public one.
     #[expect(

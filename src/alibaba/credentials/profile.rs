@@ -12,7 +12,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tracing::instrument::WithSubscriber as _;
 
-use super::cache::Refreshing;
 use super::context::Context;
 use super::credential::{Credential, CredentialsError, CredentialsProvider, StaticProvider};
 use super::ecs::EcsRamRole;
@@ -150,9 +149,11 @@ impl Shared {
     /// Re-reads the file; a changed, valid file replaces the provider. A broken or missing file
     /// keeps the last good one (and says so), so a half-written file never stops the gateway.
     async fn reload(&self) {
+        let metrics = &self.context.metrics;
         let text = match tokio::fs::read(&self.path).await {
             Ok(text) => zeroize::Zeroizing::new(text),
             Err(err) => {
+                metrics.config_reloaded("credentials", false);
                 tracing::warn!(file = %self.path.display(), error = %err, "cannot re-read the credentials file; keeping the credentials already loaded");
                 return;
             }
@@ -172,9 +173,11 @@ impl Shared {
                     .current
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
+                metrics.config_reloaded("credentials", true);
                 tracing::info!(file = %self.path.display(), provider = self.format.provider(), "credentials file changed; new credentials loaded");
             }
             Err(err) => {
+                metrics.config_reloaded("credentials", false);
                 tracing::warn!(file = %self.path.display(), error = %err, "the changed credentials file is not usable; keeping the credentials already loaded");
             }
         }
@@ -254,23 +257,17 @@ fn build(spec: Spec, context: &Context, provider: &'static str) -> Arc<dyn Crede
             session_name,
             duration,
             sts_region,
-        } => Arc::new(Refreshing::new(
-            RamRoleArn {
-                sts: context.sts(sts_region.as_deref()),
-                base: build(*base, context, provider),
-                session: context.session(role_arn, session_name, duration),
-            },
-            context.policy,
-        )),
-        Spec::EcsRamRole { role_name } => Arc::new(Refreshing::new(
-            EcsRamRole {
-                http: context.imds_http.clone(),
-                endpoint: context.imds_endpoint.clone(),
-                role_name,
-                imdsv1_disabled: context.imdsv1_disabled,
-            },
-            context.policy,
-        )),
+        } => Arc::new(context.refreshing(RamRoleArn {
+            sts: context.sts(sts_region.as_deref()),
+            base: build(*base, context, provider),
+            session: context.session(role_arn, session_name, duration),
+        })),
+        Spec::EcsRamRole { role_name } => Arc::new(context.refreshing(EcsRamRole {
+            http: context.imds_http.clone(),
+            endpoint: context.imds_endpoint.clone(),
+            role_name,
+            imdsv1_disabled: context.imdsv1_disabled,
+        })),
         Spec::OidcRoleArn {
             role_arn,
             oidc_provider_arn,
@@ -278,15 +275,12 @@ fn build(spec: Spec, context: &Context, provider: &'static str) -> Arc<dyn Crede
             session_name,
             duration,
             sts_region,
-        } => Arc::new(Refreshing::new(
-            OidcRoleArn {
-                sts: context.sts(sts_region.as_deref()),
-                session: context.session(role_arn, session_name, duration),
-                oidc_provider_arn,
-                oidc_token_file: token_file,
-            },
-            context.policy,
-        )),
+        } => Arc::new(context.refreshing(OidcRoleArn {
+            sts: context.sts(sts_region.as_deref()),
+            session: context.session(role_arn, session_name, duration),
+            oidc_provider_arn,
+            oidc_token_file: token_file,
+        })),
     }
 }
 

@@ -44,6 +44,19 @@ pub(crate) fn request(
 }
 
 fn from_body(input: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, RequestError> {
+    // An empty body is the empty message, as in Google's HTTP transcoding for `body: "*"`.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DynamicMessage::new(input.clone()));
+    }
+    if let Some(field) = field_named_twice(input, body) {
+        return Err(RequestError::InvalidJson {
+            line: 1,
+            column: 1,
+            detail: format!(
+                "the field {field} is given twice (under its JSON and its proto name, or repeated); give it once"
+            ),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     DynamicMessage::deserialize_with_options(
         input.clone(),
@@ -58,9 +71,57 @@ fn from_body(input: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, R
     })
 }
 
+/// The first field of `input` that the top-level object of `body` names twice (as
+/// `engineVersion` and `engine_version`, or the same key twice), which the JSON mapping would
+/// otherwise take silently, the last one winning. `None` when the body is no object: the
+/// parser says what is wrong with it.
+fn field_named_twice(input: &MessageDescriptor, body: &[u8]) -> Option<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    let Keys(keys) = serde_json::from_slice(body).ok()?;
+    let mut seen = Vec::new();
+    for key in keys {
+        let Some(field) = input
+            .get_field_by_json_name(&key)
+            .or_else(|| input.get_field_by_name(&key))
+        else {
+            continue;
+        };
+        if seen.contains(&field) {
+            return Some(field.json_name().to_string());
+        }
+        seen.push(field);
+    }
+    None
+}
+
 /// Each parameter names a field (either name) not bound by the path; a field takes one value
-/// unless it is repeated. Values are read as the JSON mapping reads strings (enums by name,
-/// numbers in strings); `true` and `false` for booleans.
+/// unless it is repeated. A field of a message is named by a dotted path (`selector.regionIds`,
+/// as `google.api.http` maps query parameters); in a repeated message field (`tags.key=a&
+/// tags.value=b&tags.key=c`) the parameters fill its elements in order, a new element starting
+/// when the last one already has the field named. Values are read as the JSON mapping reads
+/// strings (enums by name, numbers in strings); `true` and `false` for booleans.
 fn from_query(
     input: &MessageDescriptor,
     bound: &[(FieldDescriptor, String)],
@@ -71,51 +132,40 @@ fn from_query(
             .fields()
             .filter(|f| !bound.iter().any(|(b, _)| b == f))
             .map(|f| f.json_name().to_string())
+            .chain(std::iter::once("timeout".to_string()))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut values: Vec<(FieldDescriptor, &str, Vec<serde_json::Value>)> = Vec::new();
+    // Each top-level field with the first parameter that named it and its JSON value so far.
+    let mut values: Vec<(FieldDescriptor, &str, serde_json::Value)> = Vec::new();
     for (name, value) in parameters {
         let invalid = |detail: String| RequestError::InvalidParameter {
             name: name.clone(),
             detail,
         };
-        let field = input
-            .get_field_by_json_name(name)
-            .or_else(|| input.get_field_by_name(name))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "unknown query parameter; this route takes: {}",
-                    takes()
-                ))
-            })?;
+        let mut path = name.split('.');
+        let head = path.next().unwrap_or_default();
+        let rest: Vec<&str> = path.collect();
+        let field = field_named(input, head).ok_or_else(|| {
+            invalid(format!(
+                "unknown query parameter; this route takes: {}",
+                takes()
+            ))
+        })?;
         if bound.iter().any(|(b, _)| *b == field) {
             return Err(invalid("is given by the path, not the query".to_string()));
         }
-        let value = match field.kind() {
-            Kind::Bool => match value.as_str() {
-                "true" => serde_json::Value::Bool(true),
-                "false" => serde_json::Value::Bool(false),
-                _ => return Err(invalid(format!("{value:?} is not true or false"))),
-            },
-            Kind::Message(_) => {
-                return Err(invalid("cannot be given as a query parameter".to_string()));
+        let position = match values.iter().position(|(f, _, _)| *f == field) {
+            Some(i) => i,
+            None => {
+                values.push((field.clone(), name, empty_json(&field)));
+                values.len() - 1
             }
-            _ => serde_json::Value::String(value.clone()),
         };
-        match values.iter_mut().find(|(f, _, _)| *f == field) {
-            Some((_, _, list)) if field.is_list() => list.push(value),
-            Some(_) => return Err(invalid("is given more than once".to_string())),
-            None => values.push((field, name, vec![value])),
-        }
+        insert(&mut values[position].2, &field, &rest, value).map_err(invalid)?;
     }
     let mut message = DynamicMessage::new(input.clone());
-    for (field, name, mut list) in values {
-        let value = if field.is_list() {
-            serde_json::Value::Array(list)
-        } else {
-            list.swap_remove(0)
-        };
+    for (field, name, value) in values {
         let one = serde_json::Value::Object(
             [(field.json_name().to_string(), value)]
                 .into_iter()
@@ -130,6 +180,101 @@ fn from_query(
         message.set_field(&field, parsed.get_field(&field).into_owned());
     }
     Ok(message)
+}
+
+/// The field of `message` named `name`, by its JSON name or its proto name.
+fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_json_name(name)
+        .or_else(|| message.get_field_by_name(name))
+}
+
+/// A field's JSON value before any parameter set it.
+fn empty_json(field: &FieldDescriptor) -> serde_json::Value {
+    if field.is_list() {
+        serde_json::Value::Array(Vec::new())
+    } else if matches!(field.kind(), Kind::Message(_)) {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Puts the parameter `value` at `path` below `field` into `slot`, the field's JSON value.
+fn insert(
+    slot: &mut serde_json::Value,
+    field: &FieldDescriptor,
+    path: &[&str],
+    value: &str,
+) -> Result<(), String> {
+    match (field.kind(), path) {
+        (Kind::Message(_), _) if field.is_map() => {
+            Err("is a map, which cannot be given as a query parameter".to_string())
+        }
+        (Kind::Message(message), []) => Err(format!(
+            "is a message: name its fields, e.g. {}.{}",
+            field.json_name(),
+            message
+                .fields()
+                .next()
+                .map(|f| f.json_name().to_string())
+                .unwrap_or_default()
+        )),
+        (Kind::Message(message), [head, tail @ ..]) => {
+            let sub = field_named(&message, head)
+                .ok_or_else(|| format!("{} has no field {head:?}", message.name()))?;
+            let object = match slot {
+                serde_json::Value::Array(elements) => {
+                    // A new element when the last one already has this field.
+                    if elements.last().is_none_or(|last| is_set(last, &sub, tail)) {
+                        elements.push(serde_json::Value::Object(serde_json::Map::new()));
+                    }
+                    elements.last_mut()
+                }
+                other => Some(other),
+            };
+            let Some(serde_json::Value::Object(object)) = object else {
+                return Err("cannot be given as a query parameter".to_string());
+            };
+            let entry = object
+                .entry(sub.json_name().to_string())
+                .or_insert_with(|| empty_json(&sub));
+            insert(entry, &sub, tail, value)
+        }
+        (_, [_, ..]) => Err(format!("{} is not a message", field.json_name())),
+        (kind, []) => {
+            let value = match kind {
+                Kind::Bool => match value {
+                    "true" => serde_json::Value::Bool(true),
+                    "false" => serde_json::Value::Bool(false),
+                    _ => return Err(format!("{value:?} is not true or false")),
+                },
+                _ => serde_json::Value::String(value.to_string()),
+            };
+            match slot {
+                serde_json::Value::Array(list) => list.push(value),
+                serde_json::Value::Null => *slot = value,
+                _ => return Err("is given more than once".to_string()),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether `element` (an object) already has a value at `sub` and then `tail`, so that a
+/// parameter naming it belongs to a new element of a repeated message. A repeated field takes
+/// more values and is never "set".
+fn is_set(element: &serde_json::Value, sub: &FieldDescriptor, tail: &[&str]) -> bool {
+    let Some(value) = element.get(sub.json_name()) else {
+        return false;
+    };
+    match (sub.kind(), tail) {
+        _ if sub.is_list() => false,
+        (Kind::Message(message), [head, rest @ ..]) => {
+            field_named(&message, head).is_some_and(|next| is_set(value, &next, rest))
+        }
+        _ => !value.is_null(),
+    }
 }
 
 /// `message` as one gRPC message frame (uncompressed).
@@ -274,6 +419,59 @@ mod tests {
             match read(list) {
                 Err(RequestError::InvalidParameter { name: got, .. }) => assert_eq!(got, name),
                 other => panic!("{list:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_and_nested_query_parameters_fill_the_message() {
+        let input = descriptor("ListInstancesRequest");
+        let read = |list: &[(&str, &str)]| {
+            let params: Vec<(String, String)> = list
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            request(&input, Vec::new(), &params, None)
+                .map(|m| pb::ListInstancesRequest::decode(m.encode_to_vec().as_slice()).unwrap())
+        };
+        let list = read(&[
+            ("regionIds", "cn-hangzhou"),
+            ("region_ids", "cn-shenzhen"),
+            ("tags.key", "env"),
+            ("tags.value", "prod"),
+            ("tags.key", "team"),
+            ("tags.key", "tier"),
+            ("tags.value", "gold"),
+            ("resourceGroupId", "rg-1"),
+        ])
+        .unwrap();
+        assert_eq!(list.region_ids, ["cn-hangzhou", "cn-shenzhen"]);
+        let tag = |k: &str, v: &str| pb::Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        assert_eq!(
+            list.tags,
+            [tag("env", "prod"), tag("team", ""), tag("tier", "gold")],
+            "a field already set in the last element starts the next one"
+        );
+        assert_eq!(list.resource_group_id, "rg-1");
+        for (params, name, needle) in [
+            (&[("tags", "env")][..], "tags", "tags.key"),
+            (&[("tags.colour", "red")][..], "tags.colour", "no field"),
+            (&[("regionIds.x", "y")][..], "regionIds.x", "not a message"),
+            (
+                &[("resourceGroupId", "a"), ("resourceGroupId", "b")][..],
+                "resourceGroupId",
+                "more than once",
+            ),
+        ] {
+            match read(params) {
+                Err(RequestError::InvalidParameter { name: got, detail }) => {
+                    assert_eq!(got, name);
+                    assert!(detail.contains(needle), "{params:?}: {detail}");
+                }
+                other => panic!("{params:?}: {other:?}"),
             }
         }
     }

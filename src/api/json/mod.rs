@@ -162,6 +162,14 @@ impl Shared {
         S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
     {
         let (parts, body) = request.into_parts();
+        // One limit for both protocols: HTTP/2 refuses more metadata itself.
+        let size = header_list_size(&parts.headers);
+        if size > crate::api::MAX_HEADER_LIST_BYTES {
+            return Ok(self.refuse(RequestError::HeadersTooLarge {
+                size,
+                limit: crate::api::MAX_HEADER_LIST_BYTES,
+            }));
+        }
         let (route, bound) = match self.routes.select(&parts.method, parts.uri.path()) {
             Selected::Route { route, bound } => (route, bound),
             Selected::MethodNotAllowed { allowed } => {
@@ -182,6 +190,12 @@ impl Shared {
                 return Ok(response);
             }
             Selected::NotFound => {
+                tracing::info!(
+                    method = %clip(parts.method.as_str()),
+                    path = %clip(parts.uri.path()),
+                    "HTTP request matched no route"
+                );
+                self.telemetry.metrics().route_missed();
                 return Ok(self.refuse(RequestError::RouteNotFound {
                     method: clip(parts.method.as_str()),
                     path: clip(parts.uri.path()),
@@ -189,20 +203,17 @@ impl Shared {
                 }));
             }
         };
-        let mut call = HttpCall::start(&self.telemetry, route, &parts);
+        let call = HttpCall::start(&self.telemetry, route, &parts);
         let span = call.span.clone();
         let prepared = span.in_scope(|| self.prepare(route, &parts));
-        let Prepared {
-            timeout,
-            parameters,
-        } = match prepared {
-            Ok(prepared) => prepared,
-            Err(err) => {
-                let status = tonic::Status::from(Error::from(err));
-                let response = self.statuses.response(&status);
-                call.finish(status.code(), response.status());
-                return Ok(response);
-            }
+        // What is wrong with the headers is the message's fault, answered once the gate has
+        // authenticated the caller: a stranger hears 401, not 415 or 413.
+        let (timeout, parameters, refused) = match prepared {
+            Ok(Prepared {
+                timeout,
+                parameters,
+            }) => (timeout, parameters, None),
+            Err(err) => (None, Vec::new(), Some(err)),
         };
 
         // The message is read and parsed as the body of the gRPC call, so the gate has admitted
@@ -211,6 +222,9 @@ impl Shared {
         let max_body = self.max_body;
         let with_body = route.body;
         let message = async move {
+            if let Some(err) = refused {
+                return Err(tonic::Status::from(Error::from(err)));
+            }
             let body = if with_body {
                 Some(read_body(body, max_body).await?)
             } else {
@@ -384,6 +398,15 @@ impl Shared {
 struct Prepared {
     timeout: Option<Duration>,
     parameters: Vec<(String, String)>,
+}
+
+/// The size of a header list as HTTP/2 counts it (RFC 9113 6.5.2): name, value and 32 bytes
+/// for each field.
+fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// A caller's text, cut to a length fit for an error message.

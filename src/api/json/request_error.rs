@@ -28,6 +28,8 @@ pub enum RequestError {
     },
     #[error("{name}: {detail}")]
     InvalidParameter { name: String, detail: String },
+    #[error("the request headers take {size} bytes, more than the {limit} bytes allowed")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
 }

@@ -94,18 +94,10 @@ impl Routes {
                     method.name()
                 )));
             };
-            let mut rules = vec![rule.clone()];
-            if let Some(more) = rule.get_field_by_name("additional_bindings")
-                && let Value::List(more) = more.as_ref()
-            {
-                rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
-            }
-            for rule in &rules {
-                routes.push(
-                    route(&method, rule)
-                        .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
-                );
-            }
+            routes.push(
+                route(&method, &rule)
+                    .map_err(|reason| fail(format!("{}: {reason}", method.name())))?,
+            );
         }
         if routes.is_empty() {
             return Err(fail(format!("no method has a {HTTP_OPTION} option")));
@@ -234,6 +226,10 @@ fn route(method: &MethodDescriptor, rule: &DynamicMessage) -> Result<Route, Stri
     if !text("response_body").is_empty() {
         return Err("response_body is not supported".to_string());
     }
+    // One route per method: nothing here uses more, so nothing would test them.
+    if rule.has_field_by_name("additional_bindings") {
+        return Err("additional_bindings are not supported".to_string());
+    }
     let input = method.input();
     let (segments, verb) = parse_template(&template, &input)?;
     let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name());
@@ -350,6 +346,13 @@ mod tests {
                     format!("{service}/WatchUpgrade"),
                     true
                 ),
+                (
+                    "GET".to_string(),
+                    "/v1/instances".to_string(),
+                    false,
+                    format!("{service}/ListInstances"),
+                    false
+                ),
             ]
         );
         // Every RPC of the service is reachable over HTTP.
@@ -414,8 +417,17 @@ mod tests {
             selected(http::Method::DELETE, "/v1/instances/x/engineVersion").unwrap_err(),
             "405 [GET]"
         );
+        assert_eq!(
+            selected(http::Method::GET, "/v1/instances").unwrap(),
+            ("ListInstances".into(), vec![])
+        );
+        assert_eq!(
+            selected(http::Method::POST, "/v1/instances").unwrap_err(),
+            "405 [GET]"
+        );
         for path in [
             "/",
+            "/v1/instances/",
             "/v1/instances/x",
             "/v1/instances//engineVersion",
             "/v1/instances/x/engineVersion/",

@@ -75,6 +75,7 @@ pub(crate) fn http_status(status: &tonic::Status) -> StatusCode {
         Some("REQUEST_TOO_LARGE") => return StatusCode::PAYLOAD_TOO_LARGE,
         Some("UNSUPPORTED_MEDIA_TYPE") => return StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Some("METHOD_NOT_ALLOWED") => return StatusCode::METHOD_NOT_ALLOWED,
+        Some("HEADERS_TOO_LARGE") => return StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         _ => {}
     }
     match status.code() {

@@ -1,6 +1,8 @@
-//! Rebalancing and clean rollouts over loopback: an aged connection gets GOAWAY while its calls
-//! in flight finish, and is closed after the age's grace; at shutdown health turns NOT_SERVING
-//! while the listener still answers, and a stuck call cannot hold the shutdown past its grace.
+//! Connection ageing and shutdown over loopback: an aged connection gets GOAWAY while its calls
+//! in flight finish, and is closed after the age's grace; a watch longer than the age ends with a
+//! whole UNAVAILABLE answer (gRPC) or a last error line (HTTP) before that close, and the CLI
+//! resumes it; at shutdown health turns NOT_SERVING while the listener still answers, and a stuck
+//! call cannot hold the shutdown past its grace.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
@@ -206,4 +208,124 @@ async fn shutdown_ends_within_its_grace_and_closes_a_stuck_call() {
         .expect("the stuck call's connection is closed when the grace is over")
         .unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
+}
+
+/// A gateway whose connections age out after 300 ms (+ 400 ms grace), in front of a sandbox whose
+/// upgrades take `upgrade`, watching every 20 ms.
+async fn ageing_gateway(upgrade: Duration) -> Gateway {
+    Gateway::start_with(Options {
+        sandbox: dds_gateway::sandbox::SandboxConfig {
+            upgrade_duration: upgrade,
+            ..Default::default()
+        },
+        configure: Some(|config| {
+            config.server.max_connection_age = Some(Duration::from_millis(300));
+            config.server.max_connection_age_grace = Duration::from_millis(400);
+            config.watch.poll_interval = Duration::from_millis(20);
+        }),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Starts an upgrade of dds-sandbox01 to 4.4 (on a connection of its own).
+async fn start_upgrade(gw: &Gateway) {
+    let channel = common::channel(gw.addr).await;
+    EngineVersionServiceClient::new(channel)
+        .upgrade_engine_version(request("dds-sandbox01", "4.4"))
+        .await
+        .unwrap();
+}
+
+fn watch_request() -> dds_gateway::pb::WatchUpgradeRequest {
+    dds_gateway::pb::WatchUpgradeRequest {
+        db_instance_id: "dds-sandbox01".into(),
+        engine_version: "4.4".into(),
+        region_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_ends_with_unavailable_before_its_connection_ages_out() {
+    use tonic_types::StatusExt as _;
+    let gw = ageing_gateway(Duration::from_secs(30)).await;
+    start_upgrade(&gw).await;
+    let channel = common::channel(gw.addr).await;
+    let mut stream = EngineVersionServiceClient::new(channel)
+        .watch_upgrade(watch_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends before the upgrade");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "CONNECTION_AGED", "{status:?}");
+    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_watch_ends_with_a_last_error_line_before_its_connection_ages_out() {
+    let gw = ageing_gateway(Duration::from_secs(30)).await;
+    start_upgrade(&gw).await;
+    let mut response = reqwest::get(format!(
+        "http://{}/v1/instances/dds-sandbox01/engineVersion:watch?engineVersion=4.4&timeout=30s",
+        gw.addr
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    // A truncated chunked body is an error here.
+    while let Some(chunk) = response.chunk().await.expect("a whole chunked body") {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], 14, "{text}");
+    let reasons: Vec<&serde_json::Value> = last["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["reason"])
+        .collect();
+    assert!(
+        reasons.contains(&&serde_json::json!("CONNECTION_AGED")),
+        "{text}"
+    );
+}
+
+/// The CLI's watch follows an upgrade that lasts several connection ages to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_watch_resumes_across_several_connection_ages() {
+    let gw = ageing_gateway(Duration::from_millis(2500)).await;
+    start_upgrade(&gw).await;
+    let args = dds_gateway::client::StatusArgs {
+        target: dds_gateway::client::Target {
+            url: format!("http://{}", gw.addr),
+            token: None,
+            ca_cert: None,
+            client_cert: None,
+        },
+        instance: "dds-sandbox01".into(),
+        region: None,
+        version: "4.4".into(),
+        timeout: PATIENCE,
+    };
+    let mut lines = Vec::new();
+    let outcome = dds_gateway::client::watch(args, |line| lines.push(line.to_string())).await;
+    assert!(
+        matches!(outcome, dds_gateway::client::Outcome::Answered(_)),
+        "{outcome:?} after {lines:?}"
+    );
+    assert!(lines.last().unwrap().ends_with(": done\n"), "{lines:?}");
+    assert_eq!(lines.len(), 2, "each state once, across resumes: {lines:?}");
 }

@@ -1,0 +1,261 @@
+//! The account-wide budget of calls to Alibaba (`[alibaba.quota]`), per region: at most
+//! `max_in_flight` calls open and `calls_per_second` started in any one second, across every
+//! replica. Alibaba throttles per account (`Throttling.User`), so one fleet campaign must not
+//! take the whole account's share. Every call takes a place and a rate token before it is signed
+//! and gives the place back when its answer is in; a caller waits in line (first come, first
+//! served on this replica) within its deadline, and gets RESOURCE_EXHAUSTED with `RetryInfo` only
+//! when the deadline cannot be met.
+//!
+//! The budget is kept by a [`QuotaStore`] (in memory for one replica, in Redis for several:
+//! `state::quota`), whose places are leases that their holder renews, so a replica that dies
+//! holding places frees them within one lease. If the store cannot be reached, each replica
+//! keeps to its own `max_in_flight` and logs it: calls to Alibaba are not stopped by a store
+//! outage. On this replica, at most `max_in_flight` calls per region ask the store at all, so
+//! callers waiting in line cost neither a connection to Alibaba nor a round trip to the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+tokio::task_local! {
+    /// The deadline of the call being made on this task, set by the [`Alibaba`] facade around
+    /// its attempts, so that a place is waited for no longer than the caller waits.
+    ///
+    /// [`Alibaba`]: super::Alibaba
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` with `deadline` as the deadline of the calls it makes.
+pub async fn with_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
+    DEADLINE.scope(deadline, work).await
+}
+
+/// The deadline of the calls made on this task, if the facade set one.
+pub fn deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// What the budget is: per region, across replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub calls_per_second: u32,
+    pub max_in_flight: u32,
+}
+
+impl From<crate::config::QuotaConfig> for QuotaLimits {
+    fn from(config: crate::config::QuotaConfig) -> Self {
+        Self {
+            calls_per_second: config.calls_per_second,
+            max_in_flight: config.max_in_flight,
+        }
+    }
+}
+
+/// What the store says to one attempt to take a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The place and a rate token are the holder's until it releases them (the place until its
+    /// lease ends unless renewed).
+    Granted,
+    /// Not now: try again after this long (when the oldest call of the last second leaves the
+    /// window, or a little later when every place is taken).
+    Wait(Duration),
+}
+
+/// The store could not be asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("quota store unavailable: {0}")]
+pub struct QuotaStoreError(pub String);
+
+/// Where the budget is kept: shared by the replicas that use one store.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync + std::fmt::Debug {
+    /// Takes a place in flight and a rate token for `region` as `holder`, leased for `lease`,
+    /// if `limits` allow both now.
+    async fn try_acquire(
+        &self,
+        region: &str,
+        holder: &str,
+        limits: QuotaLimits,
+        lease: Duration,
+    ) -> Result<Grant, QuotaStoreError>;
+
+    /// Extends `holder`'s lease on its place.
+    async fn renew(
+        &self,
+        region: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<(), QuotaStoreError>;
+
+    /// Gives `holder`'s place back.
+    async fn release(&self, region: &str, holder: &str) -> Result<(), QuotaStoreError>;
+}
+
+/// The longest a waiting call sleeps before asking the store again when every place is taken
+/// (a place comes back when a call ends, which the store cannot announce).
+const POLL: Duration = Duration::from_millis(20);
+
+/// No call may be refused its turn forever: without a caller's deadline, a call waits this long.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a call did not get its place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the account's budget of calls to Alibaba in {region} is spent until after the deadline")]
+pub struct Exhausted {
+    pub region: String,
+    /// When a place would likely be free.
+    pub retry_after: Duration,
+}
+
+/// The budget, as this replica takes from it.
+#[derive(Debug)]
+pub struct Quota {
+    store: Arc<dyn QuotaStore>,
+    limits: QuotaLimits,
+    lease: Duration,
+    /// Per region: this replica's line, at most `max_in_flight` calls past it.
+    local: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Quota {
+    pub fn new(store: Arc<dyn QuotaStore>, limits: QuotaLimits, lease: Duration) -> Self {
+        Self {
+            store,
+            limits,
+            lease,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn line(&self, region: &str) -> Arc<Semaphore> {
+        let mut local = self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(local.entry(region.to_string()).or_insert_with(|| {
+            Arc::new(Semaphore::new(
+                usize::try_from(self.limits.max_in_flight).unwrap_or(usize::MAX),
+            ))
+        }))
+    }
+
+    /// Waits for a place and a rate token in `region` until `deadline` (none: a minute).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        region: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Place, Exhausted> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
+        let exhausted = |retry_after: Duration| Exhausted {
+            region: region.to_string(),
+            retry_after: retry_after.max(Duration::from_millis(100)),
+        };
+        let line = self.line(region);
+        let local = tokio::time::timeout_at(deadline, line.acquire_owned())
+            .await
+            .map_err(|_| exhausted(POLL))?
+            .map_err(|_| exhausted(POLL))?;
+        let holder = uuid::Uuid::new_v4().to_string();
+        loop {
+            match self
+                .store
+                .try_acquire(region, &holder, self.limits, self.lease)
+                .await
+            {
+                Ok(Grant::Granted) => {
+                    return Ok(Place::held(Arc::clone(self), region, holder, local));
+                }
+                Ok(Grant::Wait(wait)) => {
+                    let wait = wait.max(Duration::from_millis(1));
+                    if crate::deadline::later(Instant::now(), wait) > deadline {
+                        return Err(exhausted(wait));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(err) => {
+                    // The store is out: this replica's own line still bounds its calls.
+                    tracing::warn!(error = %err, region, "alibaba quota: the store cannot be reached; keeping to this replica's max_in_flight only");
+                    return Ok(Place::local_only(local));
+                }
+            }
+        }
+    }
+}
+
+/// A place in a region's budget, given back when dropped.
+#[derive(Debug)]
+pub struct Place {
+    shared: Option<Shared>,
+    /// This replica's place in line, given back after the store's place.
+    local: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    quota: Arc<Quota>,
+    region: String,
+    holder: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Place {
+    fn held(quota: Arc<Quota>, region: &str, holder: String, local: OwnedSemaphorePermit) -> Self {
+        // Renews the lease while the call lasts, so a slow answer does not lose its place and
+        // a dead replica's place lapses.
+        let renewal = {
+            let (quota, region, holder) = (Arc::clone(&quota), region.to_string(), holder.clone());
+            tokio::spawn(async move {
+                let every = quota.lease / 3;
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(err) = quota.store.renew(&region, &holder, quota.lease).await {
+                        tracing::debug!(error = %err, "alibaba quota: lease not renewed");
+                    }
+                }
+            })
+        };
+        Self {
+            shared: Some(Shared {
+                quota,
+                region: region.to_string(),
+                holder,
+                renewal,
+            }),
+            local: Some(local),
+        }
+    }
+
+    fn local_only(local: OwnedSemaphorePermit) -> Self {
+        Self {
+            shared: None,
+            local: Some(local),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.renewal.abort();
+            let local = self.local.take();
+            // Given back in the background: a drop cannot wait. Should it fail, the lease ends.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _local = local;
+                    if let Err(err) = shared
+                        .quota
+                        .store
+                        .release(&shared.region, &shared.holder)
+                        .await
+                    {
+                        tracing::debug!(error = %err, "alibaba quota: place not given back; its lease will end");
+                    }
+                });
+            }
+        }
+    }
+}
