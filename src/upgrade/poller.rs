@@ -25,6 +25,9 @@ pub type Look = Result<InstanceAttribute, Status>;
 /// What followers receive: `None` until the first read answers.
 pub type Looks = watch::Receiver<Option<Look>>;
 
+/// (region, instance) → the sender of its poll task, while the task runs.
+type Polls = HashMap<(String, String), watch::Sender<Option<Look>>>;
+
 /// How long one read may take, retries included (a poll interval may be far shorter).
 const READ_BUDGET: Duration = Duration::from_secs(30);
 
@@ -38,8 +41,7 @@ pub struct Poller {
 struct Inner {
     alibaba: Alibaba,
     interval: Duration,
-    /// (region, instance) → the sender of its poll task, while the task runs.
-    polls: Mutex<HashMap<(String, String), watch::Sender<Option<Look>>>>,
+    polls: Mutex<Polls>,
     /// Poll tasks running now.
     running: AtomicUsize,
 }
@@ -127,7 +129,7 @@ impl Poller {
         }
     }
 
-    fn polls(&self) -> MutexGuard<'_, HashMap<(String, String), watch::Sender<Option<Look>>>> {
+    fn polls(&self) -> MutexGuard<'_, Polls> {
         self.inner
             .polls
             .lock()
