@@ -330,7 +330,8 @@ fn gated_service(
     );
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit)
-        .with_activity(activity);
+        .with_activity(activity)
+        .with_rollouts(Arc::clone(&state.rollouts));
     let upgrades = service.open_upgrades();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
