@@ -307,6 +307,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// The engine version service behind the gate: callers, rates (shared through Redis when the
 /// state is there), the in-flight limit and the request deadline.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the server's shared parts, each built once by serve_inner and handed over here"
+)]
 fn gated_service(
     config: &Config,
     state: &crate::state::State,
