@@ -1002,7 +1002,10 @@ mod tests {
             .collect();
         assert!(extra.is_empty(), "keys the table lacks: {extra:?}");
         let missing: Vec<&String> = table.difference(&shown).collect();
-        assert!(missing.is_empty(), "keys docs/configuration.md lacks: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "keys docs/configuration.md lacks: {missing:?}"
+        );
     }
 
     /// The README's own examples use only keys that exist.
