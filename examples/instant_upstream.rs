@@ -3,6 +3,8 @@
 //! own cost stays negligible. Instance `dds-bp1234567890ab` is always `Running` on 4.4 in
 //! `cn-hangzhou`, 5.0 is always offered, and every upgrade is accepted, so each call finds a
 //! fresh state. Loopback only; prints `listening on ADDR` once it accepts connections.
+//! `GET /stats` answers `describe_calls N`: the `DescribeDBInstanceAttribute` calls so far (the
+//! load tool's `--watch` mode reads it to count reads per poll interval).
 //!
 //! ```sh
 //! cargo run --release --example instant_upstream -- [--listen 127.0.0.1:0]
@@ -26,6 +28,9 @@ const UPGRADE: &str = r#"{"RequestId":"5A8B1E52-0000-4000-8000-000000000001"}"#;
 const DESCRIBE: &str = r#"{"RequestId":"5A8B1E52-0000-4000-8000-000000000002","DBInstances":{"DBInstance":[{"DBInstanceId":"dds-bp1234567890ab","DBInstanceStatus":"Running","EngineVersion":"4.4","Engine":"MongoDB","DBInstanceType":"replicate","RegionId":"cn-hangzhou","ZoneId":"cn-hangzhou-b","LockMode":"Unlock","StorageEngine":"WiredTiger"}]}}"#;
 const OFFERED: &str = r#"{"RequestId":"5A8B1E52-0000-4000-8000-000000000003","EngineVersions":{"EngineVersion":["5.0","6.0","7.0","8.0"]}}"#;
 const UNKNOWN: &str = r#"{"RequestId":"5A8B1E52-0000-4000-8000-000000000004","Code":"InvalidAction.NotFound","Message":"Specified api is not found, please check your url and method."}"#;
+
+/// `DescribeDBInstanceAttribute` calls answered so far.
+static DESCRIBE_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// The most calls one `--direct` run may make.
 const MAX_DIRECT_REQUESTS: u64 = 1_000_000;
@@ -72,7 +77,17 @@ async fn serve(listen: &str) -> Result<(), String> {
         .map_err(|err| format!("--listen {listen:?}: {err}"))?;
     let local = listener.local_addr().map_err(|err| err.to_string())?;
     println!("listening on {local}");
-    let app = axum::Router::new().fallback(answer);
+    let app = axum::Router::new()
+        .route(
+            "/stats",
+            axum::routing::get(|| async {
+                format!(
+                    "describe_calls {}\n",
+                    DESCRIBE_CALLS.load(Ordering::Relaxed)
+                )
+            }),
+        )
+        .fallback(answer);
     axum::serve(listener, app)
         .await
         .map_err(|err| err.to_string())
@@ -87,6 +102,7 @@ async fn answer(headers: HeaderMap, body: Bytes) -> Response {
     let (status, body) = match action.as_slice() {
         b"UpgradeDBInstanceEngineVersion" => (StatusCode::OK, Cow::Borrowed(UPGRADE)),
         b"DescribeDBInstanceAttribute" => {
+            DESCRIBE_CALLS.fetch_add(1, Ordering::Relaxed);
             // The instance asked about, whatever its id: every instance is the same one.
             let id = form_value(&body, b"DBInstanceId")
                 .and_then(|id| std::str::from_utf8(id).ok())

@@ -7,8 +7,14 @@
 //! ```sh
 //! cargo run --release --example load -- --target http://127.0.0.1:50051 --concurrency 128 \
 //!   --requests 50000 [--duration 60s] [--validate-only] [--health] [--server-pid PID] \
-//!   [--token-file F] [--markdown-row LABEL]
+//!   [--token-file F] [--request-id fresh|replay] [--markdown-row LABEL]
 //! ```
+//!
+//! `--watch` holds `--concurrency` `WatchUpgrade` streams over `--instances` instances for
+//! `--duration` (the instances must stay short of the target, as the instant upstream's do) and
+//! reports the upstream's `DescribeDBInstanceAttribute` calls per `--poll-interval` (read from
+//! `--upstream`'s `/stats` at the start and the end of the window, once every stream has its
+//! first message) with the gateway's peak RSS.
 //!
 //! Only loopback targets are accepted: this is a tool for a test bench, not for production.
 
@@ -80,6 +86,22 @@ struct Args {
     /// Calls made before measuring, to open connections and warm caches.
     #[arg(long, default_value_t = 1000)]
     warmup: u64,
+    /// With a `request_id`: `fresh` (a new UUID per call: a first idempotent upgrade) or
+    /// `replay` (one UUID per slot, the same every call: a replay after the first).
+    #[arg(long, value_parser = ["fresh", "replay"])]
+    request_id: Option<String>,
+    /// Hold `--concurrency` `WatchUpgrade` streams for `--duration` instead of making calls.
+    #[arg(long, conflicts_with_all = ["health", "validate_only"])]
+    watch: bool,
+    /// `--watch`: the instances the streams are spread over.
+    #[arg(long, default_value_t = 100)]
+    instances: usize,
+    /// `--watch`: the gateway's `watch.poll_interval`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// `--watch`: the upstream (`examples/instant_upstream.rs`), whose `/stats` counts reads.
+    #[arg(long)]
+    upstream: Option<String>,
     /// Print one Markdown table row labelled LABEL instead of the report.
     #[arg(long)]
     markdown_row: Option<String>,
@@ -162,6 +184,9 @@ async fn run(args: Args) -> Result<(), String> {
             health: HealthClient::new(channel),
         });
     }
+    if args.watch {
+        return watch(&args, &clients, token).await;
+    }
     let request = pb::UpgradeEngineVersionRequest {
         db_instance_id: args.instance.clone(),
         engine_version: args.version.clone(),
@@ -172,6 +197,7 @@ async fn run(args: Args) -> Result<(), String> {
         call,
         request,
         token,
+        request_id: args.request_id.clone(),
     });
 
     // Warm-up: open every stream window and let the server allocate its pools before measuring.
@@ -247,6 +273,8 @@ struct Shared {
     call: Call,
     request: pb::UpgradeEngineVersionRequest,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// `--request-id`.
+    request_id: Option<String>,
 }
 
 /// Runs `concurrency` workers that together make `requests` calls or stop at `deadline`.
@@ -291,6 +319,7 @@ async fn worker(
     };
     let mut upgrade = shared.request.clone();
     upgrade.db_instance_id = format!("{}{slot:04}", upgrade.db_instance_id);
+    let replayed = uuid::Uuid::new_v4().to_string();
     while issued.fetch_add(1, Ordering::Relaxed) < requests {
         let now = Instant::now();
         if now >= deadline {
@@ -307,6 +336,11 @@ async fn worker(
                 code_of(clients.health.check(request).await)
             }
             Call::Upgrade => {
+                match shared.request_id.as_deref() {
+                    Some("fresh") => upgrade.request_id = uuid::Uuid::new_v4().to_string(),
+                    Some(_) => upgrade.request_id.clone_from(&replayed),
+                    None => {}
+                }
                 let mut request = tonic::Request::new(upgrade.clone());
                 request.set_timeout(timeout);
                 if let Some(token) = &shared.token {
@@ -322,6 +356,129 @@ async fn worker(
         tally.codes[code] += 1;
     }
     tally
+}
+
+/// `--watch`: holds the streams, counts the upstream's reads over `--duration` once every
+/// stream has its first message, and prints them per poll interval with the peak RSS.
+async fn watch(
+    args: &Args,
+    clients: &[Clients],
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<(), String> {
+    let upstream = args
+        .upstream
+        .as_deref()
+        .ok_or("--watch needs --upstream (the instant upstream's address)")?;
+    check_loopback(upstream)?;
+    if args.instances == 0 || args.instances > args.concurrency {
+        return Err("--instances must be 1..=--concurrency".to_string());
+    }
+    let stats = format!("{}/stats", upstream.trim_end_matches('/'));
+    dds_gateway::tls::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let describe_calls = || async {
+        let text = http
+            .get(&stats)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|err| format!("{stats}: {err}"))?
+            .text()
+            .await
+            .map_err(|err| format!("{stats}: {err}"))?;
+        text.trim()
+            .strip_prefix("describe_calls ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| format!("{stats}: unexpected answer {text:?}"))
+    };
+    let sampler = args.server_pid.map(|pid| {
+        let stop = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let handle = tokio::spawn(sample_rss(pid, stop.clone(), peak.clone()));
+        (stop, peak, handle)
+    });
+    let (first_tx, mut first_rx) =
+        tokio::sync::mpsc::channel::<Result<(), String>>(args.concurrency);
+    let mut streams = Vec::with_capacity(args.concurrency);
+    for slot in 0..args.concurrency {
+        let mut client = clients[slot % clients.len()].engine.clone();
+        let mut request = tonic::Request::new(pb::WatchUpgradeRequest {
+            db_instance_id: format!("{}{:04}", args.instance, slot % args.instances),
+            engine_version: args.version.clone(),
+            region_id: String::new(),
+        });
+        request.set_timeout(args.duration + Duration::from_secs(60));
+        if let Some(token) = &token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let first_tx = first_tx.clone();
+        streams.push(tokio::spawn(async move {
+            let mut stream = match client.watch_upgrade(request).await {
+                Ok(answer) => answer.into_inner(),
+                Err(status) => {
+                    let _ = first_tx.send(Err(format!("WatchUpgrade: {status}"))).await;
+                    return;
+                }
+            };
+            let first = match stream.message().await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("a watch ended without a message".to_string()),
+                Err(status) => Err(format!("WatchUpgrade: {status}")),
+            };
+            let _ = first_tx.send(first).await;
+            // Held open until aborted: the instance never reaches the target.
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    drop(first_tx);
+    for _ in 0..args.concurrency {
+        match first_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(problem)) => return Err(problem),
+            None => return Err("the watches ended early".to_string()),
+        }
+    }
+    let before = describe_calls().await?;
+    let started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let after = describe_calls().await?;
+    let elapsed = started.elapsed();
+    let open = streams.iter().filter(|s| !s.is_finished()).count();
+    for stream in &streams {
+        stream.abort();
+    }
+    let peak_rss_kib = match sampler {
+        Some((stop, peak, handle)) => {
+            stop.store(1, Ordering::Relaxed);
+            let _ = handle.await;
+            Some(peak.load(Ordering::Relaxed))
+        }
+        None => None,
+    };
+    let intervals = elapsed.as_secs_f64() / args.poll_interval.as_secs_f64();
+    let per_interval = (after - before) as f64 / intervals;
+    let per_instance = per_interval / args.instances as f64;
+    let rss = peak_rss_kib.map_or("–".to_string(), |k| {
+        format!("{:.1} MiB", k as f64 / 1024.0)
+    });
+    match &args.markdown_row {
+        Some(label) => println!(
+            "| {label} | {} over {} instances | {per_interval:.1} ({per_instance:.2} per instance) | {rss} | {open} open at the end |",
+            args.concurrency, args.instances
+        ),
+        None => println!(
+            "watches     {} over {} instances ({open} still open at the end)\n\
+             Describe    {} calls in {:.1} s = {per_interval:.1} per poll interval ({per_instance:.2} per instance)\n\
+             server RSS  peak {rss}",
+            args.concurrency,
+            args.instances,
+            after - before,
+            elapsed.as_secs_f64()
+        ),
+    }
+    Ok(())
 }
 
 fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> usize {

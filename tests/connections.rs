@@ -179,3 +179,70 @@ async fn an_http1_request_head_dribbled_byte_by_byte_is_cut() {
     }
     assert!(cut);
 }
+
+/// Connections with no request in flight for `server.idle_timeout` are closed: a client that
+/// sends the HTTP/2 preface and SETTINGS and then nothing, and an HTTP/1.1 keep-alive connection
+/// after its answer; a watch longer than the timeout is not cut (issue 20).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_watches_are_not() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = Gateway::start_with(Options {
+        configure: Some(|config| {
+            config.server.idle_timeout = Duration::from_millis(300);
+            config.watch.poll_interval = Duration::from_millis(50);
+        }),
+        ..Options::default()
+    })
+    .await;
+
+    // The HTTP/2 preface and an empty SETTINGS frame, then silence.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_the_gateway(&mut silent).await,
+        "an idle HTTP/2 connection is still open"
+    );
+
+    // HTTP/1.1: a watch that runs past the idle timeout to its own deadline (1 s) is answered
+    // whole, then the kept-alive connection is closed once idle.
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(
+        b"GET /v1/instances/dds-sandbox02/engineVersion:watch?engineVersion=5.0&timeout=1s HTTP/1.1\r\nhost: gw\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_whole = async {
+        // The chunked body's last chunk.
+        while !answer.ends_with(b"0\r\n\r\n") {
+            let n = kept.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-watch: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_whole)
+        .await
+        .expect("the watch never ended");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("DEADLINE_EXCEEDED"), "{text}");
+    assert!(
+        closed_by_the_gateway(&mut kept).await,
+        "an idle HTTP/1.1 connection is still open"
+    );
+
+    // A client that keeps calling keeps its connection.
+    let mut client = EngineVersionServiceClient::new(common::channel(gw.addr).await);
+    client
+        .upgrade_engine_version(validate_only())
+        .await
+        .unwrap();
+}

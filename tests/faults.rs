@@ -26,18 +26,26 @@ use common::redis::{PASSWORD, RedisServer};
 use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig, UpgradeCall};
+use dds_gateway::sandbox::{Fault, FleetSpec, Sandbox, SandboxConfig, UpgradeCall};
 use proptest::prelude::RngExt;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The instances the clients race on (all `Running` in the sandbox), with their regions.
+/// The instances the clients race on (all `Running` in the sandbox), with their regions: the
+/// demo instances and a small fleet on 4.2, so that a run has many upgrades to make.
 const INSTANCES: &[(&str, &str)] = &[
     ("dds-sandbox01", "cn-hangzhou"),
     ("dds-sandbox02", "cn-hangzhou"),
     ("dds-sandbox03", "cn-hangzhou"),
     ("dds-sandboxsz", "cn-shenzhen"),
+    ("dds-fleet000", "cn-hangzhou"),
+    ("dds-fleet001", "cn-hangzhou"),
+    ("dds-fleet002", "cn-hangzhou"),
+    ("dds-fleet003", "cn-hangzhou"),
+    ("dds-fleet004", "cn-hangzhou"),
+    ("dds-fleet005", "cn-hangzhou"),
 ];
+const FLEET: usize = 6;
 const VERSIONS: &[&str] = &["4.0", "4.2", "4.4", "5.0", "6.0", "7.0", "8.0"];
 const REPLICAS: usize = 3;
 const CLIENTS: usize = 12;
@@ -347,6 +355,12 @@ async fn faults_never_cost_a_second_upgrade_or_an_audit_line() {
 
     let sandbox = Sandbox::start(SandboxConfig {
         upgrade_duration: Duration::from_millis(1500),
+        fleet: FleetSpec {
+            count: FLEET,
+            engine_versions: vec!["4.2".to_string()],
+            upgrade_time: Duration::from_millis(1500),
+            ..FleetSpec::default()
+        },
         ..SandboxConfig::default()
     })
     .await

@@ -799,3 +799,78 @@ async fn json_edges_refuse_duplicates_and_strangers_first() {
         "{status}"
     );
 }
+
+/// A watch whose first poll fails answers with the error's HTTP status and the JSON
+/// `google.rpc.Status`, as a unary call does, not 200 with one error line (issue 23).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_whose_first_poll_fails_is_an_http_error() {
+    dds_gateway::tls::install_crypto_provider();
+    let gw = gateway(Duration::from_secs(20), "max_attempts = 1", &callers()).await;
+    let auth = bearer(TOKEN);
+    let with_token = [("authorization", auth.as_str())];
+    for answer in [
+        http1(
+            "GET",
+            &url(
+                &gw,
+                "/v1/instances/dds-sandboxnone/engineVersion:watch?engineVersion=4.4",
+            ),
+            &with_token,
+            None,
+        )
+        .await,
+        h2(
+            &gw,
+            "GET",
+            "/v1/instances/dds-sandboxnone/engineVersion:watch?engineVersion=4.4",
+            &with_token,
+            None,
+        )
+        .await,
+    ] {
+        answer.assert_error(404, 5, "INSTANCE_NOT_FOUND");
+    }
+}
+
+/// `HEAD` on a GET route answers as GET does without the body (RFC 9110 9.3.2); an empty POST
+/// body is the empty message.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_answers_like_get_without_a_body() {
+    dds_gateway::tls::install_crypto_provider();
+    let gw = gateway(Duration::from_secs(20), "", "").await;
+    let read = "/v1/instances/dds-sandbox01/engineVersion";
+    let get = http1("GET", &url(&gw, read), &[], None).await;
+    assert_eq!(get.status, 200, "{:?}", get.body);
+    for head in [
+        http1("HEAD", &url(&gw, read), &[], None).await,
+        h2(&gw, "HEAD", read, &[], None).await,
+    ] {
+        assert_eq!(head.status, 200, "{:?}", head.body);
+        assert_eq!(head.header("content-type"), Some("application/json"));
+        assert!(head.body.is_empty(), "{:?}", head.body);
+    }
+    // An error as for GET, without its body.
+    let missing = http1(
+        "HEAD",
+        &url(&gw, "/v1/instances/dds-sandboxnone/engineVersion"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.is_empty());
+    // HEAD where no GET route is: 405 naming what is allowed.
+    let upgrade = http1("HEAD", &url(&gw, &upgrade_path("dds-sandbox01")), &[], None).await;
+    assert_eq!(upgrade.status, 405);
+    assert_eq!(upgrade.header("allow"), Some("POST"));
+
+    // An empty POST body is the empty message.
+    let empty = http1(
+        "POST",
+        &url(&gw, &upgrade_path("dds-sandbox01")),
+        &[("content-type", "application/json")],
+        None,
+    )
+    .await;
+    empty.assert_error(400, 3, "INVALID_REQUEST");
+}

@@ -921,7 +921,12 @@ async fn shutdown_waits_for_upgrades_whose_caller_has_gone_and_audits_the_rest_a
             .upgrade_engine_version(request)
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        // The caller gives up: the gateway's DEADLINE_EXCEEDED, or the client's own timer when
+        // it fires first (CANCELLED "Timeout expired") on a busy machine.
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{status:?}"
+        );
         assert_eq!(sandbox.calls(UPGRADE), n + 1, "the upgrade is under way");
         let pid = gateway.process.id().unwrap().to_string();
         let killed = tokio::process::Command::new("kill")

@@ -239,3 +239,128 @@ async fn a_watch_ends_when_the_instance_runs_a_later_version_than_the_target() {
     assert!(stream.next().await.is_none());
     assert_eq!(gw.sandbox.calls("DescribeDBInstanceAttribute"), 1);
 }
+
+/// Twenty watches of one instance share its poll: between the first watch and the last answer,
+/// the sandbox sees at most one `DescribeDBInstanceAttribute` per poll interval (reads start at
+/// least an interval apart, so k reads in a window of length w have k ≤ w / interval + 2),
+/// where twenty polls of their own would make about twenty times that.
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_of_one_instance_share_one_read_per_poll_interval() {
+    const WATCHERS: usize = 20;
+    let interval = Duration::from_millis(50);
+    let gw = Gateway::start_with(Options {
+        sandbox: SandboxConfig {
+            upgrade_duration: Duration::from_secs(1),
+            ..Default::default()
+        },
+        configure: Some(|config| config.watch.poll_interval = Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await;
+    let mut client = gw.client.clone();
+    client
+        .upgrade_engine_version(request("dds-sandbox01", "4.4"))
+        .await
+        .unwrap();
+    let before = gw.sandbox.calls("DescribeDBInstanceAttribute");
+    let started = std::time::Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..WATCHERS {
+        let stream = client
+            .watch_upgrade(watch("dds-sandbox01", "4.4"))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    let mut ends = Vec::new();
+    for mut stream in streams {
+        let mut last = None;
+        while let Some(message) = stream.next().await {
+            last = Some(message.unwrap());
+        }
+        ends.push(last.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let reads = gw.sandbox.calls("DescribeDBInstanceAttribute") - before;
+    assert!(
+        ends.iter()
+            .all(|m| m.done && m.status == "Running" && m.engine_version == "4.4"),
+        "{ends:?}"
+    );
+    let bound = (elapsed.as_millis() / interval.as_millis()) as usize + 2;
+    assert!(
+        reads <= bound,
+        "{WATCHERS} watches made {reads} reads in {elapsed:?} (one poll: at most {bound})"
+    );
+}
+
+/// A watcher that leaves does not stop the poll the others follow; the poll ends when the
+/// last one leaves, and the next watcher starts a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_poll_outlives_a_leaving_watcher_and_ends_with_the_last() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        upgrade_duration: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = common::default_config();
+    config.alibaba.endpoint = Some(sandbox.endpoint());
+    config.watch.poll_interval = Duration::from_millis(10);
+    let client =
+        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
+            .unwrap();
+    let service = dds_gateway::api::service::EngineVersionService::from_config(
+        &config,
+        Arc::new(client),
+        None,
+    );
+    let status = service.status_reader().clone();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = service
+            .watch_upgrade(tonic::Request::new(watch("dds-sandbox01", "4.4")))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!((first.status.as_str(), first.done), ("Running", false));
+        streams.push(stream);
+    }
+    assert_eq!(status.poller().polls_running(), 1);
+    drop(streams.remove(0));
+    wait_until("the leaving watch ends", || status.active_watches() == 2).await;
+    assert_eq!(status.poller().polls_running(), 1);
+
+    service
+        .upgrade_engine_version(tonic::Request::new(request("dds-sandbox01", "4.4")))
+        .await
+        .unwrap();
+    for mut stream in streams {
+        let mut last = None;
+        while let Some(message) = stream.next().await {
+            last = Some(message.unwrap());
+        }
+        let last = last.unwrap();
+        assert_eq!((last.engine_version.as_str(), last.done), ("4.4", true));
+    }
+    wait_until("the poll ends with its last watcher", || {
+        status.poller().polls_running() == 0
+    })
+    .await;
+
+    // Another instance: every watcher leaving (rather than finishing) ends its poll too.
+    let mut stream = service
+        .watch_upgrade(tonic::Request::new(watch("dds-sandbox02", "8.0")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.next().await.unwrap().is_ok());
+    assert_eq!(status.poller().polls_running(), 1);
+    drop(stream);
+    wait_until("the poll ends when its watcher leaves", || {
+        status.poller().polls_running() == 0
+    })
+    .await;
+}

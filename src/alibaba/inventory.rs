@@ -490,7 +490,7 @@ mod tests {
             (
                 InstanceFilter {
                     region_ids: vec!["cn-shenzhen".into()],
-                    ..all.clone()
+                    ..all
                 },
                 false,
             ),

@@ -61,7 +61,7 @@ fn may_control(caller: Option<&Caller>, target: Option<&str>) -> Result<(), Stat
 }
 
 /// A rollout is readable by a caller whose read policy allows every one of its instances.
-fn may_read(caller: Option<&Caller>, rollout: &pb::Rollout) -> Result<(), Status> {
+pub(crate) fn may_read(caller: Option<&Caller>, rollout: &pb::Rollout) -> Result<(), Status> {
     let Some(caller) = caller else {
         return Ok(());
     };

@@ -55,6 +55,8 @@ pub struct EngineVersionService {
     engine_versions: Vec<String>,
     /// The recent upgrades and rollout actions (`ListActivity`).
     activity: Activity,
+    /// The rollouts, so that a rollout's activity shows only to callers who may read it.
+    rollouts: Option<Arc<dyn crate::state::rollouts::RolloutStore>>,
 }
 
 impl EngineVersionService {
@@ -116,6 +118,7 @@ impl EngineVersionService {
             default_region: config.alibaba.region_id.clone(),
             engine_versions: config.alibaba.engine_versions.clone(),
             activity: Activity::memory(),
+            rollouts: None,
         }
     }
 
@@ -123,6 +126,31 @@ impl EngineVersionService {
     pub fn with_activity(mut self, activity: Activity) -> Self {
         self.activity = activity;
         self
+    }
+
+    /// Shows a rollout's activity only to callers who may read the rollout in `rollouts`.
+    pub(crate) fn with_rollouts(
+        mut self,
+        rollouts: Arc<dyn crate::state::rollouts::RolloutStore>,
+    ) -> Self {
+        self.rollouts = Some(rollouts);
+        self
+    }
+
+    /// Whether `caller` may read rollout `id` (every one of its instances); a rollout that
+    /// cannot be read from the store is not shown.
+    async fn may_read_rollout(&self, caller: Option<&Caller>, id: &str) -> bool {
+        let Some(caller) = caller else {
+            return true;
+        };
+        let Some(store) = &self.rollouts else {
+            return false;
+        };
+        let Ok(Some(versioned)) = store.get(id).await else {
+            return false;
+        };
+        <pb::Rollout as prost::Message>::decode(versioned.record.as_slice())
+            .is_ok_and(|rollout| super::rollouts::may_read(Some(caller), &rollout).is_ok())
     }
 
     /// Records upgrade attempts in `audit` instead of the logs only.
@@ -347,11 +375,33 @@ impl pb::engine_version_service_server::EngineVersionService for EngineVersionSe
             tracing::warn!(error = %err, "recent activity cannot be read");
             Status::from(UpgradeError::from(err))
         })?;
-        let activities = recent
-            .into_iter()
-            .filter(|entry| may_see(caller.as_deref(), entry))
-            .take(page_size)
-            .collect();
+        // A rollout's own actions name no instance: they show to those who may read it.
+        let mut readable_rollouts = std::collections::HashMap::new();
+        let mut activities = Vec::new();
+        for entry in recent {
+            if activities.len() == page_size {
+                break;
+            }
+            if !may_see(caller.as_deref(), &entry) {
+                continue;
+            }
+            if entry.db_instance_id.is_empty() && !entry.rollout_id.is_empty() {
+                let readable = match readable_rollouts.get(&entry.rollout_id) {
+                    Some(readable) => *readable,
+                    None => {
+                        let readable = self
+                            .may_read_rollout(caller.as_deref(), &entry.rollout_id)
+                            .await;
+                        readable_rollouts.insert(entry.rollout_id.clone(), readable);
+                        readable
+                    }
+                };
+                if !readable {
+                    continue;
+                }
+            }
+            activities.push(entry);
+        }
         Ok(Response::new(pb::ListActivityResponse { activities }))
     }
 

@@ -35,6 +35,7 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "max_in_flight_per_caller", Kind::Integer),
     ("server", "max_connections", Kind::Integer),
     ("server", "preface_timeout", Kind::Duration),
+    ("server", "idle_timeout", Kind::Duration),
     ("server", "tls_cert", Kind::Text),
     ("server", "tls_key", Kind::Text),
     ("server", "client_ca", Kind::Text),

@@ -474,6 +474,7 @@ mod tests {
             ("server", "shutdown_grace", "1h 1s"),
             ("server", "reload_interval", "1day 1s"),
             ("server", "preface_timeout", "5m 1s"),
+            ("server", "idle_timeout", "1day 1s"),
             ("server", "max_connection_age", "1day 1s"),
             ("server", "max_connection_age_grace", "1h 1s"),
             ("server", "shutdown_delay", "1h 1s"),
@@ -527,6 +528,7 @@ mod tests {
         let config = load("", &[]).unwrap();
         assert_eq!(config.server.max_connections, 1024);
         assert_eq!(config.server.preface_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.server.max_in_flight_per_caller, 32);
         assert_eq!(config.watch.max_active_per_caller, 32);
         let config = load(

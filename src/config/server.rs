@@ -29,6 +29,9 @@ pub struct ServerConfig {
     /// How long a new connection may take to send the HTTP/2 preface (or its first HTTP/1.1
     /// request's head) before it is closed.
     pub preface_timeout: Duration,
+    /// How long a connection may stay open with no request in flight before it is closed, so
+    /// that idle connections (HTTP/2 or HTTP/1.1 keep-alive) cannot hold `max_connections`.
+    pub idle_timeout: Duration,
     /// TLS for the listener: certificate chain and key (PEM); mTLS when `client_ca` is set.
     pub tls: Option<TlsConfig>,
     /// How often the config file is checked for changed `[[callers]]`.
@@ -71,6 +74,7 @@ pub(super) struct RawServer {
     max_in_flight_per_caller: Option<usize>,
     max_connections: Option<usize>,
     preface_timeout: Option<String>,
+    idle_timeout: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
     client_ca: Option<String>,
@@ -134,6 +138,7 @@ pub(super) fn check(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             10,
             5 * MINUTE,
         )?,
+        idle_timeout: duration("server.idle_timeout", raw.idle_timeout, 60, DAY)?,
         tls: tls(raw.tls_cert, raw.tls_key, raw.client_ca)?,
         reload_interval: duration("server.reload_interval", raw.reload_interval, 5, DAY)?,
         callers_file: raw

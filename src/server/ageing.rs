@@ -51,21 +51,25 @@ impl ConnectionEnds {
     /// Gives `request` its connection's [`ConnectionEnd`], if it has one (used with
     /// `MapRequestLayer`).
     pub fn mark<B>(&self, mut request: http::Request<B>) -> http::Request<B> {
-        let extensions = request.extensions();
-        let peer = extensions
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| {
-                extensions
-                    .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|info| info.get_ref().remote_addr())
-            });
-        let end = peer.and_then(|peer| self.lock().get(&peer).copied());
+        let end = peer(&request).and_then(|peer| self.lock().get(&peer).copied());
         if let Some(end) = end {
             request.extensions_mut().insert(ConnectionEnd(end));
         }
         request
     }
+}
+
+/// The peer address of the connection a request came on, over TCP or TLS.
+pub(crate) fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
 }
 
 /// Wraps each connection of `incoming` so that it is closed `age + grace` after it was accepted

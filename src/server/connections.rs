@@ -120,6 +120,8 @@ pub mod reason {
     pub const MAX_CONNECTIONS: &str = "max_connections";
     /// No HTTP/2 preface within `server.preface_timeout`.
     pub const PREFACE_TIMEOUT: &str = "preface_timeout";
+    /// No request in flight for `server.idle_timeout` (see [`idle`](crate::server::idle)).
+    pub const IDLE_TIMEOUT: &str = "idle_timeout";
 }
 
 /// One accepted connection: holds its place among the open ones until dropped, and fails its

@@ -8,6 +8,7 @@
 pub mod ageing;
 pub mod connections;
 pub mod console;
+pub(crate) mod idle;
 pub mod reload;
 
 use std::future::Future;
@@ -223,8 +224,10 @@ async fn serve_inner(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ends = crate::server::ageing::ConnectionEnds::default();
+    let idle =
+        crate::server::idle::Idle::new(config.server.idle_timeout, telemetry.metrics().clone());
     let (close_all, incoming) = crate::server::ageing::bounded_connections(
-        incoming(listener, &config, &telemetry),
+        idle.track(incoming(listener, &config, &telemetry)),
         config.server.max_connection_age,
         config.server.max_connection_age_grace,
         ends.clone(),
@@ -232,6 +235,8 @@ async fn serve_inner(
     let console = crate::server::console::ConsoleLayer::new(config.server.console == Some(true));
     let builder = listener_builder(&config.server, tls)?;
     let server = builder
+        // A connection is busy from a request's arrival to its answer's end (see `idle`).
+        .layer(idle)
         // The console's files are answered before any RPC layer sees the request.
         .layer(console.clone())
         // Outermost: the call's span, metrics and access line cover everything below.
@@ -330,7 +335,8 @@ fn gated_service(
     );
     let service = EngineVersionService::from_config(config, client, Some(Arc::clone(&state.store)))
         .with_audit(audit)
-        .with_activity(activity);
+        .with_activity(activity)
+        .with_rollouts(Arc::clone(&state.rollouts));
     let upgrades = service.open_upgrades();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.

@@ -2,9 +2,9 @@
 //! (`request_id` keys and per-instance locks over the state store), [`preflight`] (checks of
 //! the instance, with [`instance`]: states, version order, why not), [`upgrader`] (one intended
 //! upgrade, sent at most once), [`status`] (`GetEngineVersion` and `WatchUpgrade`),
-//! [`inventory`] (`ListInstances`) and [`lifecycle`] (where a version stands against its end of
-//! life). Their failures are [`error`]'s; each becomes a status with the messages and details of
-//! [`details`].
+//! [`poller`] (one poll per followed instance, shared by its watchers), [`inventory`]
+//! (`ListInstances`) and [`lifecycle`] (where a version stands against its end of life). Their
+//! failures are [`error`]'s; each becomes a status with the messages and details of [`details`].
 
 pub mod details;
 pub mod error;
@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod instance;
 pub mod inventory;
 pub mod lifecycle;
+pub mod poller;
 pub mod preflight;
 pub mod status;
 pub mod upgrader;

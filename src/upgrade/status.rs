@@ -3,8 +3,6 @@
 //! target or past it, the caller's deadline passes, or the caller goes away). Both read through
 //! `DescribeDBInstanceAttribute` / `DescribeAvailableEngineVersion`, retried as reads.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +15,7 @@ use crate::limits::InFlight;
 use crate::pb;
 use crate::upgrade::error::Error;
 use crate::upgrade::instance::{self, PreflightFailure};
+use crate::upgrade::poller::Poller;
 use crate::upgrade::preflight;
 use crate::upgrade::validation::InstanceRef;
 
@@ -27,7 +26,8 @@ pub type WatchStream = ReceiverStream<Result<pb::WatchUpgradeResponse, Status>>;
 #[derive(Debug, Clone)]
 pub struct StatusReader {
     alibaba: Alibaba,
-    poll_interval: Duration,
+    /// The polls of the instances watched, shared by their watchers (and the rollout engine).
+    poller: Poller,
     /// A place per running watch (`watch.max_active`), held by its polling task.
     watches: InFlight,
 }
@@ -35,15 +35,20 @@ pub struct StatusReader {
 impl StatusReader {
     pub fn new(alibaba: Alibaba, watch: &WatchConfig) -> Self {
         Self {
+            poller: Poller::new(alibaba.clone(), watch.poll_interval),
             alibaba,
-            poll_interval: watch.poll_interval,
             watches: InFlight::new(watch.max_active, watch.max_active_per_caller),
         }
     }
 
-    /// Watches running now (each holds a task that polls Alibaba).
+    /// Watches running now (each holds a task that follows its instance's shared poll).
     pub fn active_watches(&self) -> usize {
         self.watches.in_use()
+    }
+
+    /// The polls watches follow, to share with other followers of instances.
+    pub fn poller(&self) -> &Poller {
+        &self.poller
     }
 
     /// `GetEngineVersion`.
@@ -80,7 +85,9 @@ impl StatusReader {
             .map_err(|_| Error::DeadlineExceeded)?
     }
 
-    /// `WatchUpgrade`: a task polls the instance every `poll_interval` and sends each change.
+    /// `WatchUpgrade`: a task follows the instance's shared poll (one read every
+    /// `poll_interval` whatever the number of watchers) and sends each change; a watcher that
+    /// joins a running poll starts from its latest look.
     /// It stops when the instance is `Running` on `target` (last message `done`), `Running` on a
     /// later version (ending the stream with ENGINE_VERSION_NOT_LATER), at `deadline` (ending it
     /// with DEADLINE_EXCEEDED), on a failed read (ending it with that error), or as soon as the
@@ -114,7 +121,7 @@ impl StatusReader {
             // Given back when the task ends, however it ends.
             let _place = place;
             tokio::select! {
-                () = this.poll(&tx, &instance, &target, deadline, connection_end) => {}
+                () = this.follow(&tx, &instance, &target, deadline, connection_end) => {}
                 () = tx.closed() => {
                     tracing::debug!(db_instance_id = %instance.db_instance_id, "watch ended: the caller went away");
                 }
@@ -126,7 +133,8 @@ impl StatusReader {
         Some(ReceiverStream::new(rx))
     }
 
-    async fn poll(
+    /// Follows the shared poll of `instance` for one watcher, sending each change it sees.
+    async fn follow(
         &self,
         tx: &mpsc::Sender<Result<pb::WatchUpgradeResponse, Status>>,
         instance: &InstanceRef,
@@ -137,60 +145,64 @@ impl StatusReader {
         // Where this stream stops: the watch's deadline, or its connection's end if sooner.
         let aged = connection_end.filter(|end| *end < deadline);
         let stop = aged.unwrap_or(deadline);
+        let mut looks = self
+            .poller
+            .follow(&instance.region_id, &instance.db_instance_id);
         let mut last: Option<(String, String)> = None;
         loop {
-            let read = preflight::describe(
-                &self.alibaba,
-                &instance.region_id,
-                &instance.db_instance_id,
-                deadline,
-            );
-            let attribute = match tokio::time::timeout_at(stop, read).await {
-                Ok(Ok(attribute)) => attribute,
-                Ok(Err(err)) => {
-                    let _ = tx.send(Err(err.into())).await;
-                    return;
-                }
-                Err(_) => break,
-            };
-            let running = attribute.status == instance::RUNNING;
-            let done = running && attribute.engine_version == target;
-            // Past the target it will never run the target: say so rather than poll on until
-            // the deadline (an hour by default).
-            let passed = (running
-                && instance::version_key(&attribute.engine_version)
-                    > instance::version_key(target))
-            .then(|| PreflightFailure::NotLater {
-                attribute: attribute.clone(),
-                target: target.to_string(),
-            });
-            let seen = (attribute.status.clone(), attribute.engine_version.clone());
-            if last.as_ref() != Some(&seen) {
-                let message = pb::WatchUpgradeResponse {
-                    db_instance_id: attribute.db_instance_id,
-                    status: attribute.status,
-                    engine_version: attribute.engine_version,
-                    target_engine_version: target.to_string(),
-                    done,
+            let look = looks.borrow_and_update().clone();
+            if let Some(look) = look {
+                let attribute = match look {
+                    Ok(attribute) => attribute,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 };
-                if tx.send(Ok(message)).await.is_err() {
+                let running = attribute.status == instance::RUNNING;
+                let done = running && attribute.engine_version == target;
+                // Past the target it will never run the target: say so rather than poll on
+                // until the deadline (an hour by default).
+                let passed = (running
+                    && instance::version_key(&attribute.engine_version)
+                        > instance::version_key(target))
+                .then(|| PreflightFailure::NotLater {
+                    attribute: attribute.clone(),
+                    target: target.to_string(),
+                });
+                let seen = (attribute.status.clone(), attribute.engine_version.clone());
+                if last.as_ref() != Some(&seen) {
+                    let message = pb::WatchUpgradeResponse {
+                        db_instance_id: attribute.db_instance_id,
+                        status: attribute.status,
+                        engine_version: attribute.engine_version,
+                        target_engine_version: target.to_string(),
+                        done,
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    last = Some(seen);
+                }
+                if let Some(passed) = passed {
+                    let _ = tx.send(Err(Error::from(passed).into())).await;
                     return;
                 }
-                last = Some(seen);
+                if done {
+                    return;
+                }
             }
-            if let Some(passed) = passed {
-                let _ = tx.send(Err(Error::from(passed).into())).await;
-                return;
+            tokio::select! {
+                changed = looks.changed() => {
+                    if changed.is_err() {
+                        // The poll ends only after a failed read, which was its last value
+                        // and was handled above: this is a poll task that died.
+                        let _ = tx.send(Err(Status::internal("the instance's poll ended"))).await;
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(stop) => break,
             }
-            if done {
-                return;
-            }
-            let next = crate::deadline::later(Instant::now(), self.poll_interval);
-            if next >= stop {
-                tokio::time::sleep_until(stop).await;
-                break;
-            }
-            tokio::time::sleep_until(next).await;
         }
         let end = match aged {
             Some(_) => Error::ConnectionAged,

@@ -607,10 +607,14 @@ mod tests {
             RefreshPolicy::default(),
             telemetry.metrics().clone(),
         );
+        // Past each wait whatever its jitter: the ceiling is the longest it can be.
+        let policy = RefreshPolicy::default();
+        let longest =
+            |failures| Backoff::new(policy.retry_after_failure, MAX_BACKOFF).ceiling(failures);
         assert!(provider.credential().await.is_err());
-        tokio::time::advance(RefreshPolicy::default().backoff(1)).await;
+        tokio::time::advance(longest(1)).await;
         assert!(provider.credential().await.is_err());
-        tokio::time::advance(RefreshPolicy::default().backoff(2)).await;
+        tokio::time::advance(longest(2)).await;
         assert_eq!(
             provider.credential().await.unwrap().access_key_id(),
             "STS.key3"

@@ -66,7 +66,9 @@ pub(super) struct JsonLines {
 }
 
 impl JsonLines {
+    /// The answer's `body`, after its `first` bytes.
     pub(super) fn new(
+        first: Bytes,
         body: Body,
         output: MessageDescriptor,
         statuses: StatusWriter,
@@ -74,7 +76,7 @@ impl JsonLines {
     ) -> Self {
         Self {
             body,
-            buffer: BytesMut::new(),
+            buffer: BytesMut::from(first.as_ref()),
             output,
             statuses,
             call,

@@ -130,7 +130,15 @@ where
             return Box::pin(inner.call(request));
         }
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { shared.serve(inner, request).await })
+        let head = request.method() == Method::HEAD;
+        Box::pin(async move {
+            let response = shared.serve(inner, request).await?;
+            Ok(if head {
+                without_body(response)
+            } else {
+                response
+            })
+        })
     }
 }
 
@@ -167,9 +175,18 @@ impl Shared {
                 limit: crate::api::MAX_HEADER_LIST_BYTES,
             }));
         }
-        let (route, bound) = match self.routes.select(&parts.method, parts.uri.path()) {
+        // HEAD is GET without the answer's body (RFC 9110 9.3.2), where a GET route is.
+        let method = if parts.method == Method::HEAD {
+            &Method::GET
+        } else {
+            &parts.method
+        };
+        let (route, bound) = match self.routes.select(method, parts.uri.path()) {
             Selected::Route { route, bound } => (route, bound),
-            Selected::MethodNotAllowed { allowed } => {
+            Selected::MethodNotAllowed { mut allowed } => {
+                if allowed.contains(&Method::GET) {
+                    allowed.push(Method::HEAD);
+                }
                 let allowed = allowed
                     .iter()
                     .map(Method::as_str)
@@ -238,6 +255,8 @@ impl Shared {
             .await?;
         Ok(if route.streaming {
             self.stream(response, route.output.clone(), call)
+                .instrument(span)
+                .await
         } else {
             self.unary(response, &route.output, call)
                 .instrument(span)
@@ -369,25 +388,66 @@ impl Shared {
         }
     }
 
-    /// A streamed gRPC answer as newline-delimited JSON; an error before the first message
-    /// is an ordinary error answer.
-    fn stream(
+    /// A streamed gRPC answer as newline-delimited JSON. Its status waits for the first frame:
+    /// a failure before the first message (the first poll of a watch) is an ordinary error
+    /// answer with its HTTP status, as for a unary call; only later ones are a last line.
+    async fn stream(
         &self,
         response: http::Response<Body>,
         output: MessageDescriptor,
         mut call: HttpCall,
     ) -> http::Response<Body> {
-        let (parts, body) = response.into_parts();
-        if let Some(status) = status::grpc_status(&parts.headers) {
-            let response = self.statuses.response(&status);
-            call.finish(status.code(), response.status());
-            return response;
-        }
-        let lines = JsonLines::new(body, output, self.statuses.clone(), call);
-        let mut response = http::Response::new(Body::new(lines));
+        let (parts, mut body) = response.into_parts();
+        let first = match status::grpc_status(&parts.headers) {
+            Some(status) => Err(status),
+            None => match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Ok(Some(data)),
+                    Err(frame) => match frame.trailers_ref().and_then(status::grpc_status) {
+                        Some(status) if status.code() == Code::Ok => Ok(None),
+                        Some(status) => Err(status),
+                        None => Err(internal("the answer's trailers had no status")),
+                    },
+                },
+                Some(Err(status)) => Err(status),
+                None => Err(internal("the answer ended without a status")),
+            },
+        };
+        let first = match first {
+            Ok(first) => first,
+            Err(status) => {
+                let response = self.statuses.response(&status);
+                call.finish(status.code(), response.status());
+                return response;
+            }
+        };
+        let mut response = match first {
+            Some(data) => http::Response::new(Body::new(JsonLines::new(
+                data,
+                body,
+                output,
+                self.statuses.clone(),
+                call,
+            ))),
+            // A stream that ended well without a message.
+            None => {
+                call.finish(Code::Ok, StatusCode::OK);
+                http::Response::new(Body::empty())
+            }
+        };
         response.headers_mut().insert(header::CONTENT_TYPE, NDJSON);
         response
     }
+}
+
+/// The answer to a HEAD request: GET's status and headers, its length, no body. Dropping the
+/// body ends the call (a watch stops there).
+fn without_body(response: http::Response<Body>) -> http::Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = http_body::Body::size_hint(&body).exact() {
+        parts.headers.insert(header::CONTENT_LENGTH, length.into());
+    }
+    http::Response::from_parts(parts, Body::empty())
 }
 
 /// What the headers of a JSON request say: its deadline, and the query parameters left for the

@@ -382,6 +382,27 @@ mod tests {
                 ),
                 (
                     "GET".to_string(),
+                    "/v1/caller".to_string(),
+                    false,
+                    format!("{service}/GetCaller"),
+                    false
+                ),
+                (
+                    "GET".to_string(),
+                    "/v1/engineVersions".to_string(),
+                    false,
+                    format!("{service}/ListEngineVersions"),
+                    false
+                ),
+                (
+                    "GET".to_string(),
+                    "/v1/activity".to_string(),
+                    false,
+                    format!("{service}/ListActivity"),
+                    false
+                ),
+                (
+                    "GET".to_string(),
                     "/v1/instances".to_string(),
                     false,
                     format!("{service}/ListInstances"),
