@@ -188,7 +188,7 @@ pub fn upstream(code: &str, http_status: u16) -> Classification {
     }
 }
 
-/// The contract's error table for Alibaba's codes (README, *Errors*).
+/// The contract's error table for Alibaba's codes (docs/errors.md).
 fn status_of(code: &str, http_status: u16) -> (Code, &'static str) {
     // The gateway's own credentials or signing were rejected: our fault, never the caller's.
     const CREDENTIAL_CODES: &[&str] = &[
@@ -270,7 +270,7 @@ mod tests {
         })
     }
 
-    /// The README's error table, row by row, for every situation that comes from an Alibaba
+    /// The error table (docs/errors.md), row by row, for every situation that comes from an Alibaba
     /// call: what is retried, whether an upgrade may be sent again, and what the caller gets.
     #[test]
     #[rustfmt::skip]

@@ -954,14 +954,12 @@ mod tests {
         );
     }
 
-    /// The README's configuration blocks show exactly the keys of the table.
-    #[test]
-    fn the_readme_shows_every_key() {
-        let readme = include_str!("../../README.md");
+    /// The keys shown in a document's ```toml blocks: `section.key` (inline tables as keys).
+    fn keys_shown(document: &str) -> BTreeSet<String> {
         let mut shown = BTreeSet::new();
         let mut section = None;
         let mut in_toml = false;
-        for line in readme.lines() {
+        for line in document.lines() {
             let line = line.trim();
             if line.starts_with("```") {
                 in_toml = line == "```toml";
@@ -979,22 +977,50 @@ mod tests {
                 shown.insert(format!("{section}.{}", key.trim()));
             }
         }
-        let table: BTreeSet<String> = env::KEYS
+        shown
+    }
+
+    /// The keys of the table, and the inline tables (`tags = { … }`), which show as keys too.
+    fn documented_keys() -> (BTreeSet<String>, BTreeSet<String>) {
+        let table = env::KEYS
             .iter()
             .map(|(s, k, _)| format!("{s}.{k}"))
             .collect();
-        // Tables written inline (`tags = { … }`) show as keys too.
-        let inline: BTreeSet<String> = env::TABLES
+        let inline = env::TABLES
             .iter()
             .map(|(s, k)| format!("{s}.{k}"))
             .collect();
+        (table, inline)
+    }
+
+    /// The configuration reference (docs/configuration.md) shows exactly the keys of the table.
+    #[test]
+    fn the_docs_show_every_key() {
+        let shown = keys_shown(include_str!("../../docs/configuration.md"));
+        let (table, inline) = documented_keys();
         let extra: Vec<&String> = shown
             .difference(&table)
             .filter(|k| !inline.contains(*k))
             .collect();
         assert!(extra.is_empty(), "keys the table lacks: {extra:?}");
         let missing: Vec<&String> = table.difference(&shown).collect();
-        assert!(missing.is_empty(), "keys the README lacks: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "keys docs/configuration.md lacks: {missing:?}"
+        );
+    }
+
+    /// The README's own examples use only keys that exist.
+    #[test]
+    fn the_readme_shows_only_real_keys() {
+        let shown = keys_shown(include_str!("../../README.md"));
+        assert!(!shown.is_empty(), "the README shows no configuration");
+        let (table, inline) = documented_keys();
+        let extra: Vec<&String> = shown
+            .difference(&table)
+            .filter(|k| !inline.contains(*k))
+            .collect();
+        assert!(extra.is_empty(), "README keys the table lacks: {extra:?}");
     }
 
     /// A bad value is refused naming its key, from the file and from the environment (which
