@@ -120,7 +120,7 @@ pub mod reason {
     pub const MAX_CONNECTIONS: &str = "max_connections";
     /// No HTTP/2 preface within `server.preface_timeout`.
     pub const PREFACE_TIMEOUT: &str = "preface_timeout";
-    /// No request in flight for `server.idle_timeout` (see [`idle`](crate::server::idle)).
+    /// No request in flight for `server.idle_timeout` (see `server::idle`).
     pub const IDLE_TIMEOUT: &str = "idle_timeout";
 }
 

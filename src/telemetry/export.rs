@@ -1,7 +1,7 @@
 //! OTLP exports that fail are said once and counted: every failed export (a batch of spans, a
 //! round of metrics) adds to `dds_gateway_telemetry_export_failures_total{signal}`; the first of
 //! an episode is logged at WARN with the endpoint and the cause, a summary at INFO every
-//! [`SUMMARY_EVERY`] while it lasts, and one at INFO when an export succeeds again. Without
+//! `SUMMARY_EVERY` (five minutes) while it lasts, and one at INFO when an export succeeds again. Without
 //! this an unreachable collector is silent: the SDK reports export errors only through its own
 //! internal logs, which the gateway does not build.
 
