@@ -38,24 +38,31 @@
 //!   [`pb`], the generated protobuf API (`dds.gateway.v1`), never edited.
 #![forbid(unsafe_code)]
 
-pub mod alibaba;
-pub mod api;
-pub mod audit;
-pub(crate) mod backoff;
+mod alibaba;
+mod api;
+mod audit;
+mod backoff;
 pub mod client;
-pub mod config;
-pub mod deadline;
+mod config;
+mod deadline;
 pub mod exit;
-pub mod limits;
-pub mod rollout;
+mod limits;
+mod rollout;
 pub mod run;
-pub mod sandbox;
-pub mod secret;
-pub mod server;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
-pub mod upgrade;
+mod sandbox;
+mod secret;
+mod server;
+mod state;
+mod telemetry;
+mod tls;
+mod upgrade;
+
+// The binary's commands: `client` (the command-line client), `run` (serving), `exit` (codes).
+
+pub use alibaba::signer;
+pub use api::auth::{generate_token, hash_token};
+pub use secret::Secret;
+pub use tls::install_crypto_provider;
 
 /// Generated protobuf types and gRPC stubs of `dds.gateway.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -74,4 +81,124 @@ pub mod pb {
     /// `google.rpc.Status` and its details' types, to write errors as JSON.
     pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
+}
+
+/// What the integration tests reach inside the crate, under the paths of its modules; not a
+/// stable API.
+#[doc(hidden)]
+pub mod testing {
+    pub mod alibaba {
+        pub use crate::alibaba::client::AlibabaClient;
+        pub use crate::alibaba::clock::Clock;
+        pub use crate::alibaba::dds::action;
+        pub use crate::alibaba::response::CallError;
+        pub use crate::alibaba::signer;
+
+        pub mod credentials {
+            pub use crate::alibaba::credentials::chain::build;
+            pub use crate::alibaba::credentials::credential::{
+                Credential, CredentialsError, CredentialsProvider, StaticProvider,
+            };
+            pub use crate::secret::Secret;
+
+            pub mod cache {
+                pub use crate::alibaba::credentials::cache::{Fetch, RefreshPolicy, Refreshing};
+            }
+        }
+
+        pub mod response {
+            pub use crate::alibaba::response::{Answer, CallError};
+        }
+    }
+
+    pub mod api {
+        pub mod auth {
+            pub use crate::api::auth::{Callers, CallersHandle, hash_token};
+        }
+
+        pub mod service {
+            pub use crate::api::service::{
+                EngineVersionService, RECONCILED_HEADER, REPLAYED_HEADER, SERVICE_NAME,
+            };
+        }
+    }
+
+    pub mod config {
+        pub use crate::config::alibaba::SignatureVersion;
+        pub use crate::config::state::{RedisUrl, StoreKind};
+        pub use crate::config::{Config, Overrides};
+    }
+
+    pub mod deadline {
+        pub use crate::deadline::Deadline;
+    }
+
+    pub mod limits {
+        pub use crate::limits::rate::{Rate, SharedBucket, SharedRates};
+    }
+
+    pub mod sandbox {
+        pub use crate::sandbox::{
+            ACCESS_KEY_ID, ACCESS_KEY_SECRET, Failure, FailureRule, Fault, FleetSpec, Instance,
+            Received, Sandbox, SandboxConfig, UpgradeCall,
+        };
+    }
+
+    pub mod secret {
+        pub use crate::secret::Secret;
+    }
+
+    pub mod server {
+        pub use crate::server::{ServeError, serve, serve_with};
+
+        pub mod console {
+            pub use crate::server::console::{CONTENT_SECURITY_POLICY, asset_names};
+        }
+
+        pub mod reload {
+            pub use crate::server::reload::reload;
+        }
+    }
+
+    pub mod state {
+        pub mod activity {
+            pub use crate::state::activity::{Activity, CAPACITY};
+        }
+
+        pub mod memory {
+            pub use crate::state::memory::MemoryStore;
+        }
+
+        pub mod redis {
+            pub use crate::state::redis::RedisStore;
+        }
+
+        pub mod store {
+            pub use crate::state::store::{
+                Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore,
+                StoreError, StoreLimits, Token,
+            };
+        }
+    }
+
+    pub mod telemetry {
+        pub use crate::config::telemetry::{Otlp, Protocol};
+        pub use crate::telemetry::Telemetry;
+        pub use crate::telemetry::logs::LogOutput;
+        pub use crate::telemetry::metrics::Metrics;
+    }
+
+    pub mod tls {
+        pub use crate::tls::install_crypto_provider;
+    }
+
+    pub mod upgrade {
+        pub mod idempotency {
+            pub use crate::upgrade::idempotency::fingerprint;
+        }
+
+        pub mod validation {
+            pub use crate::upgrade::validation::Validator;
+        }
+    }
 }

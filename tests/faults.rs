@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use common::ServingBinary;
 use common::redis::{PASSWORD, RedisServer};
-use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig, UpgradeCall};
+use dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig, UpgradeCall};
 use proptest::prelude::RngExt;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

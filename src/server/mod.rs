@@ -5,10 +5,10 @@
 //! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
-pub mod ageing;
-pub mod connections;
-pub mod console;
-pub mod reload;
+pub(crate) mod ageing;
+pub(crate) mod connections;
+pub(crate) mod console;
+pub(crate) mod reload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -630,7 +630,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Completes on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -75,7 +75,7 @@ pub trait RolloutStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// Rollouts in this process (one replica).
 #[derive(Debug, Default)]
-pub struct MemoryRollouts {
+pub(crate) struct MemoryRollouts {
     inner: Mutex<Memory>,
 }
 
@@ -90,7 +90,7 @@ struct Memory {
 }
 
 impl MemoryRollouts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -290,7 +290,7 @@ return 1
 ";
 
 /// Rollouts in the state store's Redis, shared by every replica.
-pub struct RedisRollouts {
+pub(crate) struct RedisRollouts {
     connection: ConnectionManager,
     store: Arc<RedisStore>,
     create: Script,
@@ -318,7 +318,7 @@ fn millis(duration: Duration) -> u64 {
 
 impl RedisRollouts {
     /// Rollouts beside `store`'s keys, on its connection.
-    pub fn new(store: Arc<RedisStore>) -> Self {
+    pub(crate) fn new(store: Arc<RedisStore>) -> Self {
         Self {
             connection: store.connection(),
             store,

@@ -4,9 +4,9 @@
 use crate::alibaba::InstanceAttribute;
 
 /// The state an instance must be in to be upgraded.
-pub const RUNNING: &str = "Running";
+pub(crate) const RUNNING: &str = "Running";
 /// The state of an instance whose engine upgrade is under way.
-pub const UPGRADING: &str = "EngineVersionUpgrading";
+pub(crate) const UPGRADING: &str = "EngineVersionUpgrading";
 
 /// Why an instance cannot be upgraded to the target now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum PreflightFailure {
 
 /// Orders `major.minor` versions numerically (`4.10` after `4.9`); a patch level after them is
 /// ignored, and a missing or unparsable part counts 0.
-pub fn version_key(version: &str) -> (u32, u32) {
+pub(crate) fn version_key(version: &str) -> (u32, u32) {
     let mut parts = version.split('.').map(|part| part.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
