@@ -494,7 +494,7 @@ mod tests {
             (
                 InstanceFilter {
                     region_ids: vec!["cn-shenzhen".into()],
-                    ..all.clone()
+                    ..all
                 },
                 false,
             ),

@@ -17,9 +17,6 @@ use crate::rollout::Rollouts;
 use crate::rollout::control::Action;
 use crate::upgrade::validation::InstanceRef;
 
-/// The fully qualified service name, as health checks and reflection know it.
-pub(crate) const SERVICE_NAME: &str = "dds.gateway.v1.RolloutService";
-
 /// The gateway's rollout service.
 #[derive(Debug, Clone)]
 pub(crate) struct RolloutService {

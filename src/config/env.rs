@@ -106,6 +106,7 @@ pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("sandbox.fleet", "upgrade_time", Kind::Duration),
 ];
 
+#[cfg(test)]
 /// Keys that hold tables or arrays of tables rather than values, so no variable sets them:
 /// `(section, key)`. Sections of sections are in [`KEYS`] themselves.
 pub(crate) const TABLES: &[(&str, &str)] = &[

@@ -92,6 +92,7 @@ impl InFlight {
         })
     }
 
+    #[cfg(test)]
     /// Places `caller` holds now.
     pub(crate) fn held_by(&self, caller: &str) -> usize {
         self.held

@@ -172,10 +172,10 @@ async fn handle(
         },
         None => act(&state, &incoming),
     };
-    if let Some(index) = upgrade.filter(|_| !severs) {
-        if let Some(call) = lock(&state).upgrade_calls.get_mut(index) {
-            call.answered = Some(response.status().as_u16());
-        }
+    if let Some(index) = upgrade.filter(|_| !severs)
+        && let Some(call) = lock(&state).upgrade_calls.get_mut(index)
+    {
+        call.answered = Some(response.status().as_u16());
     }
     response
 }

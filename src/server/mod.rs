@@ -302,6 +302,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// The engine version service behind the gate: callers, rates (shared through Redis when the
 /// state is there), the in-flight limit and the request deadline.
+#[allow(clippy::too_many_arguments)] // the parts `serve_with` has built, each once
 fn gated_service(
     config: &Config,
     state: &crate::state::State,

@@ -28,6 +28,7 @@ pub struct Versioned {
 
 /// What [`RolloutStore::create`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Created::Created` reads as the answer it is.
 pub enum Created {
     Created,
     /// `instance` is held by the unfinished rollout `rollout_id`.

@@ -230,11 +230,6 @@ fn metric_exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::MetricExporter, Te
     .map_err(|e| exporter_error("metrics", otlp, e))
 }
 
-/// Runs `f` with this pipeline's dispatcher as the default (for code outside a call).
-pub(crate) fn with<T>(telemetry: &Telemetry, f: impl FnOnce() -> T) -> T {
-    tracing::dispatcher::with_default(telemetry.dispatch(), f)
-}
-
 /// The trace id of the current span, as 32 hex digits; empty when there is none.
 pub(crate) fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt as _;

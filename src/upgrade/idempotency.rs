@@ -131,6 +131,7 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    #[cfg(test)]
     /// Whether an earlier holder left the outcome unknown: look at the instance first.
     pub(crate) fn previous_unresolved(&self) -> bool {
         self.unresolved_for.is_some()

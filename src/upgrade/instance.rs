@@ -10,6 +10,7 @@ pub(crate) const UPGRADING: &str = "EngineVersionUpgrading";
 
 /// Why an instance cannot be upgraded to the target now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(clippy::enum_variant_names)] // every refusal is a `Not…`
 pub enum PreflightFailure {
     #[error("instance {db_instance_id} does not exist in region {region_id}")]
     NotFound {

@@ -82,12 +82,14 @@ impl Sts {
         }
     }
 
+    #[cfg(test)]
     /// Signs with the time and nonces of `clock` instead of the system's.
     pub(crate) fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
+    #[cfg(test)]
     /// Where the calls go.
     pub(crate) fn endpoint(&self) -> &Url {
         &self.endpoint

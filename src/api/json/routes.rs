@@ -68,6 +68,7 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    #[cfg(test)]
     /// The bindings of `service` (a full name) in the encoded file descriptor set `descriptor`.
     pub(crate) fn from_descriptor(descriptor: &[u8], service: &str) -> Result<Self, RouteError> {
         Self::from_services(descriptor, &[service])
