@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dds_gateway::alibaba::signer::{self, SigningKey, StringToSign, v3};
+use dds_gateway::signer::{self, SigningKey, StringToSign, v3};
 
 /// The parameters the gateway signs for an upgrade, STS token included.
 fn upgrade_params() -> Vec<(&'static str, String)> {

@@ -139,7 +139,7 @@ async fn direct(url: &str, concurrency: usize, requests: u64) -> Result<(), Stri
     if !host_is_loopback {
         return Err("--direct: loopback targets only".to_string());
     }
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

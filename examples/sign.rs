@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, Write};
 
-use dds_gateway::alibaba::signer::{self, SigningKey, v3};
+use dds_gateway::signer::{self, SigningKey, v3};
 
 #[derive(serde::Deserialize)]
 struct V2Case {

@@ -21,7 +21,7 @@ use opentelemetry::metrics::Counter;
 use serde::Serialize;
 
 /// The log target of audit events.
-pub const TARGET: &str = "dds_gateway::audit";
+pub(crate) const TARGET: &str = "dds_gateway::audit";
 
 /// One audit event.
 #[derive(Debug, Clone, Serialize)]
@@ -311,7 +311,7 @@ async fn blocking(
 }
 
 /// The current time as an audit event spells it.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

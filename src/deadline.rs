@@ -14,7 +14,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 /// `from + duration` without overflow: a point about thirty years on when the sum cannot be
 /// represented. Configured durations are bounded at start-up; this keeps any that are not (a
 /// caller's `grpc-timeout`, an upstream `x-acs-retry-after`) from panicking a call.
-pub fn later(from: Instant, duration: Duration) -> Instant {
+pub(crate) fn later(from: Instant, duration: Duration) -> Instant {
     from.checked_add(duration)
         .or_else(|| from.checked_add(FAR_FUTURE))
         .unwrap_or(from)
@@ -31,10 +31,10 @@ pub struct Deadline(pub Instant);
 /// (`server.max_connection_age`), as a request extension: a long stream ends by then with
 /// UNAVAILABLE, for the caller to resume on a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionEnd(pub Instant);
+pub(crate) struct ConnectionEnd(pub Instant);
 
 /// Records the caller's deadline on an incoming request (used with `MapRequestLayer`).
-pub fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
+pub(crate) fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
     if let Some(timeout) = grpc_timeout(request.headers()) {
         let deadline = Deadline(later(Instant::now(), timeout.saturating_sub(MARGIN)));
         request.extensions_mut().insert(deadline);
@@ -43,7 +43,7 @@ pub fn record<B>(mut request: http::Request<B>) -> http::Request<B> {
 }
 
 /// The instant a call must have answered by: the caller's deadline, bounded by `limit`.
-pub fn effective(caller: Option<&Deadline>, limit: Duration) -> Instant {
+pub(crate) fn effective(caller: Option<&Deadline>, limit: Duration) -> Instant {
     let ours = later(Instant::now(), limit);
     caller.map_or(ours, |d| d.0.min(ours))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use dds_gateway::alibaba::credentials;
+use dds_gateway::Secret;
 use dds_gateway::client::{self, ClientError, Outcome, StatusArgs, UpgradeArgs};
 use dds_gateway::exit::{EX_SOFTWARE, EX_USAGE};
 use dds_gateway::pb;
@@ -161,12 +161,12 @@ impl GatewayArgs {
                 tracing::warn!(
                     "--token puts the bearer token on the command line, where other users of this machine can read it; use --token-file or {TOKEN_VARIABLE}"
                 );
-                Some(credentials::Secret::new(token))
+                Some(Secret::new(token))
             }
             (None, None) => std::env::var(TOKEN_VARIABLE)
                 .ok()
                 .filter(|t| !t.is_empty())
-                .map(credentials::Secret::new),
+                .map(Secret::new),
         };
         Ok(client::Target {
             url: self.target,
@@ -341,7 +341,7 @@ fn report(outcome: Outcome) -> ExitCode {
 
 /// The token is read from stdin, never the command line, so it stays out of shell history and `ps`.
 fn hash_token(generate: bool) -> ExitCode {
-    use dds_gateway::api::auth;
+    use dds_gateway as auth;
     if generate {
         let token = auth::generate_token();
         println!("token:        {token}");

@@ -33,7 +33,7 @@ pub enum TlsError {
 }
 
 /// The tonic TLS settings, or what is wrong with the files (naming the key).
-pub fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, TlsError> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, TlsError> {
     let read = |key: &'static str, path: &std::path::Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             key,

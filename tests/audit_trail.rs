@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use common::Gateway;
 use common::fake_cloud;
-use dds_gateway::alibaba::action::{
+use dds_gateway::pb;
+use dds_gateway::testing::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
-use dds_gateway::alibaba::credentials::CredentialsProvider;
-use dds_gateway::api::service::REPLAYED_HEADER;
-use dds_gateway::config::{Config, Overrides};
-use dds_gateway::pb;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::CredentialsProvider;
+use dds_gateway::testing::api::service::REPLAYED_HEADER;
+use dds_gateway::testing::config::{Config, Overrides};
+use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
 use serde_json::Value;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -224,10 +224,10 @@ async fn a_credential_that_arrives_after_the_deadline_sends_nothing() {
         fake.url()
     );
     let config = Config::from_toml(&toml, "test", |_| None, &Overrides::default()).unwrap();
-    let credentials = dds_gateway::alibaba::credentials::build(
+    let credentials = dds_gateway::testing::alibaba::credentials::build(
         &config.credentials,
         &|_| None,
-        &dds_gateway::telemetry::Metrics::default(),
+        &dds_gateway::testing::telemetry::Metrics::default(),
     )
     .unwrap();
     let sandbox = Sandbox::start(SandboxConfig {

@@ -10,8 +10,8 @@ use common::callers::{
     with_token,
 };
 use common::{assert_error, request};
-use dds_gateway::api::auth::hash_token;
 use dds_gateway::pb;
+use dds_gateway::testing::api::auth::hash_token;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]

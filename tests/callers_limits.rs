@@ -14,7 +14,7 @@ use common::callers::{
 use common::{assert_error, eventually, request, wait_until};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::Fault;
+use dds_gateway::testing::sandbox::Fault;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;

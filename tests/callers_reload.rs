@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::callers::{UPGRADE, call, validate_only, with_token};
 use common::{Gateway, assert_error, eventually, request, wait_until};
-use dds_gateway::api::auth::hash_token;
-use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::testing::api::auth::hash_token;
+use dds_gateway::testing::config::{Config, Overrides};
+use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -177,7 +177,7 @@ async fn a_change_made_while_the_gateway_starts_is_picked_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
-    let telemetry = dds_gateway::telemetry::Telemetry::quiet();
+    let telemetry = dds_gateway::testing::telemetry::Telemetry::quiet();
     let reloads = |outcome: &str| {
         common::traced::sample(
             &telemetry.prometheus_text(),
@@ -191,13 +191,17 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
     let head = format!("[alibaba]\nendpoint = \"{}\"\n", sandbox.endpoint());
     std::fs::write(&file, format!("{head}{}", one_caller("old-token"))).unwrap();
     let config = Config::load(Some(&file), |_| None, &Overrides::default()).unwrap();
-    let callers = dds_gateway::api::auth::CallersHandle::new(dds_gateway::api::auth::Callers::new(
-        &config.callers,
-        None,
-    ));
+    let callers = dds_gateway::testing::api::auth::CallersHandle::new(
+        dds_gateway::testing::api::auth::Callers::new(&config.callers, None),
+    );
 
     std::fs::write(&file, &head).unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
+    dds_gateway::testing::server::reload::reload(
+        Some(&file),
+        &callers,
+        "test",
+        telemetry.metrics(),
+    );
     assert_eq!(
         callers.current().len(),
         1,
@@ -208,7 +212,12 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         format!("{head}[[callers]]\nname = \"x\"\ntoken_sha256 = \"short\"\n"),
     )
     .unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
+    dds_gateway::testing::server::reload::reload(
+        Some(&file),
+        &callers,
+        "test",
+        telemetry.metrics(),
+    );
     assert_eq!(
         callers.current().len(),
         1,
@@ -225,7 +234,12 @@ async fn a_reload_that_would_remove_every_caller_keeps_the_current_ones() {
         ),
     )
     .unwrap();
-    dds_gateway::server::reload::reload(Some(&file), &callers, "test", telemetry.metrics());
+    dds_gateway::testing::server::reload::reload(
+        Some(&file),
+        &callers,
+        "test",
+        telemetry.metrics(),
+    );
     assert_eq!(callers.current().len(), 2);
     assert_eq!(reloads("ok"), Some(1.0));
     assert_eq!(reloads("error"), Some(2.0));

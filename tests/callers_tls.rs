@@ -296,7 +296,7 @@ async fn the_upgrade_client_speaks_tls_and_mtls() {
     std::fs::write(pki.dir.path().join("client.key"), &identity.key).unwrap();
     let target = |token: Option<&str>, mtls: bool| Target {
         url: format!("https://localhost:{}", gw.addr.port()),
-        token: token.map(dds_gateway::alibaba::credentials::Secret::new),
+        token: token.map(dds_gateway::testing::alibaba::credentials::Secret::new),
         ca_cert: Some(pki.dir.path().join("ca.pem")),
         client_cert: mtls.then(|| {
             (

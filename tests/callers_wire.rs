@@ -9,10 +9,10 @@ use common::callers::{
     BILLING_TOKEN, UPGRADE, call, callers_toml, gateway, validate_only, with_token,
 };
 use common::{assert_error, request};
-use dds_gateway::config::{Config, Overrides};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::config::{Config, Overrides};
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
 use tokio::io::AsyncWriteExt;
 use tonic::Code;
 
@@ -28,7 +28,7 @@ async fn a_gateway_with_callers_may_listen_beyond_loopback() {
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let credentials = common::credentials_of(&sandbox);
-    let task = tokio::spawn(dds_gateway::server::serve(
+    let task = tokio::spawn(dds_gateway::testing::server::serve(
         config,
         credentials,
         listener,

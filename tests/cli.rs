@@ -286,7 +286,7 @@ async fn hash_token_prints_the_sha256_of_the_token_on_stdin() {
     let token = value("token:");
     assert_eq!(
         value("token_sha256:"),
-        dds_gateway::api::auth::hash_token(&token)
+        dds_gateway::testing::api::auth::hash_token(&token)
     );
 }
 
@@ -333,7 +333,7 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
     let caller = |token: &str| {
         format!(
             "[server]\nreload_interval = \"1h\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
-            dds_gateway::api::auth::hash_token(token)
+            dds_gateway::testing::api::auth::hash_token(token)
         )
     };
     std::fs::write(&file, caller("first-token")).unwrap();
@@ -370,7 +370,7 @@ async fn sighup_reloads_callers_and_upgrade_sends_the_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_and_watch_print_the_instance_and_its_changes() {
     let gw = Gateway::start_with(common::Options {
-        sandbox: dds_gateway::sandbox::SandboxConfig {
+        sandbox: dds_gateway::testing::sandbox::SandboxConfig {
             upgrade_duration: std::time::Duration::from_millis(300),
             ..Default::default()
         },
@@ -422,19 +422,19 @@ async fn status_and_watch_print_the_instance_and_its_changes() {
 
 /// A gateway with one caller whose token is `token`, in front of a fresh sandbox.
 async fn gateway_with_caller(token: &str) -> Gateway {
-    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(Default::default())
         .await
         .unwrap();
     let toml = format!(
         "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"ci\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n",
         sandbox.endpoint(),
-        dds_gateway::api::auth::hash_token(token)
+        dds_gateway::testing::api::auth::hash_token(token)
     );
-    let config = dds_gateway::config::Config::from_toml(
+    let config = dds_gateway::testing::config::Config::from_toml(
         &toml,
         "test",
         |_| None,
-        &dds_gateway::config::Overrides::default(),
+        &dds_gateway::testing::config::Overrides::default(),
     )
     .unwrap();
     let credentials = common::credentials_of(&sandbox);

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Gateway, Options, request, upgrade_in_flight};
-use dds_gateway::config::Config;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::Fault;
+use dds_gateway::testing::config::Config;
+use dds_gateway::testing::sandbox::Fault;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -214,7 +214,7 @@ async fn shutdown_ends_within_its_grace_and_closes_a_stuck_call() {
 /// upgrades take `upgrade`, watching every 20 ms.
 async fn ageing_gateway(upgrade: Duration) -> Gateway {
     Gateway::start_with(Options {
-        sandbox: dds_gateway::sandbox::SandboxConfig {
+        sandbox: dds_gateway::testing::sandbox::SandboxConfig {
             upgrade_duration: upgrade,
             ..Default::default()
         },

@@ -9,7 +9,7 @@ mod common;
 
 use common::callers::{BILLING_TOKEN, OPS_TOKEN, callers_toml, gateway};
 use common::http_client::http1;
-use dds_gateway::server::console::{CONTENT_SECURITY_POLICY, asset_names};
+use dds_gateway::testing::server::console::{CONTENT_SECURITY_POLICY, asset_names};
 
 fn url(gw: &common::Gateway, path: &str) -> String {
     format!("http://{}{path}", gw.addr)
@@ -207,7 +207,7 @@ async fn engine_versions_come_with_their_end_of_life_and_source() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn activity_lists_upgrades_for_the_instances_the_caller_may_read() {
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::testing::tls::install_crypto_provider();
     let gw = gateway("", &callers_toml()).await;
     // billing upgrades one of its instances; the sandbox accepts it.
     let upgrade = common::http_client::post(
@@ -278,10 +278,10 @@ async fn activity_lists_upgrades_for_the_instances_the_caller_may_read() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn activity_is_shared_by_replicas_through_redis_and_capped() {
-    use dds_gateway::sandbox::SandboxConfig;
-    use dds_gateway::state::activity::{Activity, CAPACITY};
+    use dds_gateway::testing::sandbox::SandboxConfig;
+    use dds_gateway::testing::state::activity::{Activity, CAPACITY};
 
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::testing::tls::install_crypto_provider();
     let redis = common::redis::RedisServer::start().await;
     let toml = format!(
         "[state]\nstore = \"redis\"\nredis_url = \"{}\"\n",
@@ -306,11 +306,11 @@ async fn activity_is_shared_by_replicas_through_redis_and_capped() {
     .await;
 
     // The list keeps the newest CAPACITY entries.
-    let store = dds_gateway::state::redis::RedisStore::open(
-        &dds_gateway::config::RedisUrl::parse(&redis.url()).unwrap(),
+    let store = dds_gateway::testing::state::redis::RedisStore::open(
+        &dds_gateway::testing::config::RedisUrl::parse(&redis.url()).unwrap(),
         None,
         "dds-gateway:",
-        dds_gateway::state::store::StoreLimits::from_config(&common::default_config()),
+        dds_gateway::testing::state::store::StoreLimits::from_config(&common::default_config()),
     )
     .unwrap();
     let list = Activity::redis(&store);

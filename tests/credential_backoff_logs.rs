@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use dds_gateway::alibaba::credentials::cache::{Fetch, RefreshPolicy, Refreshing};
-use dds_gateway::alibaba::credentials::{Credential, CredentialsError, CredentialsProvider};
-use dds_gateway::secret::Secret;
-use dds_gateway::telemetry::Metrics;
+use dds_gateway::testing::alibaba::credentials::cache::{Fetch, RefreshPolicy, Refreshing};
+use dds_gateway::testing::alibaba::credentials::{
+    Credential, CredentialsError, CredentialsProvider,
+};
+use dds_gateway::testing::secret::Secret;
+use dds_gateway::testing::telemetry::Metrics;
 
 /// A source that answers credentials with the scripted lifetimes and counts how often it was
 /// asked.

@@ -15,8 +15,8 @@ use common::fake_cloud::{
     self, BASE_ID, BASE_SECRET, Fake, IMDS_TOKEN, OIDC_PROVIDER_ARN, ROLE_ARN, ROLE_NAME, Scratch,
     issued,
 };
-use dds_gateway::alibaba::credentials::{self, CredentialsProvider};
-use dds_gateway::config::{Config, Overrides};
+use dds_gateway::testing::alibaba::credentials::{self, CredentialsProvider};
+use dds_gateway::testing::config::{Config, Overrides};
 use serde_json::json;
 
 /// Builds the provider of a `[credentials]` section with only `env` as the environment.
@@ -31,7 +31,7 @@ fn try_provider(
     counted_provider(
         credentials_toml,
         env,
-        &dds_gateway::telemetry::Metrics::default(),
+        &dds_gateway::testing::telemetry::Metrics::default(),
     )
 }
 
@@ -39,7 +39,7 @@ fn try_provider(
 fn counted_provider(
     credentials_toml: &str,
     env: &[(&str, &str)],
-    metrics: &dds_gateway::telemetry::Metrics,
+    metrics: &dds_gateway::testing::telemetry::Metrics,
 ) -> Result<Arc<dyn CredentialsProvider>, credentials::CredentialsError> {
     let env: BTreeMap<String, String> = env
         .iter()
@@ -451,7 +451,7 @@ async fn a_changed_credentials_file_is_picked_up_without_restart() {
 
 #[tokio::test]
 async fn reload_reads_the_file_at_once_and_counts_what_came_of_it() {
-    let telemetry = dds_gateway::telemetry::Telemetry::quiet();
+    let telemetry = dds_gateway::testing::telemetry::Telemetry::quiet();
     let reloads = |outcome: &str| {
         common::traced::sample(
             &telemetry.prometheus_text(),
@@ -574,10 +574,10 @@ fn access_key_ini(id: &str) -> String {
     format!("[default]\ntype = access_key\naccess_key_id = {id}\naccess_key_secret = secret-{id}\n")
 }
 
-fn plain_key(id: &str) -> dds_gateway::alibaba::credentials::Credential {
-    dds_gateway::alibaba::credentials::Credential::new(
+fn plain_key(id: &str) -> dds_gateway::testing::alibaba::credentials::Credential {
+    dds_gateway::testing::alibaba::credentials::Credential::new(
         id,
-        dds_gateway::alibaba::credentials::Secret::new(format!("secret-{id}")),
+        dds_gateway::testing::alibaba::credentials::Secret::new(format!("secret-{id}")),
         None,
         None,
         "test",
@@ -586,7 +586,7 @@ fn plain_key(id: &str) -> dds_gateway::alibaba::credentials::Credential {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_under_a_running_gateway_leaves_calls_in_flight_alone() {
-    use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+    use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
     let scratch = Scratch::new("gateway-rotation");
     let file = scratch.write("credentials.ini", &access_key_ini("old-key"));
     let rotating = provider(
@@ -649,7 +649,7 @@ async fn rotation_under_a_running_gateway_leaves_calls_in_flight_alone() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_makes_the_gateway_binary_reread_its_credentials_file() {
-    use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+    use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
     let scratch = Scratch::new("sighup-binary");
     let file = scratch.write("credentials.ini", &access_key_ini("before-hup"));
     let sandbox = Sandbox::start(SandboxConfig {
@@ -733,7 +733,7 @@ async fn without_credentials_calls_fail_unavailable_and_nothing_is_sent() {
             ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", BASE_SECRET),
         ],
     );
-    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(Default::default())
         .await
         .unwrap();
     let mut config = common::default_config();
@@ -777,7 +777,7 @@ async fn a_source_of_near_expired_credentials_is_not_asked_in_a_loop() {
 /// which is safe because Alibaba refused the first at authentication.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_token_answer_refreshes_and_the_upgrade_is_retried_once() {
-    use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+    use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
     const UPGRADE: &str = "UpgradeDBInstanceEngineVersion";
     let fake = Fake::start().await;
     let uri = format!("{}creds?token=uri-canary", fake.url());

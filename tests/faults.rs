@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use common::ServingBinary;
 use common::redis::{PASSWORD, RedisServer};
-use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
 use dds_gateway::sandbox::{Fault, FleetSpec, Sandbox, SandboxConfig, UpgradeCall};

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{Gateway, Options, assert_error, request, upgrade_in_flight};
-use dds_gateway::alibaba::action::{
+use dds_gateway::pb;
+use dds_gateway::testing::alibaba::action::{
     DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
-use dds_gateway::alibaba::credentials::{Credential, Secret};
-use dds_gateway::pb;
-use dds_gateway::sandbox::{Fault, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::{Credential, Secret};
+use dds_gateway::testing::sandbox::{Fault, SandboxConfig};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -150,7 +150,7 @@ async fn invalid_request_lists_every_violation_and_never_calls_alibaba() {
 #[tokio::test(flavor = "multi_thread")]
 async fn region_outside_the_endpoint_table_is_refused_without_network() {
     // No explicit endpoint: the table decides, and an unknown region has no host at all.
-    let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
     let config = common::default_config();
@@ -449,15 +449,16 @@ async fn rejected_gateway_credentials_are_internal_and_never_echoed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_deadline_is_answered_with_deadline_exceeded() {
     use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
-    let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
     let mut config = common::default_config();
     config.alibaba.endpoint = Some(sandbox.endpoint());
     let credentials = common::credentials_of(&sandbox);
-    let client = dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, credentials).unwrap();
-    let service = dds_gateway::api::service::EngineVersionService::new(
-        dds_gateway::upgrade::validation::Validator::new(&config),
+    let client =
+        dds_gateway::testing::alibaba::AlibabaClient::new(&config.alibaba, credentials).unwrap();
+    let service = dds_gateway::testing::api::service::EngineVersionService::new(
+        dds_gateway::testing::upgrade::validation::Validator::new(&config),
         std::sync::Arc::new(client),
         Duration::from_secs(60),
     );
@@ -465,7 +466,7 @@ async fn callers_deadline_is_answered_with_deadline_exceeded() {
     let mut req = tonic::Request::new(request("dds-sandbox01", "5.0"));
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     req.extensions_mut()
-        .insert(dds_gateway::deadline::Deadline(deadline));
+        .insert(dds_gateway::testing::deadline::Deadline(deadline));
     let status = service.upgrade_engine_version(req).await.unwrap_err();
     assert_error(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(5));
@@ -583,15 +584,16 @@ async fn shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unauthenticated_gateway_refuses_a_non_loopback_listener() {
-    let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
         .await
         .unwrap();
     let config = common::default_config();
     let credentials = common::credentials_of(&sandbox);
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let err = dds_gateway::server::serve(config, credentials, listener, std::future::pending())
-        .await
-        .unwrap_err();
+    let err =
+        dds_gateway::testing::server::serve(config, credentials, listener, std::future::pending())
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("loopback"), "{err}");
 }
 
@@ -602,7 +604,7 @@ struct FixedClock {
     nonce: uuid::Uuid,
 }
 
-impl dds_gateway::alibaba::Clock for FixedClock {
+impl dds_gateway::testing::alibaba::Clock for FixedClock {
     fn now(&self) -> std::time::SystemTime {
         self.time
     }
@@ -617,17 +619,17 @@ impl dds_gateway::alibaba::Clock for FixedClock {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_are_signed_with_the_injected_clock() {
     for version in [
-        dds_gateway::config::SignatureVersion::V2,
-        dds_gateway::config::SignatureVersion::V3,
+        dds_gateway::testing::config::SignatureVersion::V2,
+        dds_gateway::testing::config::SignatureVersion::V3,
     ] {
-        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+        let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
             .await
             .unwrap();
         let mut config = common::default_config();
         config.alibaba.endpoint = Some(sandbox.endpoint());
         config.alibaba.signature_version = version;
         let client = |clock: FixedClock| {
-            dds_gateway::alibaba::AlibabaClient::new(
+            dds_gateway::testing::alibaba::AlibabaClient::new(
                 &config.alibaba,
                 common::credentials_of(&sandbox),
             )
@@ -659,7 +661,7 @@ async fn requests_are_signed_with_the_injected_clock() {
             .await
             .unwrap_err();
         assert!(
-            matches!(&again, dds_gateway::alibaba::CallError::Upstream(e) if e.code == "SignatureNonceUsed"),
+            matches!(&again, dds_gateway::testing::alibaba::CallError::Upstream(e) if e.code == "SignatureNonceUsed"),
             "{version:?}: {again}"
         );
         let late = client(FixedClock {
@@ -670,7 +672,7 @@ async fn requests_are_signed_with_the_injected_clock() {
         .await
         .unwrap_err();
         assert!(
-            matches!(&late, dds_gateway::alibaba::CallError::Upstream(e) if e.code.starts_with("InvalidTimeStamp")),
+            matches!(&late, dds_gateway::testing::alibaba::CallError::Upstream(e) if e.code.starts_with("InvalidTimeStamp")),
             "{version:?}: {late}"
         );
     }

@@ -7,11 +7,11 @@
 mod common;
 
 use common::{Gateway, Options, request};
-use dds_gateway::alibaba::credentials::{Credential, Secret};
-use dds_gateway::alibaba::signer::{self, v3};
-use dds_gateway::config::SignatureVersion;
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Received, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::{Credential, Secret};
+use dds_gateway::testing::alibaba::signer::{self, v3};
+use dds_gateway::testing::config::SignatureVersion;
+use dds_gateway::testing::sandbox::{Received, SandboxConfig};
 use tonic::Code;
 use tonic_types::StatusExt;
 

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use common::Gateway;
 use common::callers::with_token;
-use dds_gateway::alibaba::credentials::StaticProvider;
-use dds_gateway::alibaba::{AlibabaClient, CallError, action};
-use dds_gateway::api::auth::hash_token;
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Failure, FailureRule, FleetSpec, Instance, Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::StaticProvider;
+use dds_gateway::testing::alibaba::{AlibabaClient, CallError, action};
+use dds_gateway::testing::api::auth::hash_token;
+use dds_gateway::testing::sandbox::{
+    Failure, FailureRule, FleetSpec, Instance, Sandbox, SandboxConfig,
+};
 
 const DESCRIBE: &str = action::DESCRIBE_DB_INSTANCES;
 
@@ -343,7 +345,7 @@ fn client(sandbox: &Sandbox) -> AlibabaClient {
     .unwrap()
 }
 
-fn code(result: Result<dds_gateway::alibaba::response::Answer, CallError>) -> String {
+fn code(result: Result<dds_gateway::testing::alibaba::response::Answer, CallError>) -> String {
     match result {
         Err(CallError::Upstream(e)) => e.code,
         other => panic!("{other:?}"),
@@ -361,7 +363,7 @@ async fn the_sandbox_lists_pages_and_refuses_as_alibaba_does() {
             .collect();
         dds.call(DESCRIBE, "cn-hangzhou", params)
     };
-    let page = |answer: dds_gateway::alibaba::response::Answer| -> serde_json::Value {
+    let page = |answer: dds_gateway::testing::alibaba::response::Answer| -> serde_json::Value {
         serde_json::from_slice(&answer.bytes).unwrap()
     };
     // Defaults: replica sets only, page 1 of 30.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::http_client::{Answer, http1, http2, post, raw, read_until};
 use common::{Gateway, wait_until};
-use dds_gateway::api::auth::hash_token;
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Fault, SandboxConfig};
+use dds_gateway::testing::api::auth::hash_token;
+use dds_gateway::testing::sandbox::{Fault, SandboxConfig};
 use tokio::io::AsyncReadExt as _;
 
 const UPGRADE: &str = "UpgradeDBInstanceEngineVersion";

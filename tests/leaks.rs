@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use common::fake_cloud;
 use common::{Gateway, Options, request};
-use dds_gateway::alibaba::credentials::{Credential, Secret};
-use dds_gateway::config::SignatureVersion;
-use dds_gateway::sandbox::{Fault, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::{Credential, Secret};
+use dds_gateway::testing::config::SignatureVersion;
+use dds_gateway::testing::sandbox::{Fault, SandboxConfig};
 
 const TOKEN: &str = "CANARY-security-token-5f1e";
 const WRONG_SECRET: &str = "CANARY-wrong-secret-9b2c";
@@ -116,19 +116,19 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     ));
     // Bearer tokens of callers, right and wrong, stay out of logs and answers too.
     let callers_gateway = {
-        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+        let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
             .await
             .unwrap();
         let toml = format!(
             "[alibaba]\nendpoint = \"{}\"\n[[callers]]\nname = \"c\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"*\"]\n",
             sandbox.endpoint(),
-            dds_gateway::api::auth::hash_token(BEARER)
+            dds_gateway::testing::api::auth::hash_token(BEARER)
         );
-        let config = dds_gateway::config::Config::from_toml(
+        let config = dds_gateway::testing::config::Config::from_toml(
             &toml,
             "t",
             |_| None,
-            &dds_gateway::config::Overrides::default(),
+            &dds_gateway::testing::config::Overrides::default(),
         )
         .unwrap();
         let credentials = common::credentials_of(&sandbox);
@@ -185,11 +185,13 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     // A request signed but not yet sent prints without its signature or token.
     let mut alibaba = common::default_config().alibaba;
     alibaba.endpoint = Some(gw.sandbox.endpoint());
-    let client = dds_gateway::alibaba::AlibabaClient::new(
+    let client = dds_gateway::testing::alibaba::AlibabaClient::new(
         &alibaba,
-        Arc::new(dds_gateway::alibaba::credentials::StaticProvider::new(
-            gw.sandbox.credential(),
-        )),
+        Arc::new(
+            dds_gateway::testing::alibaba::credentials::StaticProvider::new(
+                gw.sandbox.credential(),
+            ),
+        ),
     )
     .unwrap();
     let signed = client
@@ -246,7 +248,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
     let v3_signatures: Vec<String> = v3_received
         .iter()
         .map(|r| {
-            dds_gateway::alibaba::signer::v3::ParsedAuthorization::parse(
+            dds_gateway::testing::alibaba::signer::v3::ParsedAuthorization::parse(
                 &r.headers["authorization"],
             )
             .unwrap()
@@ -273,7 +275,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         signatures
             .clone()
             .iter()
-            .map(|s| dds_gateway::alibaba::signer::percent_encode(s)),
+            .map(|s| dds_gateway::testing::alibaba::signer::percent_encode(s)),
     );
 
     signatures.extend(v3_signatures);
@@ -339,13 +341,13 @@ async fn redis_paths() -> Vec<String> {
         if killed {
             redis.kill().await;
         }
-        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+        let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
             .await
             .unwrap();
         let mut config = common::default_config();
         config.alibaba.endpoint = Some(sandbox.endpoint());
-        config.state.store = dds_gateway::config::StoreKind::Redis;
-        config.state.redis_url = Some(dds_gateway::config::RedisUrl::parse(&url).unwrap());
+        config.state.store = dds_gateway::testing::config::StoreKind::Redis;
+        config.state.redis_url = Some(dds_gateway::testing::config::RedisUrl::parse(&url).unwrap());
         seen.push(format!("{config:?}"));
         let credentials = common::credentials_of(&sandbox);
         let gw = Gateway::serve(config, credentials, sandbox).await;
@@ -381,20 +383,20 @@ async fn credential_chain_paths() -> Vec<String> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let config = dds_gateway::config::Config::from_toml(
+        let config = dds_gateway::testing::config::Config::from_toml(
             &format!(
                 "[credentials]\nsts_endpoint = \"{}\"\n{section}",
                 fake.url()
             ),
             "t",
             |_| None,
-            &dds_gateway::config::Overrides::default(),
+            &dds_gateway::testing::config::Overrides::default(),
         )
         .unwrap();
-        let provider = dds_gateway::alibaba::credentials::build(
+        let provider = dds_gateway::testing::alibaba::credentials::build(
             &config.credentials,
             &|k: &str| env.get(k).cloned(),
-            &dds_gateway::telemetry::Metrics::default(),
+            &dds_gateway::testing::telemetry::Metrics::default(),
         )
         .unwrap();
         (config, provider)
@@ -421,7 +423,7 @@ async fn credential_chain_paths() -> Vec<String> {
         (&uri, SignatureVersion::V3),
     ] {
         let (mut config, provider) = build(section.clone(), &base_env);
-        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig {
+        let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig {
             extra_keys: (1..=20).map(fake_cloud::issued_credential).collect(),
             ..Default::default()
         })
@@ -443,7 +445,7 @@ async fn credential_chain_paths() -> Vec<String> {
     for section in [ram, format!("{ecs}\nimdsv1_disabled = true")] {
         let (config, provider) = build(section, &base_env);
         seen.push(format!("{:?}", provider.credential().await));
-        let sandbox = dds_gateway::sandbox::Sandbox::start(SandboxConfig::default())
+        let sandbox = dds_gateway::testing::sandbox::Sandbox::start(SandboxConfig::default())
             .await
             .unwrap();
         let mut config = config;

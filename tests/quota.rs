@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::Gateway;
 use dds_gateway::pb;
-use dds_gateway::sandbox::{Fault, SandboxConfig};
+use dds_gateway::testing::sandbox::{Fault, SandboxConfig};
 
 #[tokio::test]
 async fn a_burst_waits_in_line_within_the_budget() {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use common::ServingBinary;
 use common::redis::{PASSWORD, RedisPki, RedisServer};
-use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
-use dds_gateway::api::service::RECONCILED_HEADER;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::testing::api::service::RECONCILED_HEADER;
+use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -246,7 +246,7 @@ async fn without_redis_upgrades_are_refused_and_nothing_is_sent_until_it_is_back
     .await
     .unwrap();
 
-    let service = dds_gateway::api::service::SERVICE_NAME;
+    let service = dds_gateway::testing::api::service::SERVICE_NAME;
     let serving = |service: &'static str| {
         let mut health = health.clone();
         async move {
@@ -397,12 +397,12 @@ async fn the_redis_password_never_appears_in_the_log_at_trace() {
 /// lock passes to whoever replaced it on the key, and to no one else.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token() {
-    use dds_gateway::config::RedisUrl;
-    use dds_gateway::state::redis::RedisStore;
-    use dds_gateway::state::store::{
+    use dds_gateway::testing::config::RedisUrl;
+    use dds_gateway::testing::state::redis::RedisStore;
+    use dds_gateway::testing::state::store::{
         Claim, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
     };
-    use dds_gateway::upgrade::idempotency::fingerprint;
+    use dds_gateway::testing::upgrade::idempotency::fingerprint;
     let redis = RedisServer::start().await;
     let lease = Duration::from_millis(300);
     let store = RedisStore::open(
@@ -418,14 +418,20 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
         },
     )
     .unwrap();
-    let validator = dds_gateway::upgrade::validation::Validator::new(&common::default_config());
+    let validator =
+        dds_gateway::testing::upgrade::validation::Validator::new(&common::default_config());
     let fingerprint = fingerprint(
         &validator
             .validate(common::request(INSTANCE, "4.4"))
             .unwrap(),
     );
     let key = |n: u128| Key::new("billing", uuid::Uuid::from_u128(n));
-    let held = |lock| matches!(lock, dds_gateway::state::store::InstanceLock::Held { .. });
+    let held = |lock| {
+        matches!(
+            lock,
+            dds_gateway::testing::state::store::InstanceLock::Held { .. }
+        )
+    };
     let owner = |claim: Claim| match claim {
         Claim::Owner {
             unresolved_for,
@@ -515,7 +521,7 @@ async fn the_redis_store_replaces_lapsed_holders_by_their_mark_and_only_by_token
         .settle(
             &key(4),
             &e,
-            Settlement::Accepted(dds_gateway::state::store::Accepted {
+            Settlement::Accepted(dds_gateway::testing::state::store::Accepted {
                 response: pb::UpgradeEngineVersionResponse {
                     alibaba_request_id: "R4".into(),
                     ..Default::default()
@@ -603,10 +609,10 @@ async fn rediss_verifies_redis_with_the_configured_ca() {
 /// memory one on this process's clock, the script on Redis's).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rate_admits_the_same_calls_in_memory_and_in_redis() {
-    use dds_gateway::config::RedisUrl;
-    use dds_gateway::limits::{Rate, SharedBucket, SharedRates};
-    use dds_gateway::state::redis::RedisStore;
-    use dds_gateway::state::store::StoreLimits;
+    use dds_gateway::testing::config::RedisUrl;
+    use dds_gateway::testing::limits::{Rate, SharedBucket, SharedRates};
+    use dds_gateway::testing::state::redis::RedisStore;
+    use dds_gateway::testing::state::store::StoreLimits;
     let redis = RedisServer::start().await;
     let store = RedisStore::open(
         &RedisUrl::parse(&redis.url()).unwrap(),
@@ -753,10 +759,10 @@ async fn an_operation_whose_answer_was_lost_orphans_neither_lock_nor_claim() {
 
 fn store_on(
     redis: &RedisServer,
-    limits: dds_gateway::state::store::StoreLimits,
-) -> dds_gateway::state::redis::RedisStore {
-    dds_gateway::state::redis::RedisStore::open(
-        &dds_gateway::config::RedisUrl::parse(&redis.url()).unwrap(),
+    limits: dds_gateway::testing::state::store::StoreLimits,
+) -> dds_gateway::testing::state::redis::RedisStore {
+    dds_gateway::testing::state::redis::RedisStore::open(
+        &dds_gateway::testing::config::RedisUrl::parse(&redis.url()).unwrap(),
         None,
         "test:",
         limits,
@@ -764,15 +770,17 @@ fn store_on(
     .unwrap()
 }
 
-fn a_fingerprint() -> dds_gateway::state::store::Fingerprint {
-    dds_gateway::state::store::Fingerprint::of_fields(&["test"])
+fn a_fingerprint() -> dds_gateway::testing::state::store::Fingerprint {
+    dds_gateway::testing::state::store::Fingerprint::of_fields(&["test"])
 }
 
 /// `since` and `sent` written from a clock ahead of Redis's (a failover to a replica whose clock
 /// lags, an NTP step): the age is negative, and is 0, never "not sent".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
-    use dds_gateway::state::store::{Claim, Key, Settlement, StateStore, StoreLimits, Token};
+    use dds_gateway::testing::state::store::{
+        Claim, Key, Settlement, StateStore, StoreLimits, Token,
+    };
     let redis = RedisServer::start().await;
     let lease = Duration::from_millis(200);
     let store = store_on(
@@ -820,7 +828,7 @@ async fn a_send_marked_by_a_clock_ahead_of_redis_is_still_a_send() {
 /// upgrade in flight, a duplicate still waits for the owner and replays its answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn renewal_keeps_a_claimed_key_alive_past_its_retention() {
-    use dds_gateway::state::store::{
+    use dds_gateway::testing::state::store::{
         Accepted, Claim, Key, Settlement, StateStore, StoreLimits, Token,
     };
     let redis = RedisServer::start().await;

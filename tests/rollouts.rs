@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::ServingBinary;
 use common::redis::RedisServer;
-use dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
 use dds_gateway::pb;
 use dds_gateway::pb::rollout_service_client::RolloutServiceClient;
-use dds_gateway::sandbox::{Failure, FailureRule, FleetSpec, Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
+use dds_gateway::testing::sandbox::{Failure, FailureRule, FleetSpec, Sandbox, SandboxConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;

@@ -10,13 +10,13 @@ mod common;
 use std::time::Duration;
 
 use common::{Gateway, Options, request};
-use dds_gateway::alibaba::action::{
+use dds_gateway::pb;
+use dds_gateway::testing::alibaba::action::{
     DESCRIBE_AVAILABLE_ENGINE_VERSION as AVAILABLE, DESCRIBE_DB_INSTANCE_ATTRIBUTE as DESCRIBE,
     UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
 };
-use dds_gateway::api::service::{RECONCILED_HEADER, REPLAYED_HEADER};
-use dds_gateway::pb;
-use dds_gateway::sandbox::Fault;
+use dds_gateway::testing::api::service::{RECONCILED_HEADER, REPLAYED_HEADER};
+use dds_gateway::testing::sandbox::Fault;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -360,7 +360,7 @@ async fn unknown_outcomes_are_reconciled_by_looking_never_by_sending_again() {
             Fault::Delay(Duration::from_secs(3)),
         ]
     };
-    let configure: fn(&mut dds_gateway::config::Config) = |config| {
+    let configure: fn(&mut dds_gateway::testing::config::Config) = |config| {
         config.alibaba.read_timeout = Duration::from_millis(300);
         // The retry below comes after the settle window (see the settle window's own tests).
         config.idempotency.settle_window = Duration::ZERO;
@@ -654,19 +654,21 @@ async fn a_scheduled_upgrade_with_an_unknown_outcome_is_never_sent_again_on_a_gu
 /// upgrade itself: the first left nothing behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_upgrade_is_sent_after_the_callers_deadline() {
-    use dds_gateway::deadline::Deadline;
     use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
+    use dds_gateway::testing::deadline::Deadline;
 
-    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(Default::default())
         .await
         .unwrap();
     let mut config = common::default_config();
     config.alibaba.endpoint = Some(sandbox.endpoint());
     config.alibaba.preflight = false;
-    let client =
-        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
-            .unwrap();
-    let service = dds_gateway::api::service::EngineVersionService::from_config(
+    let client = dds_gateway::testing::alibaba::AlibabaClient::new(
+        &config.alibaba,
+        common::credentials_of(&sandbox),
+    )
+    .unwrap();
+    let service = dds_gateway::testing::api::service::EngineVersionService::from_config(
         &config,
         std::sync::Arc::new(client),
         None,
@@ -731,7 +733,7 @@ async fn a_noisy_caller_is_refused_at_its_share_while_others_are_served() {
             .map(|b| format!("{b:02x}"))
             .collect()
     };
-    let sandbox = dds_gateway::sandbox::Sandbox::start(Default::default())
+    let sandbox = dds_gateway::testing::sandbox::Sandbox::start(Default::default())
         .await
         .unwrap();
     let caller = |name: &str| {
@@ -746,11 +748,11 @@ async fn a_noisy_caller_is_refused_at_its_share_while_others_are_served() {
         caller("noisy"),
         caller("quiet")
     );
-    let config = dds_gateway::config::Config::from_toml(
+    let config = dds_gateway::testing::config::Config::from_toml(
         &toml,
         "test",
         |_| None,
-        &dds_gateway::config::Overrides::default(),
+        &dds_gateway::testing::config::Overrides::default(),
     )
     .unwrap();
     assert_eq!(config.idempotency.max_keys_per_caller, 2, "a fair share");

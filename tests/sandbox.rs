@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use dds_gateway::alibaba::signer::{self, SigningKey};
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::signer::{self, SigningKey};
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 
 /// Signs `params` plus the common parameters with `secret` and POSTs them as a form.
@@ -49,7 +49,7 @@ async fn call(
 
 /// A plain HTTP client (reqwest is built without a default TLS crypto provider).
 fn http() -> reqwest::Client {
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::testing::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use dds_gateway::alibaba::credentials::{Credential, Secret};
-use dds_gateway::alibaba::signer::{self, SigningKey, v3};
-use dds_gateway::config::SignatureVersion;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::alibaba::credentials::{Credential, Secret};
+use dds_gateway::testing::alibaba::signer::{self, SigningKey, v3};
+use dds_gateway::testing::config::SignatureVersion;
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 
 /// A V3 request signed by this test, its parts open to tampering before it is sent.
@@ -130,7 +130,7 @@ async fn send(sandbox: &Sandbox, call: &Call<'_>) -> (u16, Value) {
 
 /// A plain HTTP client (reqwest is built without a default TLS crypto provider).
 fn http() -> reqwest::Client {
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::testing::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dds_gateway::alibaba::signer::v3::{self, ParsedAuthorization, Request, SigningKey};
+use dds_gateway::testing::alibaba::signer::v3::{self, ParsedAuthorization, Request, SigningKey};
 use proptest::prelude::*;
 
 #[derive(serde::Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dds_gateway::alibaba::signer::{self, SigningKey, StringToSign};
+use dds_gateway::testing::alibaba::signer::{self, SigningKey, StringToSign};
 use proptest::prelude::*;
 
 /// One vector directory: inputs from `case.json`, expected stages from the `.txt` files.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Gateway, Options, request, wait_until};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_server::EngineVersionService as _;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -177,10 +177,12 @@ async fn a_watch_stops_polling_when_the_caller_goes_away() {
     let mut config = common::default_config();
     config.alibaba.endpoint = Some(sandbox.endpoint());
     config.watch.poll_interval = Duration::from_millis(10);
-    let client =
-        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
-            .unwrap();
-    let service = dds_gateway::api::service::EngineVersionService::from_config(
+    let client = dds_gateway::testing::alibaba::AlibabaClient::new(
+        &config.alibaba,
+        common::credentials_of(&sandbox),
+    )
+    .unwrap();
+    let service = dds_gateway::testing::api::service::EngineVersionService::from_config(
         &config,
         Arc::new(client),
         None,

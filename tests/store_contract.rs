@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use dds_gateway::pb;
-use dds_gateway::state::memory::MemoryStore;
-use dds_gateway::state::redis::RedisStore;
-use dds_gateway::state::store::{
+use dds_gateway::testing::state::memory::MemoryStore;
+use dds_gateway::testing::state::redis::RedisStore;
+use dds_gateway::testing::state::store::{
     Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError,
     StoreLimits, Token,
 };
@@ -37,7 +37,7 @@ fn memory() -> Arc<dyn StateStore> {
 async fn redis(server: &RedisServer) -> Arc<dyn StateStore> {
     Arc::new(
         RedisStore::open(
-            &dds_gateway::config::RedisUrl::parse(&server.url()).unwrap(),
+            &dds_gateway::testing::config::RedisUrl::parse(&server.url()).unwrap(),
             None,
             "contract:",
             limits(),

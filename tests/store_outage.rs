@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::redis::RedisServer;
 use common::request;
 use common::traced::{Traced, sample};
-use dds_gateway::config::{RedisUrl, StoreKind};
 use dds_gateway::pb;
+use dds_gateway::testing::config::{RedisUrl, StoreKind};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
@@ -68,7 +68,7 @@ fn reason(status: &tonic::Status) -> String {
 async fn a_redis_outage_keeps_the_replica_serving_reads_and_refuses_only_upgrades() {
     let mut redis = RedisServer::start().await;
     let gateway = gateway_on(&redis, false).await;
-    let service = dds_gateway::api::service::SERVICE_NAME;
+    let service = dds_gateway::testing::api::service::SERVICE_NAME;
     wait_for_gauge(&gateway, 1.0).await;
 
     redis.kill().await;
@@ -123,7 +123,7 @@ async fn a_redis_outage_keeps_the_replica_serving_reads_and_refuses_only_upgrade
 async fn with_readiness_following_the_store_an_outage_turns_the_service_not_serving() {
     let mut redis = RedisServer::start().await;
     let gateway = gateway_on(&redis, true).await;
-    let service = dds_gateway::api::service::SERVICE_NAME;
+    let service = dds_gateway::testing::api::service::SERVICE_NAME;
     wait_for_gauge(&gateway, 1.0).await;
     assert_eq!(
         health_of(&gateway, service).await,

@@ -119,7 +119,7 @@ async fn audit_file_holds_one_line_per_upgrade_attempt() {
     assert_eq!(
         replay
             .metadata()
-            .get(dds_gateway::api::service::REPLAYED_HEADER)
+            .get(dds_gateway::testing::api::service::REPLAYED_HEADER)
             .unwrap(),
         "true"
     );
@@ -180,7 +180,7 @@ async fn an_unwritable_audit_file_refuses_new_upgrades_before_sending() {
     assert_eq!(
         gateway
             .sandbox
-            .calls(dds_gateway::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
+            .calls(dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
         0
     );
     // ...and the events that missed the file are in the logs, whole, at ERROR: the `sending`

@@ -11,9 +11,9 @@ use common::fake_cloud;
 use common::otlp::metrics_receiver;
 use common::traced::{Traced, UPGRADE_METHOD, reporting_caller, sample};
 use common::{default_config, request, wait_until};
-use dds_gateway::config::Config;
 use dds_gateway::pb;
-use dds_gateway::telemetry::{LogOutput, Otlp, Protocol, Telemetry};
+use dds_gateway::testing::config::Config;
+use dds_gateway::testing::telemetry::{LogOutput, Otlp, Protocol, Telemetry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_endpoint_shows_the_counters_moving() {
@@ -212,7 +212,7 @@ async fn background_credential_refreshes_count_in_the_metrics_the_provider_was_b
         ),
         "test",
         |_| None,
-        &dds_gateway::config::Overrides::default(),
+        &dds_gateway::testing::config::Overrides::default(),
     )
     .unwrap();
     // Logs off: counting does not depend on what is logged, or where.
@@ -222,7 +222,7 @@ async fn background_credential_refreshes_count_in_the_metrics_the_provider_was_b
         tracing_subscriber::EnvFilter::new("off"),
     )
     .unwrap();
-    let provider = dds_gateway::alibaba::credentials::build(
+    let provider = dds_gateway::testing::alibaba::credentials::build(
         &config.credentials,
         &|_| None,
         telemetry.metrics(),
@@ -457,8 +457,8 @@ async fn store_reachability_and_local_rate_fallbacks_follow_redis() {
     let mut redis = RedisServer::start().await;
     let url = redis.url();
     let gateway = Traced::start(|config| {
-        config.state.store = dds_gateway::config::StoreKind::Redis;
-        config.state.redis_url = Some(dds_gateway::config::RedisUrl::parse(&url).unwrap());
+        config.state.store = dds_gateway::testing::config::StoreKind::Redis;
+        config.state.redis_url = Some(dds_gateway::testing::config::RedisUrl::parse(&url).unwrap());
         reporting_caller(config, "rate_per_second = 100.0\nburst = 100");
     })
     .await;

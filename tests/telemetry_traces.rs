@@ -12,8 +12,8 @@ use common::traced::{
     PARENT_SPAN_ID, REPORTING_TOKEN, SECURITY_TOKEN, TRACE_ID, Traced, UPGRADE_METHOD, grpc_traces,
     reporting_caller, sample,
 };
-use dds_gateway::sandbox;
-use dds_gateway::telemetry::{Otlp, Protocol};
+use dds_gateway::testing::sandbox;
+use dds_gateway::testing::telemetry::{Otlp, Protocol};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tokio::net::TcpListener;

@@ -16,7 +16,7 @@ pub trait Clock: Send + Sync + Debug {
 
 /// The system's wall clock and random v4 UUIDs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     #[expect(

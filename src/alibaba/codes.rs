@@ -13,11 +13,11 @@ use tonic::Code;
 use super::response::CallError;
 
 /// Alibaba's answer when a request's STS security token has expired.
-pub const SECURITY_TOKEN_EXPIRED: &str = "InvalidSecurityToken.Expired";
+pub(crate) const SECURITY_TOKEN_EXPIRED: &str = "InvalidSecurityToken.Expired";
 
 /// Whether Alibaba acted on a request that failed, as far as the gateway can know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acted {
+pub(crate) enum Acted {
     /// Alibaba surely did not act, and the same request may succeed later (throttled at its
     /// front door, or never sent): an upgrade may be sent again.
     SurelyNot,
@@ -31,7 +31,7 @@ pub enum Acted {
 
 /// What the gateway makes of one failed Alibaba call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Classification {
+pub(crate) struct Classification {
     /// A read (`Describe*`) that failed this way is worth trying again.
     pub retry_read: bool,
     /// Whether Alibaba acted.
@@ -48,12 +48,12 @@ pub struct Classification {
 
 impl Classification {
     /// Alibaba surely did not act, so a change (an upgrade) may be sent again.
-    pub fn surely_not_applied(&self) -> bool {
+    pub(crate) fn surely_not_applied(&self) -> bool {
         self.acted == Acted::SurelyNot
     }
 
     /// Alibaba may have acted: an upgrade's outcome is unknown.
-    pub fn outcome_unknown(&self) -> bool {
+    pub(crate) fn outcome_unknown(&self) -> bool {
         self.acted == Acted::Maybe
     }
 }
@@ -62,7 +62,7 @@ impl Classification {
 /// the request or the instance (Alibaba's documented texts). Every other code gets a message the
 /// gateway writes, because some messages echo what was signed (the string to sign, naming the
 /// AccessKeyId) or name keys and accounts, and a code nobody has read cannot be trusted not to.
-pub const SAFE_MESSAGE_CODES: &[&str] = &[
+pub(crate) const SAFE_MESSAGE_CODES: &[&str] = &[
     "Throttling",
     "Throttling.User",
     "Throttling.Api",
@@ -80,19 +80,19 @@ pub const SAFE_MESSAGE_CODES: &[&str] = &[
 ];
 
 /// Alibaba's throttling codes (`Throttling`, `Throttling.User`, `Throttling.Api`, ...).
-pub fn is_throttling(code: &str) -> bool {
+pub(crate) fn is_throttling(code: &str) -> bool {
     code.starts_with("Throttling") || code == "Rejected.Throttling"
 }
 
 /// Whether Alibaba rejected the request's security token as expired: it refused the request at
 /// authentication, so it surely did not act on it (a 4xx answer; a 5xx is a server error first).
 /// The request is worth one more attempt, signed with a fresh credential, even for an upgrade.
-pub fn credential_expired(err: &CallError) -> bool {
+pub(crate) fn credential_expired(err: &CallError) -> bool {
     matches!(err, CallError::Upstream(e) if e.http_status < 500 && e.code == SECURITY_TOKEN_EXPIRED)
 }
 
 /// Classifies a failed call.
-pub fn classify(err: &CallError) -> Classification {
+pub(crate) fn classify(err: &CallError) -> Classification {
     match err {
         CallError::Upstream(e) => upstream(&e.code, e.http_status),
         // The request was never sent.
@@ -166,7 +166,7 @@ const fn transport(
 }
 
 /// Classifies an answer with Alibaba's error `code` and HTTP status.
-pub fn upstream(code: &str, http_status: u16) -> Classification {
+pub(crate) fn upstream(code: &str, http_status: u16) -> Classification {
     let (grpc, reason) = status_of(code, http_status);
     // RetryInfo goes with throttling and unavailability, whatever the status code.
     let retry_info = matches!(reason, "UPSTREAM_THROTTLED" | "UPSTREAM_UNAVAILABLE");

@@ -1,9 +1,9 @@
 //! The Dds API the gateway speaks: product code, version and operations.
 
 /// Alibaba's product code of ApsaraDB for MongoDB.
-pub const PRODUCT: &str = "Dds";
+pub(crate) const PRODUCT: &str = "Dds";
 /// The Dds API version.
-pub const API_VERSION: &str = "2015-12-01";
+pub(crate) const API_VERSION: &str = "2015-12-01";
 
 /// The Dds operations the gateway calls.
 pub mod action {

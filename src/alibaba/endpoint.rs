@@ -4,15 +4,13 @@
 //! moves (<https://alibabacloud.com/help/en/mongodb/product-overview/notice-update-of-the-api-endpoints-of-the-china-hong-kong-and-singapore-regions>)
 //! and the endpoint page (<https://alibabacloud.com/help/en/mongodb/developer-reference/api-dds-2015-12-01-endpoint>).
 
-pub use crate::config::regions::{
-    CENTRAL_REGIONS, MAX_REGION_LEN, REGIONAL_REGIONS, check_region, is_well_formed,
-};
+pub(crate) use crate::config::regions::{CENTRAL_REGIONS, REGIONAL_REGIONS, check_region};
 
 /// The central endpoint, serving [`CENTRAL_REGIONS`].
-pub const CENTRAL_HOST: &str = "mongodb.aliyuncs.com";
+pub(crate) const CENTRAL_HOST: &str = "mongodb.aliyuncs.com";
 
 /// The Dds API host of a region in the table, `None` for any region not in it.
-pub fn host(region_id: &str) -> Option<String> {
+pub(crate) fn host(region_id: &str) -> Option<String> {
     if CENTRAL_REGIONS.contains(&region_id) {
         Some(CENTRAL_HOST.to_string())
     } else if REGIONAL_REGIONS.contains(&region_id) {
@@ -25,6 +23,7 @@ pub fn host(region_id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::regions::is_well_formed;
 
     #[test]
     fn maps_central_and_regional_hosts() {

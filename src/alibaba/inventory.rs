@@ -9,9 +9,9 @@
 use serde::Deserialize;
 
 /// `PageSize` of a listing: the largest Alibaba takes.
-pub const PAGE_SIZE: usize = 100;
+pub(crate) const PAGE_SIZE: usize = 100;
 /// The most `Tag.N` pairs `DescribeDBInstances` takes.
-pub const MAX_TAGS: usize = 20;
+pub(crate) const MAX_TAGS: usize = 20;
 /// The most pages of one region and type a listing reads: 100,000 instances, far beyond any
 /// account, so a misbehaving answer (a `TotalCount` that keeps growing) cannot loop forever.
 const MAX_PAGES: usize = 1000;
@@ -245,7 +245,11 @@ struct PageTag {
 /// Parses a `DescribeDBInstances` answer; `Err(())` when it is not the documented shape.
 /// Items without a region or type get the ones asked for.
 #[allow(clippy::result_unit_err)]
-pub fn parse_page(body: &[u8], region_id: &str, instance_type: InstanceType) -> Result<Page, ()> {
+pub(crate) fn parse_page(
+    body: &[u8],
+    region_id: &str,
+    instance_type: InstanceType,
+) -> Result<Page, ()> {
     let parsed: PageBody = serde_json::from_slice(body).map_err(|_| ())?;
     let or = |value: String, default: &str| {
         if value.is_empty() {
@@ -284,14 +288,14 @@ pub fn parse_page(body: &[u8], region_id: &str, instance_type: InstanceType) -> 
 
 /// Whether another page of a listing is worth reading after `pages` pages that held `seen`
 /// items in all, the last one `last` items, of `total` Alibaba counted.
-pub fn more_pages(pages: usize, seen: usize, last: usize, total: usize) -> bool {
+pub(crate) fn more_pages(pages: usize, seen: usize, last: usize, total: usize) -> bool {
     last > 0 && seen < total && pages < MAX_PAGES
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
 /// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
 /// that backtracks only to the most recent `*`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

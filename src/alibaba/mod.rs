@@ -8,24 +8,23 @@
 //! as `DescribeDBInstances` lists it), [`quota`] (the account's budget of calls, per region,
 //! shared by the replicas).
 
-pub mod calls;
-pub mod client;
-pub mod clock;
-pub mod codes;
-pub mod credentials;
-pub mod dds;
-pub mod endpoint;
-pub mod http;
-pub mod inventory;
-pub mod quota;
-pub mod response;
-pub mod retry;
-pub mod sign;
+pub(crate) mod calls;
+pub(crate) mod client;
+pub(crate) mod clock;
+pub(crate) mod codes;
+pub(crate) mod credentials;
+pub(crate) mod dds;
+pub(crate) mod endpoint;
+pub(crate) mod http;
+pub(crate) mod inventory;
+pub(crate) mod quota;
+pub(crate) mod response;
+pub(crate) mod retry;
+pub(crate) mod sign;
 pub mod signer;
-pub mod trace;
+pub(crate) mod trace;
 
-pub use calls::Alibaba;
-pub use client::AlibabaClient;
-pub use clock::Clock;
-pub use dds::{API_VERSION, action};
-pub use response::{AvailableEngineVersions, CallError, InstanceAttribute, UpstreamError};
+pub(crate) use calls::Alibaba;
+pub(crate) use client::AlibabaClient;
+pub(crate) use dds::{API_VERSION, action};
+pub(crate) use response::{AvailableEngineVersions, CallError, InstanceAttribute, UpstreamError};

@@ -29,12 +29,12 @@ tokio::task_local! {
 }
 
 /// Runs `work` with `deadline` as the deadline of the calls it makes.
-pub async fn with_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
+pub(crate) async fn with_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
     DEADLINE.scope(deadline, work).await
 }
 
 /// The deadline of the calls made on this task, if the facade set one.
-pub fn deadline() -> Option<Instant> {
+pub(crate) fn deadline() -> Option<Instant> {
     DEADLINE.try_with(|d| *d).ok()
 }
 

@@ -37,7 +37,7 @@ impl std::fmt::Debug for UpstreamError {
 
 /// `{"RequestId": ...}`: the answer of `UpgradeDBInstanceEngineVersion`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RequestIdBody {
+pub(crate) struct RequestIdBody {
     #[serde(rename = "RequestId")]
     pub request_id: String,
 }
@@ -85,7 +85,7 @@ struct AttributeInstance {
 /// Parses a `DescribeDBInstanceAttribute` answer. `Ok(None)` when it lists no instance with
 /// that id; `Err(())` when the body is not the documented shape.
 #[allow(clippy::result_unit_err)]
-pub fn parse_instance_attribute(
+pub(crate) fn parse_instance_attribute(
     body: &[u8],
     db_instance_id: &str,
 ) -> Result<Option<InstanceAttribute>, ()> {
@@ -116,7 +116,7 @@ pub struct AvailableEngineVersions {
 /// instance runs the latest version, so `EngineVersions` may be `""`, absent, an object with a
 /// list, or an object with one string; all of those are read. `Err(())` for anything else.
 #[allow(clippy::result_unit_err)]
-pub fn parse_available_engine_versions(body: &[u8]) -> Result<AvailableEngineVersions, ()> {
+pub(crate) fn parse_available_engine_versions(body: &[u8]) -> Result<AvailableEngineVersions, ()> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| ())?;
     let object = value.as_object().ok_or(())?;
     let request_id = object
@@ -167,7 +167,7 @@ struct ErrorBody {
 }
 
 /// Parses an error body (JSON, or the XML `<Error>` form). `None` when it carries no `Code`.
-pub fn parse_error(
+pub(crate) fn parse_error(
     http_status: u16,
     body: &[u8],
     retry_after: Option<Duration>,
@@ -223,7 +223,7 @@ fn xml_element(xml: &str, name: &str) -> Option<String> {
 }
 
 /// `x-acs-retry-after`: a positive number of milliseconds.
-pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?
         .trim()
         .parse::<u64>()

@@ -64,7 +64,7 @@ impl RetryPolicy {
 
 /// What a call does, which decides what may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Reads (`Describe*`): retried on any transient failure.
     Read,
     /// Changes something and carries no client token: retried only when Alibaba surely did not
@@ -96,7 +96,7 @@ impl AttemptError for CallError {
 /// Runs `attempt` until it succeeds, fails in a way [`Effect`] says not to retry, has been tried
 /// `policy.max_attempts` times, or the next delay would end after `deadline`; then returns the
 /// last failure.
-pub async fn retry<T, E, F, Fut>(
+pub(crate) async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     effect: Effect,
     deadline: Instant,

@@ -20,7 +20,7 @@ use super::dds::PRODUCT;
 use super::response::{Answer, CallError};
 
 /// The `tracing` name of an attempt's span (the OpenTelemetry name is `Dds.<Action>`).
-pub const SPAN_NAME: &str = "alibaba.request";
+pub(crate) const SPAN_NAME: &str = "alibaba.request";
 const HTTP_STATUS: &str = "http.response.status_code";
 const ERROR_CODE: &str = "alibaba_cloud.error_code";
 const ERROR_TYPE: &str = "error.type";
@@ -41,13 +41,13 @@ tokio::task_local! {
 }
 
 /// Runs one attempt (`number` counts from 1) so that its span carries the number.
-pub async fn attempt<F: Future>(number: u32, attempt: F) -> F::Output {
+pub(crate) async fn attempt<F: Future>(number: u32, attempt: F) -> F::Output {
     ATTEMPT.scope(number, attempt).await
 }
 
 /// The span of one attempt to send `action` to `url`. Enter it (or instrument the send with
 /// it) and finish with [`record`].
-pub fn span(action: &'static str, region_id: &str, url: &Url) -> Span {
+pub(crate) fn span(action: &'static str, region_id: &str, url: &Url) -> Span {
     let attempt = ATTEMPT.try_with(|n| *n).unwrap_or(1);
     let span = tracing::info_span!(
         SPAN_NAME,
@@ -75,7 +75,7 @@ pub fn span(action: &'static str, region_id: &str, url: &Url) -> Span {
 }
 
 /// W3C trace context headers (`traceparent`) naming `span` as the parent.
-pub fn trace_headers(span: &Span) -> http::HeaderMap {
+pub(crate) fn trace_headers(span: &Span) -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
     TraceContextPropagator::new().inject_context(
         &span.context(),
@@ -85,7 +85,7 @@ pub fn trace_headers(span: &Span) -> http::HeaderMap {
 }
 
 /// Records what came of the attempt on its span.
-pub fn record(span: &Span, result: &Result<Answer, CallError>) {
+pub(crate) fn record(span: &Span, result: &Result<Answer, CallError>) {
     match result {
         Ok(answer) => {
             span.record(HTTP_STATUS, i64::from(answer.http_status));
@@ -140,13 +140,13 @@ pub(crate) fn outcome(result: &Result<Answer, CallError>) -> (&'static str, Opti
 }
 
 /// The span of resolving (or refreshing) the gateway's credential before a request.
-pub fn credentials_span() -> Span {
+pub(crate) fn credentials_span() -> Span {
     tracing::info_span!("credentials.resolve")
 }
 
 /// `url` without userinfo and with the values of credential parameters replaced by
 /// `REDACTED` (the OpenTelemetry convention for `url.full`).
-pub fn redacted(url: &Url) -> String {
+pub(crate) fn redacted(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);

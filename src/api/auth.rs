@@ -235,7 +235,7 @@ fn decode_digest(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// The names a certificate gives its subject: each subject CN, DNS and URI SAN.
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
+pub(crate) fn certificate_names(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return Vec::new();

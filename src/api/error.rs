@@ -12,9 +12,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::auth::AuthError;
 use super::json::request_error::RequestError;
 use super::policy::Denied;
-pub use crate::upgrade::details::DOMAIN;
+pub(crate) use crate::upgrade::details::DOMAIN;
 use crate::upgrade::details::{DEFAULT_RETRY_DELAY, status};
-pub use crate::upgrade::error::Error as UpgradeError;
+pub(crate) use crate::upgrade::error::Error as UpgradeError;
 
 /// A failed call, before it is turned into a [`Status`].
 #[derive(Debug, thiserror::Error)]

@@ -25,11 +25,11 @@ use crate::limits::{Full, InFlight, Place, Rates};
 
 /// The caller a call was admitted for, as a request extension (absent on an open gateway).
 #[derive(Debug, Clone)]
-pub struct Admitted(pub Arc<Caller>);
+pub(crate) struct Admitted(pub Arc<Caller>);
 
 /// Wraps one gRPC service with the gate.
 #[derive(Debug, Clone)]
-pub struct Gate<S> {
+pub(crate) struct Gate<S> {
     inner: S,
     callers: CallersHandle,
     in_flight: InFlight,
@@ -40,7 +40,7 @@ pub struct Gate<S> {
 }
 
 impl<S> Gate<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         callers: CallersHandle,
         in_flight: InFlight,
@@ -57,7 +57,7 @@ impl<S> Gate<S> {
 
     /// Takes callers' calls from `rates` (shared between replicas) instead of this process's
     /// buckets only.
-    pub fn with_rates(mut self, rates: Rates) -> Self {
+    pub(crate) fn with_rates(mut self, rates: Rates) -> Self {
         self.rates = rates;
         self
     }
@@ -202,7 +202,7 @@ impl http_body::Body for BodyDeadline {
 
 /// Adds `ErrorInfo` to an error answered in the response headers (a "trailers-only" answer)
 /// that has none: tonic's own refusals of oversized or undecodable messages, unknown methods.
-pub fn error_info<B>(mut response: http::Response<B>) -> http::Response<B> {
+pub(crate) fn error_info<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
     let failed = headers
         .get("grpc-status")

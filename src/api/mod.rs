@@ -5,12 +5,12 @@
 
 /// Largest metadata (headers) block accepted from a caller, over HTTP/2 (by h2) and HTTP/1.1
 /// (by the JSON layer) alike.
-pub const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_LIST_BYTES: usize = 16 * 1024;
 
-pub mod auth;
-pub mod error;
-pub mod gate;
-pub mod json;
-pub mod policy;
-pub mod rollouts;
-pub mod service;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod gate;
+pub(crate) mod json;
+pub(crate) mod policy;
+pub(crate) mod rollouts;
+pub(crate) mod service;

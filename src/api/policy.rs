@@ -216,7 +216,7 @@ impl Policy {
 /// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
 /// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
 /// that backtracks only to the most recent `*`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

@@ -17,12 +17,9 @@ use crate::rollout::Rollouts;
 use crate::rollout::control::Action;
 use crate::upgrade::validation::InstanceRef;
 
-/// The fully qualified service name, as health checks and reflection know it.
-pub const SERVICE_NAME: &str = "dds.gateway.v1.RolloutService";
-
 /// The gateway's rollout service.
 #[derive(Debug, Clone)]
-pub struct RolloutService {
+pub(crate) struct RolloutService {
     rollouts: Rollouts,
     /// `watch.max_duration`: the longest a watch lasts without a caller deadline.
     watch_limit: std::time::Duration,

@@ -9,10 +9,10 @@ use super::regions;
 use super::value::{ConfigError, MINUTE, duration, duration_or, invalid};
 
 /// Engine versions accepted when `alibaba.engine_versions` is not set.
-pub const DEFAULT_ENGINE_VERSIONS: &[&str] =
+pub(crate) const DEFAULT_ENGINE_VERSIONS: &[&str] =
     &["3.4", "4.0", "4.2", "4.4", "5.0", "6.0", "7.0", "8.0"];
 /// The default region when nothing says otherwise.
-pub const DEFAULT_REGION: &str = "cn-hangzhou";
+pub(crate) const DEFAULT_REGION: &str = "cn-hangzhou";
 
 /// Which Alibaba Cloud signature the gateway sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use super::value::{ConfigError, invalid, span_hint};
 
 /// A caller's sustained calls per second when `rate_per_second` is not set.
-pub const DEFAULT_CALLER_RATE: f64 = 5.0;
+pub(crate) const DEFAULT_CALLER_RATE: f64 = 5.0;
 /// A caller's burst when `burst` is not set.
-pub const DEFAULT_CALLER_BURST: u32 = 10;
+pub(crate) const DEFAULT_CALLER_BURST: u32 = 10;
 
 /// A `[[callers]]` entry: who may call (a bearer token's SHA-256, or a client certificate naming
 /// `name`) and what it may do (deny by default; the policy module enforces it).

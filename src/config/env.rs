@@ -6,11 +6,11 @@
 use super::value::{ConfigError, invalid};
 
 /// Prefix of the environment variables that override file keys.
-pub const ENV_PREFIX: &str = "DDS_GATEWAY_";
+pub(crate) const ENV_PREFIX: &str = "DDS_GATEWAY_";
 
 /// How a variable's text becomes a TOML value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Taken as it is (names, paths, URLs, addresses, enumerations).
     Text,
     /// A whole number, zero or more.
@@ -26,7 +26,7 @@ pub enum Kind {
 /// Every key that can come from the environment: `(section, key, kind)`. A section of a
 /// section is named with a dot (`alibaba.quota`), its variables with `_`
 /// (`DDS_GATEWAY_ALIBABA_QUOTA_MAX_IN_FLIGHT`).
-pub const KEYS: &[(&str, &str, Kind)] = &[
+pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Text),
     ("server", "max_request_bytes", Kind::Integer),
     ("server", "request_timeout", Kind::Duration),
@@ -107,9 +107,10 @@ pub const KEYS: &[(&str, &str, Kind)] = &[
     ("sandbox.fleet", "upgrade_time", Kind::Duration),
 ];
 
+#[cfg(test)]
 /// Keys that hold tables or arrays of tables rather than values, so no variable sets them:
 /// `(section, key)`. Sections of sections are in [`KEYS`] themselves.
-pub const TABLES: &[(&str, &str)] = &[
+pub(crate) const TABLES: &[(&str, &str)] = &[
     ("alibaba", "quota"),
     ("sandbox", "fleet"),
     ("sandbox.fleet", "tags"),
@@ -117,7 +118,7 @@ pub const TABLES: &[(&str, &str)] = &[
 ];
 
 /// The variable of a key: `DDS_GATEWAY_SERVER_MAX_IN_FLIGHT` for `server.max_in_flight`.
-pub fn variable(section: &str, key: &str) -> String {
+pub(crate) fn variable(section: &str, key: &str) -> String {
     format!("{ENV_PREFIX}{section}_{key}")
         .replace('.', "_")
         .to_ascii_uppercase()
@@ -176,7 +177,7 @@ const OTHER_VARIABLES: &[&str] = &[
 
 /// Refuses a `DDS_GATEWAY_*` variable in `names` that the gateway does not know, as a misspelt
 /// key in the file is refused: a typo would otherwise leave the default in force unnoticed.
-pub fn check_variable_names<I, S>(names: I) -> Result<(), ConfigError>
+pub(crate) fn check_variable_names<I, S>(names: I) -> Result<(), ConfigError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,

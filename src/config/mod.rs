@@ -6,37 +6,34 @@
 //! section; [`value`] reads values the same way for all of them, [`env`](mod@env) is the table of
 //! environment variables, [`regions`] the region table.
 
-pub mod alibaba;
-pub mod callers;
-pub mod credentials;
-pub mod env;
-pub mod idempotency;
-pub mod quota;
-pub mod regions;
-pub mod sandbox;
-pub mod server;
-pub mod state;
-pub mod telemetry;
-pub mod value;
-pub mod watch;
+pub(crate) mod alibaba;
+pub(crate) mod callers;
+pub(crate) mod credentials;
+pub(crate) mod env;
+pub(crate) mod idempotency;
+pub(crate) mod quota;
+pub(crate) mod regions;
+pub(crate) mod sandbox;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod value;
+pub(crate) mod watch;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use alibaba::{
-    AlibabaConfig, DEFAULT_ENGINE_VERSIONS, DEFAULT_REGION, RetryConfig, SignatureVersion,
-};
-pub use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
-pub use credentials::{CredentialsConfig, ProviderKind};
-pub use env::ENV_PREFIX;
-pub use idempotency::IdempotencyConfig;
-pub use quota::QuotaConfig;
-pub use server::{DEFAULT_LISTEN, ServerConfig, TlsConfig};
-pub use state::{RedisCa, RedisUrl, StateConfig, StoreKind};
-pub use telemetry::{AuditConfig, TelemetryConfig};
-pub use value::ConfigError;
-pub use watch::WatchConfig;
+pub(crate) use alibaba::{AlibabaConfig, RetryConfig, SignatureVersion};
+pub(crate) use callers::{CallerConfig, DEFAULT_CALLER_BURST, DEFAULT_CALLER_RATE};
+pub(crate) use credentials::{CredentialsConfig, ProviderKind};
+pub(crate) use idempotency::IdempotencyConfig;
+pub(crate) use quota::QuotaConfig;
+pub(crate) use server::{ServerConfig, TlsConfig};
+pub(crate) use state::{RedisCa, RedisUrl, StateConfig, StoreKind};
+pub(crate) use telemetry::{AuditConfig, TelemetryConfig};
+pub(crate) use value::ConfigError;
+pub(crate) use watch::WatchConfig;
 
 use value::span_hint;
 
@@ -204,6 +201,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::server::DEFAULT_LISTEN;
     use std::collections::{BTreeSet, HashMap};
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -4,7 +4,7 @@
 //! regional hosts of the endpoint doc page.
 
 /// Regions served by the central host, `mongodb.aliyuncs.com`.
-pub const CENTRAL_REGIONS: &[&str] = &[
+pub(crate) const CENTRAL_REGIONS: &[&str] = &[
     "cn-qingdao",
     "cn-beijing",
     "cn-wulanchabu",
@@ -21,7 +21,7 @@ pub const CENTRAL_REGIONS: &[&str] = &[
 ];
 
 /// Regions with a host of their own, `mongodb.<region>.aliyuncs.com`.
-pub const REGIONAL_REGIONS: &[&str] = &[
+pub(crate) const REGIONAL_REGIONS: &[&str] = &[
     "cn-zhangjiakou",
     "cn-huhehaote",
     "cn-shenzhen",
@@ -49,11 +49,11 @@ pub const REGIONAL_REGIONS: &[&str] = &[
 ];
 
 /// The longest region id accepted.
-pub const MAX_REGION_LEN: usize = 32;
+pub(crate) const MAX_REGION_LEN: usize = 32;
 
 /// Whether `region_id` has the shape of a region: lowercase letters, digits and hyphens,
 /// starting with a letter, at most [`MAX_REGION_LEN`] characters.
-pub fn is_well_formed(region_id: &str) -> bool {
+pub(crate) fn is_well_formed(region_id: &str) -> bool {
     !region_id.is_empty()
         && region_id.len() <= MAX_REGION_LEN
         && region_id.starts_with(|c: char| c.is_ascii_lowercase())
@@ -65,7 +65,7 @@ pub fn is_well_formed(region_id: &str) -> bool {
 
 /// Checks a region for use: well formed, and in the table unless an explicit endpoint is
 /// configured. The error says what is wrong, for a `BadRequest` violation or a config error.
-pub fn check_region(region_id: &str, explicit_endpoint: bool) -> Result<(), String> {
+pub(crate) fn check_region(region_id: &str, explicit_endpoint: bool) -> Result<(), String> {
     if !is_well_formed(region_id) {
         return Err(format!(
             "must be lowercase letters, digits and hyphens like \"cn-hangzhou\", at most {MAX_REGION_LEN} characters"
@@ -80,6 +80,6 @@ pub fn check_region(region_id: &str, explicit_endpoint: bool) -> Result<(), Stri
 }
 
 /// Whether the endpoint table has a host for `region_id`.
-pub fn is_known(region_id: &str) -> bool {
+pub(crate) fn is_known(region_id: &str) -> bool {
     CENTRAL_REGIONS.contains(&region_id) || REGIONAL_REGIONS.contains(&region_id)
 }

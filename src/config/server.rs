@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::value::{ConfigError, DAY, HOUR, MINUTE, duration, invalid, share};
 
 /// Where the gateway listens when nothing says otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

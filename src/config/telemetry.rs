@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::value::ConfigError;
 
 /// `service.name` when neither the file nor `OTEL_SERVICE_NAME` says otherwise.
-pub const DEFAULT_SERVICE_NAME: &str = "dds-gateway";
+pub(crate) const DEFAULT_SERVICE_NAME: &str = "dds-gateway";
 /// The longest metrics push interval accepted (every duration key has a bound).
 const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// OTLP/gRPC's default endpoint (used when an exporter is asked for without an endpoint).

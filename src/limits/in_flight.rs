@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// A global limit on what runs at once (calls in flight, watches): each gets a place now or
 /// is shed. A caller may hold at most `per_caller` of the places.
 #[derive(Debug, Clone)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     permits: Arc<Semaphore>,
     max: usize,
     per_caller: usize,
@@ -20,7 +20,7 @@ pub struct InFlight {
 
 /// Why no place was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
+pub(crate) enum Full {
     /// Every place is taken.
     Everyone,
     /// The caller holds its whole share.
@@ -29,7 +29,7 @@ pub enum Full {
 
 /// A place, given back when dropped.
 #[derive(Debug)]
-pub struct Place {
+pub(crate) struct Place {
     _permit: OwnedSemaphorePermit,
     _share: Option<Share>,
 }
@@ -55,7 +55,7 @@ impl Drop for Share {
 
 impl InFlight {
     /// `max` places, of which one caller may hold `per_caller`.
-    pub fn new(max: usize, per_caller: usize) -> Self {
+    pub(crate) fn new(max: usize, per_caller: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max,
@@ -66,7 +66,7 @@ impl InFlight {
 
     /// A place held for the call's lifetime, or why there is none. `caller` is the
     /// authenticated caller (`None` on a gateway without callers, where no share applies).
-    pub fn try_enter(&self, caller: Option<&str>) -> Result<Place, Full> {
+    pub(crate) fn try_enter(&self, caller: Option<&str>) -> Result<Place, Full> {
         let share = match caller {
             Some(caller) => {
                 let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -92,8 +92,9 @@ impl InFlight {
         })
     }
 
+    #[cfg(test)]
     /// Places `caller` holds now.
-    pub fn held_by(&self, caller: &str) -> usize {
+    pub(crate) fn held_by(&self, caller: &str) -> usize {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -103,7 +104,7 @@ impl InFlight {
     }
 
     /// Permits held now.
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.max - self.permits.available_permits()
     }
 }

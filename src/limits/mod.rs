@@ -10,8 +10,8 @@
 //!
 //! [`rate`] keeps the callers' rates, [`in_flight`] the places.
 
-pub mod in_flight;
-pub mod rate;
+pub(crate) mod in_flight;
+pub(crate) mod rate;
 
-pub use in_flight::{Full, InFlight, Place};
-pub use rate::{Gcra, Rate, Rates, SharedBucket, SharedRates};
+pub(crate) use in_flight::{Full, InFlight, Place};
+pub(crate) use rate::{Rate, Rates, SharedBucket, SharedRates};

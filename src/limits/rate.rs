@@ -24,19 +24,19 @@ pub struct Rate {
 /// Pure: the time is passed in, so tests need no clock. The Redis store's `TAKE_CALL` script is
 /// the same computation, on Redis's clock.
 #[derive(Debug, Clone)]
-pub struct Gcra {
+pub(crate) struct Gcra {
     tat: Instant,
 }
 
 impl Gcra {
     /// A caller not seen before: its whole burst is available.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self { tat: now }
     }
 
     /// Admits one call, or says how long until one would be admitted (whole milliseconds,
     /// rounded up, at least one, as the script answers).
-    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
         let interval = Duration::from_secs_f64(1.0 / rate.per_second);
         let tat = self.tat.max(now);
         let ahead = tat - now;

@@ -9,11 +9,11 @@
 //! is the `Rollout` message itself, kept in [`crate::state::rollouts`]; [`error`] has the
 //! refusals.
 
-pub mod control;
-pub mod driver;
-pub mod error;
-pub mod plan;
-pub mod start;
+pub(crate) mod control;
+pub(crate) mod driver;
+pub(crate) mod error;
+pub(crate) mod plan;
+pub(crate) mod start;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -32,14 +32,14 @@ use tonic::transport::server::Connected;
 
 /// Closes every connection [`bounded_connections`] accepted when dropped.
 #[derive(Debug)]
-pub struct CloseAll {
+pub(crate) struct CloseAll {
     _close: watch::Sender<()>,
 }
 
 /// When each open connection's streams must end, by the peer's address (unique among open
 /// connections), so that a call can learn its own from the peer address tonic gives it.
 #[derive(Debug, Clone, Default)]
-pub struct ConnectionEnds(Arc<Mutex<HashMap<SocketAddr, Instant>>>);
+pub(crate) struct ConnectionEnds(Arc<Mutex<HashMap<SocketAddr, Instant>>>);
 
 impl ConnectionEnds {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
@@ -75,7 +75,9 @@ pub(crate) fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
 /// Wraps each connection of `incoming` so that it is closed `age + grace` after it was accepted
 /// (with an age) and when the returned [`CloseAll`] is dropped, whatever its calls are doing; its
 /// calls find when their streams must end in `ends`.
-pub fn bounded_connections<T: tonic::transport::server::Connected<ConnectInfo = TcpConnectInfo>>(
+pub(crate) fn bounded_connections<
+    T: tonic::transport::server::Connected<ConnectInfo = TcpConnectInfo>,
+>(
     incoming: impl Stream<Item = io::Result<T>> + Send + 'static,
     age: Option<Duration>,
     grace: Duration,
@@ -129,7 +131,7 @@ impl Drop for Registered {
 
 /// A connection that fails every read and write once its end has come, which makes hyper drop it
 /// (and the socket) even when the peer stopped reading or a call never ends.
-pub struct Bounded<T> {
+pub(crate) struct Bounded<T> {
     io: T,
     /// Completes at the end; `None` once it has.
     end: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,

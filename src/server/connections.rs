@@ -31,7 +31,7 @@ const HEAD_END: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 
 /// The listener's connections, as tonic's server takes them.
 #[derive(Debug)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     listener: TcpListener,
     open: Arc<Semaphore>,
     max: usize,
@@ -42,7 +42,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(
+    pub(crate) fn new(
         listener: TcpListener,
         max_connections: usize,
         preface_timeout: Duration,
@@ -115,9 +115,9 @@ impl Stream for Incoming {
 }
 
 /// Values of the `reason` attribute of `dds_gateway.connections.closed`.
-pub mod reason {
+pub(crate) mod reason {
     /// Closed at accept: `server.max_connections` were open.
-    pub const MAX_CONNECTIONS: &str = "max_connections";
+    pub(crate) const MAX_CONNECTIONS: &str = "max_connections";
     /// No HTTP/2 preface within `server.preface_timeout`.
     pub const PREFACE_TIMEOUT: &str = "preface_timeout";
     /// No request in flight for `server.idle_timeout` (see `server::idle`).
@@ -127,7 +127,7 @@ pub mod reason {
 /// One accepted connection: holds its place among the open ones until dropped, and fails its
 /// reads once the preface is overdue (hyper then closes it).
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     stream: TcpStream,
     preface: Option<Preface>,
     metrics: Metrics,

@@ -640,7 +640,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Completes on SIGINT or SIGTERM (SIGINT only where SIGTERM does not exist).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -20,7 +20,7 @@ use crate::telemetry::Metrics;
 /// Reloads until the returned task is aborted: the callers from `file` and `callers_file` (if
 /// any) on SIGHUP and when their content changes (checked every `interval`), the `credentials`
 /// on SIGHUP, and the audit file on SIGHUP. Call within the runtime.
-pub fn spawn(
+pub(crate) fn spawn(
     file: Option<PathBuf>,
     callers_file: Option<PathBuf>,
     interval: Duration,

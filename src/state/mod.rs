@@ -4,12 +4,12 @@
 //! watches whether it can be reached, for health checks. [`activity`] keeps the recent upgrades and
 //! rollout actions for the console.
 
-pub mod activity;
-pub mod memory;
-pub mod quota;
-pub mod redis;
-pub mod rollouts;
-pub mod store;
+pub(crate) mod activity;
+pub(crate) mod memory;
+pub(crate) mod quota;
+pub(crate) mod redis;
+pub(crate) mod rollouts;
+pub(crate) mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,4 +71,4 @@ impl State {
 }
 
 /// How often the health of the store is checked.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);

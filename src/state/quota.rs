@@ -31,12 +31,12 @@ struct Region {
 
 /// The budget in this process's memory.
 #[derive(Debug, Default)]
-pub struct MemoryQuota {
+pub(crate) struct MemoryQuota {
     regions: Mutex<HashMap<String, Region>>,
 }
 
 impl MemoryQuota {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -133,7 +133,7 @@ return 0
 ";
 
 /// The budget in Redis, shared by every replica on it.
-pub struct RedisQuota {
+pub(crate) struct RedisQuota {
     connection: ConnectionManager,
     prefix: String,
     take: Script,
@@ -150,7 +150,7 @@ impl std::fmt::Debug for RedisQuota {
 
 impl RedisQuota {
     /// The budget beside `store`: its connection and key prefix.
-    pub fn beside(store: &super::redis::RedisStore) -> Self {
+    pub(crate) fn beside(store: &super::redis::RedisStore) -> Self {
         Self {
             connection: store.connection(),
             prefix: store.key("quota", ""),
@@ -239,7 +239,7 @@ impl QuotaStore for RedisQuota {
 }
 
 /// The budget's store for `state`: beside the Redis store when there is one, else in memory.
-pub fn store_for(state: &super::State) -> std::sync::Arc<dyn QuotaStore> {
+pub(crate) fn store_for(state: &super::State) -> std::sync::Arc<dyn QuotaStore> {
     match &state.redis {
         Some(redis) => std::sync::Arc::new(RedisQuota::beside(redis)),
         None => std::sync::Arc::new(MemoryQuota::new()),

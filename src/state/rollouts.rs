@@ -28,6 +28,7 @@ pub struct Versioned {
 
 /// What [`RolloutStore::create`] answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Created::Created` reads as the answer it is.
 pub enum Created {
     Created,
     /// `instance` is held by the unfinished rollout `rollout_id`.
@@ -75,7 +76,7 @@ pub trait RolloutStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// Rollouts in this process (one replica).
 #[derive(Debug, Default)]
-pub struct MemoryRollouts {
+pub(crate) struct MemoryRollouts {
     inner: Mutex<Memory>,
 }
 
@@ -90,7 +91,7 @@ struct Memory {
 }
 
 impl MemoryRollouts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -290,7 +291,7 @@ return 1
 ";
 
 /// Rollouts in the state store's Redis, shared by every replica.
-pub struct RedisRollouts {
+pub(crate) struct RedisRollouts {
     connection: ConnectionManager,
     store: Arc<RedisStore>,
     create: Script,
@@ -318,7 +319,7 @@ fn millis(duration: Duration) -> u64 {
 
 impl RedisRollouts {
     /// Rollouts beside `store`'s keys, on its connection.
-    pub fn new(store: Arc<RedisStore>) -> Self {
+    pub(crate) fn new(store: Arc<RedisStore>) -> Self {
         Self {
             connection: store.connection(),
             store,

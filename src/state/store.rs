@@ -145,7 +145,7 @@ pub enum Settlement {
     /// outcome is still unknown), and the next request with it tries again.
     NotApplied,
     /// It failed and the upgrade may or may not have been applied. Without a send marked by
-    /// [`Lease::about_to_send`](crate::upgrade::idempotency::Lease::about_to_send) nothing can have been applied, and this counts as `NotApplied`.
+    /// `Lease::about_to_send` nothing can have been applied, and this counts as `NotApplied`.
     Unresolved,
 }
 

@@ -17,7 +17,7 @@ use super::Telemetry;
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,

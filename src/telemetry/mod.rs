@@ -18,13 +18,13 @@
 //! - [`logs`]: JSON or text log lines with trace ids.
 //! - [`admin`]: the admin HTTP server (`GET /metrics`).
 
-pub mod admin;
-pub mod export;
-pub mod logs;
-pub mod metrics;
-pub mod process;
-pub mod prometheus;
-pub mod rpc;
+pub(crate) mod admin;
+pub(crate) mod export;
+pub(crate) mod logs;
+pub(crate) mod metrics;
+pub(crate) mod process;
+pub(crate) mod prometheus;
+pub(crate) mod rpc;
 
 use std::sync::{Arc, OnceLock};
 
@@ -39,12 +39,12 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-pub use crate::config::telemetry::{AuditConfig, LogFormat, Otlp, Protocol, TelemetryConfig};
-pub use logs::LogOutput;
-pub use metrics::Metrics;
+pub(crate) use crate::config::telemetry::{Otlp, Protocol, TelemetryConfig};
+pub(crate) use logs::LogOutput;
+pub(crate) use metrics::Metrics;
 
 /// The instrumentation scope of the gateway's spans and metrics.
-pub const SCOPE: &str = "dds-gateway";
+pub(crate) const SCOPE: &str = "dds-gateway";
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -230,13 +230,8 @@ fn metric_exporter(otlp: &Otlp) -> Result<opentelemetry_otlp::MetricExporter, Te
     .map_err(|e| exporter_error("metrics", otlp, e))
 }
 
-/// Runs `f` with this pipeline's dispatcher as the default (for code outside a call).
-pub fn with<T>(telemetry: &Telemetry, f: impl FnOnce() -> T) -> T {
-    tracing::dispatcher::with_default(telemetry.dispatch(), f)
-}
-
 /// The trace id of the current span, as 32 hex digits; empty when there is none.
-pub fn current_trace_id() -> String {
+pub(crate) fn current_trace_id() -> String {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let context = tracing::Span::current().context();

@@ -46,10 +46,10 @@ const METHODS: &[&str] = &[
 
 /// What stands for every other path: a path is whatever the caller sent, authenticated or not,
 /// so it never becomes a label, a span name or a log field as it is.
-pub const UNKNOWN_METHOD: &str = "unknown";
+pub(crate) const UNKNOWN_METHOD: &str = "unknown";
 
 /// The `pkg.Service/Method` a request path names, or [`UNKNOWN_METHOD`].
-pub fn method_label(path: &str) -> &'static str {
+pub(crate) fn method_label(path: &str) -> &'static str {
     let method = path.strip_prefix('/').unwrap_or(path);
     METHODS
         .iter()
@@ -61,18 +61,18 @@ pub fn method_label(path: &str) -> &'static str {
 /// What the service learns about a call that the access line and audit want: the caller.
 /// The layer puts one in the request's extensions; the service fills it in.
 #[derive(Debug, Clone, Default)]
-pub struct CallNote(Arc<Mutex<Option<String>>>);
+pub(crate) struct CallNote(Arc<Mutex<Option<String>>>);
 
 impl CallNote {
     /// Records the authenticated caller of this call.
-    pub fn set_caller(&self, caller: &str) {
+    pub(crate) fn set_caller(&self, caller: &str) {
         if let Ok(mut slot) = self.0.lock() {
             *slot = Some(caller.to_string());
         }
     }
 
     /// The caller recorded, or "" when none was.
-    pub fn caller(&self) -> String {
+    pub(crate) fn caller(&self) -> String {
         self.0
             .lock()
             .ok()
@@ -83,7 +83,7 @@ impl CallNote {
 
 /// Records the caller on the call's note (if any, in the request's `extensions`) and on the
 /// current span; the gate calls it when it admits a caller.
-pub fn note_caller(extensions: &http::Extensions, caller: &str) {
+pub(crate) fn note_caller(extensions: &http::Extensions, caller: &str) {
     if let Some(note) = extensions.get::<CallNote>() {
         note.set_caller(caller);
     }
@@ -92,12 +92,12 @@ pub fn note_caller(extensions: &http::Extensions, caller: &str) {
 
 /// The tower layer; add it first, so it wraps everything else.
 #[derive(Debug, Clone)]
-pub struct RpcLayer {
+pub(crate) struct RpcLayer {
     telemetry: Telemetry,
 }
 
 impl RpcLayer {
-    pub fn new(telemetry: Telemetry) -> Self {
+    pub(crate) fn new(telemetry: Telemetry) -> Self {
         Self { telemetry }
     }
 }
@@ -115,7 +115,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 
 /// See [`RpcLayer`].
 #[derive(Debug, Clone)]
-pub struct RpcService<S> {
+pub(crate) struct RpcService<S> {
     inner: S,
     telemetry: Telemetry,
 }
@@ -227,7 +227,7 @@ fn header_status(headers: &http::HeaderMap) -> Option<Code> {
 /// Whether a call that ended with `code` failed by the caller's own mistake (a request that is
 /// not valid, names nothing that exists, or is out of range): worth an info line, not a warning
 /// for whoever runs the gateway.
-pub fn callers_mistake(code: Code) -> bool {
+pub(crate) fn callers_mistake(code: Code) -> bool {
     matches!(
         code,
         Code::InvalidArgument | Code::OutOfRange | Code::NotFound
@@ -235,7 +235,7 @@ pub fn callers_mistake(code: Code) -> bool {
 }
 
 /// The UPPER_SNAKE_CASE name of a gRPC code, as `rpc.response.status_code` spells it.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -11,7 +11,7 @@ use crate::alibaba::{CallError, InstanceAttribute, UpstreamError};
 use crate::upgrade::instance::PreflightFailure;
 
 /// `ErrorInfo.domain` of every error the gateway returns.
-pub const DOMAIN: &str = "dds-gateway";
+pub(crate) const DOMAIN: &str = "dds-gateway";
 
 /// How long a caller should wait before retrying when Alibaba did not say.
 pub(crate) const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -21,7 +21,7 @@ pub(crate) const UPGRADE_IN_PROGRESS_RETRY_DELAY: Duration = Duration::from_secs
 
 /// Gives a status that tonic or the transport made (an oversized or undecodable message, an
 /// unknown method) the `ErrorInfo` every error carries; a status that has one is returned as is.
-pub fn with_error_info(original: Status) -> Status {
+pub(crate) fn with_error_info(original: Status) -> Status {
     if original.get_details_error_info().is_some() {
         return original;
     }

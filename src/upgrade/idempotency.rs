@@ -35,13 +35,13 @@ pub fn fingerprint(request: &ValidUpgradeRequest) -> Fingerprint {
 
 /// The store behind a handle that turns ownership into a [`Lease`].
 #[derive(Debug, Clone)]
-pub struct Idempotency {
+pub(crate) struct Idempotency {
     store: Arc<dyn StateStore>,
 }
 
 /// The result of [`Idempotency::claim`].
 #[derive(Debug)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     Owner(Lease),
     Replay(Accepted),
     Conflict,
@@ -50,7 +50,7 @@ pub enum Claimed {
 }
 
 impl Idempotency {
-    pub fn new(store: Arc<dyn StateStore>) -> Self {
+    pub(crate) fn new(store: Arc<dyn StateStore>) -> Self {
         Self { store }
     }
 
@@ -59,7 +59,7 @@ impl Idempotency {
     /// operation whose answer was lost (a timeout) may still take once Redis runs it late: the
     /// lease holds the key and the instance before each operation is sent, and releases them
     /// with its token when dropped.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         key: Option<Key>,
         fingerprint: &Fingerprint,
@@ -119,7 +119,7 @@ impl Idempotency {
 /// dropped unsettled (a panic, a cancelled task), it settles as [`Settlement::Unresolved`], the
 /// only safe assumption once a send was marked.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     store: Arc<dyn StateStore>,
     key: Option<Key>,
     instance: Option<String>,
@@ -131,26 +131,27 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[cfg(test)]
     /// Whether an earlier holder left the outcome unknown: look at the instance first.
-    pub fn previous_unresolved(&self) -> bool {
+    pub(crate) fn previous_unresolved(&self) -> bool {
         self.unresolved_for.is_some()
     }
 
     /// How long ago an earlier holder sent an upgrade whose outcome is still unknown.
-    pub fn unresolved_for(&self) -> Option<Duration> {
+    pub(crate) fn unresolved_for(&self) -> Option<Duration> {
         self.unresolved_for
     }
 
     /// How long ago an earlier holder of the instance's lock (under another key, or none)
     /// sent an upgrade whose outcome is still unknown.
-    pub fn instance_unresolved_for(&self) -> Option<Duration> {
+    pub(crate) fn instance_unresolved_for(&self) -> Option<Duration> {
         self.instance_unresolved_for
     }
 
     /// Records in the store that the upgrade is about to be sent, and checks that this lease
     /// still holds its key and lock. Call it last before the request leaves: an error means
     /// nothing may be sent.
-    pub async fn about_to_send(&self) -> Result<(), StoreError> {
+    pub(crate) async fn about_to_send(&self) -> Result<(), StoreError> {
         if let Some(instance) = &self.instance
             && !self.store.mark_instance(instance, &self.token).await?
         {
@@ -166,7 +167,7 @@ impl Lease {
 
     /// Ends the hold on the key and the lock. A store that cannot be reached lets the key's
     /// lease run out instead (the mark tells the next holder what may have happened).
-    pub async fn settle(mut self, settlement: Settlement) {
+    pub(crate) async fn settle(mut self, settlement: Settlement) {
         self.settled = true;
         self.stop_renewal();
         release(

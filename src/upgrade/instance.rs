@@ -4,12 +4,13 @@
 use crate::alibaba::InstanceAttribute;
 
 /// The state an instance must be in to be upgraded.
-pub const RUNNING: &str = "Running";
+pub(crate) const RUNNING: &str = "Running";
 /// The state of an instance whose engine upgrade is under way.
-pub const UPGRADING: &str = "EngineVersionUpgrading";
+pub(crate) const UPGRADING: &str = "EngineVersionUpgrading";
 
 /// Why an instance cannot be upgraded to the target now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(clippy::enum_variant_names)] // every refusal is a `Not…`
 pub enum PreflightFailure {
     #[error("instance {db_instance_id} does not exist in region {region_id}")]
     NotFound {
@@ -36,7 +37,7 @@ pub enum PreflightFailure {
 
 /// Orders `major.minor` versions numerically (`4.10` after `4.9`); a patch level after them is
 /// ignored, and a missing or unparsable part counts 0.
-pub fn version_key(version: &str) -> (u32, u32) {
+pub(crate) fn version_key(version: &str) -> (u32, u32) {
     let mut parts = version.split('.').map(|part| part.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }

@@ -166,7 +166,7 @@ fn dedup(list: Vec<String>) -> Vec<String> {
 }
 
 /// Lists the instances `filter` selects (its regions filled in) within `deadline`.
-pub async fn list(
+pub(crate) async fn list(
     alibaba: &Alibaba,
     filter: &InstanceFilter,
     deadline: Instant,
@@ -178,7 +178,7 @@ pub async fn list(
 }
 
 /// An instance summary on the wire.
-pub fn to_pb(instance: InstanceSummary) -> pb::InstanceSummary {
+pub(crate) fn to_pb(instance: InstanceSummary) -> pb::InstanceSummary {
     pb::InstanceSummary {
         db_instance_id: instance.db_instance_id,
         region_id: instance.region_id,

@@ -24,11 +24,11 @@ const END_OF_LIFE: &[(&str, &str, &str)] = &[
 ];
 
 /// A version whose end of life is at most this far away is near it.
-pub const NEAR: Duration = Duration::from_secs(180 * 24 * 3600);
+pub(crate) const NEAR: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// The end of life of `version` and its source, when the table knows it. A version with a
 /// patch level (`4.4.1`) has its major.minor's date.
-pub fn end_of_life(version: &str) -> Option<(&'static str, &'static str)> {
+pub(crate) fn end_of_life(version: &str) -> Option<(&'static str, &'static str)> {
     let major_minor = version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
     END_OF_LIFE
         .iter()
@@ -37,7 +37,7 @@ pub fn end_of_life(version: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Where a version whose support ends at the end of `date` (`YYYY-MM-DD`) stands at `now`.
-pub fn lifecycle(date: &str, now: SystemTime) -> pb::Lifecycle {
+pub(crate) fn lifecycle(date: &str, now: SystemTime) -> pb::Lifecycle {
     // The last day is still supported: the end is the next midnight, UTC.
     let Ok(end) = humantime::parse_rfc3339(&format!("{date}T00:00:00Z"))
         .map(|day| day + Duration::from_secs(24 * 3600))
@@ -54,7 +54,7 @@ pub fn lifecycle(date: &str, now: SystemTime) -> pb::Lifecycle {
 }
 
 /// The configured `versions` with what the table knows of them, at `now`.
-pub fn describe(versions: &[String], now: SystemTime) -> Vec<pb::EngineVersionInfo> {
+pub(crate) fn describe(versions: &[String], now: SystemTime) -> Vec<pb::EngineVersionInfo> {
     versions
         .iter()
         .map(|version| {
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn every_default_version_has_a_date_and_a_source() {
-        let versions: Vec<String> = crate::config::DEFAULT_ENGINE_VERSIONS
+        let versions: Vec<String> = crate::config::alibaba::DEFAULT_ENGINE_VERSIONS
             .iter()
             .map(|v| v.to_string())
             .collect();

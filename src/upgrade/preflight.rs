@@ -12,7 +12,7 @@ use crate::upgrade::instance::{PreflightFailure, RUNNING, UPGRADING, version_key
 
 /// `DescribeDBInstanceAttribute`, retried as a read; an instance that is absent, or present in
 /// another region than the one asked for, is [`PreflightFailure::NotFound`].
-pub async fn describe(
+pub(crate) async fn describe(
     alibaba: &Alibaba,
     region_id: &str,
     db_instance_id: &str,
@@ -35,7 +35,7 @@ pub async fn describe(
 }
 
 /// The versions Alibaba offers the instance (`DescribeAvailableEngineVersion`), retried as a read.
-pub async fn offered_versions(
+pub(crate) async fn offered_versions(
     alibaba: &Alibaba,
     region_id: &str,
     db_instance_id: &str,
@@ -48,7 +48,7 @@ pub async fn offered_versions(
 
 /// Checks that `attribute`'s instance can be upgraded to `target`: `Running`, on an earlier
 /// version, and offered the target by `DescribeAvailableEngineVersion`.
-pub async fn check(
+pub(crate) async fn check(
     alibaba: &Alibaba,
     attribute: &InstanceAttribute,
     region_id: &str,
@@ -83,7 +83,7 @@ pub async fn check(
 
 /// Whether an instance shows that an upgrade to `target` was applied: it is upgrading, or
 /// already runs the target.
-pub fn shows_upgrade(attribute: &InstanceAttribute, target: &str) -> bool {
+pub(crate) fn shows_upgrade(attribute: &InstanceAttribute, target: &str) -> bool {
     attribute.status == UPGRADING || attribute.engine_version == target
 }
 

@@ -20,7 +20,7 @@ use crate::upgrade::preflight;
 use crate::upgrade::validation::InstanceRef;
 
 /// The stream `WatchUpgrade` answers with.
-pub type WatchStream = ReceiverStream<Result<pb::WatchUpgradeResponse, Status>>;
+pub(crate) type WatchStream = ReceiverStream<Result<pb::WatchUpgradeResponse, Status>>;
 
 /// Reads instance status for callers.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ use crate::upgrade::validation::{SwitchMode, ValidUpgradeRequest};
 
 /// An answer and where it came from.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub accepted: Accepted,
     /// Replayed from the idempotency store: this call did nothing upstream.
     pub replayed: bool,
@@ -44,7 +44,7 @@ pub struct Outcome {
 
 /// A failed request as it is logged, audited and answered.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub status: Status,
     /// What went wrong, for the log line (never sent to the caller as is).
     pub detail: String,
@@ -54,7 +54,7 @@ pub struct Refusal {
 
 /// How upgrades are carried out.
 #[derive(Debug, Clone)]
-pub struct UpgradeSettings {
+pub(crate) struct UpgradeSettings {
     /// Check the instance before upgrading (and for `validate_only`).
     pub preflight: bool,
     /// How long after a send with an unknown outcome a retry with its key only looks.
@@ -63,7 +63,7 @@ pub struct UpgradeSettings {
 
 /// Carries out upgrades for the service.
 #[derive(Debug, Clone)]
-pub struct Upgrader {
+pub(crate) struct Upgrader {
     alibaba: Alibaba,
     settings: UpgradeSettings,
     idempotency: Idempotency,
@@ -162,7 +162,7 @@ impl OpenUpgrades {
 }
 
 impl Upgrader {
-    pub fn new(
+    pub(crate) fn new(
         alibaba: Alibaba,
         settings: UpgradeSettings,
         idempotency: Idempotency,
@@ -178,24 +178,24 @@ impl Upgrader {
     }
 
     /// The upgrade tasks still running.
-    pub fn open_upgrades(&self) -> OpenUpgrades {
+    pub(crate) fn open_upgrades(&self) -> OpenUpgrades {
         self.open.clone()
     }
 
     /// Where upgrade attempts are recorded.
-    pub fn audit(&self) -> &Audit {
+    pub(crate) fn audit(&self) -> &Audit {
         &self.audit
     }
 
     /// Records upgrade attempts in `audit`.
-    pub fn set_audit(&mut self, audit: Audit) {
+    pub(crate) fn set_audit(&mut self, audit: Audit) {
         self.audit = audit;
     }
 
     /// Validates or upgrades as `request` asks, within `deadline`, and audits the outcome as
     /// `event` (whose outcome fields are filled in here). `caller` scopes the request's
     /// idempotency key.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         request: ValidUpgradeRequest,
         caller: &str,
@@ -278,7 +278,7 @@ impl Upgrader {
 
     /// A request that failed, or was refused before it reached [`run`](Self::run) (validation):
     /// logged, audited as `event`, and answered.
-    pub async fn refuse(&self, event: AuditEvent, err: Error) -> Status {
+    pub(crate) async fn refuse(&self, event: AuditEvent, err: Error) -> Status {
         let refusal = Refusal {
             alibaba_code: err.alibaba_code().unwrap_or_default().to_string(),
             alibaba_request_id: err.alibaba_request_id().unwrap_or_default().to_string(),
@@ -291,7 +291,7 @@ impl Upgrader {
 
     /// A refusal decided elsewhere (the caller's policy): logged, audited as `event`, and
     /// answered with its status.
-    pub async fn record_refusal(&self, mut event: AuditEvent, refusal: Refusal) -> Status {
+    pub(crate) async fn record_refusal(&self, mut event: AuditEvent, refusal: Refusal) -> Status {
         let Refusal {
             status,
             detail,

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::pb;
 
 /// The longest instance id accepted, `dds-` included.
-pub const MAX_INSTANCE_ID_LEN: usize = 64;
+pub(crate) const MAX_INSTANCE_ID_LEN: usize = 64;
 
 /// One field violation, as it goes into `google.rpc.BadRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! Callers known by bearer tokens: two `[[callers]]` with distinct policies, the gateway that
 //! admits them, and gRPC calls made with a token.
 
-use dds_gateway::api::auth::hash_token;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::SandboxConfig;
+use dds_gateway::testing::api::auth::hash_token;
+use dds_gateway::testing::sandbox::SandboxConfig;
 use tonic::transport::Channel;
 
 use super::{Gateway, request};

@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use dds_gateway::alibaba::credentials::{Credential, Secret};
-use dds_gateway::alibaba::signer::{self, SigningKey};
+use dds_gateway::testing::alibaba::credentials::{Credential, Secret};
+use dds_gateway::testing::alibaba::signer::{self, SigningKey};
 use serde_json::json;
 
 /// The base AccessKey the fake STS trusts for `AssumeRole`.

@@ -24,12 +24,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dds_gateway::alibaba::credentials::{Credential, CredentialsProvider, StaticProvider};
-use dds_gateway::config::{Config, Overrides, SignatureVersion};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-use dds_gateway::server::{self, ServeError};
+use dds_gateway::testing::alibaba::credentials::{Credential, CredentialsProvider, StaticProvider};
+use dds_gateway::testing::config::{Config, Overrides, SignatureVersion};
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::server::{self, ServeError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

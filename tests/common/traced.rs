@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use dds_gateway::alibaba::credentials::StaticProvider;
-use dds_gateway::config::Config;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Sandbox, SandboxConfig};
-use dds_gateway::server;
-use dds_gateway::telemetry::{LogOutput, Otlp, Protocol, Telemetry};
+use dds_gateway::testing::alibaba::credentials::StaticProvider;
+use dds_gateway::testing::config::Config;
+use dds_gateway::testing::sandbox::{Sandbox, SandboxConfig};
+use dds_gateway::testing::server;
+use dds_gateway::testing::telemetry::{LogOutput, Otlp, Protocol, Telemetry};
 use tokio::net::TcpListener;
 
 use super::{default_config, wait_until};
@@ -151,11 +151,11 @@ pub fn reporting_caller(config: &mut Config, keys: &str) {
     config.callers = Config::from_toml(
         &format!(
             "[[callers]]\nname = \"reporting\"\ntoken_sha256 = \"{}\"\nregions = [\"cn-hangzhou\"]\ninstances = [\"dds-sandbox*\"]\n{keys}",
-            dds_gateway::api::auth::hash_token(REPORTING_TOKEN)
+            dds_gateway::testing::api::auth::hash_token(REPORTING_TOKEN)
         ),
         "test",
         |_| None,
-        &dds_gateway::config::Overrides::default(),
+        &dds_gateway::testing::config::Overrides::default(),
     )
     .unwrap()
     .callers;

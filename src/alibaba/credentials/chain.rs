@@ -21,23 +21,23 @@ use crate::config::{CredentialsConfig, ProviderKind};
 use crate::telemetry::Metrics;
 
 /// The official variables the chain reads (besides the environment provider's own).
-pub mod var {
-    pub const ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
-    pub const OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
-    pub const OIDC_TOKEN_FILE: &str = "ALIBABA_CLOUD_OIDC_TOKEN_FILE";
-    pub const ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
-    pub const PROFILE: &str = "ALIBABA_CLOUD_PROFILE";
-    pub const CREDENTIALS_FILE: &str = "ALIBABA_CLOUD_CREDENTIALS_FILE";
-    pub const CONFIG_FILE: &str = "ALIBABA_CLOUD_CONFIG_FILE";
-    pub const CLI_PROFILE_DISABLED: &str = "ALIBABA_CLOUD_CLI_PROFILE_DISABLED";
-    pub const ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
-    pub const ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
-    pub const IMDSV1_DISABLED: &str = "ALIBABA_CLOUD_IMDSV1_DISABLED";
-    pub const CREDENTIALS_URI: &str = "ALIBABA_CLOUD_CREDENTIALS_URI";
-    pub const STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
-    pub const STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
-    pub const VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
-    pub const HOME: &str = "HOME";
+pub(crate) mod var {
+    pub(crate) const ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
+    pub(crate) const OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
+    pub(crate) const OIDC_TOKEN_FILE: &str = "ALIBABA_CLOUD_OIDC_TOKEN_FILE";
+    pub(crate) const ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
+    pub(crate) const PROFILE: &str = "ALIBABA_CLOUD_PROFILE";
+    pub(crate) const CREDENTIALS_FILE: &str = "ALIBABA_CLOUD_CREDENTIALS_FILE";
+    pub(crate) const CONFIG_FILE: &str = "ALIBABA_CLOUD_CONFIG_FILE";
+    pub(crate) const CLI_PROFILE_DISABLED: &str = "ALIBABA_CLOUD_CLI_PROFILE_DISABLED";
+    pub(crate) const ECS_METADATA: &str = "ALIBABA_CLOUD_ECS_METADATA";
+    pub(crate) const ECS_METADATA_DISABLED: &str = "ALIBABA_CLOUD_ECS_METADATA_DISABLED";
+    pub(crate) const IMDSV1_DISABLED: &str = "ALIBABA_CLOUD_IMDSV1_DISABLED";
+    pub(crate) const CREDENTIALS_URI: &str = "ALIBABA_CLOUD_CREDENTIALS_URI";
+    pub(crate) const STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
+    pub(crate) const STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
+    pub(crate) const VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
+    pub(crate) const HOME: &str = "HOME";
 }
 
 /// Builds the provider `config` selects, counting its fetches and reloads in `metrics`.
@@ -326,7 +326,7 @@ impl Builder<'_> {
 }
 
 /// The official default chain: asks each provider in turn and keeps the first that answers.
-pub struct DefaultChain {
+pub(crate) struct DefaultChain {
     /// Providers in chain order; those that could not even be built carry why.
     candidates: Vec<Built>,
     chosen: Mutex<Option<Arc<dyn CredentialsProvider>>>,

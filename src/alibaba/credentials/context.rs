@@ -10,7 +10,7 @@ use super::sts::{self, RoleSession, Sts};
 
 /// What every provider needs to be built: HTTP clients, endpoints, session and refresh settings.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub http: reqwest::Client,
     /// The metadata service answers in milliseconds or not at all: short timeouts.
     pub imds_http: reqwest::Client,
@@ -30,7 +30,7 @@ pub struct Context {
 
 impl Context {
     /// `fetch` behind a cache that refreshes it as the policy says, counting in the metrics.
-    pub fn refreshing<F: Fetch>(&self, fetch: F) -> Refreshing<F> {
+    pub(crate) fn refreshing<F: Fetch>(&self, fetch: F) -> Refreshing<F> {
         Refreshing::new(fetch, self.policy, self.metrics.clone())
     }
 
@@ -40,7 +40,7 @@ impl Context {
         clippy::expect_used,
         reason = "a constant URL, pinned by a test, always parses"
     )]
-    pub fn sts(&self, profile_region: Option<&str>) -> Sts {
+    pub(crate) fn sts(&self, profile_region: Option<&str>) -> Sts {
         let endpoint = self
             .sts_endpoint
             .clone()
@@ -56,7 +56,7 @@ impl Context {
         Sts::new(self.http.clone(), endpoint)
     }
 
-    pub fn session(
+    pub(crate) fn session(
         &self,
         role_arn: String,
         session_name: Option<String>,

@@ -94,7 +94,7 @@ impl fmt::Debug for Credential {
 
 /// An AccessKey ID for logs: the first four and last four characters. IDs are not secrets, but
 /// need not be printed whole either.
-pub fn masked(access_key_id: &str) -> String {
+pub(crate) fn masked(access_key_id: &str) -> String {
     let chars: Vec<char> = access_key_id.chars().collect();
     if chars.len() <= 12 {
         return "****".to_string();

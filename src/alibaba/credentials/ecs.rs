@@ -11,7 +11,7 @@ use super::sts::TemporaryCredentials;
 use crate::secret::Secret;
 
 /// Where the metadata service lives on every ECS instance.
-pub const DEFAULT_ENDPOINT: &str = "http://100.100.100.200";
+pub(crate) const DEFAULT_ENDPOINT: &str = "http://100.100.100.200";
 const TOKEN_PATH: &str = "latest/api/token";
 const ROLES_PATH: &str = "latest/meta-data/ram/security-credentials/";
 const TOKEN_TTL_HEADER: &str = "X-aliyun-ecs-metadata-token-ttl-seconds";
@@ -21,7 +21,7 @@ const TOKEN_TTL_SECONDS: &str = "21600";
 
 /// Credentials of the RAM role attached to this ECS instance.
 #[derive(Debug)]
-pub struct EcsRamRole {
+pub(crate) struct EcsRamRole {
     pub http: reqwest::Client,
     pub endpoint: Url,
     /// The role; discovered from the metadata service when `None`.
@@ -108,7 +108,7 @@ struct MetadataCredentials {
 
 /// Parses `{"Code": "Success", "AccessKeyId": ..., "Expiration": ...}`, the shape of the ECS
 /// metadata service and of credentials URIs.
-pub fn parse_success_body(
+pub(crate) fn parse_success_body(
     bytes: &[u8],
     provider: &'static str,
 ) -> Result<Credential, CredentialsError> {

@@ -5,16 +5,16 @@ use super::credential::{Credential, CredentialsError, StaticProvider};
 use crate::secret::Secret;
 
 /// Environment variable of the AccessKey ID (official Alibaba Cloud chain).
-pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
+pub(crate) const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
 /// Environment variable of the AccessKey secret.
-pub const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
+pub(crate) const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
 /// Environment variable of the STS security token.
-pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
+pub(crate) const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
 
 /// Reads `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and the optional
 /// `ALIBABA_CLOUD_SECURITY_TOKEN` once, through `lookup` (the process environment in `main`,
 /// a map in tests).
-pub fn from_environment(
+pub(crate) fn from_environment(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<StaticProvider, CredentialsError> {
     const PROVIDER: &str = "environment";

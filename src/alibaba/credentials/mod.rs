@@ -3,20 +3,19 @@
 //! implements: environment, OIDC role, profile files, RAM role ARN, ECS RAM role, credentials
 //! URI (see [`chain`]), and the sandbox's static keys.
 
-pub mod cache;
-pub mod chain;
-pub mod context;
-pub mod credential;
-pub mod ecs;
-pub mod environment;
+pub(crate) mod cache;
+pub(crate) mod chain;
+pub(crate) mod context;
+pub(crate) mod credential;
+pub(crate) mod ecs;
+pub(crate) mod environment;
 mod http;
-pub mod profile;
-pub mod sts;
-pub mod uri;
+pub(crate) mod profile;
+pub(crate) mod sts;
+pub(crate) mod uri;
 
-pub use crate::secret::Secret;
-pub use chain::build;
-pub use credential::{Credential, CredentialsError, CredentialsProvider, StaticProvider, masked};
-pub use environment::{
-    ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET, ENV_SECURITY_TOKEN, from_environment,
+pub(crate) use crate::secret::Secret;
+pub(crate) use chain::build;
+pub(crate) use credential::{
+    Credential, CredentialsError, CredentialsProvider, StaticProvider, masked,
 };

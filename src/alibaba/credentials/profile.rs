@@ -20,7 +20,7 @@ use crate::secret::Secret;
 
 /// Which of the two file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `credentials.ini`: `[profile]` sections with a `type`.
     Ini,
     /// The Aliyun CLI's `config.json`: `profiles` with a `mode`.
@@ -29,7 +29,7 @@ pub enum Format {
 
 impl Format {
     /// The provider name this format goes by in config and logs.
-    pub fn provider(self) -> &'static str {
+    pub(crate) fn provider(self) -> &'static str {
         match self {
             Format::Ini => "profile",
             Format::CliJson => "cli_profile",
@@ -66,7 +66,7 @@ enum Spec {
 }
 
 /// A provider built from a profile in a file, rebuilt when the file changes.
-pub struct FileProfile {
+pub(crate) struct FileProfile {
     shared: Arc<Shared>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
@@ -86,7 +86,7 @@ struct Loaded {
 
 impl FileProfile {
     /// Reads `path` and builds the provider of `profile` (the file's default when `None`).
-    pub fn load(
+    pub(crate) fn load(
         path: PathBuf,
         format: Format,
         profile: Option<String>,
@@ -110,7 +110,7 @@ impl FileProfile {
     }
 
     /// Re-reads the file every `interval` and reloads when its contents changed.
-    pub fn watch(mut self, interval: Duration) -> Self {
+    pub(crate) fn watch(mut self, interval: Duration) -> Self {
         let shared = Arc::downgrade(&self.shared);
         let watch = async move {
             let mut ticks = tokio::time::interval(interval);

@@ -21,13 +21,13 @@ use crate::alibaba::signer::{self, param};
 use crate::secret::Secret;
 
 /// STS API version.
-pub const API_VERSION: &str = "2015-04-01";
+pub(crate) const API_VERSION: &str = "2015-04-01";
 /// The public STS endpoint, used when nothing names another.
-pub const DEFAULT_ENDPOINT: &str = "https://sts.aliyuncs.com";
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://sts.aliyuncs.com";
 
 /// The STS endpoint for a region (`ALIBABA_CLOUD_STS_REGION`), over VPC when asked
 /// (`ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED`), as the official credentials libraries build it.
-pub fn regional_endpoint(region: &str, vpc: bool) -> Option<Url> {
+pub(crate) fn regional_endpoint(region: &str, vpc: bool) -> Option<Url> {
     let valid = !region.is_empty()
         && region
             .bytes()
@@ -41,7 +41,7 @@ pub fn regional_endpoint(region: &str, vpc: bool) -> Option<Url> {
 /// An STS endpoint as `ALIBABA_CLOUD_STS_ENDPOINT` gives it: a host (what the ACK pod identity
 /// webhook injects, e.g. `sts-vpc.cn-hangzhou.aliyuncs.com`, reached over HTTPS) or an http(s)
 /// URL. Only scheme, host and port: a path or query could smuggle parameters into the request.
-pub fn parse_endpoint(value: &str) -> Option<Url> {
+pub(crate) fn parse_endpoint(value: &str) -> Option<Url> {
     let value = value.trim();
     let url = if value.contains("://") {
         Url::parse(value).ok()?
@@ -59,7 +59,7 @@ pub fn parse_endpoint(value: &str) -> Option<Url> {
 
 /// Which role to assume, for how long, under what session name.
 #[derive(Debug, Clone)]
-pub struct RoleSession {
+pub(crate) struct RoleSession {
     pub role_arn: String,
     pub role_session_name: String,
     pub duration: Duration,
@@ -67,14 +67,14 @@ pub struct RoleSession {
 
 /// An STS endpoint and the HTTP client to reach it.
 #[derive(Debug, Clone)]
-pub struct Sts {
+pub(crate) struct Sts {
     http: reqwest::Client,
     endpoint: Url,
     clock: Arc<dyn Clock>,
 }
 
 impl Sts {
-    pub fn new(http: reqwest::Client, endpoint: Url) -> Self {
+    pub(crate) fn new(http: reqwest::Client, endpoint: Url) -> Self {
         Self {
             http,
             endpoint,
@@ -82,19 +82,21 @@ impl Sts {
         }
     }
 
+    #[cfg(test)]
     /// Signs with the time and nonces of `clock` instead of the system's.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
+    #[cfg(test)]
     /// Where the calls go.
-    pub fn endpoint(&self) -> &Url {
+    pub(crate) fn endpoint(&self) -> &Url {
         &self.endpoint
     }
 
     /// `AssumeRole`, signed with `base`.
-    pub async fn assume_role(
+    pub(crate) async fn assume_role(
         &self,
         base: &Credential,
         session: &RoleSession,
@@ -114,7 +116,7 @@ impl Sts {
     }
 
     /// `AssumeRoleWithOIDC`: anonymous, the OIDC token is the proof.
-    pub async fn assume_role_with_oidc(
+    pub(crate) async fn assume_role_with_oidc(
         &self,
         session: &RoleSession,
         oidc_provider_arn: &str,
@@ -233,7 +235,7 @@ impl TemporaryCredentials {
 /// A RAM role assumed with a base credential (profile type `ram_role_arn`, or the configured
 /// role on top of the rest of the chain).
 #[derive(Debug)]
-pub struct RamRoleArn {
+pub(crate) struct RamRoleArn {
     pub sts: Sts,
     pub base: Arc<dyn CredentialsProvider>,
     pub session: RoleSession,
@@ -255,7 +257,7 @@ impl Fetch for RamRoleArn {
 
 /// A RAM role assumed with an OIDC token (RRSA): no AccessKey at all.
 #[derive(Debug)]
-pub struct OidcRoleArn {
+pub(crate) struct OidcRoleArn {
     pub sts: Sts,
     pub session: RoleSession,
     pub oidc_provider_arn: String,

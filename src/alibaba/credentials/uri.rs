@@ -9,7 +9,7 @@ use super::ecs::parse_success_body;
 use super::http::{read_capped, send_error};
 
 /// Credentials served at a URI, e.g. by a sidecar.
-pub struct CredentialsUri {
+pub(crate) struct CredentialsUri {
     pub http: reqwest::Client,
     pub uri: Url,
 }

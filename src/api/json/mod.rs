@@ -13,10 +13,10 @@
 
 mod body;
 mod call;
-pub mod message;
-pub mod request_error;
-pub mod routes;
-pub mod status;
+pub(crate) mod message;
+pub(crate) mod request_error;
+pub(crate) mod routes;
+pub(crate) mod status;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,7 +38,7 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::rpc::CallNote;
 use body::{JsonLines, MessageBody};
 use call::HttpCall;
-pub use request_error::RequestError;
+pub(crate) use request_error::RequestError;
 use routes::{Route, Routes, Selected};
 use status::{StatusWriter, internal};
 
@@ -50,7 +50,7 @@ const TIMEOUT: &str = "timeout";
 /// The tower layer; add it inside the RPC telemetry layer and outside everything that must see
 /// the call as gRPC (the deadline, the error details, the gate).
 #[derive(Debug, Clone)]
-pub struct JsonLayer {
+pub(crate) struct JsonLayer {
     shared: Arc<Shared>,
 }
 
@@ -66,7 +66,7 @@ struct Shared {
 impl JsonLayer {
     /// The routes of the gateway's services, from their descriptor; the error says what in the
     /// proto's annotations is not supported.
-    pub fn new(telemetry: Telemetry, max_request_bytes: usize) -> Result<Self, String> {
+    pub(crate) fn new(telemetry: Telemetry, max_request_bytes: usize) -> Result<Self, String> {
         let routes = Routes::of_package(crate::pb::FILE_DESCRIPTOR_SET, crate::pb::PACKAGE)
             .map_err(|e| e.to_string())?;
         let statuses = StatusWriter::new(crate::pb::GOOGLE_RPC_DESCRIPTOR_SET)?;
@@ -81,7 +81,7 @@ impl JsonLayer {
     }
 
     /// `METHOD template` of every route, for the start-up log.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.shared.routes_text()
     }
 }
@@ -99,7 +99,7 @@ impl<S> tower::Layer<S> for JsonLayer {
 
 /// See [`JsonLayer`].
 #[derive(Debug, Clone)]
-pub struct JsonService<S> {
+pub(crate) struct JsonService<S> {
     inner: S,
     shared: Arc<Shared>,
 }

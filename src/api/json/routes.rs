@@ -13,7 +13,7 @@ const HTTP_OPTION: &str = "google.api.http";
 
 /// One HTTP binding of an RPC.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     /// `GET`, `POST`, ...
     pub method: http::Method,
     /// The path template as the proto writes it, e.g. `/v1/instances/{db_instance_id}/engineVersion`;
@@ -40,7 +40,7 @@ enum Segment {
 
 /// What a request's method and path select.
 #[derive(Debug)]
-pub enum Selected<'a> {
+pub(crate) enum Selected<'a> {
     Route {
         route: &'a Route,
         /// The path's variables, percent-decoded, with the fields they set.
@@ -56,26 +56,27 @@ pub enum Selected<'a> {
 /// Why the routes could not be read from the descriptor.
 #[derive(Debug, thiserror::Error)]
 #[error("JSON routes of {service}: {reason}")]
-pub struct RouteError {
+pub(crate) struct RouteError {
     service: String,
     reason: String,
 }
 
 /// Every HTTP binding of one service.
 #[derive(Debug, Clone)]
-pub struct Routes {
+pub(crate) struct Routes {
     routes: Vec<Route>,
 }
 
 impl Routes {
+    #[cfg(test)]
     /// The bindings of `service` (a full name) in the encoded file descriptor set `descriptor`.
-    pub fn from_descriptor(descriptor: &[u8], service: &str) -> Result<Self, RouteError> {
+    pub(crate) fn from_descriptor(descriptor: &[u8], service: &str) -> Result<Self, RouteError> {
         Self::from_services(descriptor, &[service])
     }
 
     /// The bindings of every service of `package` in `descriptor` that declares any: the
     /// annotations alone decide which RPCs have JSON routes.
-    pub fn of_package(descriptor: &[u8], package: &str) -> Result<Self, RouteError> {
+    pub(crate) fn of_package(descriptor: &[u8], package: &str) -> Result<Self, RouteError> {
         let pool = DescriptorPool::decode(descriptor).map_err(|e| RouteError {
             service: package.to_string(),
             reason: format!("unreadable descriptor: {e}"),
@@ -141,12 +142,12 @@ impl Routes {
         Ok(table)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
 
     /// The route for `method` and `path` (still percent-encoded), or why there is none.
-    pub fn select(&self, method: &http::Method, path: &str) -> Selected<'_> {
+    pub(crate) fn select(&self, method: &http::Method, path: &str) -> Selected<'_> {
         let mut allowed = Vec::new();
         for route in &self.routes {
             if let Some(bound) = route.matches(path) {

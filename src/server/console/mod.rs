@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::body::Body;
 
 /// Where the console lives.
-pub const PREFIX: &str = "/ui/";
+pub(crate) const PREFIX: &str = "/ui/";
 
 /// The policy of every console answer: scripts and styles from the gateway only (no inline
 /// script), calls to the gateway only, no framing, no `<base>`, no form posts.
@@ -88,7 +88,7 @@ pub fn asset_names() -> impl Iterator<Item = &'static str> {
 /// The tower layer; add it outermost, so that the console's files never reach the RPC stack.
 /// When the console is off, every request passes through (and `/ui/` is an unknown route).
 #[derive(Debug, Clone)]
-pub struct ConsoleLayer {
+pub(crate) struct ConsoleLayer {
     files: Option<Arc<Files>>,
 }
 
@@ -100,7 +100,7 @@ struct Files {
 
 impl ConsoleLayer {
     /// The console when `enabled`, else a layer that passes everything on.
-    pub fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool) -> Self {
         let files = enabled.then(|| {
             Arc::new(Files {
                 assets: ASSETS.iter().map(|a| (a, etag(a.body))).collect(),
@@ -109,7 +109,7 @@ impl ConsoleLayer {
         Self { files }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.files.is_some()
     }
 }
@@ -134,7 +134,7 @@ impl<S> tower::Layer<S> for ConsoleLayer {
 
 /// See [`ConsoleLayer`].
 #[derive(Debug, Clone)]
-pub struct ConsoleService<S> {
+pub(crate) struct ConsoleService<S> {
     inner: S,
     files: Option<Arc<Files>>,
 }
