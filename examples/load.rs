@@ -374,7 +374,7 @@ async fn watch(
         return Err("--instances must be 1..=--concurrency".to_string());
     }
     let stats = format!("{}/stats", upstream.trim_end_matches('/'));
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::install_crypto_provider();
     let http = reqwest::Client::new();
     let describe_calls = || async {
         let text = http

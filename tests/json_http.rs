@@ -804,7 +804,7 @@ async fn json_edges_refuse_duplicates_and_strangers_first() {
 /// `google.rpc.Status`, as a unary call does, not 200 with one error line (issue 23).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_whose_first_poll_fails_is_an_http_error() {
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::install_crypto_provider();
     let gw = gateway(Duration::from_secs(20), "max_attempts = 1", &callers()).await;
     let auth = bearer(TOKEN);
     let with_token = [("authorization", auth.as_str())];
@@ -836,7 +836,7 @@ async fn a_watch_whose_first_poll_fails_is_an_http_error() {
 /// body is the empty message.
 #[tokio::test(flavor = "multi_thread")]
 async fn head_answers_like_get_without_a_body() {
-    dds_gateway::tls::install_crypto_provider();
+    dds_gateway::install_crypto_provider();
     let gw = gateway(Duration::from_secs(20), "", "").await;
     let read = "/v1/instances/dds-sandbox01/engineVersion";
     let get = http1("GET", &url(&gw, read), &[], None).await;

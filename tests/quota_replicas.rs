@@ -12,7 +12,7 @@ use common::ServingBinary;
 use common::redis::RedisServer;
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
-use dds_gateway::sandbox::{Fault, Sandbox, SandboxConfig};
+use dds_gateway::testing::sandbox::{Fault, Sandbox, SandboxConfig};
 use tonic::transport::Channel;
 
 async fn replica(

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::Gateway;
 use common::callers::with_token;
-use dds_gateway::api::auth::hash_token;
 use dds_gateway::pb;
 use dds_gateway::pb::rollout_service_client::RolloutServiceClient;
-use dds_gateway::sandbox::{FleetSpec, SandboxConfig};
+use dds_gateway::testing::api::auth::hash_token;
+use dds_gateway::testing::sandbox::{FleetSpec, SandboxConfig};
 use tonic::Code;
 use tonic::transport::Channel;
 

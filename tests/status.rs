@@ -310,10 +310,12 @@ async fn a_shared_poll_outlives_a_leaving_watcher_and_ends_with_the_last() {
     let mut config = common::default_config();
     config.alibaba.endpoint = Some(sandbox.endpoint());
     config.watch.poll_interval = Duration::from_millis(10);
-    let client =
-        dds_gateway::alibaba::AlibabaClient::new(&config.alibaba, common::credentials_of(&sandbox))
-            .unwrap();
-    let service = dds_gateway::api::service::EngineVersionService::from_config(
+    let client = dds_gateway::testing::alibaba::AlibabaClient::new(
+        &config.alibaba,
+        common::credentials_of(&sandbox),
+    )
+    .unwrap();
+    let service = dds_gateway::testing::api::service::EngineVersionService::from_config(
         &config,
         Arc::new(client),
         None,

@@ -50,7 +50,7 @@ impl ConnectionEnds {
 
     /// Gives `request` its connection's [`ConnectionEnd`], if it has one (used with
     /// `MapRequestLayer`).
-    pub fn mark<B>(&self, mut request: http::Request<B>) -> http::Request<B> {
+    pub(crate) fn mark<B>(&self, mut request: http::Request<B>) -> http::Request<B> {
         let end = peer(&request).and_then(|peer| self.lock().get(&peer).copied());
         if let Some(end) = end {
             request.extensions_mut().insert(ConnectionEnd(end));

@@ -119,9 +119,9 @@ pub(crate) mod reason {
     /// Closed at accept: `server.max_connections` were open.
     pub(crate) const MAX_CONNECTIONS: &str = "max_connections";
     /// No HTTP/2 preface within `server.preface_timeout`.
-    pub const PREFACE_TIMEOUT: &str = "preface_timeout";
+    pub(crate) const PREFACE_TIMEOUT: &str = "preface_timeout";
     /// No request in flight for `server.idle_timeout` (see `server::idle`).
-    pub const IDLE_TIMEOUT: &str = "idle_timeout";
+    pub(crate) const IDLE_TIMEOUT: &str = "idle_timeout";
 }
 
 /// One accepted connection: holds its place among the open ones until dropped, and fails its

@@ -5,11 +5,11 @@
 //! once, the gateway serves on for `server.shutdown_delay`, then refuses new connections and
 //! calls, in-flight calls finish within `server.shutdown_grace`, and whatever is left is closed.
 
-pub mod ageing;
-pub mod connections;
-pub mod console;
+pub(crate) mod ageing;
+pub(crate) mod connections;
+pub(crate) mod console;
 pub(crate) mod idle;
-pub mod reload;
+pub(crate) mod reload;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,14 +6,14 @@
 //! (`ListInstances`) and [`lifecycle`] (where a version stands against its end of life). Their
 //! failures are [`error`]'s; each becomes a status with the messages and details of [`details`].
 
-pub mod details;
-pub mod error;
-pub mod idempotency;
-pub mod instance;
-pub mod inventory;
-pub mod lifecycle;
-pub mod poller;
-pub mod preflight;
-pub mod status;
-pub mod upgrader;
-pub mod validation;
+pub(crate) mod details;
+pub(crate) mod error;
+pub(crate) mod idempotency;
+pub(crate) mod instance;
+pub(crate) mod inventory;
+pub(crate) mod lifecycle;
+pub(crate) mod poller;
+pub(crate) mod preflight;
+pub(crate) mod status;
+pub(crate) mod upgrader;
+pub(crate) mod validation;

@@ -20,10 +20,10 @@ use crate::upgrade::preflight;
 
 /// One read of an instance: what Alibaba said, or the status the read failed with (retries
 /// spent; an instance that is absent or in another region is NOT_FOUND).
-pub type Look = Result<InstanceAttribute, Status>;
+pub(crate) type Look = Result<InstanceAttribute, Status>;
 
 /// What followers receive: `None` until the first read answers.
-pub type Looks = watch::Receiver<Option<Look>>;
+pub(crate) type Looks = watch::Receiver<Option<Look>>;
 
 /// (region, instance) → the sender of its poll task, while the task runs.
 type Polls = HashMap<(String, String), watch::Sender<Option<Look>>>;
