@@ -129,7 +129,7 @@ def test_reflection_serves_the_proto(channel):
     assert ours, [f.name for f in files]
     services = {s.name: s for f in ours for s in f.service}
     methods = {m.name: m for m in services["EngineVersionService"].method}
-    assert list(methods) == ["UpgradeEngineVersion", "GetEngineVersion", "WatchUpgrade"]
+    assert list(methods) == ["UpgradeEngineVersion", "GetEngineVersion", "WatchUpgrade", "GetCaller", "ListEngineVersions", "ListActivity", "ListInstances"]
     assert methods["WatchUpgrade"].server_streaming and not methods["WatchUpgrade"].client_streaming
     assert not methods["UpgradeEngineVersion"].server_streaming
 
