@@ -218,7 +218,8 @@ pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
         engine_version: args.version,
         region_id: args.region.unwrap_or_default(),
     };
-    let until = tokio::time::Instant::now() + args.timeout;
+    // An absurd --timeout is "as long as it takes", not an overflow.
+    let until = crate::deadline::later(tokio::time::Instant::now(), args.timeout);
     let mut last: Option<(String, String)> = None;
     loop {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -231,10 +232,13 @@ pub async fn watch(args: StatusArgs, mut print: impl FnMut(&str)) -> Outcome {
             .get_details_retry_info()
             .and_then(|info| info.retry_delay)
             .unwrap_or(RESUME_DELAY);
-        let resume_at = tokio::time::Instant::now() + delay;
-        if status.code() != tonic::Code::Unavailable || resume_at >= until {
+        // The delay comes from the gateway's RetryInfo: never trusted not to overflow.
+        let Some(resume_at) = tokio::time::Instant::now()
+            .checked_add(delay)
+            .filter(|at| status.code() == tonic::Code::Unavailable && *at < until)
+        else {
             return Outcome::Failed(describe_status(&status));
-        }
+        };
         tokio::time::sleep_until(resume_at).await;
     }
 }

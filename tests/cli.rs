@@ -129,6 +129,22 @@ async fn exit_codes_follow_sysexits() {
     let (code, _, stderr) = common::run_cli(&args, &[]).await;
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    // A watch whose --timeout is absurdly long waits "forever", it does not overflow.
+    let args = [
+        "watch",
+        "--target",
+        &target,
+        "--instance",
+        "dds-sandbox01",
+        "--version",
+        "4.4",
+        "--timeout",
+        "580000000000years",
+    ];
+    let (code, _, stderr) = common::run_cli(&args, &[]).await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(!stderr.contains("overflow"), "{stderr}");
 }
 
 /// A credentials URI that answers 503 for a while (a sidecar still starting) is asked again
