@@ -152,6 +152,7 @@ async fn no_secret_or_signature_appears_in_logs_errors_or_debug_output() {
         (BEARER, r#"{"engineVersion":"5.0","validateOnly":true}"#),
         (WRONG_BEARER, r#"{"engineVersion":"5.0"}"#),
     ] {
+        dds_gateway::testing::tls::install_crypto_provider();
         let response = reqwest::Client::new()
             .post(format!(
                 "http://{}/v1/instances/dds-sandbox01:upgradeEngineVersion",

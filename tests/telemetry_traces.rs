@@ -245,6 +245,7 @@ async fn json_calls_have_http_server_spans_and_the_rpc_metrics_by_route() {
         reporting_caller(config, "");
     })
     .await;
+    dds_gateway::testing::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let upgrade = client
         .post(format!(

@@ -63,6 +63,8 @@ pub async fn http1(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Answer {
+    // reqwest is built without a default crypto provider; whichever test runs first installs it.
+    dds_gateway::testing::tls::install_crypto_provider();
     let mut request = reqwest::Client::new().request(method.parse().unwrap(), url);
     for (name, value) in headers {
         request = request.header(*name, *value);
