@@ -175,7 +175,7 @@ pub mod testing {
 
         pub mod store {
             pub use crate::state::store::{
-                Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore,
+                Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, Settlement, StateStore,
                 StoreError, StoreLimits, Token,
             };
         }

@@ -13,7 +13,7 @@ use dds_gateway::pb;
 use dds_gateway::testing::state::memory::MemoryStore;
 use dds_gateway::testing::state::redis::RedisStore;
 use dds_gateway::testing::state::store::{
-    Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError,
+    Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, Settlement, StateStore, StoreError,
     StoreLimits, Token,
 };
 
@@ -66,6 +66,17 @@ macro_rules! contract {
                 }
             )*
         }
+        /// A cluster refuses scripts on several slots: the store keeps to single-slot ones.
+        mod on_redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $promise() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let server = super::RedisServer::start_cluster(dir.path()).await;
+                    super::$promise(super::redis(&server).await).await;
+                }
+            )*
+        }
     };
 }
 
@@ -79,6 +90,9 @@ contract!(
     one_holder_per_instance_lock,
     a_send_on_an_instance_lock_outlives_its_holder_for_the_settle_window,
     a_lapsed_claim_is_replaced_and_its_send_mark_makes_the_key_unresolved,
+    a_claim_with_its_lock_holds_both_or_nothing,
+    the_send_mark_and_the_release_cover_the_key_and_the_lock,
+    a_lapsed_holder_of_both_is_replaced_with_its_send_unresolved,
 );
 
 fn key(n: u128) -> Key {
@@ -384,4 +398,177 @@ async fn a_lapsed_claim_is_replaced_and_its_send_mark_makes_the_key_unresolved(
     );
     assert!(matches!(taken, Some(Some(_))), "{taken:?}");
     assert!(!store.renew_instance("r/nine", &a).await.unwrap());
+}
+
+/// `claim_and_lock` of `key` (fingerprint `f`) on `instance`.
+async fn hold(
+    store: &dyn StateStore,
+    key: Option<&Key>,
+    f: u8,
+    instance: &str,
+    token: &Token,
+) -> Hold {
+    let fingerprint = fingerprint(f);
+    store
+        .claim_and_lock(key.map(|k| (k, &fingerprint)), instance, token)
+        .await
+        .unwrap()
+}
+
+/// The ages a `Held` answer carries, or a panic.
+fn both(hold: Hold) -> (Option<Duration>, Option<Duration>) {
+    match hold {
+        Hold::Held {
+            unresolved_for,
+            instance_unresolved_for,
+        } => (unresolved_for, instance_unresolved_for),
+        other => panic!("expected the key and the lock, got {other:?}"),
+    }
+}
+
+async fn a_claim_with_its_lock_holds_both_or_nothing(store: Arc<dyn StateStore>) {
+    let owner = Token::new();
+    assert_eq!(
+        both(hold(&*store, Some(&key(20)), 1, "r/both", &owner).await),
+        (None, None)
+    );
+    // Another key on the instance: refused, and its key given back (so no conflict after).
+    let other = Token::new();
+    assert!(matches!(
+        hold(&*store, Some(&key(21)), 1, "r/both", &other).await,
+        Hold::InstanceBusy
+    ));
+    assert!(matches!(
+        hold(&*store, None, 1, "r/both", &other).await,
+        Hold::InstanceBusy
+    ));
+    assert_eq!(own(&*store, &key(21), 2, &other).await, (None, None));
+    store
+        .settle(&key(21), &other, Settlement::NotApplied)
+        .await
+        .unwrap();
+    // A different request with the holder's key conflicts without touching the lock.
+    assert!(matches!(
+        hold(&*store, Some(&key(20)), 2, "r/elsewhere", &Token::new()).await,
+        Hold::Conflict
+    ));
+    assert_eq!(
+        held(
+            store
+                .lock_instance("r/elsewhere", &other, None)
+                .await
+                .unwrap()
+        ),
+        Some(None),
+        "a conflict holds no lock"
+    );
+    // A duplicate waits for the holder, then replays without taking the lock.
+    let duplicate = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            let fingerprint = fingerprint(1);
+            store
+                .claim_and_lock(Some((&key(20), &fingerprint)), "r/both", &Token::new())
+                .await
+        }
+    });
+    tokio::time::sleep(LEASE / 3).await;
+    assert!(store.renew_instance("r/both", &owner).await.unwrap());
+    assert!(store.renew(&key(20), &owner).await.unwrap());
+    assert!(!duplicate.is_finished(), "a duplicate waits for the holder");
+    store
+        .release(Some(&key(20)), Some("r/both"), &owner, &accepted("R20"))
+        .await
+        .unwrap();
+    match duplicate.await.unwrap().unwrap() {
+        Hold::Replay(a) => assert_eq!(a.response.alibaba_request_id, "R20"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        both(hold(&*store, None, 1, "r/both", &Token::new()).await),
+        (None, None),
+        "released, and the replay took nothing"
+    );
+}
+
+async fn the_send_mark_and_the_release_cover_the_key_and_the_lock(store: Arc<dyn StateStore>) {
+    let (owner, stranger) = (Token::new(), Token::new());
+    both(hold(&*store, Some(&key(22)), 1, "r/mark", &owner).await);
+    assert!(
+        !store
+            .mark(Some(&key(22)), "r/mark", &stranger)
+            .await
+            .unwrap()
+    );
+    assert!(store.mark(Some(&key(22)), "r/mark", &owner).await.unwrap());
+    // A stranger releases nothing.
+    store
+        .release(
+            Some(&key(22)),
+            Some("r/mark"),
+            &stranger,
+            &Settlement::NotApplied,
+        )
+        .await
+        .unwrap();
+    assert!(store.renew(&key(22), &owner).await.unwrap());
+    assert!(store.renew_instance("r/mark", &owner).await.unwrap());
+    // An unknown outcome after the mark: the key's next holder looks first; the lock is free,
+    // its holder's own send settled with it.
+    store
+        .release(
+            Some(&key(22)),
+            Some("r/mark"),
+            &owner,
+            &Settlement::Unresolved,
+        )
+        .await
+        .unwrap();
+    let next = Token::new();
+    let (key_age, lock_age) = both(hold(&*store, Some(&key(22)), 1, "r/mark", &next).await);
+    assert!(key_age.is_some(), "the next holder looks first");
+    assert_eq!(lock_age, None);
+    store
+        .release(Some(&key(22)), Some("r/mark"), &next, &accepted("R22"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        hold(&*store, Some(&key(22)), 1, "r/mark", &Token::new()).await,
+        Hold::Replay(_)
+    ));
+    // Without a key, the lock alone.
+    let keyless = Token::new();
+    both(hold(&*store, None, 1, "r/mark", &keyless).await);
+    assert!(store.mark(None, "r/mark", &keyless).await.unwrap());
+    store
+        .release(None, Some("r/mark"), &keyless, &Settlement::NotApplied)
+        .await
+        .unwrap();
+    both(hold(&*store, None, 1, "r/mark", &Token::new()).await);
+}
+
+async fn a_lapsed_holder_of_both_is_replaced_with_its_send_unresolved(store: Arc<dyn StateStore>) {
+    let Some(lease) = store.lease() else {
+        // Holders in memory never lapse: they settle when dropped.
+        return;
+    };
+    let (a, b) = (Token::new(), Token::new());
+    both(hold(&*store, Some(&key(23)), 1, "r/lapse", &a).await);
+    assert!(store.mark(Some(&key(23)), "r/lapse", &a).await.unwrap());
+    // Nobody renews: the next claimer of the key takes the key and the lock over, told of the
+    // send on both.
+    tokio::time::sleep(lease + lease / 2).await;
+    let (key_age, lock_age) = both(hold(&*store, Some(&key(23)), 1, "r/lapse", &b).await);
+    assert!(
+        key_age.is_some() && lock_age.is_some(),
+        "{key_age:?} {lock_age:?}"
+    );
+    assert!(
+        !store.mark(Some(&key(23)), "r/lapse", &a).await.unwrap(),
+        "the lapsed holder may send nothing"
+    );
+    store
+        .release(Some(&key(23)), Some("r/lapse"), &b, &Settlement::NotApplied)
+        .await
+        .unwrap();
 }

@@ -19,6 +19,7 @@
 //! Ages are taken on Redis's clock, from marks that an earlier primary's clock may have written:
 //! a negative age (that clock was ahead) is 0, never "not sent".
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -28,7 +29,8 @@ use redis::{Script, Value};
 use crate::pb;
 use crate::state::store::Accepted;
 use crate::state::store::{
-    Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError, StoreLimits, Token,
+    self, Claim, Fingerprint, Hold, InstanceLock, Key, Settlement, StateStore, StoreError,
+    StoreLimits, Token,
 };
 
 use crate::config::{RedisCa, RedisUrl};
@@ -44,132 +46,189 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// Keeps the record `KEYS[1]` for `ms` and notes its expiry in the caller's index `KEYS[2]`.
-const KEEP: &str = r"
-local function keep(ms, member)
-  redis.call('PEXPIRE', KEYS[1], ms)
-  redis.call('ZADD', KEYS[2], now + ms, member)
-  if redis.call('PTTL', KEYS[2]) < ms then redis.call('PEXPIRE', KEYS[2], ms) end
+/// The scripts' steps, as functions of their keys, so that one script can take several steps
+/// on keys of different slots where the server allows it (see [`RedisStore::multi_slot`]).
+///
+/// `keep` keeps a key's `record` for `ms` and notes its expiry in the caller's `index`.
+///
+/// `claim` answers `{'owner', age, replaced holder}`, `{'replay', answer, reconciled}`,
+/// `{'conflict'}`, `{'wait', ms}` or `{'full', keys}`. `renew` (with `mark` = 'sent', the send
+/// mark too) and `settle` answer 1 while the token holds the key: the record is kept alive with
+/// its claim, so that a key is never forgotten under its owner.
+///
+/// `hold` holds an instance's `lock` for the lease, and while a send on it (`sent` or `since`)
+/// is within the settle window. `lock` with mode `take` (a free or lapsed lock, or the one of a
+/// replaced holder), `renew` or `mark` (the send) answers `{1, age}` while the token holds it,
+/// age being how long ago an earlier holder's send with an unknown outcome was marked ('' for
+/// none); `{0}` otherwise. `unlock` settles the holder's own send (its caller heard the
+/// outcome, unknown or not); a lapsed earlier holder's send stays on the lock for the rest of
+/// its settle window unless this holder saw an upgrade accepted.
+const STEPS: &str = r"
+local function keep(record, index, ms, member)
+  redis.call('PEXPIRE', record, ms)
+  redis.call('ZADD', index, now + ms, member)
+  if redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, ms) end
+end
+
+local function claim(record, index, fp, token, lease, keep_ms, cap, member)
+  if redis.call('EXISTS', record) == 0 then
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+    local held = redis.call('ZCARD', index)
+    if held >= cap then return {'full', tostring(held)} end
+    redis.call('HSET', record, 'fp', fp, 'owner', token, 'until', now + lease)
+    keep(record, index, keep_ms, member)
+    return {'owner', '', ''}
+  end
+  local f = redis.call('HMGET', record, 'fp', 'owner', 'until', 'sent', 'since', 'answer', 'reconciled')
+  if f[1] ~= fp then return {'conflict'} end
+  if f[6] then return {'replay', f[6], f[7] or '0'} end
+  if f[2] and tonumber(f[3]) > now then return {'wait', tostring(tonumber(f[3]) - now)} end
+  local since = f[5]
+  if f[2] and f[4] then since = f[4] end
+  redis.call('HDEL', record, 'sent')
+  if since then redis.call('HSET', record, 'since', since) end
+  redis.call('HSET', record, 'owner', token, 'until', now + lease)
+  keep(record, index, keep_ms, member)
+  local ago = ''
+  if since then ago = tostring(math.max(0, now - tonumber(since))) end
+  return {'owner', ago, f[2] or ''}
+end
+
+local function renew(record, index, token, lease, mark, keep_ms, member)
+  if redis.call('HGET', record, 'owner') ~= token then return 0 end
+  redis.call('HSET', record, 'until', now + lease)
+  if mark == 'sent' then redis.call('HSET', record, 'sent', now) end
+  keep(record, index, keep_ms, member)
+  return 1
+end
+
+local function settle(record, index, token, outcome, answer, reconciled, retention, unresolved, member)
+  local f = redis.call('HMGET', record, 'owner', 'sent', 'since')
+  if f[1] ~= token then return 0 end
+  redis.call('HDEL', record, 'owner', 'until', 'sent')
+  if outcome == 'accepted' then
+    redis.call('HDEL', record, 'since')
+    redis.call('HSET', record, 'answer', answer, 'reconciled', reconciled)
+    keep(record, index, retention, member)
+    return 1
+  end
+  local since = f[3]
+  if outcome == 'unresolved' and f[2] then since = f[2] end
+  if since then
+    redis.call('HSET', record, 'since', since)
+    keep(record, index, unresolved, member)
+  else
+    redis.call('DEL', record)
+    redis.call('ZREM', index, member)
+  end
+  return 1
+end
+
+local function hold(lock, token, lease, window, sent, since)
+  redis.call('HSET', lock, 'owner', token, 'until', now + lease)
+  local ms = lease
+  local mark = sent or since
+  if mark then ms = math.max(ms, tonumber(mark) + window - now) end
+  redis.call('PEXPIRE', lock, ms)
+end
+
+local function lock(key, token, lease, mode, replaced, window)
+  local f = redis.call('HMGET', key, 'owner', 'until', 'sent', 'since')
+  local owner, sent, since = f[1], f[3], f[4]
+  if owner == token then
+    if mode == 'mark' then
+      sent = tostring(now)
+      redis.call('HSET', key, 'sent', sent)
+    end
+    hold(key, token, lease, window, sent, since)
+    return {1, ''}
+  end
+  if mode ~= 'take' then return {0} end
+  if owner and tonumber(f[2]) > now and owner ~= replaced then return {0} end
+  -- Free, or its holder lapsed or was replaced: whatever that holder sent is unresolved now.
+  if sent then
+    since = sent
+    redis.call('HDEL', key, 'sent')
+    redis.call('HSET', key, 'since', since)
+  end
+  hold(key, token, lease, window, nil, since)
+  if since then return {1, tostring(math.max(0, now - tonumber(since)))} end
+  return {1, ''}
+end
+
+local function unlock(key, token, outcome, window)
+  local f = redis.call('HMGET', key, 'owner', 'since')
+  if f[1] ~= token then return 0 end
+  local since = f[2]
+  if outcome == 'accepted' then since = nil end
+  local left = 0
+  if since then left = tonumber(since) + window - now end
+  if left <= 0 then
+    redis.call('DEL', key)
+    return 1
+  end
+  redis.call('HDEL', key, 'owner', 'until', 'sent')
+  redis.call('HSET', key, 'since', since)
+  redis.call('PEXPIRE', key, math.ceil(left))
+  return 1
 end
 ";
 
 /// KEYS: record, index. ARGV: fingerprint, token, lease ms, keep ms, per-caller cap, member.
 const CLAIM: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  local held = redis.call('ZCARD', KEYS[2])
-  if held >= tonumber(ARGV[5]) then return {'full', tostring(held)} end
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'owner', ARGV[2], 'until', now + tonumber(ARGV[3]))
-  keep(tonumber(ARGV[4]), ARGV[6])
-  return {'owner', ''}
+return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+";
+
+/// A claim and, when it makes the token the owner, the instance's lock (taken over from the
+/// holder the claim replaced); a busy lock gives the key back as not applied. `{'busy'}`, or the
+/// claim's answer, an owner's with the lock's age last.
+/// KEYS: record, index, lock. ARGV: as [`CLAIM`], then settle window ms, retention ms,
+/// unresolved retention ms.
+const CLAIM_LOCK: &str = r"
+local c = claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+if c[1] ~= 'owner' then return c end
+local l = lock(KEYS[3], ARGV[2], tonumber(ARGV[3]), 'take', c[3], tonumber(ARGV[7]))
+if l[1] == 0 then
+  settle(KEYS[1], KEYS[2], ARGV[2], 'not_applied', '', '0', tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[6])
+  return {'busy'}
 end
-local f = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'until', 'sent', 'since', 'answer', 'reconciled')
-if f[1] ~= ARGV[1] then return {'conflict'} end
-if f[6] then return {'replay', f[6], f[7] or '0'} end
-if f[2] and tonumber(f[3]) > now then return {'wait', tostring(tonumber(f[3]) - now)} end
-local since = f[5]
-if f[2] and f[4] then since = f[4] end
-redis.call('HDEL', KEYS[1], 'sent')
-if since then redis.call('HSET', KEYS[1], 'since', since) end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'until', now + tonumber(ARGV[3]))
-keep(tonumber(ARGV[4]), ARGV[6])
-local ago = ''
-if since then ago = tostring(math.max(0, now - tonumber(since))) end
-return {'owner', ago, f[2] or ''}
+return {'owner', c[2], c[3], l[2]}
 ";
 
 /// KEYS: record, index. ARGV: token, lease ms, `sent` to mark the send too, keep ms, member.
-/// 1 while the token holds it. The record is kept alive with its claim, so that a key is never
-/// forgotten under its owner.
 const RENEW: &str = r"
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[2]))
-if ARGV[3] == 'sent' then redis.call('HSET', KEYS[1], 'sent', now) end
-keep(tonumber(ARGV[4]), ARGV[5])
-return 1
+return renew(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5])
+";
+
+/// The send mark on the lock and then on the key: 1 while the token holds both.
+/// KEYS: lock, record, index. ARGV: token, lease ms, settle window ms, keep ms, member.
+const MARK: &str = r"
+if lock(KEYS[1], ARGV[1], tonumber(ARGV[2]), 'mark', '', tonumber(ARGV[3]))[1] == 0 then return 0 end
+return renew(KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), 'sent', tonumber(ARGV[4]), ARGV[5])
 ";
 
 /// KEYS: record, index. ARGV: token, outcome, answer, reconciled, retention ms,
 /// unresolved retention ms, member.
 const SETTLE: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'owner', 'sent', 'since')
-if f[1] ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'owner', 'until', 'sent')
-if ARGV[2] == 'accepted' then
-  redis.call('HDEL', KEYS[1], 'since')
-  redis.call('HSET', KEYS[1], 'answer', ARGV[3], 'reconciled', ARGV[4])
-  keep(tonumber(ARGV[5]), ARGV[7])
-  return 1
-end
-local since = f[3]
-if ARGV[2] == 'unresolved' and f[2] then since = f[2] end
-if since then
-  redis.call('HSET', KEYS[1], 'since', since)
-  keep(tonumber(ARGV[6]), ARGV[7])
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[7])
-end
-return 1
+return settle(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 ";
 
-/// Holds the lock `KEYS[1]` for `ARGV[1]` for the lease `ARGV[2]`, and while a send on it
-/// (`sent` or `since`) is within the settle window `ARGV[5]`.
-const HOLD: &str = r"
-local function hold(sent, since)
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', now + tonumber(ARGV[2]))
-  local ms = tonumber(ARGV[2])
-  local mark = sent or since
-  if mark then ms = math.max(ms, tonumber(mark) + tonumber(ARGV[5]) - now) end
-  redis.call('PEXPIRE', KEYS[1], ms)
-end
-";
-
-/// KEYS: lock. ARGV: token, lease ms, `take` (a free or lapsed lock), `renew` or `mark` (the
-/// send), the token of a replaced holder (whose lock is taken over), settle window ms.
-/// `{1, age}` while the token holds it, age being how long ago an earlier holder's send with an
-/// unknown outcome was marked ('' for none); `{0}` otherwise.
+/// KEYS: lock. ARGV: token, lease ms, `take`, `renew` or `mark`, the token of a replaced holder
+/// ('' for none), settle window ms.
 const LOCK: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'owner', 'until', 'sent', 'since')
-local owner, sent, since = f[1], f[3], f[4]
-if owner == ARGV[1] then
-  if ARGV[3] == 'mark' then
-    sent = tostring(now)
-    redis.call('HSET', KEYS[1], 'sent', sent)
-  end
-  hold(sent, since)
-  return {1, ''}
-end
-if ARGV[3] ~= 'take' then return {0} end
-if owner and tonumber(f[2]) > now and owner ~= ARGV[4] then return {0} end
--- Free, or its holder lapsed or was replaced: whatever that holder sent is unresolved now.
-if sent then
-  since = sent
-  redis.call('HDEL', KEYS[1], 'sent')
-  redis.call('HSET', KEYS[1], 'since', since)
-end
-hold(nil, since)
-if since then return {1, tostring(math.max(0, now - tonumber(since)))} end
-return {1, ''}
+return lock(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]))
 ";
 
-/// KEYS: lock. ARGV: token, outcome, settle window ms. The holder's own send is settled (its
-/// caller heard the outcome, unknown or not); a lapsed earlier holder's send stays on the lock for
-/// the rest of its settle window unless this holder saw an upgrade accepted.
+/// KEYS: lock. ARGV: token, outcome, settle window ms.
 const UNLOCK: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'owner', 'since')
-if f[1] ~= ARGV[1] then return 0 end
-local since = f[2]
-if ARGV[2] == 'accepted' then since = nil end
-local left = 0
-if since then left = tonumber(since) + tonumber(ARGV[3]) - now end
-if left <= 0 then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-redis.call('HDEL', KEYS[1], 'owner', 'until', 'sent')
-redis.call('HSET', KEYS[1], 'since', since)
-redis.call('PEXPIRE', KEYS[1], math.ceil(left))
+return unlock(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+";
+
+/// [`SETTLE`] and then [`UNLOCK`]. KEYS: record, index, lock. ARGV: as [`SETTLE`], then settle
+/// window ms.
+const RELEASE: &str = r"
+settle(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+unlock(KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[8]))
 return 1
 ";
 
@@ -201,7 +260,13 @@ pub struct RedisStore {
     settle: Script,
     lock: Script,
     unlock: Script,
+    claim_lock: Script,
+    mark: Script,
+    release: Script,
     take_call: Script,
+    /// The server refused a script on keys of several slots (Redis Cluster, a cluster proxy):
+    /// from then on each step is a script of its own.
+    single_slot: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -229,7 +294,7 @@ fn outcome(settlement: &Settlement) -> &'static str {
 }
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{NOW}{KEEP}{body}"))
+    Script::new(&format!("{NOW}{STEPS}{body}"))
 }
 
 fn hex(text: &str) -> String {
@@ -247,6 +312,71 @@ fn age(text: &[u8]) -> Result<Option<Duration>, ()> {
         .and_then(|t| t.parse().ok())
         .ok_or(())?;
     Ok(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// Whether the server refused a script because its keys are in several slots.
+fn cross_slot(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+}
+
+/// What the claim scripts answer.
+enum Claimed {
+    Claim(Claim),
+    /// The key (its claim's answer) and the instance's lock, with how long ago an earlier
+    /// holder of the lock marked a send with an unknown outcome.
+    Held(Claim, Option<Duration>),
+    /// The lock is busy; the key was given back.
+    Busy,
+    /// Another holder has the key for this long yet.
+    Wait(Duration),
+}
+
+fn claimed(answer: &[Value]) -> Result<Claimed, StoreError> {
+    let text = |i: usize| match answer.get(i) {
+        Some(Value::BulkString(bytes)) => bytes.as_slice(),
+        _ => b"",
+    };
+    let number = |i: usize| {
+        std::str::from_utf8(text(i))
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+    };
+    let malformed = || StoreError::Unavailable("unexpected answer from the claim script".into());
+    Ok(match text(0) {
+        b"owner" => {
+            let claim = Claim::Owner {
+                unresolved_for: age(text(1)).map_err(|()| malformed())?,
+                replaced: std::str::from_utf8(text(2))
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Token::from_stored),
+            };
+            match answer.len() {
+                4 => Claimed::Held(claim, age(text(3)).map_err(|()| malformed())?),
+                _ => Claimed::Claim(claim),
+            }
+        }
+        b"replay" => {
+            let response =
+                pb::UpgradeEngineVersionResponse::decode(text(1)).map_err(|_| malformed())?;
+            Claimed::Claim(Claim::Replay(Accepted {
+                response,
+                reconciled: text(2) == b"1",
+            }))
+        }
+        b"conflict" => Claimed::Claim(Claim::Conflict),
+        b"busy" => Claimed::Busy,
+        b"wait" => Claimed::Wait(Duration::from_millis(
+            number(1).ok_or_else(malformed)?.unsigned_abs(),
+        )),
+        b"full" => {
+            let keys = number(1).ok_or_else(malformed)?;
+            return Err(StoreError::CallerFull(
+                usize::try_from(keys).map_err(|_| malformed())?,
+            ));
+        }
+        _ => return Err(malformed()),
+    })
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -292,9 +422,13 @@ impl RedisStore {
             claim: script(CLAIM),
             renew: script(RENEW),
             settle: script(SETTLE),
-            lock: Script::new(&format!("{NOW}{HOLD}{LOCK}")),
+            lock: script(LOCK),
             unlock: script(UNLOCK),
+            claim_lock: script(CLAIM_LOCK),
+            mark: script(MARK),
+            release: script(RELEASE),
             take_call: Script::new(TAKE_CALL),
+            single_slot: AtomicBool::new(false),
         })
     }
 
@@ -366,67 +500,98 @@ impl RedisStore {
         self.key(&format!("i:{instance}"), ":lock")
     }
 
-    async fn try_claim(
+    /// Claims `key`, and takes the lock of `instance` with it when one is named, waiting while
+    /// another holder has the key. `None`: the server refuses a script on several slots.
+    async fn claim_with(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
         token: &Token,
-    ) -> Result<Result<Claim, Duration>, StoreError> {
-        let (record, index) = self.record(key);
-        let keep = self.keep();
+        instance: Option<&str>,
+    ) -> Result<Option<Claimed>, StoreError> {
+        // Another replica's holder does not notify this one: look again, more slowly each time,
+        // and at the latest when its lease runs out.
+        let backoff = crate::backoff::Backoff::new(Duration::from_millis(20), MAX_POLL);
+        let mut looks = 0;
+        loop {
+            let (record, index) = self.record(key);
+            let script = if instance.is_some() {
+                &self.claim_lock
+            } else {
+                &self.claim
+            };
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(record)
+                .key(index)
+                .arg(fingerprint.to_hex())
+                .arg(token.as_str())
+                .arg(millis(self.limits.lease))
+                .arg(millis(self.keep()))
+                .arg(self.limits.max_keys_per_caller)
+                .arg(key.request_id().to_string());
+            let answer: Vec<Value> = match instance {
+                None => self.invoke(&invocation).await?,
+                Some(instance) => {
+                    invocation
+                        .key(self.lock_key(instance))
+                        .arg(millis(self.limits.settle_window))
+                        .arg(millis(self.limits.retention))
+                        .arg(millis(self.limits.unresolved_retention()));
+                    match self.multi_slot(&invocation).await? {
+                        Some(answer) => answer,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            match claimed(&answer)? {
+                Claimed::Wait(lease_left) => {
+                    looks += 1;
+                    tokio::time::sleep(
+                        backoff
+                            .half_jittered(looks)
+                            .min(lease_left.saturating_add(Duration::from_millis(5))),
+                    )
+                    .await;
+                }
+                claimed => return Ok(Some(claimed)),
+            }
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut connection = self.connection.clone();
-        let answer: Vec<Value> = self
-            .claim
-            .key(record)
-            .key(index)
-            .arg(fingerprint.to_hex())
-            .arg(token.as_str())
-            .arg(millis(self.limits.lease))
-            .arg(millis(keep))
-            .arg(self.limits.max_keys_per_caller)
-            .arg(key.request_id().to_string())
+        invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| unavailable(&e))?;
-        let text = |i: usize| match answer.get(i) {
-            Some(Value::BulkString(bytes)) => bytes.as_slice(),
-            _ => b"",
-        };
-        let number = |i: usize| {
-            std::str::from_utf8(text(i))
-                .ok()
-                .and_then(|t| t.parse::<i64>().ok())
-        };
-        let malformed =
-            || StoreError::Unavailable("unexpected answer from the claim script".into());
-        Ok(match text(0) {
-            b"owner" => Ok(Claim::Owner {
-                unresolved_for: age(text(1)).map_err(|()| malformed())?,
-                replaced: std::str::from_utf8(text(2))
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .map(Token::from_stored),
-            }),
-            b"replay" => {
-                let response =
-                    pb::UpgradeEngineVersionResponse::decode(text(1)).map_err(|_| malformed())?;
-                Ok(Claim::Replay(Accepted {
-                    response,
-                    reconciled: text(2) == b"1",
-                }))
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// Runs a script on keys of several slots, one round trip where several single-slot
+    /// scripts would take one each. `None` when the server refuses it (Redis Cluster or a
+    /// cluster proxy answer CROSSSLOT before running anything): the store then keeps to
+    /// single-slot scripts.
+    async fn multi_slot<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Option<T>, StoreError> {
+        if self.single_slot.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut connection = self.connection.clone();
+        match invocation.invoke_async(&mut connection).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(err) if cross_slot(&err) => {
+                if !self.single_slot.swap(true, Ordering::Relaxed) {
+                    tracing::info!(url = %self.url, "the state store refuses scripts on keys of several slots (Redis Cluster or a proxy): one round trip per step from now on");
+                }
+                Ok(None)
             }
-            b"conflict" => Ok(Claim::Conflict),
-            b"wait" => Err(Duration::from_millis(
-                number(1).ok_or_else(malformed)?.unsigned_abs(),
-            )),
-            b"full" => {
-                let keys = number(1).ok_or_else(malformed)?;
-                return Err(StoreError::CallerFull(
-                    usize::try_from(keys).map_err(|_| malformed())?,
-                ));
-            }
-            _ => return Err(malformed()),
-        })
+            Err(err) => Err(unavailable(&err)),
+        }
     }
 
     async fn lock_script(
@@ -509,23 +674,11 @@ impl StateStore for RedisStore {
         fingerprint: &Fingerprint,
         token: &Token,
     ) -> Result<Claim, StoreError> {
-        // Another replica's holder does not notify this one: look again, more slowly each time,
-        // and at the latest when its lease runs out.
-        let backoff = crate::backoff::Backoff::new(Duration::from_millis(20), MAX_POLL);
-        let mut looks = 0;
-        loop {
-            match self.try_claim(key, fingerprint, token).await? {
-                Ok(claim) => return Ok(claim),
-                Err(lease_left) => {
-                    looks += 1;
-                    tokio::time::sleep(
-                        backoff
-                            .half_jittered(looks)
-                            .min(lease_left.saturating_add(Duration::from_millis(5))),
-                    )
-                    .await;
-                }
-            }
+        match self.claim_with(key, fingerprint, token, None).await? {
+            Some(Claimed::Claim(claim)) => Ok(claim),
+            _ => Err(StoreError::Unavailable(
+                "unexpected answer from the claim script".into(),
+            )),
         }
     }
 
@@ -544,13 +697,7 @@ impl StateStore for RedisStore {
         settlement: Settlement,
     ) -> Result<(), StoreError> {
         let (record, index) = self.record(key);
-        let (answer, reconciled) = match &settlement {
-            Settlement::Accepted(accepted) => (
-                accepted.response.encode_to_vec(),
-                if accepted.reconciled { "1" } else { "0" },
-            ),
-            Settlement::NotApplied | Settlement::Unresolved => (Vec::new(), "0"),
-        };
+        let (answer, reconciled) = answer(&settlement);
         let mut connection = self.connection.clone();
         let _: i64 = self
             .settle
@@ -609,5 +756,111 @@ impl StateStore for RedisStore {
 
     fn lease(&self) -> Option<Duration> {
         Some(self.limits.lease)
+    }
+
+    async fn claim_and_lock(
+        &self,
+        key: Option<(&Key, &Fingerprint)>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<Hold, StoreError> {
+        let Some((key, fingerprint)) = key else {
+            return Ok(match self.lock_instance(instance, token, None).await? {
+                InstanceLock::Held { unresolved_for } => Hold::Held {
+                    unresolved_for: None,
+                    instance_unresolved_for: unresolved_for,
+                },
+                InstanceLock::Busy => Hold::InstanceBusy,
+            });
+        };
+        let malformed =
+            || StoreError::Unavailable("unexpected answer from the claim script".into());
+        match self
+            .claim_with(key, fingerprint, token, Some(instance))
+            .await?
+        {
+            None => store::claim_then_lock(self, Some((key, fingerprint)), instance, token).await,
+            Some(Claimed::Held(Claim::Owner { unresolved_for, .. }, instance_unresolved_for)) => {
+                Ok(Hold::Held {
+                    unresolved_for,
+                    instance_unresolved_for,
+                })
+            }
+            Some(Claimed::Claim(Claim::Replay(accepted))) => Ok(Hold::Replay(accepted)),
+            Some(Claimed::Claim(Claim::Conflict)) => Ok(Hold::Conflict),
+            Some(Claimed::Busy) => Ok(Hold::InstanceBusy),
+            Some(_) => Err(malformed()),
+        }
+    }
+
+    async fn mark(
+        &self,
+        key: Option<&Key>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = key else {
+            return self.mark_instance(instance, token).await;
+        };
+        let (record, index) = self.record(key);
+        let mut invocation = self.mark.prepare_invoke();
+        invocation
+            .key(self.lock_key(instance))
+            .key(record)
+            .key(index)
+            .arg(token.as_str())
+            .arg(millis(self.limits.lease))
+            .arg(millis(self.limits.settle_window))
+            .arg(millis(self.keep()))
+            .arg(key.request_id().to_string());
+        match self.multi_slot::<i64>(&invocation).await? {
+            Some(held) => Ok(held == 1),
+            None => store::mark_then_mark(self, Some(key), instance, token).await,
+        }
+    }
+
+    async fn release(
+        &self,
+        key: Option<&Key>,
+        instance: Option<&str>,
+        token: &Token,
+        settlement: &Settlement,
+    ) -> Result<(), StoreError> {
+        let (Some(key), Some(instance)) = (key, instance) else {
+            return store::settle_then_unlock(self, key, instance, token, settlement).await;
+        };
+        let (record, index) = self.record(key);
+        let (answer, reconciled) = answer(settlement);
+        let mut invocation = self.release.prepare_invoke();
+        invocation
+            .key(record)
+            .key(index)
+            .key(self.lock_key(instance))
+            .arg(token.as_str())
+            .arg(outcome(settlement))
+            .arg(answer)
+            .arg(reconciled)
+            .arg(millis(self.limits.retention))
+            .arg(millis(self.limits.unresolved_retention()))
+            .arg(key.request_id().to_string())
+            .arg(millis(self.limits.settle_window));
+        match self.multi_slot::<i64>(&invocation).await? {
+            Some(_) => Ok(()),
+            None => {
+                store::settle_then_unlock(self, Some(key), Some(instance), token, settlement).await
+            }
+        }
+    }
+}
+
+/// What a settlement keeps as the key's answer: the encoded response and whether it was
+/// reconciled.
+fn answer(settlement: &Settlement) -> (Vec<u8>, &'static str) {
+    match settlement {
+        Settlement::Accepted(accepted) => (
+            accepted.response.encode_to_vec(),
+            if accepted.reconciled { "1" } else { "0" },
+        ),
+        Settlement::NotApplied | Settlement::Unresolved => (Vec::new(), "0"),
     }
 }

@@ -136,6 +136,25 @@ pub enum InstanceLock {
     Busy,
 }
 
+/// What a store answers to [`StateStore::claim_and_lock`].
+#[derive(Debug, Clone)]
+pub enum Hold {
+    /// The token holds the key (if there is one) and the instance's upgrade lock.
+    Held {
+        /// As [`Claim::Owner`] says of the key.
+        unresolved_for: Option<Duration>,
+        /// As [`InstanceLock::Held`] says of the lock.
+        instance_unresolved_for: Option<Duration>,
+    },
+    /// The key's request was accepted before: this is that answer. Nothing is held.
+    Replay(Accepted),
+    /// The key belongs to a different request. Nothing is held.
+    Conflict,
+    /// Another upgrade holds the instance's lock; the key, if it was claimed, is given back as
+    /// [`Settlement::NotApplied`]. Nothing is held.
+    InstanceBusy,
+}
+
 /// How a holder's request ended.
 #[derive(Debug, Clone)]
 pub enum Settlement {
@@ -249,4 +268,109 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     /// How long a claim or lock lives without renewal; `None` when it lives until settled.
     fn lease(&self) -> Option<Duration>;
+
+    /// [`claim`](Self::claim) (when there is a key) and then
+    /// [`lock_instance`](Self::lock_instance), taking over the lock of the holder the claim
+    /// replaced; a busy lock gives the key back. A shared store does it in one round trip.
+    async fn claim_and_lock(
+        &self,
+        key: Option<(&Key, &Fingerprint)>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<Hold, StoreError> {
+        claim_then_lock(self, key, instance, token).await
+    }
+
+    /// [`mark_instance`](Self::mark_instance) and then [`mark_sending`](Self::mark_sending) on
+    /// the key, if there is one. `false`: the token no longer holds one of them.
+    async fn mark(
+        &self,
+        key: Option<&Key>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<bool, StoreError> {
+        mark_then_mark(self, key, instance, token).await
+    }
+
+    /// [`settle`](Self::settle) and [`unlock_instance`](Self::unlock_instance), each when named.
+    async fn release(
+        &self,
+        key: Option<&Key>,
+        instance: Option<&str>,
+        token: &Token,
+        settlement: &Settlement,
+    ) -> Result<(), StoreError> {
+        settle_then_unlock(self, key, instance, token, settlement).await
+    }
+}
+
+/// [`StateStore::claim_and_lock`] as two steps.
+pub(crate) async fn claim_then_lock<S: StateStore + ?Sized>(
+    store: &S,
+    key: Option<(&Key, &Fingerprint)>,
+    instance: &str,
+    token: &Token,
+) -> Result<Hold, StoreError> {
+    let (mut unresolved_for, mut replaced) = (None, None);
+    if let Some((key, fingerprint)) = key {
+        match store.claim(key, fingerprint, token).await? {
+            Claim::Owner {
+                unresolved_for: ago,
+                replaced: previous,
+            } => (unresolved_for, replaced) = (ago, previous),
+            Claim::Replay(accepted) => return Ok(Hold::Replay(accepted)),
+            Claim::Conflict => return Ok(Hold::Conflict),
+        }
+    }
+    match store
+        .lock_instance(instance, token, replaced.as_ref())
+        .await?
+    {
+        InstanceLock::Held {
+            unresolved_for: instance_unresolved_for,
+        } => Ok(Hold::Held {
+            unresolved_for,
+            instance_unresolved_for,
+        }),
+        InstanceLock::Busy => {
+            if let Some((key, _)) = key {
+                store.settle(key, token, Settlement::NotApplied).await?;
+            }
+            Ok(Hold::InstanceBusy)
+        }
+    }
+}
+
+/// [`StateStore::mark`] as two steps: the lock first, so that a key is never marked under a
+/// lock its token lost.
+pub(crate) async fn mark_then_mark<S: StateStore + ?Sized>(
+    store: &S,
+    key: Option<&Key>,
+    instance: &str,
+    token: &Token,
+) -> Result<bool, StoreError> {
+    if !store.mark_instance(instance, token).await? {
+        return Ok(false);
+    }
+    match key {
+        Some(key) => store.mark_sending(key, token).await,
+        None => Ok(true),
+    }
+}
+
+/// [`StateStore::release`] as two steps.
+pub(crate) async fn settle_then_unlock<S: StateStore + ?Sized>(
+    store: &S,
+    key: Option<&Key>,
+    instance: Option<&str>,
+    token: &Token,
+    settlement: &Settlement,
+) -> Result<(), StoreError> {
+    if let Some(key) = key {
+        store.settle(key, token, settlement.clone()).await?;
+    }
+    if let Some(instance) = instance {
+        store.unlock_instance(instance, token, settlement).await?;
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::state::store::{
-    Accepted, Claim, Fingerprint, InstanceLock, Key, Settlement, StateStore, StoreError, Token,
+    Accepted, Fingerprint, Hold, Key, Settlement, StateStore, StoreError, Token,
 };
 use crate::upgrade::validation::ValidUpgradeRequest;
 
@@ -76,37 +76,40 @@ impl Idempotency {
             settled: false,
             renewal: None,
         };
-        let mut replaced = None;
-        if let Some(key) = key {
-            lease.key = Some(key.clone());
-            match self.store.claim(&key, fingerprint, &lease.token).await? {
-                Claim::Owner {
-                    unresolved_for,
-                    replaced: previous,
-                } => {
-                    lease.unresolved_for = unresolved_for;
-                    replaced = previous;
-                }
-                Claim::Replay(accepted) => {
-                    lease.key = None;
-                    return Ok(Claimed::Replay(accepted));
-                }
-                Claim::Conflict => {
-                    lease.key = None;
-                    return Ok(Claimed::Conflict);
-                }
-            }
-        }
+        // Held before the store is asked, so that a lost answer is given back too.
+        lease.key.clone_from(&key);
         lease.instance = Some(instance.clone());
-        match self
+        let hold = self
             .store
-            .lock_instance(&instance, &lease.token, replaced.as_ref())
-            .await?
-        {
-            InstanceLock::Held { unresolved_for } => lease.instance_unresolved_for = unresolved_for,
-            InstanceLock::Busy => {
-                // Dropped, the lease gives the key back as not applied: nothing was sent.
-                lease.instance = None;
+            .claim_and_lock(
+                key.as_ref().map(|k| (k, fingerprint)),
+                &instance,
+                &lease.token,
+            )
+            .await?;
+        let nothing_held = |lease: &mut Lease| {
+            lease.key = None;
+            lease.instance = None;
+        };
+        match hold {
+            Hold::Held {
+                unresolved_for,
+                instance_unresolved_for,
+            } => {
+                lease.unresolved_for = unresolved_for;
+                lease.instance_unresolved_for = instance_unresolved_for;
+            }
+            Hold::Replay(accepted) => {
+                nothing_held(&mut lease);
+                return Ok(Claimed::Replay(accepted));
+            }
+            Hold::Conflict => {
+                nothing_held(&mut lease);
+                return Ok(Claimed::Conflict);
+            }
+            // The store gave the key back as not applied: nothing was sent.
+            Hold::InstanceBusy => {
+                nothing_held(&mut lease);
                 return Ok(Claimed::InstanceBusy);
             }
         }
@@ -152,17 +155,18 @@ impl Lease {
     /// still holds its key and lock. Call it last before the request leaves: an error means
     /// nothing may be sent.
     pub(crate) async fn about_to_send(&self) -> Result<(), StoreError> {
-        if let Some(instance) = &self.instance
-            && !self.store.mark_instance(instance, &self.token).await?
-        {
+        let Some(instance) = &self.instance else {
             return Err(StoreError::Lapsed);
-        }
-        if let Some(key) = &self.key
-            && !self.store.mark_sending(key, &self.token).await?
+        };
+        if self
+            .store
+            .mark(self.key.as_ref(), instance, &self.token)
+            .await?
         {
-            return Err(StoreError::Lapsed);
+            Ok(())
+        } else {
+            Err(StoreError::Lapsed)
         }
-        Ok(())
     }
 
     /// Ends the hold on the key and the lock. A store that cannot be reached lets the key's
@@ -260,17 +264,10 @@ async fn release(
     token: Token,
     settlement: Settlement,
 ) {
-    if let Some(key) = &key {
-        let settled = again(|| store.settle(key, &token, settlement.clone())).await;
-        if let Err(err) = settled {
-            tracing::warn!(error = %err, "cannot settle an idempotency key; it is released when its lease runs out");
-        }
-    }
-    if let Some(instance) = &instance {
-        let unlocked = again(|| store.unlock_instance(instance, &token, &settlement)).await;
-        if let Err(err) = unlocked {
-            tracing::warn!(error = %err, "cannot release an instance's upgrade lock; it is released when its lease runs out");
-        }
+    let released =
+        again(|| store.release(key.as_ref(), instance.as_deref(), &token, &settlement)).await;
+    if let Err(err) = released {
+        tracing::warn!(error = %err, "cannot settle an idempotency key or release an instance's upgrade lock; they are released when their lease runs out");
     }
 }
 
@@ -301,7 +298,7 @@ mod tests {
     use super::*;
     use crate::pb;
     use crate::state::memory::MemoryStore;
-    use crate::state::store::StoreLimits;
+    use crate::state::store::{Claim, StoreLimits};
 
     fn limits(max_keys: usize, per_caller: usize) -> StoreLimits {
         StoreLimits {

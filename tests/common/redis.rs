@@ -233,6 +233,35 @@ impl RedisServer {
 }
 
 impl RedisServer {
+    /// Starts as a Redis Cluster of one node that serves every slot, its cluster files in `dir`:
+    /// it refuses a command or script on keys of several slots (CROSSSLOT), as a cluster or a
+    /// cluster proxy does.
+    pub async fn start_cluster(dir: &Path) -> Self {
+        let dir = path_arg(dir);
+        let server =
+            Self::start_with(free_port(), &["--cluster-enabled", "yes", "--dir", &dir]).await;
+        server
+            .command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = server.command(&["CLUSTER", "INFO"]).await;
+            let text = match info {
+                redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).to_string(),
+                redis::Value::VerbatimString { text, .. } => text,
+                other => format!("{other:?}"),
+            };
+            if text.contains("cluster_state:ok") {
+                return server;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the one-node cluster did not come up: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts with `DEBUG` allowed from loopback (for `DEBUG SLEEP`).
     pub async fn start_debuggable() -> Self {
         Self::start_with(free_port(), &["--enable-debug-command", "local"]).await
