@@ -57,22 +57,50 @@ impl Monitor {
         lines.iter().position(|l| l.contains(&needle)).unwrap()
     }
 
-    /// The commands the gateway sent between two marks: not run inside a script (`lua`), not
-    /// the health check's `PING`, not the test's own.
-    fn sent_between(&self, from: usize, to: usize) -> Vec<String> {
-        self.lines.lock().unwrap()[from + 1..to]
+    /// The round trips the gateway made between two marks: its commands (from `client`, its
+    /// connection), not those run inside a script (`lua`), not the health check's `PING`, and a
+    /// transaction (`MULTI` … `EXEC`, sent as one pipeline) as one.
+    fn round_trips_between(&self, client: &str, from: usize, to: usize) -> Vec<String> {
+        let mut trips = Vec::new();
+        let mut in_transaction = false;
+        for line in &self.lines.lock().unwrap()[from + 1..to] {
+            if !line.contains(&format!("[{client}]")) || line.contains("\"PING\"") {
+                continue;
+            }
+            if line.contains("\"MULTI\"") {
+                in_transaction = true;
+                trips.push(line.clone());
+            } else if line.contains("\"EXEC\"") {
+                in_transaction = false;
+            } else if !in_transaction {
+                trips.push(line.clone());
+            }
+        }
+        trips
+    }
+
+    /// The gateway's connection (`0 127.0.0.1:port`), the one that ran the first script.
+    fn gateway_client(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        let line = lines
             .iter()
-            .filter(|l| !l.contains(" lua] "))
-            .filter(|l| !l.contains("\"PING\""))
-            .filter(|l| !l.contains("\"ECHO\"") && !l.contains("\"ZCARD\""))
-            .cloned()
-            .collect()
+            .find(|l| l.contains("\"EVALSHA\"") || l.contains("\"EVAL\""))
+            .expect("the gateway ran a script");
+        let open = line.find('[').unwrap();
+        let close = line.find(']').unwrap();
+        line[open + 1..close].to_string()
     }
 }
 
-/// The account quota's commands (its keys carry the `{quota}` tag).
-fn quota(commands: &[String]) -> usize {
-    commands.iter().filter(|c| c.contains("{quota}")).count()
+/// The round trips on keys of `tag` (`quota`: the account quota; `activity`: the console's
+/// list of recent activity).
+fn on(tag: &str, trips: &[String]) -> usize {
+    trips
+        .iter()
+        .filter(|c| {
+            c.contains(&format!("{{{tag}}}")) || (tag == "activity" && c.contains("\"MULTI\""))
+        })
+        .count()
 }
 
 async fn gateway(redis: &RedisServer) -> Gateway {
@@ -94,12 +122,14 @@ fn keyed(instance: &str, version: &str, key: &str) -> dds_gateway::pb::UpgradeEn
     }
 }
 
-/// Waits until the quota's place of the last call is given back (its release is sent in the
-/// background once the answer is in).
-async fn quota_places_given_back(redis: &RedisServer) {
-    let key = "dds-gateway:{quota}:cn-hangzhou:holders";
-    common::eventually("the quota place is given back", || async {
-        matches!(redis.command(&["ZCARD", key]).await, redis::Value::Int(0))
+/// Waits until what the gateway does in the background after an answer is done: the quota's
+/// place given back, and the console's list holding `entries`.
+async fn background_done(redis: &RedisServer, entries: i64) {
+    let holders = "dds-gateway:{quota}:cn-hangzhou:holders";
+    let recent = "dds-gateway:{activity}:recent";
+    common::eventually("the quota place is given back, the activity kept", || async {
+        matches!(redis.command(&["ZCARD", holders]).await, redis::Value::Int(0))
+            && matches!(redis.command(&["LLEN", recent]).await, redis::Value::Int(n) if n == entries)
     })
     .await;
 }
@@ -119,7 +149,8 @@ async fn a_first_idempotent_upgrade_takes_three_round_trips_and_a_replay_one() {
         .upgrade(keyed("dds-sandbox01", "4.4", &warm))
         .await
         .unwrap();
-    quota_places_given_back(&redis).await;
+    background_done(&redis, 2).await;
+    let gateway_client = monitor.gateway_client();
 
     let key = uuid::Uuid::new_v4().to_string();
     let start = monitor.mark(&redis, "first-upgrade").await;
@@ -127,18 +158,22 @@ async fn a_first_idempotent_upgrade_takes_three_round_trips_and_a_replay_one() {
         .upgrade(keyed("dds-sandbox02", "5.0", &key))
         .await
         .unwrap();
-    quota_places_given_back(&redis).await;
+    background_done(&redis, 3).await;
     let end = monitor.mark(&redis, "first-upgrade-done").await;
-    let sent = monitor.sent_between(start, end);
-    let store = sent.len() - quota(&sent);
+    let trips = monitor.round_trips_between(&gateway_client, start, end);
+    let (quota, activity) = (on("quota", &trips), on("activity", &trips));
     assert_eq!(
-        store, 3,
-        "claim and lock, the send mark, settle and unlock: {sent:#?}"
+        trips.len() - quota - activity,
+        3,
+        "claim and lock, the send mark, settle and unlock: {trips:#?}"
     );
     assert_eq!(
-        quota(&sent),
-        2,
-        "the quota's take and return for the one upstream call: {sent:#?}"
+        quota, 2,
+        "the quota's take and return for the one upstream call: {trips:#?}"
+    );
+    assert_eq!(
+        activity, 1,
+        "the console's list, after the answer: {trips:#?}"
     );
 
     let start = monitor.mark(&redis, "replay").await;
@@ -146,8 +181,18 @@ async fn a_first_idempotent_upgrade_takes_three_round_trips_and_a_replay_one() {
         .upgrade(keyed("dds-sandbox02", "5.0", &key))
         .await
         .unwrap();
+    background_done(&redis, 4).await;
     let end = monitor.mark(&redis, "replay-done").await;
     assert_eq!(replayed, first);
-    let sent = monitor.sent_between(start, end);
-    assert_eq!(sent.len(), 1, "a replay is one round trip: {sent:#?}");
+    let trips = monitor.round_trips_between(&gateway_client, start, end);
+    let activity = on("activity", &trips);
+    assert_eq!(
+        activity, 1,
+        "the console's list, after the answer: {trips:#?}"
+    );
+    assert_eq!(
+        trips.len() - activity,
+        1,
+        "a replay is one round trip: {trips:#?}"
+    );
 }
