@@ -513,6 +513,18 @@ async fn the_send_mark_and_the_release_cover_the_key_and_the_lock(store: Arc<dyn
         .unwrap();
     assert!(store.renew(&key(22), &owner).await.unwrap());
     assert!(store.renew_instance("r/mark", &owner).await.unwrap());
+    assert!(
+        store
+            .renew_hold(Some(&key(22)), "r/mark", &owner)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_hold(Some(&key(22)), "r/mark", &stranger)
+            .await
+            .unwrap()
+    );
     // An unknown outcome after the mark: the key's next holder looks first; the lock is free,
     // its holder's own send settled with it.
     store
@@ -566,6 +578,18 @@ async fn a_lapsed_holder_of_both_is_replaced_with_its_send_unresolved(store: Arc
     assert!(
         !store.mark(Some(&key(23)), "r/lapse", &a).await.unwrap(),
         "the lapsed holder may send nothing"
+    );
+    assert!(
+        !store
+            .renew_hold(Some(&key(23)), "r/lapse", &a)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .renew_hold(Some(&key(23)), "r/lapse", &b)
+            .await
+            .unwrap()
     );
     store
         .release(Some(&key(23)), Some("r/lapse"), &b, &Settlement::NotApplied)

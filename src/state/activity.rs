@@ -2,7 +2,9 @@
 //! audit trail is a file per replica; this list is what the console shows, shared by the
 //! replicas when the state store is Redis (a capped list: `LPUSH` then `LTRIM`, in one
 //! transaction), else kept in this process. It is a view, never the record: an entry that
-//! cannot be kept is logged and dropped, and the audit file still has it.
+//! cannot be kept is logged and dropped, and the audit file still has it. Entries go to Redis
+//! from one writer task, which takes whatever arrived within [`LINGER`] of the first in one
+//! round trip, so that a busy replica does not add a round trip per upgrade.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,11 @@ use crate::state::store::StoreError;
 /// How many entries the list keeps.
 pub const CAPACITY: usize = 500;
 
+/// How long the writer waits for more entries after the first before it writes them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+/// Entries waiting for the writer; beyond it, an entry is dropped (and logged).
+const QUEUE: usize = 1000;
+
 /// The list of recent activity. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Activity {
@@ -30,6 +37,8 @@ enum Place {
     Redis {
         connection: ConnectionManager,
         key: String,
+        /// To the writer task.
+        queue: tokio::sync::mpsc::Sender<pb::Activity>,
     },
 }
 
@@ -37,7 +46,10 @@ impl std::fmt::Debug for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Memory(_) => f.write_str("Memory"),
-            Self::Redis { key, .. } => f.debug_struct("Redis").field("key", key).finish(),
+            Self::Redis { key, .. } => f
+                .debug_struct("Redis")
+                .field("key", key)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -50,12 +62,17 @@ impl Activity {
         }
     }
 
-    /// In `store`'s Redis, under the gateway's key prefix.
+    /// In `store`'s Redis, under the gateway's key prefix. Starts the writer task, which ends
+    /// with the last clone.
     pub fn redis(store: &RedisStore) -> Self {
+        let (queue, entries) = tokio::sync::mpsc::channel(QUEUE);
+        let (connection, key) = (store.connection(), store.key("activity", ":recent"));
+        tokio::spawn(write(connection.clone(), key.clone(), entries));
         Self {
             place: Place::Redis {
-                connection: store.connection(),
-                key: store.key("activity", ":recent"),
+                connection,
+                key,
+                queue,
             },
         }
     }
@@ -68,25 +85,16 @@ impl Activity {
         }
     }
 
-    /// Adds `entry` at the head, dropping the oldest beyond [`CAPACITY`].
+    /// Adds `entry` at the head now, dropping the oldest beyond [`CAPACITY`].
     pub async fn push(&self, entry: pb::Activity) -> Result<(), StoreError> {
         match &self.place {
             Place::Memory(list) => {
                 push_front(list, entry);
                 Ok(())
             }
-            Place::Redis { connection, key } => {
-                let mut connection = connection.clone();
-                redis::pipe()
-                    .atomic()
-                    .lpush(key, entry.encode_to_vec())
-                    .ignore()
-                    .ltrim(key, 0, CAPACITY as isize - 1)
-                    .ignore()
-                    .query_async::<()>(&mut connection)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            }
+            Place::Redis {
+                connection, key, ..
+            } => write_batch(connection, key, vec![entry]).await,
         }
     }
 
@@ -99,7 +107,9 @@ impl Activity {
                 .iter()
                 .cloned()
                 .collect()),
-            Place::Redis { connection, key } => {
+            Place::Redis {
+                connection, key, ..
+            } => {
                 let mut connection = connection.clone();
                 let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
                     .arg(key)
@@ -118,19 +128,68 @@ impl Activity {
     }
 
     /// Keeps `entry` without waiting: in memory at once (so a caller reads its own action
-    /// back), in Redis from a task of its own.
+    /// back), in Redis by the writer task, within [`LINGER`].
     pub fn keep_entry(&self, entry: pb::Activity) {
-        if let Place::Memory(list) = &self.place {
-            push_front(list, entry);
-            return;
-        }
-        let list = self.clone();
-        tokio::spawn(async move {
-            if let Err(err) = list.push(entry).await {
-                tracing::warn!(error = %err, "recent activity not kept (the audit trail has it)");
+        match &self.place {
+            Place::Memory(list) => push_front(list, entry),
+            Place::Redis { queue, .. } => {
+                if queue.try_send(entry).is_err() {
+                    tracing::warn!(
+                        "recent activity not kept: too many entries wait for Redis (the audit trail has it)"
+                    );
+                }
             }
-        });
+        }
     }
+}
+
+/// Writes the entries `entries` brings to the head of `key`, all those that arrived within
+/// [`LINGER`] of the first in one transaction, oldest first (so the newest ends at the head).
+async fn write(
+    connection: ConnectionManager,
+    key: String,
+    mut entries: tokio::sync::mpsc::Receiver<pb::Activity>,
+) {
+    while let Some(batch) = next_batch(&mut entries).await {
+        if let Err(err) = write_batch(&connection, &key, batch).await {
+            tracing::warn!(error = %err, "recent activity not kept (the audit trail has it)");
+        }
+    }
+}
+
+/// Pushes `batch` (oldest first) to the head of `key` and trims it, in one transaction.
+async fn write_batch(
+    connection: &ConnectionManager,
+    key: &str,
+    batch: Vec<pb::Activity>,
+) -> Result<(), StoreError> {
+    let batch: Vec<Vec<u8>> = batch.iter().map(prost::Message::encode_to_vec).collect();
+    let mut connection = connection.clone();
+    redis::pipe()
+        .atomic()
+        .lpush(key, batch)
+        .ignore()
+        .ltrim(key, 0, CAPACITY as isize - 1)
+        .ignore()
+        .query_async::<()>(&mut connection)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The next entries to write: the first to arrive and those that follow within [`LINGER`] (at
+/// most [`CAPACITY`]), oldest first. `None` once every sender is gone.
+async fn next_batch(
+    entries: &mut tokio::sync::mpsc::Receiver<pb::Activity>,
+) -> Option<Vec<pb::Activity>> {
+    let mut batch = vec![entries.recv().await?];
+    let until = tokio::time::Instant::now() + LINGER;
+    while batch.len() < CAPACITY {
+        match tokio::time::timeout_at(until, entries.recv()).await {
+            Ok(Some(entry)) => batch.push(entry),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn push_front(list: &Mutex<VecDeque<pb::Activity>>, entry: pb::Activity) {
@@ -192,6 +251,32 @@ mod tests {
         assert_eq!(recent.len(), CAPACITY);
         assert_eq!(recent[0].db_instance_id, format!("dds-{}", CAPACITY + 2));
         assert_eq!(recent[CAPACITY - 1].db_instance_id, "dds-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_within_the_linger_are_written_together() {
+        let (queue, mut entries) = tokio::sync::mpsc::channel(QUEUE);
+        for n in 0..3 {
+            queue.try_send(entry(n)).unwrap();
+        }
+        let late = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                tokio::time::sleep(LINGER / 2).await;
+                queue.send(entry(3)).await.unwrap();
+                tokio::time::sleep(LINGER).await;
+                queue.send(entry(4)).await.unwrap();
+            }
+        });
+        let names = |batch: Vec<pb::Activity>| -> Vec<String> {
+            batch.into_iter().map(|e| e.db_instance_id).collect()
+        };
+        let first = names(next_batch(&mut entries).await.unwrap());
+        assert_eq!(first, ["dds-0", "dds-1", "dds-2", "dds-3"]);
+        assert_eq!(names(next_batch(&mut entries).await.unwrap()), ["dds-4"]);
+        late.await.unwrap();
+        drop(queue);
+        assert!(next_batch(&mut entries).await.is_none());
     }
 
     #[tokio::test]

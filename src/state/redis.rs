@@ -2,8 +2,13 @@
 //!
 //! Each change is one Lua script, so it is atomic, and reads the time from Redis (`TIME`), so
 //! the replicas' clocks do not matter. A claim's keys (the key's record and its caller's index)
-//! share one hash tag, the caller; an instance's lock is a key of its own. So every script
-//! touches one slot, as Redis Cluster and Tair's proxy mode require.
+//! share one hash tag, the caller; an instance's lock is a key of its own.
+//!
+//! Round trips: an upgrade with a key takes three, each one script on both slots (claim and
+//! lock, the send marks, settle and unlock), and a replay one. Redis Cluster and Tair's proxy
+//! mode refuse a script on several slots (CROSSSLOT, before running anything): the first such
+//! answer switches the store to one single-slot script per step, as correct but with a round
+//! trip each.
 //!
 //! A key's record is a hash: `fp` (the request's fingerprint), `owner` and `until` (the holder's
 //! token and lease), `sent` (when the holder marked that it is about to send), `since` (when a
@@ -200,11 +205,17 @@ const RENEW: &str = r"
 return renew(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5])
 ";
 
-/// The send mark on the lock and then on the key: 1 while the token holds both.
-/// KEYS: lock, record, index. ARGV: token, lease ms, settle window ms, keep ms, member.
+/// With `mark`, the send mark on the lock and then (if it still holds the lock) on the key; with
+/// `renew`, both leases. 1 while the token holds both.
+/// KEYS: lock, record, index. ARGV: token, lease ms, settle window ms, keep ms, member, `mark` or
+/// `renew`.
 const MARK: &str = r"
-if lock(KEYS[1], ARGV[1], tonumber(ARGV[2]), 'mark', '', tonumber(ARGV[3]))[1] == 0 then return 0 end
-return renew(KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), 'sent', tonumber(ARGV[4]), ARGV[5])
+local held = lock(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[6], '', tonumber(ARGV[3]))[1]
+if held == 0 and ARGV[6] == 'mark' then return 0 end
+local mode = 'renew'
+if ARGV[6] == 'mark' then mode = 'sent' end
+if renew(KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), mode, tonumber(ARGV[4]), ARGV[5]) == 0 then return 0 end
+return held
 ";
 
 /// KEYS: record, index. ARGV: token, outcome, answer, reconciled, retention ms,
@@ -594,6 +605,32 @@ impl RedisStore {
         }
     }
 
+    /// The [`MARK`] script in `mode`; `None` when the server refuses scripts on several slots.
+    async fn mark_or_renew(
+        &self,
+        key: &Key,
+        instance: &str,
+        token: &Token,
+        mode: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        let (record, index) = self.record(key);
+        let mut invocation = self.mark.prepare_invoke();
+        invocation
+            .key(self.lock_key(instance))
+            .key(record)
+            .key(index)
+            .arg(token.as_str())
+            .arg(millis(self.limits.lease))
+            .arg(millis(self.limits.settle_window))
+            .arg(millis(self.keep()))
+            .arg(key.request_id().to_string())
+            .arg(mode);
+        Ok(self
+            .multi_slot::<i64>(&invocation)
+            .await?
+            .map(|held| held == 1))
+    }
+
     async fn lock_script(
         &self,
         instance: &str,
@@ -802,20 +839,24 @@ impl StateStore for RedisStore {
         let Some(key) = key else {
             return self.mark_instance(instance, token).await;
         };
-        let (record, index) = self.record(key);
-        let mut invocation = self.mark.prepare_invoke();
-        invocation
-            .key(self.lock_key(instance))
-            .key(record)
-            .key(index)
-            .arg(token.as_str())
-            .arg(millis(self.limits.lease))
-            .arg(millis(self.limits.settle_window))
-            .arg(millis(self.keep()))
-            .arg(key.request_id().to_string());
-        match self.multi_slot::<i64>(&invocation).await? {
-            Some(held) => Ok(held == 1),
+        match self.mark_or_renew(key, instance, token, "mark").await? {
+            Some(held) => Ok(held),
             None => store::mark_then_mark(self, Some(key), instance, token).await,
+        }
+    }
+
+    async fn renew_hold(
+        &self,
+        key: Option<&Key>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = key else {
+            return self.renew_instance(instance, token).await;
+        };
+        match self.mark_or_renew(key, instance, token, "renew").await? {
+            Some(held) => Ok(held),
+            None => store::renew_then_renew(self, Some(key), instance, token).await,
         }
     }
 

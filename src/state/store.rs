@@ -292,6 +292,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
         mark_then_mark(self, key, instance, token).await
     }
 
+    /// [`renew_instance`](Self::renew_instance) and [`renew`](Self::renew) on the key, if there
+    /// is one. `false`: the token no longer holds one of them.
+    async fn renew_hold(
+        &self,
+        key: Option<&Key>,
+        instance: &str,
+        token: &Token,
+    ) -> Result<bool, StoreError> {
+        renew_then_renew(self, key, instance, token).await
+    }
+
     /// [`settle`](Self::settle) and [`unlock_instance`](Self::unlock_instance), each when named.
     async fn release(
         &self,
@@ -355,6 +366,27 @@ pub(crate) async fn mark_then_mark<S: StateStore + ?Sized>(
     match key {
         Some(key) => store.mark_sending(key, token).await,
         None => Ok(true),
+    }
+}
+
+/// [`StateStore::renew_hold`] as two steps, both tried whatever the first answers.
+pub(crate) async fn renew_then_renew<S: StateStore + ?Sized>(
+    store: &S,
+    key: Option<&Key>,
+    instance: &str,
+    token: &Token,
+) -> Result<bool, StoreError> {
+    // The lock first: the key's lease then always outlives it, so that whoever takes over the
+    // key finds the lock free or held by the token it replaced.
+    let lock_held = store.renew_instance(instance, token).await;
+    let key_held = match key {
+        Some(key) => store.renew(key, token).await,
+        None => Ok(true),
+    };
+    match (lock_held, key_held) {
+        (Ok(lock), Ok(key)) => Ok(lock && key),
+        (Ok(false), _) | (_, Ok(false)) => Ok(false),
+        (Err(err), _) | (_, Err(err)) => Err(err),
     }
 }
 

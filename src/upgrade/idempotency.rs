@@ -197,30 +197,22 @@ impl Lease {
         let instance = self.instance.clone();
         let token = self.token.clone();
         let task = tokio::spawn(async move {
+            // Always set once the claim holds anything to renew.
+            let Some(instance) = instance else { return };
             let mut tick = tokio::time::interval(lease / 3);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                // The lock first: the key's lease then always outlives it, so that whoever
-                // takes over the key finds the lock free or held by the token it replaced.
-                let lock_held = match &instance {
-                    Some(instance) => store.renew_instance(instance, &token).await,
-                    None => Ok(true),
-                };
-                let key_held = match &key {
-                    Some(key) => store.renew(key, &token).await,
-                    None => Ok(true),
-                };
-                match (key_held, lock_held) {
-                    (Ok(true), Ok(true)) => {}
-                    (Ok(false), _) | (_, Ok(false)) => {
+                match store.renew_hold(key.as_ref(), &instance, &token).await {
+                    Ok(true) => {}
+                    Ok(false) => {
                         tracing::warn!(
                             "an upgrade's claim lapsed while it ran; another replica may hold its key or instance now"
                         );
                         return;
                     }
-                    (Err(err), _) | (_, Err(err)) => {
+                    Err(err) => {
                         tracing::warn!(error = %err, "cannot renew an upgrade's claim; retrying");
                     }
                 }
