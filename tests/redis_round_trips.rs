@@ -137,7 +137,22 @@ async fn background_done(redis: &RedisServer, entries: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_idempotent_upgrade_takes_three_round_trips_and_a_replay_one() {
     let redis = RedisServer::start().await;
-    let gateway = gateway(&redis).await;
+    round_trips(&redis, 3).await;
+}
+
+/// A cluster refuses scripts on several slots: once told, the store sends one single-slot
+/// script per step (six), and never the refused scripts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_cluster_each_step_is_a_round_trip_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_cluster(dir.path()).await;
+    round_trips(&redis, 6).await;
+}
+
+/// Counts the round trips of a warm first upgrade (`state_trips` on the state store's keys)
+/// and of its replay (one).
+async fn round_trips(redis: &RedisServer, state_trips: usize) {
+    let gateway = gateway(redis).await;
     let monitor = Monitor::start(&redis).await;
     // Warm: the scripts are loaded and the connection is open.
     let warm = uuid::Uuid::new_v4().to_string();
@@ -164,7 +179,7 @@ async fn a_first_idempotent_upgrade_takes_three_round_trips_and_a_replay_one() {
     let (quota, activity) = (on("quota", &trips), on("activity", &trips));
     assert_eq!(
         trips.len() - quota - activity,
-        3,
+        state_trips,
         "claim and lock, the send mark, settle and unlock: {trips:#?}"
     );
     assert_eq!(

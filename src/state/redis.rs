@@ -325,9 +325,11 @@ fn age(text: &[u8]) -> Result<Option<Duration>, ()> {
     Ok(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
 }
 
-/// Whether the server refused a script because its keys are in several slots.
+/// Whether the server refused a script because its keys are in several slots: Redis Cluster
+/// answers `CROSSSLOT ... don't hash to the same slot`, Tair's proxy `... keys must in same slot`.
 fn cross_slot(err: &redis::RedisError) -> bool {
     err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+        || err.to_string().to_ascii_lowercase().contains("same slot")
 }
 
 /// What the claim scripts answer.
