@@ -153,7 +153,7 @@ async fn on_a_cluster_each_step_is_a_round_trip_of_its_own() {
 /// and of its replay (one).
 async fn round_trips(redis: &RedisServer, state_trips: usize) {
     let gateway = gateway(redis).await;
-    let monitor = Monitor::start(&redis).await;
+    let monitor = Monitor::start(redis).await;
     // Warm: the scripts are loaded and the connection is open.
     let warm = uuid::Uuid::new_v4().to_string();
     gateway
@@ -164,17 +164,17 @@ async fn round_trips(redis: &RedisServer, state_trips: usize) {
         .upgrade(keyed("dds-sandbox01", "4.4", &warm))
         .await
         .unwrap();
-    background_done(&redis, 2).await;
+    background_done(redis, 2).await;
     let gateway_client = monitor.gateway_client();
 
     let key = uuid::Uuid::new_v4().to_string();
-    let start = monitor.mark(&redis, "first-upgrade").await;
+    let start = monitor.mark(redis, "first-upgrade").await;
     let first = gateway
         .upgrade(keyed("dds-sandbox02", "5.0", &key))
         .await
         .unwrap();
-    background_done(&redis, 3).await;
-    let end = monitor.mark(&redis, "first-upgrade-done").await;
+    background_done(redis, 3).await;
+    let end = monitor.mark(redis, "first-upgrade-done").await;
     let trips = monitor.round_trips_between(&gateway_client, start, end);
     let (quota, activity) = (on("quota", &trips), on("activity", &trips));
     assert_eq!(
@@ -191,13 +191,13 @@ async fn round_trips(redis: &RedisServer, state_trips: usize) {
         "the console's list, after the answer: {trips:#?}"
     );
 
-    let start = monitor.mark(&redis, "replay").await;
+    let start = monitor.mark(redis, "replay").await;
     let replayed = gateway
         .upgrade(keyed("dds-sandbox02", "5.0", &key))
         .await
         .unwrap();
-    background_done(&redis, 4).await;
-    let end = monitor.mark(&redis, "replay-done").await;
+    background_done(redis, 4).await;
+    let end = monitor.mark(redis, "replay-done").await;
     assert_eq!(replayed, first);
     let trips = monitor.round_trips_between(&gateway_client, start, end);
     let activity = on("activity", &trips);
