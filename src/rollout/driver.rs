@@ -379,6 +379,8 @@ struct Driver {
     /// Results not written yet.
     results: HashMap<String, SendResult>,
     backoff: Option<(Instant, String)>,
+    /// The shared polls of instances under way that this driver follows.
+    following: HashMap<String, crate::upgrade::poller::Looks>,
 }
 
 impl Rollouts {
@@ -483,6 +485,7 @@ impl Rollouts {
             in_flight: HashSet::new(),
             results: HashMap::new(),
             backoff: None,
+            following: HashMap::new(),
         };
         tokio::spawn(driver.run().with_current_subscriber());
     }
@@ -500,7 +503,7 @@ impl Driver {
         let settings = self.rollouts.inner.settings.clone();
         let mut renewed = Instant::now();
         loop {
-            let store = &self.rollouts.inner.store;
+            let store = std::sync::Arc::clone(&self.rollouts.inner.store);
             match store
                 .acquire(&self.id, &self.rollouts.inner.token, settings.lease)
                 .await
@@ -537,7 +540,7 @@ impl Driver {
             if finished(rollout.state()) && self.in_flight.is_empty() && self.results.is_empty() {
                 break;
             }
-            let looks = self.look(&rollout).await;
+            let looks = self.look(&rollout);
             if let Some((code, message)) = self.results.values().find_map(|r| match r {
                 SendResult::Transient { code, message } => Some((code.clone(), message.clone())),
                 _ => None,
@@ -566,7 +569,10 @@ impl Driver {
                     settle_window: settings.settle_window,
                 },
             );
-            if rollout == before {
+            // Sends decided on an unchanged record still go out: an instance whose send had an
+            // unknown outcome goes back to PENDING and is picked again in the same tick, which
+            // leaves the record as it was ("sending"); waiting here would wait forever.
+            if rollout == before && sends.is_empty() {
                 self.results.clear();
                 self.wait(settings.poll_interval).await;
                 continue;
@@ -657,10 +663,14 @@ impl Driver {
         }
     }
 
-    /// Looks at each instance under way that no local send follows.
-    async fn look(&self, rollout: &pb::Rollout) -> HashMap<String, Look> {
+    /// The latest look at each instance under way that no local send follows, through the
+    /// replica's shared poller: one `DescribeDBInstanceAttribute` per instance per poll
+    /// interval, shared with any `WatchUpgrade` of the instance, and never awaited here (a tick
+    /// does not wait on the account's budget for its looks). Follows of instances no longer
+    /// under way are left; a follow whose read failed is left too, and taken again next tick.
+    fn look(&mut self, rollout: &pb::Rollout) -> HashMap<String, Look> {
         let mut looks = HashMap::new();
-        let deadline = Instant::now() + self.rollouts.inner.settings.send_timeout;
+        let mut following = HashMap::new();
         for instance in &rollout.instances {
             let key = instance_key(instance);
             if !is(instance, pb::InstanceState::Upgrading)
@@ -669,35 +679,39 @@ impl Driver {
             {
                 continue;
             }
-            match self
-                .rollouts
-                .inner
-                .alibaba
-                .describe_db_instance_attribute(
-                    &instance.region_id,
-                    &instance.db_instance_id,
-                    deadline,
-                )
-                .await
-            {
-                Ok(Some(attribute)) => {
+            let follow = self.following.remove(&key).unwrap_or_else(|| {
+                self.rollouts
+                    .inner
+                    .poller
+                    .follow(&instance.region_id, &instance.db_instance_id)
+            });
+            let latest = follow.borrow().clone();
+            match latest {
+                Some(Ok(attribute)) => {
                     looks.insert(
-                        key,
+                        key.clone(),
                         Look::Status {
                             status: attribute.status,
                             engine_version: attribute.engine_version,
                         },
                     );
                 }
-                Ok(None) => {
+                Some(Err(status)) if status.code() == Code::NotFound => {
                     looks.insert(key, Look::Gone);
+                    continue;
                 }
-                // No answer now: look again next tick.
-                Err(err) => {
-                    tracing::debug!(db_instance_id = %instance.db_instance_id, error = %err, "cannot look at an instance under way");
+                // No answer now: look again next tick, on a new follow.
+                Some(Err(status)) => {
+                    tracing::debug!(db_instance_id = %instance.db_instance_id, error = %status.message(), "cannot look at an instance under way");
+                    continue;
                 }
+                // The first read of the poll is not in yet.
+                None => {}
             }
+            following.insert(key, follow);
         }
+        // What is left was not under way any more: dropping it leaves the poll.
+        self.following = following;
         looks
     }
 }
