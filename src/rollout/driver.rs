@@ -818,3 +818,122 @@ fn classify(status: &tonic::Status) -> SendResult {
 
 #[cfg(test)]
 mod tests;
+
+/// A driver against the sandbox (a test module may drive its module from above).
+#[cfg(test)]
+mod takeover {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::alibaba::Alibaba;
+    use crate::alibaba::client::AlibabaClient;
+    use crate::alibaba::credentials::credential::StaticProvider;
+    use crate::config::{Config, Overrides};
+    use crate::rollout::{RolloutSettings, Rollouts};
+    use crate::sandbox::{FleetSpec, Sandbox, SandboxConfig};
+    use crate::state::rollouts::{MemoryRollouts, RolloutStore as _};
+    use crate::upgrade::idempotency::Idempotency;
+    use crate::upgrade::poller::Poller;
+    use crate::upgrade::upgrader::{UpgradeSettings, Upgrader};
+
+    /// A takeover end to end on this process: a rollout whose driver died between marking its only
+    /// instance "sending" and sending (the record says UPGRADING, nothing reached Alibaba) is taken
+    /// over by a new driver, which looks at the instance, finds it untouched, and sends once. Before
+    /// the fix, the look sent the instance back to PENDING and the same tick picked it again, so the
+    /// record came out as it went in and the driver, seeing no change, waited without sending:
+    /// forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_sends_an_instance_its_dead_driver_marked_but_never_sent() {
+        let sandbox = Sandbox::start(SandboxConfig {
+            fleet: FleetSpec {
+                count: 1,
+                upgrade_time: Duration::from_millis(200),
+                ..FleetSpec::default()
+            },
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut config = Config::from_toml("", "t", |_| None, &Overrides::default()).unwrap();
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        config.watch.poll_interval = Duration::from_millis(50);
+        let client = AlibabaClient::new(
+            &config.alibaba,
+            Arc::new(StaticProvider::new(sandbox.credential())),
+        )
+        .unwrap();
+        let alibaba = Alibaba::new(Arc::new(client), config.alibaba.retry.into());
+        let store = Arc::new(MemoryRollouts::new());
+        let upgrader = Upgrader::new(
+            alibaba.clone(),
+            UpgradeSettings {
+                preflight: config.alibaba.preflight,
+                settle_window: config.idempotency.settle_window,
+            },
+            Idempotency::new(Arc::new(crate::state::memory::MemoryStore::new(
+                crate::state::store::StoreLimits::from_config(&config),
+            ))),
+            crate::audit::Audit::log_only(),
+        );
+        let rollouts = Rollouts::new(
+            Arc::clone(&store) as _,
+            alibaba.clone(),
+            Poller::new(alibaba, config.watch.poll_interval),
+            upgrader,
+            crate::upgrade::validation::Validator::new(&config),
+            crate::audit::Audit::log_only(),
+            RolloutSettings::from_config(&config),
+        );
+        // What a driver killed right after its write leaves behind.
+        let r = pb::Rollout {
+            rollout_id: "ro-1".into(),
+            state: pb::RolloutState::Running as i32,
+            target_engine_version: "5.0".into(),
+            waves: vec![pb::RolloutWave {
+                size: 1,
+                state: pb::WaveState::Running as i32,
+                max_parallel: 1,
+                ..Default::default()
+            }],
+            instances: vec![pb::RolloutInstance {
+                db_instance_id: "dds-fleet000".into(),
+                region_id: "cn-hangzhou".into(),
+                request_id: crate::rollout::start::request_id(
+                    "ro-1",
+                    "cn-hangzhou",
+                    "dds-fleet000",
+                    "5.0",
+                )
+                .to_string(),
+                state: pb::InstanceState::Upgrading as i32,
+                start_time: "2026-01-01T00:00:00.000Z".into(),
+                message: "sending".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        store
+            .create(
+                "ro-1",
+                &r.encode_to_vec(),
+                &["cn-hangzhou/dds-fleet000".into()],
+            )
+            .await
+            .unwrap();
+        rollouts.drive_if_free("ro-1").await;
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let done = loop {
+            let (_, now) = rollouts.get("ro-1").await.unwrap();
+            if now.state() == pb::RolloutState::Completed {
+                break now;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the new driver never finished the rollout: {now:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(done.instances[0].state(), pb::InstanceState::Done);
+        assert_eq!(sandbox.upgrades_started("dds-fleet000"), 1);
+    }
+}
