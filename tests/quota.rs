@@ -129,8 +129,7 @@ async fn upgrades_beyond_the_replicas_bound_wait_in_line_and_reuse_its_connectio
         answer.expect("every upgrade is sent in its turn, within its deadline");
     }
     assert_eq!(
-        gw.sandbox
-            .calls(action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
+        gw.sandbox.calls(action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
         12
     );
     let peak = gw.sandbox.peak_in_flight();
@@ -169,8 +168,7 @@ async fn an_upgrade_whose_deadline_passes_in_line_is_deadline_exceeded_and_never
     .await;
     let ids = fleet_ids(&gw);
     // The first upgrade holds the only place for two seconds.
-    gw.sandbox
-        .push_fault(Fault::Delay(Duration::from_secs(2)));
+    gw.sandbox.push_fault(Fault::Delay(Duration::from_secs(2)));
     let first = common::upgrade_in_flight(
         gw.client.clone(),
         &gw.sandbox,
@@ -208,8 +206,7 @@ async fn an_upgrade_whose_deadline_passes_in_line_is_deadline_exceeded_and_never
     first.await.unwrap().expect("the first upgrade is answered");
     assert_eq!(gw.sandbox.upgrades_started(&ids[1]), 0);
     assert_eq!(
-        gw.sandbox
-            .calls(action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
+        gw.sandbox.calls(action::UPGRADE_DB_INSTANCE_ENGINE_VERSION),
         1,
         "only the first upgrade reached the upstream"
     );

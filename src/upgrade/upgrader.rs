@@ -206,9 +206,7 @@ impl Upgrader {
             // Nothing changes, so there is nothing to deduplicate.
             // Boxed, like the other paths with a read to Alibaba below: a future is as large as
             // its largest path, and every call in flight or in line holds one.
-            let validated = Box::pin(self.validate(&request, deadline))
-                .await
-                .map(fresh);
+            let validated = Box::pin(self.validate(&request, deadline)).await.map(fresh);
             return self.conclude(event, validated).await;
         }
         let key = request.request_id().map(|id| Key::new(caller, id));
