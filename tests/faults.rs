@@ -2,7 +2,10 @@
 //! `redis-server` and one sandbox Dds API, clients retrying keys and racing on shared instances,
 //! while a seeded scheduler injects faults: answers Alibaba acted on but never gave, slow
 //! answers, a status that lags, Redis stalls (`DEBUG SLEEP`) and pauses (`CLIENT PAUSE`),
-//! replicas frozen (SIGSTOP) and killed (SIGKILL, then started again). Afterwards an oracle
+//! replicas frozen (SIGSTOP) and killed (SIGKILL, then started again), and Redis's wall clock
+//! stepped behind and ahead of the gateways' (as after a failover to a replica whose clock lags,
+//! or an NTP step; `tests/faults/clock_skew.c`), which moves its scripts' `now` and its key
+//! expiry. Afterwards an oracle
 //! checks what must hold whatever happened:
 //! - at most one upgrade call per key (each (instance, target) pair has one key, and the settle
 //!   window outlasts the run, so a second call for a pair is a second send of its key);
@@ -22,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::ServingBinary;
+use common::clock_skew::ClockSkew;
 use common::redis::{PASSWORD, RedisServer};
 use dds_gateway::pb;
 use dds_gateway::pb::engine_version_service_client::EngineVersionServiceClient;
@@ -74,6 +78,7 @@ struct Slot {
 struct Cluster {
     sandbox: Sandbox,
     redis: RedisServer,
+    clock: ClockSkew,
     dir: tempfile::TempDir,
     slots: Vec<Mutex<Slot>>,
 }
@@ -137,7 +142,8 @@ async fn signal(pid: u32, name: &str) {
 }
 
 /// Sends one command to Redis on a connection of its own and waits for its answer (a
-/// `DEBUG SLEEP` answers when it has slept).
+/// `DEBUG SLEEP` answers when it has slept); an error answer fails the test, so that a fault
+/// Redis refused is never reported as injected.
 async fn redis_command(port: u16, args: &[&str]) {
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -148,16 +154,21 @@ async fn redis_command(port: u16, args: &[&str]) {
         command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
     }
     socket.write_all(command.as_bytes()).await.unwrap();
-    let mut answers = 0;
+    let mut answer = Vec::new();
     let mut buf = [0u8; 256];
-    while answers < 2 {
+    while answer.iter().filter(|b| **b == b'\n').count() < 2 {
         let n = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf))
             .await
             .expect("redis answers")
             .unwrap();
         assert!(n > 0, "redis closed the connection");
-        answers += buf[..n].iter().filter(|b| **b == b'\n').count();
+        answer.extend_from_slice(&buf[..n]);
     }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.lines().all(|line| !line.starts_with('-')),
+        "redis refused {args:?}: {answer}"
+    );
 }
 
 /// What the clients heard, by gRPC code.
@@ -239,7 +250,7 @@ async fn scheduler(
     let mut background = Vec::new();
     while !*stop.borrow() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
-        let what = match rng.random_range(0..8) {
+        let what = match rng.random_range(0..9) {
             0 => {
                 cluster
                     .sandbox
@@ -272,7 +283,14 @@ async fn scheduler(
                 redis_command(cluster.redis.port, &["CLIENT", "PAUSE", &ms, "ALL"]).await;
                 format!("redis CLIENT PAUSE {ms} ALL")
             }
-            5 | 6 => {
+            5 => {
+                // Mostly behind (a lagging replica promoted, an NTP step back), sometimes a
+                // little ahead; each step is from true time, so the clock also jumps back.
+                let ms = rng.random_range(-8000..1500);
+                cluster.clock.set(ms);
+                format!("redis clock set {ms:+} ms from true time")
+            }
+            6 | 7 => {
                 let index = rng.random_range(0..REPLICAS);
                 let ms = rng.random_range(500..4000);
                 let Some(pid) = cluster.pid(index) else {
@@ -365,9 +383,21 @@ async fn faults_never_cost_a_second_upgrade_or_an_audit_line() {
     })
     .await
     .unwrap();
+    let clock = ClockSkew::new();
+    let redis = RedisServer::start_skewed(&clock).await;
+    // The clock the scripts read is the one the test steps.
+    let true_now = redis.now_ms().await;
+    clock.set(-60_000);
+    let skewed = redis.now_ms().await;
+    assert!(
+        (true_now - skewed - 60_000).abs() < 5_000,
+        "redis's clock did not follow the skew: {true_now} then {skewed}"
+    );
+    clock.set(0);
     let cluster = Arc::new(Cluster {
         sandbox,
-        redis: RedisServer::start().await,
+        redis,
+        clock,
         dir: tempfile::tempdir().unwrap(),
         slots: (0..REPLICAS)
             .map(|_| {

@@ -1,6 +1,7 @@
 //! The state store's contract (`StateStore`), one body per promise, held to the memory store
 //! (under paused tokio time) and to the Redis store on a real `redis-server` alike. Time-based
 //! promises wait on the store's own clock: tokio's paused clock in memory, short leases on Redis.
+//! Callers' rates (`SharedRates`) are held to the process's own GCRA the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
@@ -384,4 +385,45 @@ async fn a_lapsed_claim_is_replaced_and_its_send_mark_makes_the_key_unresolved(
     );
     assert!(matches!(taken, Some(Some(_))), "{taken:?}");
     assert!(!store.renew_instance("r/nine", &a).await.unwrap());
+}
+
+/// Callers' rates mean the same in one process (its GCRA) and over every replica (the Redis
+/// store's script): the same burst at once, then the same wait for the next call; each caller
+/// has its own bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_means_the_same_in_this_process_and_on_redis() {
+    use dds_gateway::testing::limits::{Rate, SharedBucket, SharedRates};
+
+    // One call per 10 s: the test's own pace cannot refill a bucket.
+    let rate = Rate {
+        per_second: 0.1,
+        burst: 3,
+    };
+    let server = RedisServer::start().await;
+    let shared = RedisStore::open(
+        &dds_gateway::testing::config::RedisUrl::parse(&server.url()).unwrap(),
+        None,
+        "contract:",
+        limits(),
+    )
+    .unwrap();
+    let local = SharedBucket::new(rate);
+    for call in 1..=3 {
+        assert_eq!(local.take(rate), Ok(()), "local call {call}");
+        assert_eq!(
+            shared.take("build-bot", rate).await.unwrap(),
+            Ok(()),
+            "shared call {call}"
+        );
+    }
+    let local_wait = local.take(rate).unwrap_err();
+    let shared_wait = shared.take("build-bot", rate).await.unwrap().unwrap_err();
+    for wait in [local_wait, shared_wait] {
+        assert!(
+            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+            "the next call is one interval away: {wait:?}"
+        );
+    }
+    assert!(local_wait.abs_diff(shared_wait) < Duration::from_secs(1));
+    assert_eq!(shared.take("deploy-bot", rate).await.unwrap(), Ok(()));
 }

@@ -13,6 +13,11 @@
 //! keeps to its own `max_in_flight` and logs it: calls to Alibaba are not stopped by a store
 //! outage. On this replica, at most `max_in_flight` calls per region ask the store at all, so
 //! callers waiting in line cost neither a connection to Alibaba nor a round trip to the store.
+//!
+//! Follow-up polls of instances (the shared poller's reads, [`in_background`]) give way: on
+//! this replica, a background call waits while any other call of its region waits for a place,
+//! so polling many instances under way never crowds out the looks and sends that move an
+//! upgrade or a rollout on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +32,24 @@ tokio::task_local! {
     ///
     /// [`Alibaba`]: super::Alibaba
     static DEADLINE: Instant;
+}
+
+tokio::task_local! {
+    /// Set around calls that give way to every other call ([`in_background`]).
+    static BACKGROUND: ();
+}
+
+/// Runs `work` with its calls in the background: each waits for a place only while no other
+/// call of its region waits on this replica. A plain function, so that the future is `work`'s
+/// own size, not twice it (see `trace::attempt`).
+pub(crate) fn in_background<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    BACKGROUND.scope((), work)
+}
+
+fn is_background() -> bool {
+    BACKGROUND.try_with(|()| ()).is_ok()
 }
 
 /// Runs `work` with `deadline` as the deadline of the calls it makes. A plain function, so that
@@ -134,7 +157,31 @@ pub struct Quota {
     limits: QuotaLimits,
     lease: Duration,
     /// Per region: this replica's line, at most `max_in_flight` calls past it.
-    local: Mutex<HashMap<String, Arc<Semaphore>>>,
+    local: Mutex<HashMap<String, Arc<Line>>>,
+}
+
+/// A region's line on this replica.
+#[derive(Debug)]
+struct Line {
+    places: Arc<Semaphore>,
+    /// Calls (not in the background) waiting for a place now: background calls wait for none.
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts a call among those waiting until dropped.
+struct Waiting<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        waiting.send_modify(|n| *n += 1);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Quota {
@@ -147,15 +194,18 @@ impl Quota {
         }
     }
 
-    fn line(&self, region: &str) -> Arc<Semaphore> {
+    fn line(&self, region: &str) -> Arc<Line> {
         let mut local = self
             .local
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(local.entry(region.to_string()).or_insert_with(|| {
-            Arc::new(Semaphore::new(
-                usize::try_from(self.limits.max_in_flight).unwrap_or(usize::MAX),
-            ))
+            Arc::new(Line {
+                places: Arc::new(Semaphore::new(
+                    usize::try_from(self.limits.max_in_flight).unwrap_or(usize::MAX),
+                )),
+                waiting: tokio::sync::watch::Sender::new(0),
+            })
         }))
     }
 
@@ -174,23 +224,47 @@ impl Quota {
             retry_after: retry_after.max(Duration::from_millis(100)),
         };
         let line = self.line(region);
-        let local = match tokio::time::timeout_at(deadline, line.acquire_owned()).await {
-            Ok(Ok(local)) => local,
-            Err(_) if caller_deadline.is_some() => return Err(NoPlace::DeadlinePassed),
-            // No deadline of the caller's (a minute waited), or the line closed (never).
-            Err(_) | Ok(Err(_)) => return Err(exhausted(POLL).into()),
+        let background = is_background();
+        let _waiting = (!background).then(|| Waiting::new(&line.waiting));
+        // A caller's deadline passing in this replica's line gets the deadline answer; a
+        // background read (no caller waiting on it) hears that the budget was busy.
+        let passed_in_line = || -> NoPlace {
+            if caller_deadline.is_some() && !background {
+                NoPlace::DeadlinePassed
+            } else {
+                exhausted(POLL).into()
+            }
         };
         let holder = uuid::Uuid::new_v4().to_string();
+        let mut local = None;
         loop {
+            let place = match local.take() {
+                Some(place) => place,
+                None => tokio::time::timeout_at(deadline, Arc::clone(&line.places).acquire_owned())
+                    .await
+                    .map_err(|_| passed_in_line())?
+                    .map_err(|_| exhausted(POLL))?,
+            };
+            if background && *line.waiting.borrow() > 0 {
+                // Give way, and give the place in line back: the others may be waiting for it.
+                drop(place);
+                let mut waiting = line.waiting.subscribe();
+                tokio::time::timeout_at(deadline, waiting.wait_for(|n| *n == 0))
+                    .await
+                    .map_err(|_| passed_in_line())?
+                    .map_err(|_| exhausted(POLL))?;
+                continue;
+            }
             match self
                 .store
                 .try_acquire(region, &holder, self.limits, self.lease)
                 .await
             {
                 Ok(Grant::Granted) => {
-                    return Ok(Place::held(Arc::clone(self), region, holder, local));
+                    return Ok(Place::held(Arc::clone(self), region, holder, place));
                 }
                 Ok(Grant::Wait(wait)) => {
+                    local = Some(place);
                     let wait = wait.max(Duration::from_millis(1));
                     if crate::deadline::later(Instant::now(), wait) > deadline {
                         return Err(exhausted(wait).into());
@@ -200,7 +274,7 @@ impl Quota {
                 Err(err) => {
                     // The store is out: this replica's own line still bounds its calls.
                     tracing::warn!(error = %err, region, "alibaba quota: the store cannot be reached; keeping to this replica's max_in_flight only");
-                    return Ok(Place::local_only(local));
+                    return Ok(Place::local_only(place));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! versions a caller may use, and whether it may only validate. Checked after validation and
 //! before any call to Alibaba Cloud; a denial names the rule, never another caller's rules.
 
+use crate::alibaba::inventory::glob_match;
 use crate::config::CallerConfig;
 use crate::upgrade::validation::{InstanceRef, ValidUpgradeRequest};
 
@@ -211,37 +212,6 @@ impl Policy {
         }
         Ok(())
     }
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters (also none) and
-/// `?` for exactly one; everything else matches itself. Linear time: the classic greedy matcher
-/// that backtracks only to the most recent `*`.
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more character and try again from there.
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]

@@ -122,6 +122,13 @@ impl EngineVersionService {
         }
     }
 
+    /// The Alibaba facade and the shared polls of instances of this service, for the rollout
+    /// engine to call Alibaba through the same account budget and follow instances through the
+    /// same polls as `WatchUpgrade`.
+    pub(crate) fn shared_reads(&self) -> (Alibaba, crate::upgrade::poller::Poller) {
+        (self.alibaba.clone(), self.status.poller().clone())
+    }
+
     /// Serves `ListActivity` from `activity` (the audit's [`Recent`](crate::audit::Recent) list).
     pub fn with_activity(mut self, activity: Activity) -> Self {
         self.activity = activity;

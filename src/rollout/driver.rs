@@ -379,6 +379,8 @@ struct Driver {
     /// Results not written yet.
     results: HashMap<String, SendResult>,
     backoff: Option<(Instant, String)>,
+    /// The shared polls of instances under way that this driver follows.
+    following: HashMap<String, crate::upgrade::poller::Looks>,
 }
 
 impl Rollouts {
@@ -483,6 +485,7 @@ impl Rollouts {
             in_flight: HashSet::new(),
             results: HashMap::new(),
             backoff: None,
+            following: HashMap::new(),
         };
         tokio::spawn(driver.run().with_current_subscriber());
     }
@@ -500,7 +503,7 @@ impl Driver {
         let settings = self.rollouts.inner.settings.clone();
         let mut renewed = Instant::now();
         loop {
-            let store = &self.rollouts.inner.store;
+            let store = std::sync::Arc::clone(&self.rollouts.inner.store);
             match store
                 .acquire(&self.id, &self.rollouts.inner.token, settings.lease)
                 .await
@@ -537,7 +540,7 @@ impl Driver {
             if finished(rollout.state()) && self.in_flight.is_empty() && self.results.is_empty() {
                 break;
             }
-            let looks = self.look(&rollout).await;
+            let looks = self.look(&rollout);
             if let Some((code, message)) = self.results.values().find_map(|r| match r {
                 SendResult::Transient { code, message } => Some((code.clone(), message.clone())),
                 _ => None,
@@ -566,7 +569,10 @@ impl Driver {
                     settle_window: settings.settle_window,
                 },
             );
-            if rollout == before {
+            // Sends decided on an unchanged record still go out: an instance whose send had an
+            // unknown outcome goes back to PENDING and is picked again in the same tick, which
+            // leaves the record as it was ("sending"); waiting here would wait forever.
+            if rollout == before && sends.is_empty() {
                 self.results.clear();
                 self.wait(settings.poll_interval).await;
                 continue;
@@ -657,10 +663,14 @@ impl Driver {
         }
     }
 
-    /// Looks at each instance under way that no local send follows.
-    async fn look(&self, rollout: &pb::Rollout) -> HashMap<String, Look> {
+    /// The latest look at each instance under way that no local send follows, through the
+    /// replica's shared poller: one `DescribeDBInstanceAttribute` per instance per poll
+    /// interval, shared with any `WatchUpgrade` of the instance, and never awaited here (a tick
+    /// does not wait on the account's budget for its looks). Follows of instances no longer
+    /// under way are left; a follow whose read failed is left too, and taken again next tick.
+    fn look(&mut self, rollout: &pb::Rollout) -> HashMap<String, Look> {
         let mut looks = HashMap::new();
-        let deadline = Instant::now() + self.rollouts.inner.settings.send_timeout;
+        let mut following = HashMap::new();
         for instance in &rollout.instances {
             let key = instance_key(instance);
             if !is(instance, pb::InstanceState::Upgrading)
@@ -669,35 +679,39 @@ impl Driver {
             {
                 continue;
             }
-            match self
-                .rollouts
-                .inner
-                .alibaba
-                .describe_db_instance_attribute(
-                    &instance.region_id,
-                    &instance.db_instance_id,
-                    deadline,
-                )
-                .await
-            {
-                Ok(Some(attribute)) => {
+            let follow = self.following.remove(&key).unwrap_or_else(|| {
+                self.rollouts
+                    .inner
+                    .poller
+                    .follow(&instance.region_id, &instance.db_instance_id)
+            });
+            let latest = follow.borrow().clone();
+            match latest {
+                Some(Ok(attribute)) => {
                     looks.insert(
-                        key,
+                        key.clone(),
                         Look::Status {
                             status: attribute.status,
                             engine_version: attribute.engine_version,
                         },
                     );
                 }
-                Ok(None) => {
+                Some(Err(status)) if status.code() == Code::NotFound => {
                     looks.insert(key, Look::Gone);
+                    continue;
                 }
-                // No answer now: look again next tick.
-                Err(err) => {
-                    tracing::debug!(db_instance_id = %instance.db_instance_id, error = %err, "cannot look at an instance under way");
+                // No answer now: look again next tick, on a new follow.
+                Some(Err(status)) => {
+                    tracing::debug!(db_instance_id = %instance.db_instance_id, error = %status.message(), "cannot look at an instance under way");
+                    continue;
                 }
+                // The first read of the poll is not in yet.
+                None => {}
             }
+            following.insert(key, follow);
         }
+        // What is left was not under way any more: dropping it leaves the poll.
+        self.following = following;
         looks
     }
 }
@@ -804,3 +818,122 @@ fn classify(status: &tonic::Status) -> SendResult {
 
 #[cfg(test)]
 mod tests;
+
+/// A driver against the sandbox (a test module may drive its module from above).
+#[cfg(test)]
+mod takeover {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::alibaba::Alibaba;
+    use crate::alibaba::client::AlibabaClient;
+    use crate::alibaba::credentials::credential::StaticProvider;
+    use crate::config::{Config, Overrides};
+    use crate::rollout::{RolloutSettings, Rollouts};
+    use crate::sandbox::{FleetSpec, Sandbox, SandboxConfig};
+    use crate::state::rollouts::{MemoryRollouts, RolloutStore as _};
+    use crate::upgrade::idempotency::Idempotency;
+    use crate::upgrade::poller::Poller;
+    use crate::upgrade::upgrader::{UpgradeSettings, Upgrader};
+
+    /// A takeover end to end on this process: a rollout whose driver died between marking its only
+    /// instance "sending" and sending (the record says UPGRADING, nothing reached Alibaba) is taken
+    /// over by a new driver, which looks at the instance, finds it untouched, and sends once. Before
+    /// the fix, the look sent the instance back to PENDING and the same tick picked it again, so the
+    /// record came out as it went in and the driver, seeing no change, waited without sending:
+    /// forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_sends_an_instance_its_dead_driver_marked_but_never_sent() {
+        let sandbox = Sandbox::start(SandboxConfig {
+            fleet: FleetSpec {
+                count: 1,
+                upgrade_time: Duration::from_millis(200),
+                ..FleetSpec::default()
+            },
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut config = Config::from_toml("", "t", |_| None, &Overrides::default()).unwrap();
+        config.alibaba.endpoint = Some(sandbox.endpoint());
+        config.watch.poll_interval = Duration::from_millis(50);
+        let client = AlibabaClient::new(
+            &config.alibaba,
+            Arc::new(StaticProvider::new(sandbox.credential())),
+        )
+        .unwrap();
+        let alibaba = Alibaba::new(Arc::new(client), config.alibaba.retry.into());
+        let store = Arc::new(MemoryRollouts::new());
+        let upgrader = Upgrader::new(
+            alibaba.clone(),
+            UpgradeSettings {
+                preflight: config.alibaba.preflight,
+                settle_window: config.idempotency.settle_window,
+            },
+            Idempotency::new(Arc::new(crate::state::memory::MemoryStore::new(
+                crate::state::store::StoreLimits::from_config(&config),
+            ))),
+            crate::audit::Audit::log_only(),
+        );
+        let rollouts = Rollouts::new(
+            Arc::clone(&store) as _,
+            alibaba.clone(),
+            Poller::new(alibaba, config.watch.poll_interval),
+            upgrader,
+            crate::upgrade::validation::Validator::new(&config),
+            crate::audit::Audit::log_only(),
+            RolloutSettings::from_config(&config),
+        );
+        // What a driver killed right after its write leaves behind.
+        let r = pb::Rollout {
+            rollout_id: "ro-1".into(),
+            state: pb::RolloutState::Running as i32,
+            target_engine_version: "5.0".into(),
+            waves: vec![pb::RolloutWave {
+                size: 1,
+                state: pb::WaveState::Running as i32,
+                max_parallel: 1,
+                ..Default::default()
+            }],
+            instances: vec![pb::RolloutInstance {
+                db_instance_id: "dds-fleet000".into(),
+                region_id: "cn-hangzhou".into(),
+                request_id: crate::rollout::start::request_id(
+                    "ro-1",
+                    "cn-hangzhou",
+                    "dds-fleet000",
+                    "5.0",
+                )
+                .to_string(),
+                state: pb::InstanceState::Upgrading as i32,
+                start_time: "2026-01-01T00:00:00.000Z".into(),
+                message: "sending".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        store
+            .create(
+                "ro-1",
+                &r.encode_to_vec(),
+                &["cn-hangzhou/dds-fleet000".into()],
+            )
+            .await
+            .unwrap();
+        rollouts.drive_if_free("ro-1").await;
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let done = loop {
+            let (_, now) = rollouts.get("ro-1").await.unwrap();
+            if now.state() == pb::RolloutState::Completed {
+                break now;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the new driver never finished the rollout: {now:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(done.instances[0].state(), pb::InstanceState::Done);
+        assert_eq!(sandbox.upgrades_started("dds-fleet000"), 1);
+    }
+}

@@ -26,6 +26,7 @@ use crate::audit::{self, Audit, AuditEvent};
 use crate::pb;
 use crate::state::rollouts::{RolloutStore, Versioned};
 use crate::state::store::Token;
+use crate::upgrade::poller::Poller;
 use crate::upgrade::upgrader::Upgrader;
 use crate::upgrade::validation::Validator;
 use error::RolloutError;
@@ -72,6 +73,9 @@ pub(crate) struct Rollouts {
 struct Inner {
     store: Arc<dyn RolloutStore>,
     alibaba: Alibaba,
+    /// The replica's shared polls of instances (those of `WatchUpgrade`): instances under way
+    /// are followed through it.
+    poller: Poller,
     upgrader: Upgrader,
     validator: Validator,
     audit: Audit,
@@ -88,6 +92,7 @@ impl Rollouts {
     pub(crate) fn new(
         store: Arc<dyn RolloutStore>,
         alibaba: Alibaba,
+        poller: Poller,
         upgrader: Upgrader,
         validator: Validator,
         audit: Audit,
@@ -97,6 +102,7 @@ impl Rollouts {
             inner: Arc::new(Inner {
                 store,
                 alibaba,
+                poller,
                 upgrader,
                 validator,
                 audit,

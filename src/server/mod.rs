@@ -179,25 +179,27 @@ async fn serve_inner(
     let activity = crate::state::activity::Activity::of(&state);
     let audit = audit.with_recent(Arc::new(activity.clone()));
     // Health and reflection stay open (probes carry no token); the engine service is gated.
+    let (engine_versions, upgrades, shared_reads) = gated_service(
+        &config,
+        &state,
+        credentials,
+        audit.clone(),
+        activity,
+        callers.clone(),
+        in_flight.clone(),
+        telemetry.metrics(),
+    )?;
+    // Rollouts call Alibaba through the same client (one account budget, one set of metrics)
+    // and follow instances through the same polls as WatchUpgrade.
     let (rollouts, _supervisor) = gated_rollouts(
         &config,
         &telemetry,
         &state,
-        Arc::clone(&credentials),
-        audit.clone(),
-        callers.clone(),
-        in_flight.clone(),
-    )?;
-    let (engine_versions, upgrades) = gated_service(
-        &config,
-        &state,
-        credentials,
+        shared_reads,
         audit,
-        activity,
         callers,
         in_flight,
-        telemetry.metrics(),
-    )?;
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -324,6 +326,7 @@ fn gated_service(
     (
         Gate<EngineVersionServiceServer<EngineVersionService>>,
         Upgrades,
+        SharedReads,
     ),
     ServeError,
 > {
@@ -342,6 +345,7 @@ fn gated_service(
         .with_activity(activity)
         .with_rollouts(Arc::clone(&state.rollouts));
     let upgrades = service.open_upgrades();
+    let shared_reads = service.shared_reads();
     let engine_versions = EngineVersionServiceServer::new(service)
         // Larger messages are refused with OUT_OF_RANGE before they are decoded.
         .max_decoding_message_size(config.server.max_request_bytes);
@@ -357,8 +361,11 @@ fn gated_service(
         config.server.request_timeout,
     )
     .with_rates(rates);
-    Ok((gate, upgrades))
+    Ok((gate, upgrades, shared_reads))
 }
+
+/// The engine service's Alibaba facade (with the account budget) and its shared polls.
+type SharedReads = (crate::alibaba::Alibaba, crate::upgrade::poller::Poller);
 
 /// The upgrade tasks still running, and the audit trail their abandonment is recorded in.
 type Upgrades = (crate::upgrade::upgrader::OpenUpgrades, Audit);
@@ -369,13 +376,11 @@ fn gated_rollouts(
     config: &Config,
     telemetry: &Telemetry,
     state: &crate::state::State,
-    credentials: Arc<dyn CredentialsProvider>,
+    (alibaba, poller): SharedReads,
     audit: Audit,
     callers: CallersHandle,
     in_flight: InFlight,
-) -> Result<(Gate<RolloutServiceServer<RolloutService>>, AbortOnDrop), ServeError> {
-    let client = Arc::new(AlibabaClient::new(&config.alibaba, credentials)?);
-    let alibaba = crate::alibaba::Alibaba::new(client, config.alibaba.retry.into());
+) -> (Gate<RolloutServiceServer<RolloutService>>, AbortOnDrop) {
     let upgrader = crate::upgrade::upgrader::Upgrader::new(
         alibaba.clone(),
         crate::upgrade::upgrader::UpgradeSettings {
@@ -388,6 +393,7 @@ fn gated_rollouts(
     let rollouts = crate::rollout::Rollouts::new(
         Arc::clone(&state.rollouts),
         alibaba,
+        poller,
         upgrader,
         crate::upgrade::validation::Validator::new(config),
         audit,
@@ -404,7 +410,7 @@ fn gated_rollouts(
     };
     let gated =
         Gate::new(service, callers, in_flight, config.server.request_timeout).with_rates(rates);
-    Ok((gated, supervisor))
+    (gated, supervisor)
 }
 
 /// The listener's settings: connection age, and TLS when configured.

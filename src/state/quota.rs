@@ -248,7 +248,10 @@ pub(crate) fn store_for(state: &super::State) -> std::sync::Arc<dyn QuotaStore> 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::alibaba::quota::{Quota, in_background};
 
     const LIMITS: QuotaLimits = QuotaLimits {
         calls_per_second: 3,
@@ -294,5 +297,45 @@ mod tests {
         assert_eq!(take("f").await.unwrap(), Grant::Wait(FULL_WAIT), "b and e");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(take("f").await.unwrap(), Grant::Granted, "b's lease lapsed");
+    }
+
+    /// A follow-up poll that came first still gives way to a call that waits behind it.
+    #[tokio::test(start_paused = true)]
+    async fn background_calls_give_way_to_every_other_call() {
+        let limits = QuotaLimits {
+            calls_per_second: 100,
+            max_in_flight: 1,
+        };
+        let quota = Arc::new(Quota::new(
+            Arc::new(MemoryQuota::new()),
+            limits,
+            Duration::from_secs(5),
+        ));
+        let first = quota.acquire("r", None).await.unwrap();
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let background = {
+            let (quota, order) = (Arc::clone(&quota), order_tx.clone());
+            tokio::spawn(in_background(async move {
+                let place = quota.acquire("r", None).await.unwrap();
+                order.send("poll").unwrap();
+                drop(place);
+            }))
+        };
+        // The poll is in line before the send arrives.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let send = {
+            let quota = Arc::clone(&quota);
+            tokio::spawn(async move {
+                let place = quota.acquire("r", None).await.unwrap();
+                order_tx.send("send").unwrap();
+                drop(place);
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(first);
+        send.await.unwrap();
+        background.await.unwrap();
+        assert_eq!(order.recv().await, Some("send"));
+        assert_eq!(order.recv().await, Some("poll"));
     }
 }

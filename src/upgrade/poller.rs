@@ -3,7 +3,11 @@
 //! `DescribeDBInstanceAttribute` per `watch.poll_interval`, whatever the number of followers, and
 //! hands each look to all of them through a [`tokio::sync::watch`] channel. The first follower
 //! of an instance starts its poll task; the task ends when the last follower leaves, or after a
-//! failed read (which every follower is told, so a later follower starts afresh).
+//! failed read (which every follower is told, so a later follower starts afresh). Its reads are
+//! in the background of the account's budget ([`in_background`]): they wait while any other call
+//! waits, so following many instances never crowds out the calls that move upgrades on.
+//!
+//! [`in_background`]: crate::alibaba::quota::in_background
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,12 +94,13 @@ impl Poller {
         let (region_id, db_instance_id) = key;
         loop {
             let started = Instant::now();
-            let read = preflight::describe(
+            // A follow-up poll gives way to every other call to Alibaba on this replica.
+            let read = crate::alibaba::quota::in_background(preflight::describe(
                 &self.inner.alibaba,
                 region_id,
                 db_instance_id,
                 started + READ_BUDGET,
-            );
+            ));
             let look = tokio::select! {
                 read = read => read.map_err(Status::from),
                 () = self.nobody_follows(key, sender) => return,

@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod callers;
+pub mod clock_skew;
 pub mod fake_cloud;
 pub mod http_client;
 pub mod otlp;

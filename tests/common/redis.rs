@@ -8,6 +8,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::clock_skew::ClockSkew;
 use super::pki;
 
 /// The password every test Redis requires: obviously fake, and searched for in logs.
@@ -86,7 +87,7 @@ impl RedisServer {
             "--tls-auth-clients".to_string(),
             "no".to_string(),
         ];
-        Self::spawn(port, 0, &options, true).await
+        Self::spawn(port, 0, &options, true, &[]).await
     }
 
     /// Starts (again) on `port`.
@@ -96,17 +97,20 @@ impl RedisServer {
 
     /// Starts on `port` with more `redis-server` options.
     pub async fn start_with(port: u16, options: &[&str]) -> Self {
-        Self::spawn(port, port, options, false).await
+        Self::spawn(port, port, options, false, &[]).await
     }
 
-    /// `port` is where clients connect; `plain_port` is redis-server's `--port` (0: none).
+    /// `port` is where clients connect; `plain_port` is redis-server's `--port` (0: none);
+    /// `env` is added to redis-server's environment.
     async fn spawn<S: AsRef<std::ffi::OsStr>>(
         port: u16,
         plain_port: u16,
         options: &[S],
         tls: bool,
+        env: &[(String, String)],
     ) -> Self {
         let process = tokio::process::Command::new("redis-server")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--port",
                 &plain_port.to_string(),
@@ -236,6 +240,13 @@ impl RedisServer {
     /// Starts with `DEBUG` allowed from loopback (for `DEBUG SLEEP`).
     pub async fn start_debuggable() -> Self {
         Self::start_with(free_port(), &["--enable-debug-command", "local"]).await
+    }
+
+    /// Starts with `DEBUG` allowed from loopback and its wall clock following `clock`.
+    pub async fn start_skewed(clock: &ClockSkew) -> Self {
+        let port = free_port();
+        let options = ["--enable-debug-command", "local"];
+        Self::spawn(port, port, &options, false, &clock.env()).await
     }
 
     /// Puts Redis to sleep for `seconds` (`DEBUG SLEEP`: every command, already sent or not, runs
