@@ -15,6 +15,7 @@ use dds_gateway::run::{self, ServeOptions};
 
 /// mimalloc instead of the system allocator: a call allocates and frees hundreds of small
 /// buffers (HTTP/2 frames, spans, log lines), where glibc's malloc spent a fifth of the CPU.
+/// Built without transparent huge pages (`no_thp` in Cargo.toml), which cost memory, not CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -20,7 +20,7 @@ use super::dds::{API_VERSION, PRODUCT, action};
 use super::endpoint;
 use super::http::{error_chain, form_post, http_client_builder};
 use super::inventory::{self, InstanceFilter, InstanceType, Page};
-use super::quota::{Place, Quota};
+use super::quota::{NoPlace, Place, Quota};
 use super::response::{self, Answer, AvailableEngineVersions, CallError, InstanceAttribute};
 use super::sign::{sign_v3, v2_form_body};
 use crate::config::{AlibabaConfig, SignatureVersion};
@@ -218,8 +218,11 @@ impl AlibabaClient {
                 quota
                     .acquire(region_id, super::quota::deadline())
                     .await
-                    .map_err(|e| CallError::QuotaExhausted {
-                        retry_after: e.retry_after,
+                    .map_err(|e| match e {
+                        NoPlace::DeadlinePassed => CallError::DeadlinePassed,
+                        NoPlace::Exhausted(e) => CallError::QuotaExhausted {
+                            retry_after: e.retry_after,
+                        },
                     })?,
             ),
             None => None,

@@ -145,6 +145,14 @@ pub(crate) fn classify(err: &CallError) -> Classification {
             "ALIBABA_QUOTA_EXHAUSTED",
             true,
         ),
+        // Nothing was sent, and the caller has stopped waiting: the gateway's deadline answer.
+        CallError::DeadlinePassed => transport(
+            false,
+            Acted::SurelyNot,
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            false,
+        ),
     }
 }
 
@@ -333,6 +341,7 @@ mod tests {
             ("Missing*", up("MissingDBInstanceId", 400), Code::Internal, "GATEWAY_REQUEST_REJECTED", false, false, Refused),
             // the account's budget of calls has no place before the caller's deadline
             ("quota exhausted", CallError::QuotaExhausted { retry_after: std::time::Duration::from_secs(1) }, Code::ResourceExhausted, "ALIBABA_QUOTA_EXHAUSTED", true, false, SurelyNot),
+            ("deadline passed in line", CallError::DeadlinePassed, Code::DeadlineExceeded, "DEADLINE_EXCEEDED", false, false, SurelyNot),
             // the gateway cannot build the request
             ("unsupported", CallError::Unsupported("region has no endpoint"), Code::Internal, "GATEWAY_UNSUPPORTED", false, false, Refused),
             // Alibaba `InvalidParameter*` / other `Invalid*`

@@ -3,8 +3,9 @@
 //! replica. Alibaba throttles per account (`Throttling.User`), so one fleet campaign must not
 //! take the whole account's share. Every call takes a place and a rate token before it is signed
 //! and gives the place back when its answer is in; a caller waits in line (first come, first
-//! served on this replica) within its deadline, and gets RESOURCE_EXHAUSTED with `RetryInfo` only
-//! when the deadline cannot be met.
+//! served on this replica) within its deadline. One whose deadline passes in line gets
+//! DEADLINE_EXCEEDED; one the budget's rate cannot serve before its deadline gets
+//! RESOURCE_EXHAUSTED with `RetryInfo` at once. Either way nothing was sent.
 //!
 //! The budget is kept by a [`QuotaStore`] (in memory for one replica, in Redis for several:
 //! `state::quota`), whose places are leases that their holder renews, so a replica that dies
@@ -39,18 +40,25 @@ tokio::task_local! {
 }
 
 /// Runs `work` with its calls in the background: each waits for a place only while no other
-/// call of its region waits on this replica.
-pub(crate) async fn in_background<F: std::future::Future>(work: F) -> F::Output {
-    BACKGROUND.scope((), work).await
+/// call of its region waits on this replica. A plain function, so that the future is `work`'s
+/// own size, not twice it (see `trace::attempt`).
+pub(crate) fn in_background<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    BACKGROUND.scope((), work)
 }
 
 fn is_background() -> bool {
     BACKGROUND.try_with(|()| ()).is_ok()
 }
 
-/// Runs `work` with `deadline` as the deadline of the calls it makes.
-pub(crate) async fn with_deadline<F: std::future::Future>(deadline: Instant, work: F) -> F::Output {
-    DEADLINE.scope(deadline, work).await
+/// Runs `work` with `deadline` as the deadline of the calls it makes. A plain function, so that
+/// the future is `work`'s own size, not twice it (see `trace::attempt`).
+pub(crate) fn with_deadline<F: std::future::Future>(
+    deadline: Instant,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    DEADLINE.scope(deadline, work)
 }
 
 /// The deadline of the calls made on this task, if the facade set one.
@@ -122,7 +130,18 @@ const POLL: Duration = Duration::from_millis(20);
 /// No call may be refused its turn forever: without a caller's deadline, a call waits this long.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
-/// Why a call did not get its place.
+/// Why a call did not get its place; nothing was sent either way.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoPlace {
+    /// The caller's deadline passed while the call waited in this replica's line.
+    #[error("the caller's deadline passed while the call waited for a place")]
+    DeadlinePassed,
+    /// The account's budget has no place before the deadline.
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+}
+
+/// The account's budget has no place before the deadline.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the account's budget of calls to Alibaba in {region} is spent until after the deadline")]
 pub struct Exhausted {
@@ -190,13 +209,16 @@ impl Quota {
         }))
     }
 
-    /// Waits for a place and a rate token in `region` until `deadline` (none: a minute).
+    /// Waits for a place and a rate token in `region` until the caller's `deadline` (none: a
+    /// minute). A caller whose deadline passes in this replica's line is told so
+    /// ([`NoPlace::DeadlinePassed`]); one that the budget's rate cannot serve in time is told
+    /// when to come back ([`NoPlace::Exhausted`]).
     pub async fn acquire(
         self: &Arc<Self>,
         region: &str,
-        deadline: Option<Instant>,
-    ) -> Result<Place, Exhausted> {
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
+        caller_deadline: Option<Instant>,
+    ) -> Result<Place, NoPlace> {
+        let deadline = caller_deadline.unwrap_or_else(|| Instant::now() + DEFAULT_WAIT);
         let exhausted = |retry_after: Duration| Exhausted {
             region: region.to_string(),
             retry_after: retry_after.max(Duration::from_millis(100)),
@@ -204,6 +226,15 @@ impl Quota {
         let line = self.line(region);
         let background = is_background();
         let _waiting = (!background).then(|| Waiting::new(&line.waiting));
+        // A caller's deadline passing in this replica's line gets the deadline answer; a
+        // background read (no caller waiting on it) hears that the budget was busy.
+        let passed_in_line = || -> NoPlace {
+            if caller_deadline.is_some() && !background {
+                NoPlace::DeadlinePassed
+            } else {
+                exhausted(POLL).into()
+            }
+        };
         let holder = uuid::Uuid::new_v4().to_string();
         let mut local = None;
         loop {
@@ -211,7 +242,7 @@ impl Quota {
                 Some(place) => place,
                 None => tokio::time::timeout_at(deadline, Arc::clone(&line.places).acquire_owned())
                     .await
-                    .map_err(|_| exhausted(POLL))?
+                    .map_err(|_| passed_in_line())?
                     .map_err(|_| exhausted(POLL))?,
             };
             if background && *line.waiting.borrow() > 0 {
@@ -220,7 +251,7 @@ impl Quota {
                 let mut waiting = line.waiting.subscribe();
                 tokio::time::timeout_at(deadline, waiting.wait_for(|n| *n == 0))
                     .await
-                    .map_err(|_| exhausted(POLL))?
+                    .map_err(|_| passed_in_line())?
                     .map_err(|_| exhausted(POLL))?;
                 continue;
             }
@@ -236,7 +267,7 @@ impl Quota {
                     local = Some(place);
                     let wait = wait.max(Duration::from_millis(1));
                     if crate::deadline::later(Instant::now(), wait) > deadline {
-                        return Err(exhausted(wait));
+                        return Err(exhausted(wait).into());
                     }
                     tokio::time::sleep(wait).await;
                 }

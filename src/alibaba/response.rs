@@ -258,6 +258,10 @@ pub enum CallError {
     /// before the caller's deadline: nothing was sent.
     #[error("the account's budget of calls to alibaba cloud is spent until after the deadline")]
     QuotaExhausted { retry_after: Duration },
+    /// The caller's deadline passed while the call waited for its place in this replica's line
+    /// of calls to Alibaba (`[alibaba.quota] max_in_flight`): nothing was sent.
+    #[error("the caller's deadline passed while the call waited for a place; nothing was sent")]
+    DeadlinePassed,
 }
 
 /// A successful answer's status and body.

@@ -41,8 +41,12 @@ tokio::task_local! {
 }
 
 /// Runs one attempt (`number` counts from 1) so that its span carries the number.
-pub(crate) async fn attempt<F: Future>(number: u32, attempt: F) -> F::Output {
-    ATTEMPT.scope(number, attempt).await
+///
+/// A plain function, not an `async fn`: an `async fn` would keep `attempt` as an argument beside
+/// the scope it moves it into, doubling the size of every call's future (each call in flight
+/// or in line holds one, and spawning it copies it).
+pub(crate) fn attempt<F: Future>(number: u32, attempt: F) -> impl Future<Output = F::Output> {
+    ATTEMPT.scope(number, attempt)
 }
 
 /// The span of one attempt to send `action` to `url`. Enter it (or instrument the send with
@@ -116,7 +120,8 @@ pub(crate) fn record(span: &Span, result: &Result<Answer, CallError>) {
                 }
                 CallError::Credentials(_)
                 | CallError::Unsupported(_)
-                | CallError::QuotaExhausted { .. } => {
+                | CallError::QuotaExhausted { .. }
+                | CallError::DeadlinePassed => {
                     span.record(ERROR_TYPE, "_OTHER");
                 }
             }
@@ -135,7 +140,9 @@ pub(crate) fn outcome(result: &Result<Answer, CallError>) -> (&'static str, Opti
         Err(CallError::Unreachable(_)) => ("unreachable", None),
         Err(CallError::OutcomeUnknown(_)) => ("no_answer", None),
         Err(CallError::QuotaExhausted { .. }) => ("quota_exhausted", None),
-        Err(CallError::Credentials(_) | CallError::Unsupported(_)) => ("_OTHER", None),
+        Err(CallError::Credentials(_) | CallError::Unsupported(_) | CallError::DeadlinePassed) => {
+            ("_OTHER", None)
+        }
     }
 }
 

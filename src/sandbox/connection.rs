@@ -5,18 +5,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-pub(super) struct SeverableListener(TcpListener);
+pub(super) struct SeverableListener {
+    listener: TcpListener,
+    /// Connections accepted so far, for tests of the client's connection reuse.
+    accepted: Arc<AtomicUsize>,
+}
 
 impl SeverableListener {
-    pub(super) fn new(listener: TcpListener) -> Self {
-        Self(listener)
+    pub(super) fn new(listener: TcpListener, accepted: Arc<AtomicUsize>) -> Self {
+        Self { listener, accepted }
     }
 }
 
@@ -26,8 +30,9 @@ impl axum::serve::Listener for SeverableListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((stream, addr)) => {
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
                     let severed = Arc::new(AtomicBool::new(false));
                     return (Severable { stream, severed }, addr);
                 }
@@ -41,7 +46,7 @@ impl axum::serve::Listener for SeverableListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 

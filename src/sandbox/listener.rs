@@ -90,12 +90,17 @@ pub(super) fn lock(state: &Shared) -> MutexGuard<'_, SandboxState> {
 }
 
 /// Serves every request on `listener` from `state` until the task is aborted.
-pub(super) fn spawn(listener: TcpListener, state: Shared) -> JoinHandle<()> {
+/// `accepted` counts the connections accepted.
+pub(super) fn spawn(
+    listener: TcpListener,
+    state: Shared,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+) -> JoinHandle<()> {
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(state)
         .into_make_service_with_connect_info::<Connection>();
-    let listener = SeverableListener::new(listener);
+    let listener = SeverableListener::new(listener, accepted);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(error = %err, "sandbox stopped");

@@ -27,6 +27,7 @@ mod request;
 mod signature;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +92,7 @@ pub struct Sandbox {
     endpoint: reqwest::Url,
     credential: Credential,
     state: Shared,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,13 +136,15 @@ impl Sandbox {
             peak_in_flight: 0,
             upgrade_calls: Vec::new(),
         }));
-        let task = listener::spawn(listener, Arc::clone(&state));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = listener::spawn(listener, Arc::clone(&state), Arc::clone(&accepted));
         tracing::info!(%addr, "sandbox Dds API listening (loopback only)");
         Ok(Self {
             addr,
             endpoint,
             credential,
             state,
+            accepted,
             task,
         })
     }
@@ -210,6 +214,12 @@ impl Sandbox {
     /// instance.
     pub fn set_lock_mode(&self, id: &str, lock_mode: &str) -> bool {
         lock(&self.state).dds.set_lock_mode(id, lock_mode)
+    }
+
+    /// The TCP connections the sandbox has accepted: a client that reuses its connections opens
+    /// far fewer than it sends requests.
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// The most requests the sandbox was answering at one time (from arrival to answer).

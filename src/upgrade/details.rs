@@ -263,6 +263,10 @@ pub(crate) fn call_status(err: CallError) -> Status {
             &[],
             Some(retry_after),
         ),
+        CallError::DeadlinePassed => answer(
+            "the caller's deadline passed while the call waited for its turn among this gateway's calls to Alibaba Cloud ([alibaba.quota] max_in_flight); nothing was sent",
+            &[],
+        ),
     }
 }
 

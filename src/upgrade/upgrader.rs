@@ -204,7 +204,9 @@ impl Upgrader {
     ) -> Result<Outcome, Status> {
         if request.validate_only() {
             // Nothing changes, so there is nothing to deduplicate.
-            let validated = self.validate(&request, deadline).await.map(fresh);
+            // Boxed, like the other paths with a read to Alibaba below: a future is as large as
+            // its largest path, and every call in flight or in line holds one.
+            let validated = Box::pin(self.validate(&request, deadline)).await.map(fresh);
             return self.conclude(event, validated).await;
         }
         let key = request.request_id().map(|id| Key::new(caller, id));
@@ -463,7 +465,7 @@ impl Upgrader {
             }
             Ok::<_, Error>(Ok(attribute.map(|a| a.engine_version).unwrap_or_default()))
         };
-        let previous = match tokio::time::timeout_at(deadline, before)
+        let previous = match tokio::time::timeout_at(deadline, Box::pin(before))
             .await
             .map_err(|_| Error::DeadlineExceeded)??
         {
@@ -498,7 +500,7 @@ impl Upgrader {
         match sent {
             Ok(alibaba_request_id) => Ok(accepted(request, alibaba_request_id, previous, false)),
             Err(Error::Call(err)) if outcome_unknown(&err) => {
-                self.reconcile(request, err, previous, deadline).await
+                Box::pin(self.reconcile(request, err, previous, deadline)).await
             }
             Err(err) => Err(err),
         }
