@@ -2,7 +2,8 @@
 //! its instances under way through the replica's shared poller, so a rollout plus `WatchUpgrade`
 //! watches of the same instances cost one `DescribeDBInstanceAttribute` per instance per poll
 //! interval; and its calls keep to the account's budget (`[alibaba.quota]`) like every other
-//! call, while the rollout still completes (follow-up polls give way to sends).
+//! call, while the rollout still completes (follow-up polls give way to sends). A plan judges
+//! several instances at once, so a fleet of hundreds is judged within the plan's time.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 mod common;
@@ -12,8 +13,10 @@ use std::time::Duration;
 use common::{Gateway, Options};
 use dds_gateway::pb;
 use dds_gateway::pb::rollout_service_client::RolloutServiceClient;
-use dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
-use dds_gateway::testing::sandbox::{FleetSpec, SandboxConfig};
+use dds_gateway::testing::alibaba::action::{
+    DESCRIBE_AVAILABLE_ENGINE_VERSION as AVAILABLE, UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE,
+};
+use dds_gateway::testing::sandbox::{Fault, FleetSpec, SandboxConfig};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -190,4 +193,47 @@ async fn a_rollout_keeps_to_the_account_budget_and_still_completes() {
         "{peak} calls reached Alibaba within 0.9 s (budget: {PER_SECOND} a second)"
     );
     assert!(gw.sandbox.peak_in_flight() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_judges_several_instances_at_once_and_keeps_the_fleets_order() {
+    const INSTANCES: usize = 12;
+    let gw = Gateway::start_with(Options {
+        sandbox: fleet(INSTANCES, Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    // Each instance's look at what Alibaba offers takes a second: judged one at a time, the
+    // sandbox would never have two open at once.
+    for _ in 0..INSTANCES {
+        gw.sandbox
+            .push_fault_on(AVAILABLE, Fault::Delay(Duration::from_secs(1)));
+    }
+    let ids: Vec<String> = (0..INSTANCES).map(|n| format!("dds-fleet{n:03}")).collect();
+    let mut rollouts = RolloutServiceClient::new(common::channel(gw.addr).await);
+    let plan = rollouts
+        .plan_rollout(pb::PlanRolloutRequest {
+            selector: Some(pb::Selector {
+                instance_ids: ids.clone(),
+                ..Default::default()
+            }),
+            target_engine_version: TARGET.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let eligible: Vec<&str> = plan
+        .eligible
+        .iter()
+        .map(|i| i.db_instance_id.as_str())
+        .collect();
+    // In the order Alibaba listed them (the sandbox lists by id), whichever was judged first.
+    assert_eq!(eligible, ids, "{plan:#?}");
+    assert_eq!(gw.sandbox.calls(AVAILABLE), INSTANCES);
+    let peak = gw.sandbox.peak_in_flight();
+    assert!(
+        (2..=4).contains(&peak),
+        "the sandbox had at most {peak} requests open at once while the plan judged \
+         {INSTANCES} instances (expected several, at most four)"
+    );
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use prost::Message as _;
 use tokio::time::Instant;
 
@@ -27,6 +28,12 @@ const PLAN_KEPT: Duration = Duration::from_secs(24 * 3600);
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Conditions of one selector, at most (Alibaba takes 20 tags).
 const MAX_CONDITIONS: usize = 1000;
+/// Instances judged at once. Judging one takes a round trip to Alibaba
+/// (`DescribeAvailableEngineVersion`), so a fleet of hundreds judged one at a time would
+/// outlast [`PLAN_TIMEOUT`]; four at a time keep up with the account budget's default rate
+/// (`[alibaba.quota]`, 20 calls/s) at 200 ms a call, and leave most of a replica's places
+/// (10 by default) to upgrades.
+const JUDGED_AT_ONCE: usize = 4;
 
 impl Rollouts {
     /// Lists and judges the instances `selector` names for an upgrade to `target`.
@@ -61,8 +68,13 @@ impl Rollouts {
                 });
             }
         }
-        for instance in listed {
-            let reason = self.verdict(&instance, target, allowed, deadline).await?;
+        // By index: a closure over `&InstanceSummary` would not be `Send` for every lifetime.
+        let verdicts: Vec<Option<String>> = stream::iter(0..listed.len())
+            .map(|n| self.verdict(&listed[n], target, allowed, deadline))
+            .buffered(JUDGED_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (instance, reason) in listed.into_iter().zip(verdicts) {
             let mut planned = pb::PlannedInstance {
                 db_instance_id: instance.db_instance_id,
                 region_id: instance.region_id,
