@@ -411,7 +411,11 @@ mod tests {
     async fn assume_role_is_signed_with_the_injected_clock() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-        let sts = Sts::new(reqwest::Client::new(), endpoint).with_clock(Arc::new(FixedClock));
+        let sts = Sts::new(
+            crate::alibaba::http::http_client_builder().build().unwrap(),
+            endpoint,
+        )
+        .with_clock(Arc::new(FixedClock));
         let base = Credential::new("testid", Secret::new("testsecret"), None, None, "test");
         let session = RoleSession {
             role_arn: "acs:ram::123:role/r".into(),
