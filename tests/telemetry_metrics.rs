@@ -580,3 +580,40 @@ async fn route_misses_are_counted() {
         "{text}"
     );
 }
+
+/// Waits for a place in the account's budget (`[alibaba.quota]`) are measured by outcome: a
+/// read that got its place, and one the budget's rate could not start before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_the_account_budget_are_measured_by_outcome() {
+    let gateway = Traced::start(|config| {
+        config.alibaba.quota.calls_per_second = 1;
+        config.alibaba.quota.max_in_flight = 1;
+    })
+    .await;
+    // GetEngineVersion makes two calls: the first takes the second's only token.
+    let mut request = tonic::Request::new(pb::GetEngineVersionRequest {
+        db_instance_id: "dds-sandbox02".into(),
+        region_id: String::new(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let err = gateway
+        .client
+        .clone()
+        .get_engine_version(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    let text = gateway.metrics().await;
+    let waits = |outcome| {
+        sample(
+            &text,
+            "dds_gateway_alibaba_quota_wait_seconds_count",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(waits("granted"), Some(1.0), "{text}");
+    assert_eq!(waits("exhausted"), Some(1.0), "{text}");
+    assert_eq!(waits("deadline"), None, "{text}");
+    assert!(text.contains("# TYPE dds_gateway_alibaba_quota_wait_seconds histogram"));
+    gateway.shutdown().await;
+}

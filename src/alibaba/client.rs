@@ -214,17 +214,22 @@ impl AlibabaClient {
             .ok_or(CallError::Unsupported("region has no endpoint"))?;
         // The place is taken before signing (a signature ages) and held until the answer is in.
         let place = match &self.quota {
-            Some(quota) => Some(
-                quota
-                    .acquire(region_id, super::quota::deadline())
-                    .await
-                    .map_err(|e| match e {
-                        NoPlace::DeadlinePassed => CallError::DeadlinePassed,
-                        NoPlace::Exhausted(e) => CallError::QuotaExhausted {
-                            retry_after: e.retry_after,
-                        },
-                    })?,
-            ),
+            Some(quota) => {
+                let waiting = std::time::Instant::now();
+                let place = quota.acquire(region_id, super::quota::deadline()).await;
+                let outcome = match &place {
+                    Ok(_) => "granted",
+                    Err(NoPlace::DeadlinePassed) => "deadline",
+                    Err(NoPlace::Exhausted(_)) => "exhausted",
+                };
+                self.metrics.quota_wait(outcome, waiting.elapsed());
+                Some(place.map_err(|e| match e {
+                    NoPlace::DeadlinePassed => CallError::DeadlinePassed,
+                    NoPlace::Exhausted(e) => CallError::QuotaExhausted {
+                        retry_after: e.retry_after,
+                    },
+                })?)
+            }
             None => None,
         };
         let credential = self

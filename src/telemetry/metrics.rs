@@ -27,6 +27,7 @@ pub struct Metrics {
     rpc_in_flight: UpDownCounter<i64>,
     upstream_requests: Counter<u64>,
     upstream_duration: Histogram<f64>,
+    quota_wait: Histogram<f64>,
     credential_refreshes: Counter<u64>,
     audit_write_failures: Counter<u64>,
     rate_limit_fallbacks: Counter<u64>,
@@ -73,6 +74,14 @@ impl Metrics {
                 .f64_histogram("dds_gateway.upstream.duration")
                 .with_unit("s")
                 .with_description("Time of one Alibaba Cloud request attempt")
+                .with_boundaries(LATENCY_BOUNDS.to_vec())
+                .build(),
+            quota_wait: meter
+                .f64_histogram("dds_gateway.alibaba.quota_wait")
+                .with_unit("s")
+                .with_description(
+                    "Time a call to Alibaba Cloud waited for its place in the account's budget ([alibaba.quota]), by outcome (granted, deadline, exhausted)",
+                )
                 .with_boundaries(LATENCY_BOUNDS.to_vec())
                 .build(),
             credential_refreshes: meter
@@ -227,6 +236,14 @@ impl Metrics {
             attributes.push(KeyValue::new("alibaba_cloud.error_code", code.to_string()));
         }
         self.upstream_requests.add(1, &attributes);
+    }
+
+    /// How long a call waited for its place in the account's budget: `granted`, or refused
+    /// because the caller's deadline passed in line (`deadline`) or the budget's rate could not
+    /// start it in time (`exhausted`).
+    pub(crate) fn quota_wait(&self, outcome: &'static str, waited: Duration) {
+        self.quota_wait
+            .record(waited.as_secs_f64(), &[KeyValue::new("outcome", outcome)]);
     }
 
     /// A credential fetch or refresh that succeeded (`ok`) or failed.

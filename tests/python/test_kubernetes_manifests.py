@@ -467,6 +467,7 @@ def test_the_alerts_cover_each_failure_a_platform_team_pages_on(production):
         "DdsGatewayUpgradesFailing", "DdsGatewayUpgradeOutcomeUnknown",
         "DdsGatewayStateStoreUnreachable", "DdsGatewayAlibabaThrottling",
         "DdsGatewayCredentialRefreshFailing", "DdsGatewayTelemetryExportFailing",
+        "DdsGatewayAlibabaBudgetRefusing",
     }
     for alert in alerts.values():
         assert alert["labels"]["severity"] in {"critical", "warning", "info"}
@@ -475,6 +476,7 @@ def test_the_alerts_cover_each_failure_a_platform_team_pages_on(production):
     assert "dds_gateway_state_store_up" in alerts["DdsGatewayStateStoreUnreachable"]["expr"]
     assert "Throttling" in alerts["DdsGatewayAlibabaThrottling"]["expr"]
     assert 'outcome="error"' in alerts["DdsGatewayCredentialRefreshFailing"]["expr"]
+    assert 'outcome!="granted"' in alerts["DdsGatewayAlibabaBudgetRefusing"]["expr"]
     # The dashboard is picked up by Grafana's sidecar under a stable name.
     dashboard = one(production, "ConfigMap", "dds-gateway-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -500,7 +502,7 @@ def test_the_alerts_pass_promtool_check_rules(rules_dir):
     out = subprocess.run([promtool(), "check", "rules", str(rules_dir / "rules.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout + out.stderr
+    assert "SUCCESS: 7 rules found" in out.stdout + out.stderr
 
 
 def test_every_alert_fires_in_its_promtool_unit_test(rules_dir):
