@@ -174,8 +174,13 @@ impl Lease {
         }
     }
 
-    /// Keeps the answered upgrade call's `place` until the settlement, which gives it back.
+    /// Keeps the answered upgrade call's `place` until the settlement, which gives it back, when
+    /// the store may do so in its settle script (a key to settle, the budget beside the store);
+    /// otherwise it goes back now, as any call's does.
     pub(crate) fn keep_place(&self, place: Place) {
+        if self.key.is_none() || place.beside_state_store().is_none() {
+            return;
+        }
         let earlier = self
             .place
             .lock()
