@@ -175,8 +175,8 @@ pub mod testing {
 
         pub mod store {
             pub use crate::state::store::{
-                Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, Settlement, StateStore,
-                StoreError, StoreLimits, Token,
+                Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, QuotaPlace, Settlement,
+                StateStore, StoreError, StoreLimits, Token,
             };
         }
     }

@@ -14,8 +14,8 @@ use dds_gateway::pb;
 use dds_gateway::testing::state::memory::MemoryStore;
 use dds_gateway::testing::state::redis::RedisStore;
 use dds_gateway::testing::state::store::{
-    Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, Settlement, StateStore, StoreError,
-    StoreLimits, Token,
+    Accepted, Claim, Fingerprint, Hold, InstanceLock, Key, QuotaPlace, Settlement, StateStore,
+    StoreError, StoreLimits, Token,
 };
 
 const LEASE: Duration = Duration::from_millis(300);
@@ -637,4 +637,107 @@ async fn a_rate_means_the_same_in_this_process_and_on_redis() {
     }
     assert!(local_wait.abs_diff(shared_wait) < Duration::from_secs(1));
     assert_eq!(shared.take("deploy-bot", rate).await.unwrap(), Ok(()));
+}
+
+/// The call budget's place, kept beside the store (`contract:{quota}` on Redis).
+const PLACE: QuotaPlace<'static> = QuotaPlace {
+    region: "r1",
+    holder: "the-upgrade-call",
+};
+const HOLDERS: &str = "contract:{quota}:r1:holders";
+
+/// Whether `server` still counts the place of [`PLACE`].
+async fn place_held(server: &RedisServer) -> bool {
+    !matches!(
+        server.command(&["ZSCORE", HOLDERS, PLACE.holder]).await,
+        redis::Value::Nil
+    )
+}
+
+/// Settles the key, releases the lock and, where the store gives it back (`given_back`), the
+/// place; whatever the store answers, the key and the lock are released as by `release`.
+async fn settle_with_place(
+    store: Arc<dyn StateStore>,
+    server: Option<&RedisServer>,
+    given_back: bool,
+) {
+    if let Some(server) = server {
+        server
+            .command(&["ZADD", HOLDERS, "99999999999999", PLACE.holder])
+            .await;
+    }
+    let owner = Token::new();
+    both(hold(&*store, Some(&key(30)), 1, "r/place", &owner).await);
+    assert!(store.mark(Some(&key(30)), "r/place", &owner).await.unwrap());
+    assert_eq!(
+        store
+            .release_with_place(
+                Some(&key(30)),
+                Some("r/place"),
+                &owner,
+                &accepted("R30"),
+                PLACE
+            )
+            .await
+            .unwrap(),
+        given_back
+    );
+    if let Some(server) = server {
+        assert_eq!(
+            place_held(server).await,
+            !given_back,
+            "the place goes back exactly when the store says so"
+        );
+    }
+    match hold(&*store, Some(&key(30)), 1, "r/place", &Token::new()).await {
+        Hold::Replay(a) => assert_eq!(a.response.alibaba_request_id, "R30"),
+        other => panic!("settled: {other:?}"),
+    }
+    both(hold(&*store, None, 1, "r/place", &Token::new()).await);
+    // Without a key there is no script to share: the place is left to its holder.
+    let keyless = Token::new();
+    both(hold(&*store, None, 1, "r/place-keyless", &keyless).await);
+    if let Some(server) = server {
+        server
+            .command(&["ZADD", HOLDERS, "99999999999999", PLACE.holder])
+            .await;
+    }
+    assert!(
+        !store
+            .release_with_place(
+                None,
+                Some("r/place-keyless"),
+                &keyless,
+                &Settlement::NotApplied,
+                PLACE
+            )
+            .await
+            .unwrap()
+    );
+    if let Some(server) = server {
+        assert!(place_held(server).await);
+    }
+    both(hold(&*store, None, 1, "r/place-keyless", &Token::new()).await);
+}
+
+/// The memory store keeps no budget: the place is left to its holder.
+#[tokio::test(start_paused = true)]
+async fn on_memory_settle_leaves_the_place_to_its_holder() {
+    settle_with_place(memory(), None, false).await;
+}
+
+/// One script settles the key, releases the lock and gives the place back.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_settle_gives_the_place_back_in_the_same_script() {
+    let server = RedisServer::start().await;
+    settle_with_place(redis(&server).await, Some(&server), true).await;
+}
+
+/// A cluster refuses a script on several slots: the key and the lock go back in single-slot
+/// steps, and the place is left to its holder (its own `ZREM`).
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_cluster_settle_leaves_the_place_to_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start_cluster(dir.path()).await;
+    settle_with_place(redis(&server).await, Some(&server), false).await;
 }

@@ -123,12 +123,26 @@ impl AlibabaClient {
 
     /// Sends a signed `UpgradeDBInstanceEngineVersion`; returns Alibaba's `RequestId`.
     pub async fn send_upgrade(&self, signed: Signed) -> Result<String, CallError> {
-        let body = self.send(signed).await?;
-        let parsed: response::RequestIdBody =
-            serde_json::from_slice(&body.bytes).map_err(|_| CallError::Unreadable {
-                http_status: body.http_status,
-            })?;
-        Ok(parsed.request_id)
+        self.send_upgrade_keeping_place(signed).await.0
+    }
+
+    /// [`send_upgrade`](Self::send_upgrade), handing the call's place in the budget (if any) to
+    /// the caller instead of giving it back: its line place is free already (the answer is in),
+    /// and the caller gives the shared place back, by dropping it or with a step of its own.
+    pub(crate) async fn send_upgrade_keeping_place(
+        &self,
+        signed: Signed,
+    ) -> (Result<String, CallError>, Option<Place>) {
+        let (body, place) = self.send_keeping_place(signed).await;
+        let sent = match body {
+            Ok(body) => serde_json::from_slice::<response::RequestIdBody>(&body.bytes)
+                .map(|parsed| parsed.request_id)
+                .map_err(|_| CallError::Unreadable {
+                    http_status: body.http_status,
+                }),
+            Err(err) => Err(err),
+        };
+        (sent, place)
     }
 
     /// `DescribeDBInstanceAttribute`; `Ok(None)` when the answer lists no such instance.
@@ -266,6 +280,15 @@ impl AlibabaClient {
 
     /// Sends a signed request: the bytes leave here, in one CLIENT span.
     pub async fn send(&self, signed: Signed) -> Result<Answer, CallError> {
+        self.send_keeping_place(signed).await.0
+    }
+
+    /// [`send`](Self::send), handing the place back to the caller once the answer is in (see
+    /// [`send_upgrade_keeping_place`](Self::send_upgrade_keeping_place)).
+    async fn send_keeping_place(
+        &self,
+        signed: Signed,
+    ) -> (Result<Answer, CallError>, Option<Place>) {
         let span = crate::alibaba::trace::span(signed.action, &signed.region_id, &signed.url);
         // `traceparent` is not a signed header (neither `host`, `content-type` nor `x-acs-*`).
         let Signed {
@@ -278,7 +301,10 @@ impl AlibabaClient {
         let request = request.headers(crate::alibaba::trace::trace_headers(&span));
         let started = std::time::Instant::now();
         let answer = send(request).instrument(span.clone()).await;
-        drop(place);
+        let mut place = place;
+        if let Some(place) = &mut place {
+            place.answered();
+        }
         let (outcome, error_code) = crate::alibaba::trace::outcome(&answer);
         self.metrics
             .upstream_attempt(action, outcome, error_code, started.elapsed());
@@ -289,7 +315,7 @@ impl AlibabaClient {
             // The retry that follows (see `retry`) signs with a fresh credential.
             self.credentials.rejected_as_expired(&credential);
         }
-        answer
+        (answer, place)
     }
 }
 

@@ -121,6 +121,13 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
 
     /// Gives `holder`'s place back.
     async fn release(&self, region: &str, holder: &str) -> Result<(), QuotaStoreError>;
+
+    /// Whether the places are kept beside the state store (the same Redis, its key prefix), so
+    /// that the state store may give one back in a script of its own
+    /// ([`StateStore::release_with_place`](crate::state::store::StateStore::release_with_place)).
+    fn beside_state_store(&self) -> bool {
+        false
+    }
 }
 
 /// The longest a waiting call sleeps before asking the store again when every place is taken
@@ -328,6 +335,28 @@ impl Place {
         Self {
             shared: None,
             local: Some(local),
+        }
+    }
+
+    /// The call's answer is in: its place in this replica's line goes to the next caller at
+    /// once, whoever gives the shared place back and whenever.
+    pub(crate) fn answered(&mut self) {
+        self.local = None;
+    }
+
+    /// The region and holder of the shared place, when the state store can give it back with a
+    /// step of its own (the budget is kept beside it).
+    pub(crate) fn beside_state_store(&self) -> Option<(&str, &str)> {
+        self.shared
+            .as_ref()
+            .filter(|shared| shared.quota.store.beside_state_store())
+            .map(|shared| (shared.region.as_str(), shared.holder.as_str()))
+    }
+
+    /// The state store gave the shared place back: nothing is left to give back on drop.
+    pub(crate) fn given_back(mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.renewal.abort();
         }
     }
 }

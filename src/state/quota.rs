@@ -168,6 +168,12 @@ impl RedisQuota {
     }
 }
 
+/// The key of `region`'s holders beside `store`, for the state store's scripts that give a
+/// place back in the same round trip as another step.
+pub(crate) fn holders_key(store: &super::redis::RedisStore, region: &str) -> String {
+    format!("{}:{region}:holders", store.key("quota", ""))
+}
+
 fn unavailable(err: &redis::RedisError) -> QuotaStoreError {
     QuotaStoreError(err.to_string())
 }
@@ -235,6 +241,10 @@ impl QuotaStore for RedisQuota {
             .await
             .map(drop)
             .map_err(|e| unavailable(&e))
+    }
+
+    fn beside_state_store(&self) -> bool {
+        true
     }
 }
 

@@ -235,11 +235,14 @@ const UNLOCK: &str = r"
 return unlock(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
 ";
 
-/// [`SETTLE`] and then [`UNLOCK`]. KEYS: record, index, lock. ARGV: as [`SETTLE`], then settle
-/// window ms.
+/// [`SETTLE`] and then [`UNLOCK`], and with a fourth key the call budget's place given back
+/// (`state::quota`: a member of its region's holders; removing a missing one is a no-op).
+/// KEYS: record, index, lock, optionally the region's holders. ARGV: as [`SETTLE`], then settle
+/// window ms, then the place's holder.
 const RELEASE: &str = r"
 settle(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 unlock(KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[8]))
+if KEYS[4] then redis.call('ZREM', KEYS[4], ARGV[9]) end
 return 1
 ";
 
@@ -869,8 +872,39 @@ impl StateStore for RedisStore {
         token: &Token,
         settlement: &Settlement,
     ) -> Result<(), StoreError> {
+        self.release_script(key, instance, token, settlement, None)
+            .await
+            .map(drop)
+    }
+
+    async fn release_with_place(
+        &self,
+        key: Option<&Key>,
+        instance: Option<&str>,
+        token: &Token,
+        settlement: &Settlement,
+        place: store::QuotaPlace<'_>,
+    ) -> Result<bool, StoreError> {
+        self.release_script(key, instance, token, settlement, Some(place))
+            .await
+    }
+}
+
+impl RedisStore {
+    /// The [`RELEASE`] script, with `place` given back in it when named; single-slot steps (the
+    /// place untouched, `false`) when there is no key or the server refuses several slots.
+    async fn release_script(
+        &self,
+        key: Option<&Key>,
+        instance: Option<&str>,
+        token: &Token,
+        settlement: &Settlement,
+        place: Option<store::QuotaPlace<'_>>,
+    ) -> Result<bool, StoreError> {
         let (Some(key), Some(instance)) = (key, instance) else {
-            return store::settle_then_unlock(self, key, instance, token, settlement).await;
+            return store::settle_then_unlock(self, key, instance, token, settlement)
+                .await
+                .map(|()| false);
         };
         let (record, index) = self.record(key);
         let (answer, reconciled) = answer(settlement);
@@ -887,11 +921,16 @@ impl StateStore for RedisStore {
             .arg(millis(self.limits.unresolved_retention()))
             .arg(key.request_id().to_string())
             .arg(millis(self.limits.settle_window));
+        if let Some(place) = place {
+            invocation
+                .key(super::quota::holders_key(self, place.region))
+                .arg(place.holder);
+        }
         match self.multi_slot::<i64>(&invocation).await? {
-            Some(_) => Ok(()),
-            None => {
-                store::settle_then_unlock(self, Some(key), Some(instance), token, settlement).await
-            }
+            Some(_) => Ok(place.is_some()),
+            None => store::settle_then_unlock(self, Some(key), Some(instance), token, settlement)
+                .await
+                .map(|()| false),
         }
     }
 }

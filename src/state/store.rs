@@ -313,6 +313,30 @@ pub trait StateStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError> {
         settle_then_unlock(self, key, instance, token, settlement).await
     }
+
+    /// [`release`](Self::release), and in the same round trip the call budget's `place` (kept
+    /// beside this store, see `state::quota`) when the store can. `true`: the place was given
+    /// back; `false`: it was not touched, and its holder gives it back as usual.
+    async fn release_with_place(
+        &self,
+        key: Option<&Key>,
+        instance: Option<&str>,
+        token: &Token,
+        settlement: &Settlement,
+        place: QuotaPlace<'_>,
+    ) -> Result<bool, StoreError> {
+        let _ = place;
+        self.release(key, instance, token, settlement)
+            .await
+            .map(|()| false)
+    }
+}
+
+/// A place in the account's call budget, as its region and holder name it.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaPlace<'a> {
+    pub region: &'a str,
+    pub holder: &'a str,
 }
 
 /// [`StateStore::claim_and_lock`] as two steps.

@@ -17,8 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::alibaba::quota::Place;
 use crate::state::store::{
-    Accepted, Fingerprint, Hold, Key, Settlement, StateStore, StoreError, Token,
+    Accepted, Fingerprint, Hold, Key, QuotaPlace, Settlement, StateStore, StoreError, Token,
 };
 use crate::upgrade::validation::ValidUpgradeRequest;
 
@@ -75,6 +76,7 @@ impl Idempotency {
             instance_unresolved_for: None,
             settled: false,
             renewal: None,
+            place: std::sync::Mutex::new(None),
         };
         // Held before the store is asked, so that a lost answer is given back too.
         lease.key.clone_from(&key);
@@ -131,6 +133,9 @@ pub(crate) struct Lease {
     instance_unresolved_for: Option<Duration>,
     settled: bool,
     renewal: Option<tokio::task::AbortHandle>,
+    /// The upgrade call's place in the account's budget, answered and given back with the
+    /// settlement (one round trip for both where the store can), or when dropped.
+    place: std::sync::Mutex<Option<Place>>,
 }
 
 impl Lease {
@@ -169,19 +174,49 @@ impl Lease {
         }
     }
 
-    /// Ends the hold on the key and the lock. A store that cannot be reached lets the key's
-    /// lease run out instead (the mark tells the next holder what may have happened).
+    /// Keeps the answered upgrade call's `place` until the settlement, which gives it back, when
+    /// the store may do so in its settle script (a key to settle, the budget beside the store);
+    /// otherwise it goes back now, as any call's does.
+    pub(crate) fn keep_place(&self, place: Place) {
+        if self.key.is_none() || place.beside_state_store().is_none() {
+            return;
+        }
+        let earlier = self
+            .place
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(place);
+        // Given back on its own (dropped) if an earlier attempt left one.
+        drop(earlier);
+    }
+
+    /// Ends the hold on the key and the lock, giving back the call's place with them where the
+    /// store can. A store that cannot be reached lets the key's lease run out instead (the mark
+    /// tells the next holder what may have happened); the place is then given back on its own.
     pub(crate) async fn settle(mut self, settlement: Settlement) {
         self.settled = true;
         self.stop_renewal();
-        release(
+        let place = self
+            .place
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let given_back = release(
             Arc::clone(&self.store),
             self.key.take(),
             self.instance.take(),
             self.token.clone(),
             settlement,
+            place.as_ref().and_then(Place::beside_state_store),
         )
         .await;
+        if let Some(place) = place {
+            if given_back {
+                place.given_back();
+            } else {
+                drop(place);
+            }
+        }
     }
 
     fn stop_renewal(&mut self) {
@@ -238,6 +273,7 @@ impl Drop for Lease {
             instance,
             self.token.clone(),
             Settlement::Unresolved,
+            None,
         );
         // Without a runtime (shutting down) a shared store's lease runs out instead.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -246,20 +282,44 @@ impl Drop for Lease {
     }
 }
 
-/// Settles the key and releases the lock, logging what the store refused. A store that cannot
-/// be reached is asked again a few times: the hold may have been taken by an operation whose
-/// answer was lost, and is otherwise only freed when its lease runs out.
+/// Settles the key and releases the lock (and gives `place` back with them where the store
+/// can: `true`), logging what the store refused. A store that cannot be reached is asked again a
+/// few times: the hold may have been taken by an operation whose answer was lost, and is
+/// otherwise only freed when its lease runs out.
 async fn release(
     store: Arc<dyn StateStore>,
     key: Option<Key>,
     instance: Option<String>,
     token: Token,
     settlement: Settlement,
-) {
-    let released =
-        again(|| store.release(key.as_ref(), instance.as_deref(), &token, &settlement)).await;
-    if let Err(err) = released {
-        tracing::warn!(error = %err, "cannot settle an idempotency key or release an instance's upgrade lock; they are released when their lease runs out");
+    place: Option<(&str, &str)>,
+) -> bool {
+    let released = again(|| async {
+        match place {
+            Some((region, holder)) => {
+                store
+                    .release_with_place(
+                        key.as_ref(),
+                        instance.as_deref(),
+                        &token,
+                        &settlement,
+                        QuotaPlace { region, holder },
+                    )
+                    .await
+            }
+            None => store
+                .release(key.as_ref(), instance.as_deref(), &token, &settlement)
+                .await
+                .map(|()| false),
+        }
+    })
+    .await;
+    match released {
+        Ok(given_back) => given_back,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot settle an idempotency key or release an instance's upgrade lock; they are released when their lease runs out");
+            false
+        }
     }
 }
 
@@ -268,10 +328,10 @@ const RELEASE_ATTEMPTS: u32 = 4;
 const RELEASE_PAUSE: Duration = Duration::from_millis(500);
 
 /// `operation`, again while the store is unavailable, a few times.
-async fn again<F, Fut>(mut operation: F) -> Result<(), StoreError>
+async fn again<T, F, Fut>(mut operation: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let mut attempt = 1;
     loop {

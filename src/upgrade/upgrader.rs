@@ -493,7 +493,16 @@ impl Upgrader {
                         )
                         .await?;
                     self.point_of_no_return(&sending, deadline, lease).await?;
-                    client.send_upgrade(signed).await.map_err(Error::Call)
+                    let (sent, place) = client.send_upgrade_keeping_place(signed).await;
+                    // An accepted upgrade settles next: its place goes back with the settlement.
+                    // Any other answer gives it back now, since a reconciliation or a retry
+                    // takes places of its own.
+                    if sent.is_ok()
+                        && let Some(place) = place
+                    {
+                        lease.keep_place(place);
+                    }
+                    sent.map_err(Error::Call)
                 },
             )
             .await;
