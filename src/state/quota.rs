@@ -162,16 +162,10 @@ impl RedisQuota {
     /// The keys of `region`: both in one hash slot (the prefix's tag).
     fn keys(&self, region: &str) -> (String, String) {
         (
-            format!("{}:{region}:holders", self.prefix),
+            super::redis::quota_holders_key(&self.prefix, region),
             format!("{}:{region}:starts", self.prefix),
         )
     }
-}
-
-/// The key of `region`'s holders beside `store`, for the state store's scripts that give a
-/// place back in the same round trip as another step.
-pub(crate) fn holders_key(store: &super::redis::RedisStore, region: &str) -> String {
-    format!("{}:{region}:holders", store.key("quota", ""))
 }
 
 fn unavailable(err: &redis::RedisError) -> QuotaStoreError {

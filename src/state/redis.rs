@@ -923,7 +923,7 @@ impl RedisStore {
             .arg(millis(self.limits.settle_window));
         if let Some(place) = place {
             invocation
-                .key(super::quota::holders_key(self, place.region))
+                .key(quota_holders_key(&self.key("quota", ""), place.region))
                 .arg(place.holder);
         }
         match self.multi_slot::<i64>(&invocation).await? {
@@ -945,4 +945,11 @@ fn answer(settlement: &Settlement) -> (Vec<u8>, &'static str) {
         ),
         Settlement::NotApplied | Settlement::Unresolved => (Vec::new(), "0"),
     }
+}
+
+/// The key of the account budget's holders in `region` (`state::quota`), under the budget's
+/// prefix `quota_prefix` (`RedisStore::key("quota", "")`): defined here so that the settle
+/// script can give a place back in the same round trip.
+pub(crate) fn quota_holders_key(quota_prefix: &str, region: &str) -> String {
+    format!("{quota_prefix}:{region}:holders")
 }
