@@ -159,14 +159,12 @@ impl Poller {
     }
 }
 
-/// Whether a read failed for want of room in the account's budget (or of time while it waited
-/// behind other calls), which says nothing about the instance.
+/// Whether a read failed for want of room in the account's budget, which says nothing about the
+/// instance. A poll's reads are background calls, so a read that waited in line past its budget
+/// hears `QuotaExhausted` too; any other failure (a deadline passing while Alibaba does not
+/// answer, say) is news for the followers.
 fn no_room(err: &Error) -> bool {
-    matches!(
-        err,
-        Error::Call(CallError::QuotaExhausted { .. } | CallError::DeadlinePassed)
-            | Error::DeadlineExceeded
-    )
+    matches!(err, Error::Call(CallError::QuotaExhausted { .. }))
 }
 
 #[cfg(test)]
