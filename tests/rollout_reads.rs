@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::rollouts::until;
 use common::{Gateway, Options};
 use dds_gateway::pb;
 use dds_gateway::pb::rollout_service_client::RolloutServiceClient;
@@ -55,33 +56,6 @@ async fn start(
         .unwrap()
         .into_inner();
     (rollouts, started.rollout_id, ids)
-}
-
-/// Waits (at most a minute) until the rollout satisfies `condition`, and returns it.
-async fn until(
-    c: &mut RolloutServiceClient<Channel>,
-    id: &str,
-    what: &str,
-    condition: impl Fn(&pb::Rollout) -> bool,
-) -> pb::Rollout {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rollout = c
-            .get_rollout(pb::GetRolloutRequest {
-                rollout_id: id.to_string(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if condition(&rollout) {
-            return rollout;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "the rollout never got {what}: {rollout:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

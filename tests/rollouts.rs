@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::ServingBinary;
 use common::redis::RedisServer;
+use common::rollouts::until;
 use dds_gateway::pb;
 use dds_gateway::pb::rollout_service_client::RolloutServiceClient;
 use dds_gateway::testing::alibaba::action::UPGRADE_DB_INSTANCE_ENGINE_VERSION as UPGRADE;
@@ -103,36 +104,6 @@ fn sizes(sizes: &[i32]) -> Vec<pb::WaveSpec> {
 
 fn reason(status: &tonic::Status) -> String {
     status.get_details_error_info().expect("ErrorInfo").reason
-}
-
-async fn get(c: &mut RolloutServiceClient<Channel>, id: &str) -> pb::Rollout {
-    c.get_rollout(pb::GetRolloutRequest {
-        rollout_id: id.to_string(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-/// Waits (at most two minutes) until the rollout satisfies `condition`, and returns it.
-async fn until(
-    c: &mut RolloutServiceClient<Channel>,
-    id: &str,
-    what: &str,
-    condition: impl Fn(&pb::Rollout) -> bool,
-) -> pb::Rollout {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let rollout = get(c, id).await;
-        if condition(&rollout) {
-            return rollout;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "the rollout never got {what}: {rollout:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn count(rollout: &pb::Rollout, state: pb::InstanceState) -> usize {

@@ -7,6 +7,7 @@
 //! - `otlp`: in-process OTLP receivers (traces over gRPC and http/protobuf, metrics over gRPC);
 //! - `pki`: a CA and certificates (rcgen) for TLS and mTLS;
 //! - `redis`: a real `redis-server`, plain or TLS;
+//! - `rollouts`: a rollout read back, and a wait on its state;
 //! - `traced`: the gateway with a telemetry pipeline of its own.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +18,7 @@ pub mod http_client;
 pub mod otlp;
 pub mod pki;
 pub mod redis;
+pub mod rollouts;
 pub mod traced;
 
 use std::collections::HashMap;
